@@ -23,11 +23,11 @@ MIRROR=${USAGESTATSD_E2E_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${USAGESTATSD_E2E_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 BOOT_TIMEOUT=${USAGESTATSD_E2E_BOOT_TIMEOUT:-90}
 # What the container has. Changing either list (or RECIPE_VERSION) rebuilds the root.
-BASE_PACKAGES=systemd,systemd-sysv,dbus,python3,ca-certificates,procps
+BASE_PACKAGES=systemd,systemd-sysv,dbus,python3,ca-certificates,procps,netbase
 # Debian's packages the usagestatsd .deb depends on: pre-installed so `apt-get install ./x.deb`
 # needs no download. Keep in step with packaging/debian/control.
 DEB_DEPENDS="python3-aiohttp python3-tenacity python3-structlog python3-daemon python3-yaml debconf"
-RECIPE_VERSION=1
+RECIPE_VERSION=2
 RECIPE="v$RECIPE_VERSION bookworm $MIRROR base=$BASE_PACKAGES deps=$DEB_DEPENDS"
 INSIDE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -79,6 +79,9 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
     echo usagestatsd-e2e >"$tmp/etc/hostname"
+    # minbase has no /etc/hosts: without it "localhost" does not resolve.
+    printf '127.0.0.1\tlocalhost\n127.0.1.1\tusagestatsd-e2e\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' \
+        >"$tmp/etc/hosts"
     # Empty: systemd sets a fresh machine id on every boot (so copies differ).
     : >"$tmp/etc/machine-id"
     # Faster, quieter boots: no getty on the piped console, no background apt runs

@@ -1,0 +1,3 @@
+"""usagestatsd: anonymous Ray usage statistics, collected under a strict policy."""
+
+__version__ = "1.0.0"

@@ -1,0 +1,282 @@
+"""Command line: `usagestatsd run|preview|status|enable|disable|demo ...`; exit codes.
+
+Exit status: 0 success (also: collection disabled, daemon exited as asked); 1 a runtime
+failure; 2 bad usage; 3 `status`: collection is disabled; 78 invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from usagestatsd import __version__, logs
+from usagestatsd.consent import (
+    ConsentFileError,
+    Decision,
+    decide,
+    read_consent_file,
+    write_consent_file,
+)
+from usagestatsd.settings import Settings, SettingsError, load_settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_DISABLED = 3
+EXIT_CONFIG = 78
+
+log = structlog.get_logger()
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="settings file (default /etc/usagestatsd/usagestatsd.toml)",
+    )
+    parser.add_argument("--log-format", choices=("auto", "journal", "json", "console"))
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--temp-root", metavar="DIR", help="Ray's temp root (default /tmp/ray)")
+    parser.add_argument("--state-dir", metavar="DIR", help="where counters are kept")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command."""
+    parser = argparse.ArgumentParser(
+        prog="usagestatsd",
+        description="Collect anonymous Ray usage statistics and report them hourly.",
+    )
+    parser.add_argument("--version", action="version", version=f"usagestatsd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon (the default)")
+    _common(run)
+    run.add_argument(
+        "--disable-usage-stats",
+        action="store_true",
+        default=None,
+        help="collect and send nothing; log why and exit 0",
+    )
+    run.add_argument(
+        "--endpoint",
+        action="append",
+        metavar="URL",
+        help="report here instead of the configured endpoints (repeatable)",
+    )
+    run.add_argument("--interval", type=str, metavar="SECONDS", help="seconds between reports")
+    run.add_argument(
+        "--daemonize",
+        action="store_true",
+        help="detach from the terminal (for init systems other than systemd)",
+    )
+    run.add_argument("--pidfile", type=Path, metavar="PATH", help="with --daemonize: pid file")
+
+    preview = commands.add_parser("preview", help="print the report that would be sent now")
+    _common(preview)
+
+    status = commands.add_parser("status", help="say whether collection is on, and why")
+    _common(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for name, word in (("enable", "enable"), ("disable", "disable")):
+        cmd = commands.add_parser(name, help=f"{word} collection (takes effect on restart)")
+        _common(cmd)
+
+    demo = commands.add_parser("demo", help="show reports flowing from a demo Ray session")
+    demo.add_argument("--interval", type=float, default=5.0, metavar="SECONDS")
+    cluster = commands.add_parser("demo-cluster", help="serve a demo Ray session (recorded)")
+    cluster.add_argument("--temp-root", type=Path, default=Path("/tmp/ray"))
+    receiver = commands.add_parser("demo-receiver", help="print reports POSTed to 127.0.0.1")
+    receiver.add_argument("--port", type=int, default=18931)
+    return parser
+
+
+def _cli_overrides(args: argparse.Namespace) -> dict[str, object]:
+    endpoints = getattr(args, "endpoint", None)
+    return {
+        "temp_root": getattr(args, "temp_root", None),
+        "state_dir": getattr(args, "state_dir", None),
+        "log_format": getattr(args, "log_format", None),
+        "log_level": getattr(args, "log_level", None),
+        "disable_usage_stats": "true" if getattr(args, "disable_usage_stats", None) else None,
+        "endpoints": " ".join(endpoints) if endpoints else None,
+        "report_interval_s": getattr(args, "interval", None),
+    }
+
+
+def load(args: argparse.Namespace, env: dict[str, str]) -> Settings:
+    """Settings from every layer; the caller handles SettingsError (exit 78)."""
+    cli = {k: v if not isinstance(v, Path) else str(v) for k, v in _cli_overrides(args).items()}
+    return load_settings(env, cli, args.config)
+
+
+def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> int:
+    """Run a command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "run")  # `run` is the default command
+    args = build_parser().parse_args(argv)
+    environ = dict(os.environ if env is None else env)
+    command = args.command
+    if command == "demo":
+        from usagestatsd.demo import run_demo
+
+        return asyncio.run(run_demo(args.interval))
+    if command == "demo-cluster":
+        from usagestatsd.demo import serve_cluster
+
+        return asyncio.run(serve_cluster(args.temp_root))
+    if command == "demo-receiver":
+        from usagestatsd.demo import serve_receiver
+
+        return asyncio.run(serve_receiver(args.port))
+    try:
+        settings = load(args, environ)
+    except SettingsError as exc:
+        print(f"usagestatsd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    handler = {
+        "run": cmd_run,
+        "preview": cmd_preview,
+        "status": cmd_status,
+        "enable": cmd_enable,
+        "disable": cmd_disable,
+    }[command]
+    return handler(args, settings)
+
+
+def _decision(settings: Settings, allow_prompt: bool) -> Decision:
+    interactive = allow_prompt and sys.stdin.isatty() and sys.stderr.isatty()
+
+    def prompt() -> bool:
+        from usagestatsd.prompt import ask
+
+        return ask(sys.stdin.fileno(), sys.stderr.fileno())
+
+    return decide(settings, read_consent_file(settings.consent_file), interactive, prompt)
+
+
+def _log_decision(decision: Decision) -> None:
+    if decision.error:
+        log.error("consent.invalid", problem=decision.error)
+    if decision.enabled:
+        if decision.layer == "default":
+            log.warning(
+                "consent.default_enabled",
+                detail="usage stats are enabled by default (nothing said otherwise)",
+                opt_out=decision.how_to_change,
+            )
+        else:
+            log.info("consent.enabled", layer=decision.layer, where=decision.where)
+    else:
+        log.info(
+            "consent.disabled",
+            layer=decision.layer,
+            where=decision.where,
+            value=decision.value,
+            how_to_change=decision.how_to_change,
+        )
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """`usagestatsd run`: decide once, then serve (or exit 0, silently, when disabled)."""
+    logs.configure(settings.log_format, settings.log_level, settings.journal_stream)
+    decision = _decision(settings, allow_prompt=True)
+    if decision.save_prompt_answer:
+        try:
+            write_consent_file(settings.consent_file, decision.enabled)
+        except (OSError, ConsentFileError) as exc:
+            log.warning("consent.save_failed", path=str(settings.consent_file), problem=str(exc))
+    _log_decision(decision)
+    from usagestatsd.systemd import Notifier
+
+    if not decision.enabled:
+        notifier = Notifier(settings.notify_socket)
+        notifier.ready(f"Disabled by {decision.where}; not collecting")
+        notifier.stopping(f"Disabled by {decision.where}; not collecting")
+        notifier.close()
+        return EXIT_OK
+    from usagestatsd.daemon import run_daemon
+
+    if args.daemonize:
+        return _daemonized(settings, args.pidfile)
+    return run_daemon(settings)
+
+
+def _daemonized(settings: Settings, pidfile: Path | None) -> int:
+    import daemon  # python-daemon, only for init systems without Type=notify
+    import daemon.pidfile
+
+    from usagestatsd.daemon import run_daemon
+
+    context = daemon.DaemonContext(
+        pidfile=daemon.pidfile.TimeoutPIDLockFile(str(pidfile)) if pidfile else None,
+        stdout=sys.stdout,
+        stderr=sys.stderr,
+        working_directory="/",
+        umask=0o022,
+    )
+    with context:
+        return run_daemon(settings)
+
+
+def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
+    """`usagestatsd preview`: the exact bytes the next report would carry; sends nothing."""
+    logs.configure("console" if sys.stderr.isatty() else "json", "warning", settings.journal_stream)
+    from usagestatsd.preview import preview
+
+    return asyncio.run(preview(settings))
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """`usagestatsd status`: enabled or not and why, the session, last and next report."""
+    from usagestatsd.status import describe, render
+
+    decision = _decision(settings, allow_prompt=False)
+    info = describe(settings, decision)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(render(info))
+    return EXIT_OK if decision.enabled else EXIT_DISABLED
+
+
+def _set_consent(settings: Settings, enabled: bool) -> int:
+    path = settings.consent_file
+    try:
+        write_consent_file(path, enabled)
+    except ConsentFileError as exc:
+        print(f"usagestatsd: refusing to change {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"usagestatsd: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    word = "enabled" if enabled else "disabled"
+    print(f"Usage stats collection {word} in {path}.")
+    print(
+        "A running daemon keeps its decision until restarted: "
+        "run 'systemctl restart usagestatsd' to apply it."
+    )
+    return EXIT_OK
+
+
+def cmd_enable(args: argparse.Namespace, settings: Settings) -> int:
+    """`usagestatsd enable`: write usage_stats=true into the consent file."""
+    return _set_consent(settings, True)
+
+
+def cmd_disable(args: argparse.Namespace, settings: Settings) -> int:
+    """`usagestatsd disable`: write usage_stats=false into the consent file."""
+    return _set_consent(settings, False)
+
+
+def entry_point() -> None:
+    """Console-script entry."""
+    sys.exit(main(sys.argv[1:]))

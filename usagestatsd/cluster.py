@@ -1,0 +1,223 @@
+"""Gather the cluster's facts over local Unix sockets and the cluster config file.
+
+Each source is asked independently, with a timeout and a response-size cap; a source
+that is absent, refuses, hangs or answers garbage yields None for its fields and one
+`SourceError` in `ClusterFacts.problems`. Only compact endpoints are used, so the cost of
+a cycle does not grow with per-node detail the report does not need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+
+from usagestatsd.fileio import read_regular_file
+from usagestatsd.report import (
+    ClusterConfigFacts,
+    ClusterMetadata,
+    ProviderFacts,
+    ResourceTotals,
+)
+from usagestatsd.session import Session
+from usagestatsd.sources import (
+    SourceError,
+    decode_json,
+    parse_cluster_config,
+    parse_cluster_metadata,
+    parse_job_list,
+    parse_provider,
+    parse_state_nodes,
+)
+
+CLUSTER_CONFIG_NAME = "ray_bootstrap_config.yaml"
+MAX_CONFIG_BYTES = 1 << 20
+# Ray's state API returns at most this many nodes per call (RAY_MAX_LIMIT_FROM_API_SERVER).
+STATE_NODES_LIMIT = 10_000
+PROVIDER_SOCKET = "usagestatsd_provider"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """Everything gathered in one cycle; None where a source gave nothing."""
+
+    metadata: ClusterMetadata | None
+    totals: ResourceTotals
+    running_jobs: int | None
+    config: ClusterConfigFacts
+    provider: ProviderFacts | None
+    problems: tuple[SourceError, ...]
+    provider_present: bool
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request bounds for local sources."""
+
+    timeout_s: float = 5.0
+    max_bytes: int = 32 << 20
+
+
+async def fetch_unix_json(socket_path: Path, url_path: str, source: str, limits: Limits) -> Any:
+    """GET `url_path` over the Unix socket, read at most `max_bytes`, decode strict JSON."""
+    try:
+        st = os.lstat(socket_path)
+    except FileNotFoundError:
+        raise SourceError(source, f"socket {socket_path} is absent") from None
+    except OSError as exc:
+        raise SourceError(source, f"cannot look at {socket_path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SourceError(source, f"{socket_path} is not a socket")
+    try:
+        return await asyncio.wait_for(_get(socket_path, url_path, source, limits), limits.timeout_s)
+    except TimeoutError:
+        raise SourceError(source, f"no complete answer within {limits.timeout_s:g}s") from None
+
+
+async def _get(socket_path: Path, url_path: str, source: str, limits: Limits) -> Any:
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    try:
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.get(f"http://localhost{url_path}", allow_redirects=False) as response,
+        ):
+            if response.status != 200:
+                raise SourceError(source, f"HTTP status {response.status}")
+            body = await response.content.read(limits.max_bytes + 1)
+            while len(body) <= limits.max_bytes:
+                more = await response.content.read(limits.max_bytes + 1 - len(body))
+                if not more:
+                    break
+                body += more
+            if len(body) > limits.max_bytes:
+                raise SourceError(source, f"reply larger than {limits.max_bytes} bytes")
+    except aiohttp.ClientConnectionError as exc:
+        reason = getattr(getattr(exc, "os_error", None), "strerror", None) or type(exc).__name__
+        raise SourceError(source, f"connection failed ({reason})") from None
+    except aiohttp.ClientError as exc:
+        raise SourceError(source, f"bad HTTP reply ({type(exc).__name__})") from None
+    return decode_json(source, body)
+
+
+async def _ask(
+    session: Session,
+    socket_name: str,
+    url_path: str,
+    parse: Callable[[Any], T],
+    limits: Limits,
+    problems: list[SourceError],
+) -> T | None:
+    source = f"{socket_name} {url_path.split('?')[0]}"
+    try:
+        doc = await fetch_unix_json(session.sockets_dir / socket_name, url_path, source, limits)
+        return parse(doc)
+    except SourceError as exc:
+        problems.append(exc)
+        return None
+
+
+def cluster_config_path(session: Session, configured: Path | None) -> Path | None:
+    """The configured path, or ~/ray_bootstrap_config.yaml of the user who owns the session."""
+    if configured is not None:
+        return configured
+    try:
+        return Path(pwd.getpwuid(session.owner_uid).pw_dir) / CLUSTER_CONFIG_NAME
+    except KeyError:
+        return None
+
+
+def read_cluster_config(
+    path: Path | None, kuberay: bool, kubernetes: bool, problems: list[SourceError]
+) -> ClusterConfigFacts:
+    """Cloud provider, worker bounds and instance types; 'unknown' provider without a file."""
+    facts = ClusterConfigFacts(cloud_provider="unknown")
+    if path is not None:
+        try:
+            raw = read_regular_file(path, MAX_CONFIG_BYTES)
+            import yaml  # only when a config file exists: keeps the idle daemon small
+
+            facts = parse_cluster_config(yaml.safe_load(raw))
+        except FileNotFoundError:
+            pass
+        except SourceError as exc:
+            problems.append(SourceError(f"cluster config file {path}", exc.problem))
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or f"not valid YAML ({type(exc).__name__})"
+            problems.append(SourceError(f"cluster config file {path}", reason))
+        except Exception as exc:  # yaml.YAMLError and friends: the file is garbage
+            problems.append(
+                SourceError(f"cluster config file {path}", f"unreadable ({type(exc).__name__})")
+            )
+    if kuberay:
+        return ClusterConfigFacts(cloud_provider="kuberay")
+    if kubernetes and facts.cloud_provider in (None, "unknown"):
+        return ClusterConfigFacts(cloud_provider="kubernetes")
+    if facts.cloud_provider is None:
+        return ClusterConfigFacts(
+            "unknown",
+            facts.min_workers,
+            facts.max_workers,
+            facts.head_node_instance_type,
+            facts.worker_node_instance_types,
+        )
+    return facts
+
+
+async def gather(
+    session: Session,
+    limits: Limits,
+    config_path: Path | None = None,
+    kuberay: bool = False,
+    kubernetes: bool = False,
+) -> ClusterFacts:
+    """Ask every source at once; never raises for a misbehaving source."""
+    problems: list[SourceError] = []
+    provider_socket = session.sockets_dir / PROVIDER_SOCKET
+    provider_present = os.path.lexists(provider_socket)
+    metadata, totals, jobs, provider = await asyncio.gather(
+        _ask(
+            session,
+            "dash_ReportHead",
+            "/api/v0/cluster_metadata",
+            parse_cluster_metadata,
+            limits,
+            problems,
+        ),
+        _ask(
+            session,
+            "dash_StateHead",
+            f"/api/v0/nodes?limit={STATE_NODES_LIMIT}&detail=false",
+            parse_state_nodes,
+            limits,
+            problems,
+        ),
+        _ask(session, "dash_JobHead", "/api/jobs/", parse_job_list, limits, problems),
+        _ask(session, PROVIDER_SOCKET, "/v1/usage", parse_provider, limits, problems)
+        if provider_present
+        else _none(),
+    )
+    config = read_cluster_config(
+        cluster_config_path(session, config_path), kuberay, kubernetes, problems
+    )
+    return ClusterFacts(
+        metadata=metadata,
+        totals=totals or ResourceTotals(),
+        running_jobs=jobs,
+        config=config,
+        provider=provider,
+        problems=tuple(problems),
+        provider_present=provider_present,
+    )
+
+
+async def _none() -> None:
+    return None

@@ -1,0 +1,424 @@
+"""The imperative shell: owns the event loop, the report cycle, signals and shutdown.
+
+One loop waits on events (stop, report-now, the running cycle) with a timeout to the next
+due report or tick; a tick feeds the watchdog and looks for a new session. Nothing polls
+faster than that. A cycle runs as a task so the watchdog keeps being fed during long
+retries, and so SIGTERM can cancel it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pwd
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from usagestatsd.cluster import ClusterFacts, Limits, gather
+from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
+from usagestatsd.report import Report, build_report, local_copy, serialise
+from usagestatsd.schedule import Schedule, Slot
+from usagestatsd.sender import send_report
+from usagestatsd.session import Discovery, Session, find_session, still_there, write_usage_stats
+from usagestatsd.settings import Settings
+from usagestatsd.state import LastReport, SessionState, State, StateError, StateStore
+from usagestatsd.systemd import Notifier, watchdog_interval
+
+log = structlog.get_logger()
+SESSION_POLL_S = 60.0
+_HEX_ID = frozenset("0123456789abcdef")
+
+
+class Clock(Protocol):
+    """Time as the daemon sees it; tests pass their own."""
+
+    def monotonic(self) -> float: ...
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    """The real clocks."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+def collect_known_identifiers() -> KnownIdentifiers:
+    """This machine's host names and human users' names and homes, for the privacy guard."""
+    hosts = {socket.gethostname()}
+    with contextlib.suppress(OSError), open("/etc/hostname") as handle:
+        hosts.add(handle.read().strip())
+    users, homes = set(), set()
+    for entry in pwd.getpwall():
+        homes.add(entry.pw_dir)
+        if entry.pw_uid >= 1000 and entry.pw_uid != 65534:
+            users.add(entry.pw_name)
+    return KnownIdentifiers.of(hosts, users, homes)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A report ready to send: the typed value, its one serialisation, and what was dropped."""
+
+    report: Report
+    body: bytes
+    redactions: list[Redaction]
+    facts: ClusterFacts
+    session_id: str
+    remembered: SessionState
+
+
+def choose_session_id(facts: ClusterFacts, remembered: str) -> str:
+    """The cluster id when the provider gives a sane one (as Ray 2.60), else our random id."""
+    cid = facts.provider.cluster_id if facts.provider else None
+    if cid and 8 <= len(cid) <= 128 and set(cid) <= _HEX_ID:
+        return cid
+    return remembered
+
+
+async def prepare_report(
+    settings: Settings,
+    session: Session,
+    state: State,
+    known: KnownIdentifiers,
+    now_ms: int,
+) -> Prepared:
+    """Gather, build, guard and serialise: everything before sending (shared with preview)."""
+    facts = await gather(
+        session,
+        Limits(settings.socket_timeout_s, settings.socket_max_bytes),
+        settings.cluster_config,
+        settings.kuberay_in_use,
+        settings.kubernetes_in_use,
+    )
+    remembered = state.for_session(session.key)
+    session_id = choose_session_id(facts, remembered.session_id)
+    report = build_report(
+        source=settings.source,
+        now_ms=now_ms,
+        counters=remembered.counters,
+        session_id=session_id,
+        metadata=facts.metadata,
+        totals=facts.totals,
+        running_jobs=facts.running_jobs,
+        config=facts.config,
+        provider=facts.provider,
+        extra_tags=settings.extra_tags,
+    )
+    clean, redactions = guard(report, known)
+    return Prepared(clean, serialise(clean), redactions, facts, session_id, remembered)
+
+
+def cluster_refusal(facts: ClusterFacts) -> str | None:
+    """Why this session must not be reported at all, or None when it may be."""
+    md = facts.metadata
+    if md is None:
+        return "cluster metadata unavailable, so the cluster's consent cannot be confirmed"
+    if md.ray_init_cluster:
+        return "a local ray.init() cluster (never reported)"
+    if not md.usage_stats_enabled:
+        return "the cluster was started with usage stats disabled"
+    return None
+
+
+def _refused(found: Discovery) -> dict[str, str]:
+    return {"refused": found.refused} if found.refused else {}
+
+
+def _clock_text(epoch_s: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch_s))
+
+
+@dataclass
+class _Tracking:
+    """What the loop knows between cycles."""
+
+    session: Session | None = None
+    slot: Slot | None = None
+    missing_logged: bool = False
+    refused_logged: set[str] = field(default_factory=set)
+    last_status: str = ""
+
+
+class Daemon:
+    """usagestatsd's main loop; `serve()` returns the process exit status."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        notifier: Notifier,
+        known: KnownIdentifiers,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.notifier = notifier
+        self.known = known
+        self.clock = clock or SystemClock()
+        self.schedule = Schedule(settings.report_interval_s, rng or random.Random())
+        self.store = StateStore(settings.state_dir)
+        self.state = self._load_state()
+        self.track = _Tracking()
+        self.stop_requested = asyncio.Event()
+        self.report_now = asyncio.Event()
+        self.cycles_completed = 0
+        self.reported = False
+
+    def _load_state(self) -> State:
+        try:
+            return self.store.load()
+        except StateError as exc:
+            aside = self.store.set_aside()
+            log.warning(
+                "state.unreadable", problem=str(exc), moved_to=str(aside), action="fresh start"
+            )
+            return State()
+
+    # -- signals -------------------------------------------------------------------
+
+    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        """TERM/INT stop, HUP explains that nothing is reloaded, USR1 reports now."""
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_usr1)
+
+    def _on_stop(self, name: str) -> None:
+        log.info("daemon.stopping", signal=name)
+        self.stop_requested.set()
+
+    def _on_hup(self) -> None:
+        log.info(
+            "daemon.reload_ignored",
+            detail="settings and consent are read only at start; "
+            "run 'systemctl restart usagestatsd' to apply changes",
+        )
+
+    def _on_usr1(self) -> None:
+        log.info("report.requested", signal="SIGUSR1")
+        self.report_now.set()
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _set_status(self, text: str) -> None:
+        if text != self.track.last_status:
+            self.track.last_status = text
+            self.notifier.status(text)
+
+    def _tick_s(self) -> float:
+        ping = watchdog_interval(self.settings.watchdog_usec, self.settings.watchdog_pid)
+        poll = min(SESSION_POLL_S, self.settings.report_interval_s)
+        return min(ping, poll) if ping else poll
+
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; returns 0 on a clean stop."""
+        loop = asyncio.get_running_loop()
+        self.install_signal_handlers(loop)
+        waiting = f"Waiting for a Ray session under {self.settings.temp_root}"
+        self.notifier.ready(waiting)
+        self.track.last_status = waiting
+        log.info(
+            "daemon.started",
+            temp_root=str(self.settings.temp_root),
+            interval_s=self.settings.report_interval_s,
+            endpoints=",".join(e.display for e in self.settings.endpoints),
+        )
+        try:
+            await self._loop()
+        finally:
+            self.notifier.stopping()
+            log.info("daemon.stopped")
+        return 0
+
+    async def _loop(self) -> None:
+        cycle: asyncio.Task[None] | None = None
+        next_tick = self.clock.monotonic()
+        watchdog = watchdog_interval(self.settings.watchdog_usec, self.settings.watchdog_pid)
+        while not self.stop_requested.is_set():
+            now = self.clock.monotonic()
+            if now >= next_tick:
+                if watchdog:
+                    self.notifier.watchdog()
+                if cycle is None:
+                    self._follow_session(now)
+                next_tick = now + self._tick_s()
+            forced = self.report_now.is_set()
+            due = self.track.slot is not None and now >= self.track.slot.due
+            if cycle is None and self.track.session and (forced or due):
+                self.report_now.clear()
+                cycle = asyncio.create_task(self._cycle(self.track.session, advance=due))
+            wake = next_tick
+            if cycle is None and self.track.slot is not None:
+                wake = min(wake, self.track.slot.due)
+            await self._wait(max(0.0, wake - self.clock.monotonic()), cycle)
+            if cycle is not None and cycle.done():
+                self._finish(cycle)
+                cycle = None
+        if cycle is not None:
+            cycle.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cycle
+
+    async def _wait(self, timeout: float, cycle: asyncio.Task[None] | None) -> None:
+        waiters = {
+            asyncio.ensure_future(self.stop_requested.wait()),
+            asyncio.ensure_future(self.report_now.wait()),
+        }
+        pending: set[asyncio.Future[Any]] = set(waiters)
+        if cycle is not None:
+            pending.add(cycle)
+        await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+
+    def _finish(self, cycle: asyncio.Task[None]) -> None:
+        self.cycles_completed += 1
+        if not cycle.cancelled() and cycle.exception() is not None:
+            exc = cycle.exception()
+            # A bug, not a bad input: say so loudly, keep serving.
+            log.error("cycle.crashed", error=f"{type(exc).__name__}: {exc}")
+
+    def _follow_session(self, now: float) -> None:
+        found: Discovery = find_session(self.settings.temp_root)
+        current = self.track.session
+        if found.session is None:
+            if current is not None or not self.track.missing_logged:
+                log.info(
+                    "session.missing", temp_root=str(self.settings.temp_root), refused=found.refused
+                )
+                self.track.missing_logged = True
+            self.track.session, self.track.slot = None, None
+            self._set_status(f"Waiting for a Ray session under {self.settings.temp_root}")
+            return
+        if current is not None and current.key == found.session.key:
+            return
+        self.track.session = found.session
+        self.track.slot = self.schedule.first(now)
+        self.track.missing_logged = False
+        log.info("session.found", session_dir=str(found.session.path), **_refused(found))
+        first = self.clock.time() + (self.track.slot.due - now)
+        self._set_status(f"Session {found.session.name} found; first report {_clock_text(first)}")
+
+    async def _cycle(self, session: Session, advance: bool) -> None:
+        self.reported = False
+        try:
+            await self.report_once(session)
+        finally:
+            if advance and self.track.slot is not None and self.track.session == session:
+                self.track.slot = self.schedule.after(self.track.slot, self.clock.monotonic())
+            self._announce_next()
+            if self.reported:
+                self._save_state()
+
+    def _announce_next(self) -> None:
+        slot = self.track.slot
+        if slot is None:
+            return
+        next_wall = self.clock.time() + (slot.due - self.clock.monotonic())
+        self.state = State(
+            self.state.session, self.state.last_report, int(next_wall * 1000), self.state.extra
+        )
+        last = self.state.last_report
+        if last is None:
+            return
+        outcome = "ok" if last.success else "failed"
+        self._set_status(
+            f"Last report {_clock_text(last.time_ms / 1000)} {outcome} (seq {last.seq_number}); "
+            f"next {_clock_text(next_wall)}"
+        )
+
+    # -- one report ----------------------------------------------------------------
+
+    async def report_once(self, session: Session) -> None:
+        """Gather, check, send to every endpoint, write usage_stats.json, save counters."""
+        if not still_there(session):
+            log.warning("session.vanished", session_dir=str(session.path))
+            return
+        now_ms = int(self.clock.time() * 1000)
+        prepared = await prepare_report(self.settings, session, self.state, self.known, now_ms)
+        for problem in prepared.facts.problems:
+            log.warning("cluster.source_failed", source=problem.source, problem=problem.problem)
+        refusal = cluster_refusal(prepared.facts)
+        if refusal:
+            self._refuse(session, refusal)
+            return
+        for redaction in prepared.redactions:
+            log.warning("privacy.redacted", field=redaction.field, reason=redaction.reason)
+        remembered = prepared.remembered
+        context = {"session_id": prepared.session_id, "seq": remembered.counters.seq_number}
+        settings = self.settings
+        results = await send_report(
+            prepared.body,
+            settings.endpoints,
+            settings.retry,
+            settings.retry.budget_for(settings.report_interval_s),
+            settings.http_timeout_s,
+            context,
+            max_response=settings.http_max_response_bytes,
+        )
+        success = all(r.ok for r in results)
+        error = "; ".join(f"{r.endpoint}: {r.error}" for r in results if not r.ok) or None
+        self._write_local_copy(session, prepared.body, success, error)
+        counters = remembered.counters.after(success)
+        last = LastReport(
+            now_ms,
+            prepared.session_id,
+            remembered.counters.seq_number,
+            success,
+            error,
+            tuple(results),
+        )
+        new_session = SessionState(session.key, remembered.session_id, counters)
+        self.state = State(new_session, last, self.state.next_report_ms, self.state.extra)
+        self.reported = True
+
+    def _refuse(self, session: Session, refusal: str) -> None:
+        if session.key in self.track.refused_logged:
+            return
+        self.track.refused_logged.add(session.key)
+        level = log.warning if refusal.startswith("cluster metadata") else log.info
+        level("session.not_reported", session_dir=str(session.path), reason=refusal)
+        self._set_status(f"Not reporting session {session.name}: {refusal}")
+
+    def _write_local_copy(
+        self, session: Session, body: bytes, success: bool, error: str | None
+    ) -> None:
+        try:
+            write_usage_stats(session, local_copy(body, success, error))
+        except OSError as exc:
+            log.warning(
+                "usage_stats.write_failed",
+                path=str(session.usage_stats_path),
+                problem=exc.strerror or str(exc),
+            )
+
+    def _save_state(self) -> None:
+        try:
+            self.store.save(self.state)
+        except OSError as exc:
+            log.warning(
+                "state.write_failed", path=str(self.store.path), problem=exc.strerror or str(exc)
+            )
+
+
+def run_daemon(settings: Settings, known: KnownIdentifiers | None = None) -> int:
+    """Build the daemon and run its loop to completion."""
+    notifier = Notifier(settings.notify_socket)
+
+    async def main() -> int:
+        daemon = Daemon(settings, notifier, known or collect_known_identifiers())
+        return await daemon.serve()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        notifier.close()

@@ -1,0 +1,99 @@
+"""The one structlog configuration.
+
+Events are named `area.event` with key=value context. Under journald every line starts with
+its syslog priority (`<4>` = warning) so `journalctl -p warning` filters; otherwise JSON
+lines, or a readable console format on a terminal. Everything goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+_PRIORITY = {"debug": 7, "info": 6, "notice": 5, "warning": 4, "error": 3, "critical": 2}
+_LEVEL_NUMBER = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+def _under_journald(journal_stream: str | None, stream: TextIO) -> bool:
+    """True when `stream` is the journal connection systemd described in $JOURNAL_STREAM."""
+    if not journal_stream:
+        return False
+    try:
+        device, inode = (int(part) for part in journal_stream.split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
+def resolve_format(requested: str, journal_stream: str | None, stream: TextIO) -> str:
+    """Pick journal, json or console for 'auto'; keep an explicit choice."""
+    if requested != "auto":
+        return requested
+    if _under_journald(journal_stream, stream):
+        return "journal"
+    if stream.isatty():
+        return "console"
+    return "json"
+
+
+def _quote(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if text == "" or any(c in text for c in ' ="\n\t'):
+        return json.dumps(text)
+    return text
+
+
+def render_journal(_: Any, method: str, event: MutableMapping[str, Any]) -> str:
+    """`<prio>area.event key=value ...`: one line, priority understood by journald."""
+    level = event.pop("level", method)
+    name = event.pop("event", "")
+    event.pop("timestamp", None)
+    pairs = " ".join(f"{k}={_quote(v)}" for k, v in event.items())
+    return f"<{_PRIORITY.get(level, 6)}>{name}" + (f" {pairs}" if pairs else "")
+
+
+def render_json(_: Any, method: str, event: MutableMapping[str, Any]) -> str:
+    """One JSON object per line."""
+    event.setdefault("level", method)
+    return json.dumps(event, default=str, sort_keys=False)
+
+
+def render_console(_: Any, method: str, event: MutableMapping[str, Any]) -> str:
+    """`HH:MM:SS level   area.event key=value` for people at a terminal."""
+    level = event.pop("level", method)
+    name = event.pop("event", "")
+    stamp = str(event.pop("timestamp", ""))[11:19]
+    pairs = " ".join(f"{k}={_quote(v)}" for k, v in event.items())
+    return f"{stamp} {level:<7} {name}" + (f" {pairs}" if pairs else "")
+
+
+def configure(
+    log_format: str = "auto",
+    level: str = "info",
+    journal_stream: str | None = None,
+    stream: TextIO | None = None,
+) -> str:
+    """Configure structlog once for the process; return the format actually used."""
+    out = stream or sys.stderr
+    chosen = resolve_format(log_format, journal_stream, out)
+    renderer = {"journal": render_journal, "json": render_json, "console": render_console}[chosen]
+    processors: list[Any] = [structlog.processors.add_log_level]
+    if chosen != "journal":
+        processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+    processors.append(renderer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVEL_NUMBER.get(level, 20)),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries log through stdlib logging: keep them quiet unless they fail.
+    logging.basicConfig(level=logging.ERROR, stream=out)
+    return chosen

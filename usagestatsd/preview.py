@@ -1,0 +1,49 @@
+"""`usagestatsd preview`: the exact report the next cycle would send; sends and writes nothing."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from usagestatsd.daemon import cluster_refusal, collect_known_identifiers, prepare_report
+from usagestatsd.session import find_session
+from usagestatsd.settings import Settings
+from usagestatsd.state import State, StateError, StateStore
+
+
+def _note(text: str) -> None:
+    print(f"usagestatsd preview: {text}", file=sys.stderr)
+
+
+async def preview(settings: Settings) -> int:
+    """Print the report body on stdout (notes on stderr); 1 when nothing would be sent."""
+    found = find_session(settings.temp_root)
+    if found.session is None:
+        _note(f"no Ray session under {settings.temp_root}: nothing would be sent")
+        return 1
+    session = found.session
+    try:
+        state = StateStore(settings.state_dir).load()
+    except (StateError, OSError) as exc:
+        _note(f"state not readable ({exc}); counters shown from zero")
+        state = State()
+    prepared = await prepare_report(
+        settings, session, state, collect_known_identifiers(), int(time.time() * 1000)
+    )
+    for problem in prepared.facts.problems:
+        _note(f"{problem.source}: {problem.problem} (its fields are null)")
+    refusal = cluster_refusal(prepared.facts)
+    if refusal:
+        _note(f"session {session.name} would not be reported: {refusal}")
+        return 1
+    for redaction in prepared.redactions:
+        _note(f"privacy guard removed {redaction.field} ({redaction.reason})")
+    unassigned = state.session is None or state.session.key != session.key
+    if unassigned and not (prepared.facts.provider and prepared.facts.provider.cluster_id):
+        _note(
+            "no report sent for this session yet: its session_id is assigned at the "
+            "first report, so the one shown is only an example"
+        )
+    sys.stdout.buffer.write(prepared.body + b"\n")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,235 @@
+"""The privacy guard: nothing that identifies a person, host or address leaves the machine.
+
+Pure. Every string a report carries came from the cluster (untrusted) or from settings.
+Each field has an allow-list shape; on top of that, detectors look for addresses, paths,
+host names and this machine's own identifiers. An offending scalar becomes null, an
+offending list item or tag is dropped, and each touch is returned as a `Redaction` that
+names the field and the kind of problem, never the value itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from usagestatsd.report import Report
+
+# Shapes the legitimate values have (Ray's versions, instance types, library names...).
+_SHAPES: dict[str, re.Pattern[str]] = {
+    "source": re.compile(r"^[A-Za-z0-9_.-]{1,64}$"),
+    "session_id": re.compile(r"^[0-9a-f-]{8,128}$"),
+    "ray_version": re.compile(r"^[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}[A-Za-z0-9.+-]{0,32}$"),
+    "python_version": re.compile(r"^[0-9]{1,2}\.[0-9]{1,3}\.[0-9]{1,3}[A-Za-z0-9.+]{0,16}$"),
+    "git_commit": re.compile(r"^[0-9a-f]{7,40}$"),
+    "os": re.compile(r"^[a-z][a-z0-9]{0,15}$"),
+    "libc_version": re.compile(r"^[a-z]{1,16}:[0-9]{1,4}(\.[0-9]{1,4}){0,3}$"),
+    "cloud_provider": re.compile(r"^[a-z0-9_-]{1,32}$"),
+    "instance_type": re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+    "library": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"),
+    "hardware": re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,63}$"),
+    "tag_key": re.compile(r"^[A-Za-z0-9_.-]{1,64}$"),
+    "tag_value": re.compile(r"^[A-Za-z0-9 _.,:+=-]{0,256}$"),
+}
+
+_STRING_FIELDS = {
+    "source": "source",
+    "session_id": "session_id",
+    "ray_version": "ray_version",
+    "python_version": "python_version",
+    "git_commit": "git_commit",
+    "os": "os",
+    "libc_version": "libc_version",
+    "cloud_provider": "cloud_provider",
+    "head_node_instance_type": "instance_type",
+}
+
+# Upper bounds for counts and sizes: beyond these a value is a lie or an attack.
+_INT_LIMITS: dict[str, int] = {
+    "collect_timestamp_ms": 4_102_444_800_000,  # year 2100
+    "session_start_timestamp_ms": 4_102_444_800_000,
+    "min_workers": 10_000_000,
+    "max_workers": 10_000_000,
+    "total_num_cpus": 1_000_000_000,
+    "total_num_gpus": 100_000_000,
+    "total_num_nodes": 10_000_000,
+    "total_num_running_jobs": 100_000_000,
+}
+_FLOAT_LIMITS: dict[str, float] = {
+    "total_memory_gb": 1e12,
+    "total_object_store_memory_gb": 1e12,
+}
+
+_IPV4 = re.compile(r"(?<![0-9.])(?:[0-9]{1,3}[.\-_]){3}[0-9]{1,3}(?![0-9])")
+_IPV6_CANDIDATE = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
+_MAC = re.compile(r"(?i)(?<![0-9a-f])[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}(?![0-9a-f])")
+_EMAIL = re.compile(r"[^\s@]+@[^\s@]+")
+_PATH = re.compile(r"(^|[\s=:,])(~|/|\\|[A-Za-z]:\\)|/[A-Za-z0-9._-]")
+_URL = re.compile(r"(?i)[a-z][a-z0-9+.-]*://")
+# A dotted name ending in a common or country-code top-level domain (or a private one such
+# as .local or .internal). Library names like util.multiprocessing.Pool must not match.
+_TLDS = (
+    "com|net|org|edu|gov|mil|int|io|ai|dev|app|cloud|tech|info|biz|xyz|online|site|"
+    "local|localdomain|internal|intranet|lan|corp|home|private|test|example|invalid|arpa|"
+    "[a-z]{2}"
+)
+_FQDN = re.compile(
+    r"(?<![A-Za-z0-9-])(?:[A-Za-z0-9-]{1,63}\.)+(?:" + _TLDS + r")(?![A-Za-z0-9-])", re.I
+)
+_TOKEN_SPLIT = re.compile(r"[^A-Za-z0-9-]+")
+
+
+@dataclass(frozen=True)
+class KnownIdentifiers:
+    """This machine's own names, which must never appear in a report (collected at start)."""
+
+    host_names: frozenset[str] = frozenset()
+    user_names: frozenset[str] = frozenset()
+    home_dirs: frozenset[str] = frozenset()
+
+    @staticmethod
+    def of(
+        host_names: Iterable[str], user_names: Iterable[str], home_dirs: Iterable[str]
+    ) -> KnownIdentifiers:
+        """Normalise (lower-case, drop empties) what the caller collected."""
+        hosts = set()
+        for name in host_names:
+            name = name.strip().lower()
+            if name and name != "localhost":
+                hosts.add(name)
+                hosts.add(name.split(".")[0])
+        return KnownIdentifiers(
+            host_names=frozenset(hosts),
+            user_names=frozenset(u.strip().lower() for u in user_names if len(u.strip()) >= 2),
+            home_dirs=frozenset(h for h in home_dirs if h not in ("", "/")),
+        )
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """One value the guard removed: which field, and what kind of identifier it looked like."""
+
+    field: str
+    reason: str
+
+
+@dataclass
+class _Pass:
+    known: KnownIdentifiers
+    redactions: list[Redaction] = field(default_factory=list)
+
+    def problem(self, value: str, shape: str) -> str | None:
+        reason = identifying_reason(value, self.known)
+        if reason:
+            return reason
+        if not _SHAPES[shape].match(value):
+            return "unexpected characters or length"
+        return None
+
+    def scalar(self, name: str, value: str | None, shape: str) -> str | None:
+        if value is None:
+            return None
+        reason = self.problem(value, shape)
+        if reason:
+            self.redactions.append(Redaction(name, reason))
+            return None
+        return value
+
+    def items(self, name: str, values: Iterable[str], shape: str) -> tuple[str, ...]:
+        kept = []
+        for value in values:
+            reason = self.problem(value, shape)
+            if reason:
+                self.redactions.append(Redaction(name, reason))
+            else:
+                kept.append(value)
+        return tuple(kept)
+
+    def tags(self, tags: Mapping[str, str]) -> dict[str, str]:
+        kept: dict[str, str] = {}
+        for index, (key, value) in enumerate(tags.items()):
+            key_reason = self.problem(key, "tag_key")
+            if key_reason:
+                # The key itself is suspect: do not echo it, name its position.
+                self.redactions.append(Redaction(f"extra_usage_tags[#{index}]", key_reason))
+                continue
+            value_reason = self.problem(value, "tag_value")
+            if value_reason:
+                self.redactions.append(Redaction(f"extra_usage_tags.{key}", value_reason))
+                continue
+            kept[key] = value
+        return kept
+
+    def number(self, name: str, value: float | None) -> Any:
+        if value is None:
+            return None
+        if name in _INT_LIMITS:
+            ok = isinstance(value, int) and 0 <= value <= _INT_LIMITS[name]
+        else:
+            ok = math.isfinite(value) and 0 <= value <= _FLOAT_LIMITS[name]
+        if not ok:
+            self.redactions.append(Redaction(name, "number out of range"))
+            return None
+        return value
+
+
+def _looks_like_ipv6(value: str) -> bool:
+    for candidate in _IPV6_CANDIDATE.findall(value):
+        try:
+            ipaddress.IPv6Address(candidate.strip(".:") if candidate.count(":") < 2 else candidate)
+            return True
+        except ValueError:
+            continue
+    return False
+
+
+def identifying_reason(value: str, known: KnownIdentifiers) -> str | None:
+    """Why a string looks like it identifies a person, host or address; None if it does not."""
+    checks = (
+        (_URL.search(value), "URL"),
+        (_EMAIL.search(value), "e-mail address"),
+        (_MAC.search(value), "MAC address"),
+        (_IPV4.search(value), "IPv4 address"),
+        (_looks_like_ipv6(value), "IPv6 address"),
+        (_PATH.search(value), "file system path"),
+        (_FQDN.search(value), "host name"),
+    )
+    for hit, reason in checks:
+        if hit:
+            return reason
+    lowered = value.lower()
+    if any(home in value for home in known.home_dirs):
+        return "home directory"
+    tokens = {t for t in _TOKEN_SPLIT.split(lowered) if t}
+    if lowered in known.host_names or tokens & known.host_names:
+        return "this machine's host name"
+    if lowered in known.user_names or tokens & known.user_names:
+        return "a local user name"
+    return None
+
+
+def guard(report: Report, known: KnownIdentifiers) -> tuple[Report, list[Redaction]]:
+    """The report with every identifying or malformed value removed, and what was removed."""
+    run = _Pass(known)
+    changes: dict[str, Any] = {
+        name: run.scalar(name, getattr(report, name), shape)
+        for name, shape in _STRING_FIELDS.items()
+    }
+    if report.worker_node_instance_types is not None:
+        changes["worker_node_instance_types"] = run.items(
+            "worker_node_instance_types", report.worker_node_instance_types, "instance_type"
+        )
+    changes["library_usages"] = run.items("library_usages", report.library_usages, "library")
+    changes["hardware_usages"] = run.items("hardware_usages", report.hardware_usages, "hardware")
+    changes["extra_usage_tags"] = run.tags(report.extra_usage_tags)
+    for name in (*_INT_LIMITS, *_FLOAT_LIMITS):
+        changes[name] = run.number(name, getattr(report, name))
+    if changes["session_id"] is None:
+        # session_id is never null: a bad one means a bug upstream, so refuse loudly.
+        raise ValueError("session_id failed the privacy guard")
+    if changes["source"] is None:
+        changes["source"] = "OSS"
+    return report.with_fields(**changes), run.redactions

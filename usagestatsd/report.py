@@ -1,0 +1,300 @@
+"""The schema-0.1 report: a typed value, how it is built, checked and serialised.
+
+Pure: no I/O. The field names, order and JSON types are exactly Ray's, so Ray's
+endpoint accepts our reports unchanged. Each report is serialised once, by
+`serialise`, and those bytes are what is sent and what is written locally.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+SCHEMA_VERSION = "0.1"
+GIB = float(2**30)
+
+
+@dataclass(frozen=True)
+class ClusterMetadata:
+    """What the cluster recorded about itself at start (Ray's CLUSTER_METADATA)."""
+
+    ray_version: str | None
+    python_version: str | None
+    git_commit: str | None
+    os: str | None
+    session_start_timestamp_ms: int | None
+    libc_version: str | None
+    ray_init_cluster: bool | None
+    # Ray stores more than the version fields only when usage stats were enabled at start.
+    usage_stats_enabled: bool
+
+
+@dataclass(frozen=True)
+class ClusterConfigFacts:
+    """What the autoscaler's cluster config file says (cloud provider and node types)."""
+
+    cloud_provider: str | None = None
+    min_workers: int | None = None
+    max_workers: int | None = None
+    head_node_instance_type: str | None = None
+    worker_node_instance_types: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ProviderFacts:
+    """The fields only Ray's GCS holds, as the optional provider socket gave them."""
+
+    cluster_id: str | None
+    library_usages: tuple[str, ...]
+    extra_usage_tags: Mapping[str, str]
+    hardware_usages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ResourceTotals:
+    """Cluster-wide totals over ALIVE nodes; None where no node reports the resource."""
+
+    total_num_nodes: int | None = None
+    total_num_cpus: int | None = None
+    total_num_gpus: int | None = None
+    total_memory_gb: float | None = None
+    total_object_store_memory_gb: float | None = None
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Per-session report counters; the report carries the values before this attempt."""
+
+    seq_number: int = 0
+    total_success: int = 0
+    total_failed: int = 0
+
+    def after(self, success: bool) -> Counters:
+        """The counters once this attempt's outcome is known."""
+        return Counters(
+            seq_number=self.seq_number + 1,
+            total_success=self.total_success + (1 if success else 0),
+            total_failed=self.total_failed + (0 if success else 1),
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """One usage report, fields in Ray's order with Ray's names and JSON types."""
+
+    schema_version: str
+    source: str
+    collect_timestamp_ms: int
+    total_success: int
+    total_failed: int
+    seq_number: int
+    ray_version: str | None
+    python_version: str | None
+    session_id: str
+    git_commit: str | None
+    os: str | None
+    session_start_timestamp_ms: int | None
+    cloud_provider: str | None
+    min_workers: int | None
+    max_workers: int | None
+    head_node_instance_type: str | None
+    worker_node_instance_types: tuple[str, ...] | None
+    total_num_cpus: int | None
+    total_num_gpus: int | None
+    total_memory_gb: float | None
+    total_object_store_memory_gb: float | None
+    library_usages: tuple[str, ...]
+    extra_usage_tags: Mapping[str, str]
+    total_num_nodes: int | None
+    total_num_running_jobs: int | None
+    libc_version: str | None
+    hardware_usages: tuple[str, ...]
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values, keys in Ray's order."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    def with_fields(self, **changes: Any) -> Report:
+        """A copy with some fields replaced (used by the privacy guard and redaction)."""
+        return replace(self, **changes)
+
+
+REPORT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Report))
+
+
+def build_report(
+    *,
+    source: str,
+    now_ms: int,
+    counters: Counters,
+    session_id: str,
+    metadata: ClusterMetadata | None,
+    totals: ResourceTotals,
+    running_jobs: int | None,
+    config: ClusterConfigFacts,
+    provider: ProviderFacts | None,
+    extra_tags: Mapping[str, str],
+) -> Report:
+    """Assemble a report from gathered facts; a fact nobody gave stays None/empty."""
+    md = metadata
+    tags: dict[str, str] = dict(provider.extra_usage_tags) if provider else {}
+    tags.update(extra_tags)
+    return Report(
+        schema_version=SCHEMA_VERSION,
+        source=source,
+        collect_timestamp_ms=now_ms,
+        total_success=counters.total_success,
+        total_failed=counters.total_failed,
+        seq_number=counters.seq_number,
+        ray_version=md.ray_version if md else None,
+        python_version=md.python_version if md else None,
+        session_id=session_id,
+        git_commit=md.git_commit if md else None,
+        os=md.os if md else None,
+        session_start_timestamp_ms=md.session_start_timestamp_ms if md else None,
+        cloud_provider=config.cloud_provider,
+        min_workers=config.min_workers,
+        max_workers=config.max_workers,
+        head_node_instance_type=config.head_node_instance_type,
+        worker_node_instance_types=config.worker_node_instance_types,
+        total_num_cpus=totals.total_num_cpus,
+        total_num_gpus=totals.total_num_gpus,
+        total_memory_gb=totals.total_memory_gb,
+        total_object_store_memory_gb=totals.total_object_store_memory_gb,
+        library_usages=tuple(sorted(set(provider.library_usages))) if provider else (),
+        extra_usage_tags=tags,
+        total_num_nodes=totals.total_num_nodes,
+        total_num_running_jobs=running_jobs,
+        libc_version=md.libc_version if md else None,
+        hardware_usages=tuple(sorted(set(provider.hardware_usages))) if provider else (),
+    )
+
+
+# ---------------------------------------------------------------------------
+# The schema, as JSON Schema (published in docs/) and as the check run before sending.
+
+_STR = {"type": "string"}
+_INT = {"type": "integer", "minimum": 0}
+_NUM = {"type": "number", "minimum": 0}
+_STR_LIST = {"type": "array", "items": _STR}
+
+
+def _nullable(schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [dict(schema), {"type": "null"}]}
+
+
+_FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
+    "schema_version": {"const": SCHEMA_VERSION},
+    "source": dict(_STR),
+    "collect_timestamp_ms": dict(_INT),
+    "total_success": dict(_INT),
+    "total_failed": dict(_INT),
+    "seq_number": dict(_INT),
+    "ray_version": _nullable(_STR),
+    "python_version": _nullable(_STR),
+    "session_id": dict(_STR),
+    "git_commit": _nullable(_STR),
+    "os": _nullable(_STR),
+    "session_start_timestamp_ms": _nullable(_INT),
+    "cloud_provider": _nullable(_STR),
+    "min_workers": _nullable(_INT),
+    "max_workers": _nullable(_INT),
+    "head_node_instance_type": _nullable(_STR),
+    "worker_node_instance_types": _nullable(_STR_LIST),
+    "total_num_cpus": _nullable(_INT),
+    "total_num_gpus": _nullable(_INT),
+    "total_memory_gb": _nullable(_NUM),
+    "total_object_store_memory_gb": _nullable(_NUM),
+    "library_usages": dict(_STR_LIST),
+    "extra_usage_tags": {"type": "object", "additionalProperties": _STR},
+    "total_num_nodes": _nullable(_INT),
+    "total_num_running_jobs": _nullable(_INT),
+    "libc_version": _nullable(_STR),
+    "hardware_usages": dict(_STR_LIST),
+}
+
+REPORT_JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Ray usage stats report, schema_version 0.1",
+    "type": "object",
+    "required": list(REPORT_FIELDS),
+    "additionalProperties": False,
+    "properties": {name: _FIELD_SCHEMAS[name] for name in REPORT_FIELDS},
+}
+
+
+class SchemaError(ValueError):
+    """A report (or a received body) does not match schema 0.1; says which field and why."""
+
+
+def _matches(value: Any, schema: Mapping[str, Any]) -> bool:
+    if "anyOf" in schema:
+        return any(_matches(value, option) for option in schema["anyOf"])
+    if "const" in schema:
+        return bool(value == schema["const"])
+    kind = schema["type"]
+    if kind == "null":
+        return value is None
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if kind == "number":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok and math.isfinite(value) and value >= 0
+    if kind == "array":
+        return isinstance(value, list) and all(_matches(v, schema["items"]) for v in value)
+    if kind == "object":
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and _matches(v, schema["additionalProperties"])
+            for k, v in value.items()
+        )
+    raise AssertionError(f"unknown schema type {kind}")
+
+
+def check_schema(body: Mapping[str, Any]) -> None:
+    """Raise SchemaError unless `body` has exactly the schema-0.1 keys with their types."""
+    missing = [name for name in REPORT_FIELDS if name not in body]
+    extra = sorted(set(body) - set(REPORT_FIELDS))
+    if missing or extra:
+        raise SchemaError(f"report keys differ from schema 0.1: missing {missing}, extra {extra}")
+    for name in REPORT_FIELDS:
+        if not _matches(body[name], _FIELD_SCHEMAS[name]):
+            raise SchemaError(f"report field {name} has a value of the wrong type or range")
+
+
+def serialise(report: Report) -> bytes:
+    """The one serialisation of a report: these bytes are sent, written and kept."""
+    body = report.to_json_dict()
+    check_schema(body)
+    return json.dumps(body, allow_nan=False).encode("utf-8")
+
+
+def local_copy(body: bytes, success: bool, error: str | None) -> bytes:
+    """`usage_stats.json` in Ray's shape, embedding the report bytes exactly as sent."""
+    tail = json.dumps({"success": success, "error": error})
+    return b'{"usage_stats": ' + body + b", " + tail[1:].encode("utf-8") + b"\n"
+
+
+def nulls_for(names: Sequence[str]) -> dict[str, Any]:
+    """Replacement values that blank fields while keeping the report schema-valid."""
+    blank: dict[str, Any] = {}
+    for name in names:
+        if name in ("library_usages", "hardware_usages"):
+            blank[name] = ()
+        elif name == "extra_usage_tags":
+            blank[name] = {}
+        else:
+            blank[name] = None
+    return blank

@@ -1,0 +1,253 @@
+"""Parsers for what the cluster's sockets and files say: pure, strict, never trusting.
+
+Each parser takes decoded JSON (or YAML) and returns a typed value or raises
+`SourceError` naming the source and what was wrong. A wrong type, a negative, NaN or
+absurd number is an error here, never a guess.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from usagestatsd.report import (
+    GIB,
+    ClusterConfigFacts,
+    ClusterMetadata,
+    ProviderFacts,
+    ResourceTotals,
+)
+
+PROVIDER_PROTOCOL_VERSION = 1
+_MAX_COUNT = 10**9
+_MAX_RESOURCE = 1e18
+_YEAR_2100_MS = 4_102_444_800_000
+
+
+class SourceError(Exception):
+    """A cluster source could not be used; `source` names it, the message says why."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json(source: str, body: bytes) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, bounded nesting; errors name the source."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        raise SourceError(source, "JSON nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SourceError(source, f"invalid JSON ({str(exc)[:120]})") from None
+
+
+def _unwrap(source: str, doc: Any) -> Mapping[str, Any]:
+    """The `data` of a dashboard reply `{"result": true, "msg": ..., "data": {...}}`."""
+    if not isinstance(doc, dict):
+        raise SourceError(source, "reply is not a JSON object")
+    if doc.get("result") is not True:
+        raise SourceError(source, "reply says the request failed")
+    data = doc.get("data")
+    if not isinstance(data, dict):
+        raise SourceError(source, "reply has no data object")
+    return data
+
+
+def _opt_str(source: str, data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 256:
+        raise SourceError(source, f"{key} is not a short string")
+    return value
+
+
+def _count(source: str, value: Any, what: str, limit: float = _MAX_COUNT) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SourceError(source, f"{what} is not a number")
+    if not math.isfinite(value) or value < 0 or value > limit or value != int(value):
+        raise SourceError(source, f"{what} is not a whole number in range")
+    return int(value)
+
+
+def parse_cluster_metadata(doc: Any) -> ClusterMetadata:
+    """`GET /api/v0/cluster_metadata` from dash_ReportHead."""
+    source = "dash_ReportHead /api/v0/cluster_metadata"
+    data = _unwrap(source, doc)
+    start = data.get("sessionStartTimestampMs")
+    start_ms = (
+        None if start is None else _count(source, start, "sessionStartTimestampMs", _YEAR_2100_MS)
+    )
+    init = data.get("rayInitCluster")
+    if init is not None and not isinstance(init, bool):
+        raise SourceError(source, "rayInitCluster is not a boolean")
+    return ClusterMetadata(
+        ray_version=_opt_str(source, data, "rayVersion"),
+        python_version=_opt_str(source, data, "pythonVersion"),
+        git_commit=_opt_str(source, data, "gitCommit"),
+        os=_opt_str(source, data, "os"),
+        session_start_timestamp_ms=start_ms,
+        libc_version=_opt_str(source, data, "libcVersion"),
+        ray_init_cluster=init,
+        # With usage stats disabled at start Ray records only the version fields.
+        usage_stats_enabled=start_ms is not None,
+    )
+
+
+def _resource(source: str, resources: Mapping[str, Any], name: str) -> float | None:
+    value = resources.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SourceError(source, f"resource {name} is not a number")
+    if not math.isfinite(value) or value < 0 or value > _MAX_RESOURCE:
+        raise SourceError(source, f"resource {name} is out of range")
+    return float(value)
+
+
+def _add(total: float | None, value: float | None) -> float | None:
+    if value is None:
+        return total
+    return value if total is None else total + value
+
+
+def parse_state_nodes(doc: Any) -> ResourceTotals:
+    """`GET /api/v0/nodes?detail=false` from dash_StateHead: totals over ALIVE nodes."""
+    source = "dash_StateHead /api/v0/nodes"
+    data = _unwrap(source, doc)
+    outer = data.get("result")
+    nodes = outer.get("result") if isinstance(outer, dict) else None
+    if not isinstance(nodes, list):
+        raise SourceError(source, "no node list in the reply")
+    total = outer.get("total") if isinstance(outer, dict) else None
+    if total is not None and _count(source, total, "total") > len(nodes):
+        raise SourceError(source, f"node list truncated ({len(nodes)} of {total} nodes)")
+    alive = 0
+    cpus = gpus = mem = store = None
+    for node in nodes:
+        if not isinstance(node, dict) or not isinstance(node.get("state"), str):
+            raise SourceError(source, "a node entry has no state")
+        if node["state"] != "ALIVE":
+            continue
+        resources = node.get("resources_total")
+        if not isinstance(resources, dict):
+            raise SourceError(source, "a node has no resources_total object")
+        alive += 1
+        cpus = _add(cpus, _resource(source, resources, "CPU"))
+        gpus = _add(gpus, _resource(source, resources, "GPU"))
+        mem = _add(mem, _resource(source, resources, "memory"))
+        store = _add(store, _resource(source, resources, "object_store_memory"))
+    return ResourceTotals(
+        total_num_nodes=alive,
+        total_num_cpus=int(cpus) if cpus is not None else None,
+        total_num_gpus=int(gpus) if gpus is not None else None,
+        total_memory_gb=mem / GIB if mem is not None else None,
+        total_object_store_memory_gb=store / GIB if store is not None else None,
+    )
+
+
+def parse_job_list(doc: Any) -> int:
+    """`GET /api/jobs/` from dash_JobHead: how many jobs are RUNNING."""
+    source = "dash_JobHead /api/jobs/"
+    if not isinstance(doc, list):
+        raise SourceError(source, "reply is not a JSON array")
+    running = 0
+    for job in doc:
+        if not isinstance(job, dict) or not isinstance(job.get("status"), str):
+            raise SourceError(source, "a job entry has no status")
+        if job["status"] == "RUNNING":
+            running += 1
+    return running
+
+
+def _str_list(source: str, value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SourceError(source, f"{what} is not a list of strings")
+    if len(value) > 1000:
+        raise SourceError(source, f"{what} has more than 1000 entries")
+    return tuple(value)
+
+
+def parse_provider(doc: Any) -> ProviderFacts:
+    """`GET /v1/usage` from the usagestatsd provider socket (docs/provider-protocol.md)."""
+    source = "usagestatsd_provider /v1/usage"
+    if not isinstance(doc, dict):
+        raise SourceError(source, "reply is not a JSON object")
+    version = doc.get("protocol_version")
+    if version != PROVIDER_PROTOCOL_VERSION:
+        raise SourceError(
+            source, f"protocol_version {version!r} not understood (this daemon speaks 1)"
+        )
+    cluster_id = doc.get("cluster_id")
+    if cluster_id is not None and not isinstance(cluster_id, str):
+        raise SourceError(source, "cluster_id is not a string")
+    tags = doc.get("extra_usage_tags")
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise SourceError(source, "extra_usage_tags is not an object of strings")
+    if len(tags) > 1000:
+        raise SourceError(source, "extra_usage_tags has more than 1000 entries")
+    return ProviderFacts(
+        cluster_id=cluster_id,
+        library_usages=_str_list(source, doc.get("library_usages"), "library_usages"),
+        extra_usage_tags=dict(tags),
+        hardware_usages=_str_list(source, doc.get("hardware_usages"), "hardware_usages"),
+    )
+
+
+def _instance_type(node_config: Any) -> str | None:
+    if not isinstance(node_config, dict):
+        return None
+    inner = node_config.get("node_config")
+    if not isinstance(inner, dict):
+        return None
+    for key in ("InstanceType", "machineType", "instance_type"):
+        if isinstance(inner.get(key), str):
+            return str(inner[key])
+    arm = inner.get("azure_arm_parameters")
+    if isinstance(arm, dict) and isinstance(arm.get("vmSize"), str):
+        return str(arm["vmSize"])
+    return None
+
+
+def _opt_count(source: str, config: Mapping[str, Any], key: str) -> int | None:
+    return None if config.get(key) is None else _count(source, config[key], key)
+
+
+def parse_cluster_config(doc: Any) -> ClusterConfigFacts:
+    """The autoscaler's cluster config (YAML already decoded safely): provider and node types."""
+    source = "cluster config file"
+    if not isinstance(doc, dict):
+        raise SourceError(source, "not a mapping at top level")
+    provider = doc.get("provider")
+    cloud = provider.get("type") if isinstance(provider, dict) else None
+    if cloud is not None and not isinstance(cloud, str):
+        raise SourceError(source, "provider.type is not a string")
+    head_type = worker_types = None
+    node_types = doc.get("available_node_types")
+    head_name = doc.get("head_node_type")
+    if isinstance(node_types, dict) and isinstance(head_name, str):
+        workers: list[str] = []
+        for name, node_config in node_types.items():
+            kind = _instance_type(node_config)
+            if name == head_name:
+                head_type = kind
+            elif kind is not None:
+                workers.append(kind)
+        worker_types = tuple(workers)
+    return ClusterConfigFacts(
+        cloud_provider=cloud.lower() if cloud else None,
+        min_workers=_opt_count(source, doc, "min_workers"),
+        max_workers=_opt_count(source, doc, "max_workers"),
+        head_node_instance_type=head_type,
+        worker_node_instance_types=worker_types,
+    )

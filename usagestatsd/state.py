@@ -1,0 +1,156 @@
+"""The daemon's small persistent state: per-session counters, session_id, last result.
+
+Kept as one JSON file in the state directory, replaced atomically after each attempt, so
+the counters survive a daemon restart within a session and never go backwards. A file
+that cannot be read is set aside (never deleted) and the daemon starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from usagestatsd.fileio import UnsafeFileError, atomic_write, read_regular_file
+from usagestatsd.report import Counters
+
+STATE_FILE = "state.json"
+FORMAT = 1
+
+
+class StateError(Exception):
+    """The state file exists but cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class EndpointResult:
+    """How one endpoint took one report."""
+
+    endpoint: str
+    ok: bool
+    status: int | None
+    error: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class LastReport:
+    """The most recent attempt, for `status` and the STATUS= line."""
+
+    time_ms: int
+    session_id: str
+    seq_number: int
+    success: bool
+    error: str | None
+    endpoints: tuple[EndpointResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """What is remembered about the session being reported."""
+
+    key: str
+    session_id: str
+    counters: Counters = Counters()
+
+
+@dataclass(frozen=True)
+class State:
+    """Everything in state.json."""
+
+    session: SessionState | None = None
+    last_report: LastReport | None = None
+    next_report_ms: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def for_session(self, key: str) -> SessionState:
+        """The remembered state of session `key`, or a fresh one with a random session_id."""
+        if self.session and self.session.key == key:
+            return self.session
+        return SessionState(key=key, session_id=uuid.uuid4().hex)
+
+
+def _to_json(state: State) -> bytes:
+    data = {
+        "format": FORMAT,
+        "session": asdict(state.session) if state.session else None,
+        "last_report": asdict(state.last_report) if state.last_report else None,
+        "next_report_ms": state.next_report_ms,
+        **state.extra,
+    }
+    return json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def _nonneg(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError("counter is not a non-negative integer")
+    return value
+
+
+def _from_json(data: dict[str, Any]) -> State:
+    if data.get("format") != FORMAT:
+        raise ValueError(f"unknown format {data.get('format')!r}")
+    session = None
+    if data.get("session"):
+        s = data["session"]
+        c = s["counters"]
+        counters = Counters(
+            _nonneg(c["seq_number"]), _nonneg(c["total_success"]), _nonneg(c["total_failed"])
+        )
+        if not isinstance(s["key"], str) or not isinstance(s["session_id"], str):
+            raise ValueError("session key or id is not text")
+        session = SessionState(s["key"], s["session_id"], counters)
+    last = None
+    if data.get("last_report"):
+        lr = dict(data["last_report"])
+        lr["endpoints"] = tuple(EndpointResult(**e) for e in lr.get("endpoints", ()))
+        last = LastReport(**lr)
+    nxt = data.get("next_report_ms")
+    extra = {
+        k: v
+        for k, v in data.items()
+        if k not in ("format", "session", "last_report", "next_report_ms")
+    }
+    return State(session, last, nxt if isinstance(nxt, int) else None, extra)
+
+
+class StateStore:
+    """Reads and writes state.json in one directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / STATE_FILE
+
+    def load(self) -> State:
+        """The saved state; a missing file is a fresh start, a broken one raises StateError."""
+        try:
+            raw = read_regular_file(self.path, max_bytes=1 << 20)
+        except FileNotFoundError:
+            return State()
+        except (UnsafeFileError, OSError) as exc:
+            raise StateError(f"{self.path}: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return _from_json(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateError(f"{self.path}: {exc}") from None
+
+    def set_aside(self) -> Path | None:
+        """Move a broken state file out of the way (kept for inspection); return its new name."""
+        aside = self.path.with_name(f"{STATE_FILE}.broken-{int(time.time())}")
+        try:
+            os.rename(self.path, aside)
+        except OSError:
+            return None
+        return aside
+
+    def save(self, state: State) -> None:
+        """Replace state.json atomically (creating the directory, private to the daemon)."""
+        self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        atomic_write(self.directory, STATE_FILE, _to_json(state), mode=0o640)

@@ -1,0 +1,114 @@
+"""`usagestatsd status`: the decision and why, the session, and the last and next report."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from usagestatsd.cluster import PROVIDER_SOCKET
+from usagestatsd.consent import Decision
+from usagestatsd.session import find_session
+from usagestatsd.settings import Settings
+from usagestatsd.state import State, StateError, StateStore
+
+
+def _when(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ms / 1000))
+
+
+def _load_state(settings: Settings) -> tuple[State, str | None]:
+    try:
+        return StateStore(settings.state_dir).load(), None
+    except (StateError, OSError) as exc:
+        return State(), str(exc)
+
+
+def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
+    """Everything `status` shows, as JSON-ready values."""
+    state, state_problem = _load_state(settings)
+    found = find_session(settings.temp_root)
+    session: dict[str, Any] | None = None
+    if found.session:
+        s = found.session
+        same = state.session is not None and state.session.key == s.key
+        session = {
+            "dir": str(s.path),
+            "session_id": state.session.session_id if same and state.session else None,
+            "usage_stats_json": str(s.usage_stats_path),
+            "usage_stats_json_exists": s.usage_stats_path.exists(),
+            "provider": "present" if (s.sockets_dir / PROVIDER_SOCKET).exists() else "absent",
+            "counters": (vars(state.session.counters) if same and state.session else None),
+        }
+    last = state.last_report
+    return {
+        "enabled": decision.enabled,
+        "decided_by": {"layer": decision.layer, "where": decision.where, "value": decision.value},
+        "reason": decision.reason,
+        "how_to_change": decision.how_to_change,
+        "error": decision.error,
+        "consulted": [vars(c) for c in decision.consulted],
+        "settings_file": str(settings.settings_file) if settings.settings_file else None,
+        "consent_file": str(settings.consent_file),
+        "temp_root": str(settings.temp_root),
+        "state_dir": str(settings.state_dir),
+        "state_problem": state_problem,
+        "endpoints": [e.display for e in settings.endpoints],
+        "session": session,
+        "last_report": None
+        if last is None
+        else {
+            "time": _when(last.time_ms),
+            "session_id": last.session_id,
+            "seq_number": last.seq_number,
+            "success": last.success,
+            "error": last.error,
+        },
+        "next_report": _when(state.next_report_ms),
+    }
+
+
+def render(info: dict[str, Any]) -> str:
+    """The human-readable form of `describe`."""
+    word = "enabled" if info["enabled"] else "disabled"
+    by = info["decided_by"]
+    lines = [
+        f"Usage stats collection: {word}",
+        f"  decided by:   {by['layer']} ({by['where']})"
+        + (f" = {by['value']}" if by["value"] is not None else ""),
+        f"  reason:       {info['reason']}",
+        f"  to change:    {info['how_to_change']}",
+    ]
+    if info["error"]:
+        lines.append(f"  ERROR:        {info['error']}")
+    lines.append("  consulted:")
+    for c in info["consulted"]:
+        lines.append(f"    - {c['layer']:<24} {c['where']}: {c['value']}")
+    lines += [
+        f"Settings file:  {info['settings_file'] or '(none; defaults)'}",
+        f"Consent file:   {info['consent_file']}",
+        f"Endpoints:      {', '.join(info['endpoints'])}",
+        f"Ray temp root:  {info['temp_root']}",
+    ]
+    s = info["session"]
+    if s is None:
+        lines.append("Session:        none found")
+    else:
+        lines += [
+            f"Session:        {s['dir']}",
+            f"  session_id:   {s['session_id'] or '(assigned at the first report)'}",
+            f"  local copy:   {s['usage_stats_json']}"
+            + ("" if s["usage_stats_json_exists"] else " (not written yet)"),
+            f"  provider:     {s['provider']}",
+        ]
+    last = info["last_report"]
+    if last is None:
+        lines.append("Last report:    none")
+    else:
+        outcome = "ok" if last["success"] else f"FAILED: {last['error']}"
+        lines.append(f"Last report:    {last['time']} seq {last['seq_number']} {outcome}")
+    lines.append(f"Next report:    {info['next_report'] or 'not scheduled'}")
+    if info["state_problem"]:
+        lines.append(f"State:          unreadable ({info['state_problem']})")
+    return "\n".join(lines)
