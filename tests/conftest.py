@@ -1,0 +1,94 @@
+"""Fixtures: a demo Ray session on real Unix sockets, endpoints on 127.0.0.1, settings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import ScriptedEndpoint
+from usagestatsd.demo import DemoCluster, make_session_dir, recorded, recorded_responses
+from usagestatsd.settings import Settings, load_settings
+
+
+
+def recorded_json(name: str) -> Any:
+    """A recorded Ray 2.60 response, decoded."""
+    return json.loads(recorded(name))
+
+
+@pytest.fixture
+def temp_root(tmp_path: Path) -> Path:
+    """An empty Ray temp root."""
+    root = tmp_path / "ray"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """Where the daemon keeps its state."""
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def empty_settings_file(tmp_path: Path) -> Path:
+    """A settings file with nothing in it (so /etc is never read by tests)."""
+    path = tmp_path / "usagestatsd.toml"
+    path.write_text("")
+    return path
+
+
+@pytest.fixture
+async def demo_session(temp_root: Path) -> AsyncIterator[DemoCluster]:
+    """A session directory serving the recorded Ray 2.60 responses on real Unix sockets."""
+    cluster = DemoCluster(make_session_dir(temp_root), recorded_responses())
+    await cluster.start()
+    yield cluster
+    await cluster.stop()
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[ScriptedEndpoint]:
+    """An endpoint on 127.0.0.1 that accepts every report."""
+    server = ScriptedEndpoint()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def make_settings(
+    temp_root: Path, state_dir: Path, empty_settings_file: Path
+) -> Callable[..., Settings]:
+    """Settings as the daemon would build them, from an environment dict."""
+
+    def build(env: dict[str, str] | None = None, **cli: object) -> Settings:
+        base = {
+            "USAGESTATSD_TEMP_ROOT": str(temp_root),
+            "USAGESTATSD_STATE_DIR": str(state_dir),
+            "HOME": str(temp_root.parent / "home"),
+        }
+        base.update(env or {})
+        return load_settings(base, cli, empty_settings_file)
+
+    return build
+
+
+def daemon_env(temp_root: Path, state_dir: Path, url: str, **extra: str) -> dict[str, str]:
+    """The environment for a daemon process reporting quickly to `url`."""
+    env = {
+        "RAY_USAGE_STATS_ENABLED": "1",
+        "USAGESTATSD_TEMP_ROOT": str(temp_root),
+        "USAGESTATSD_STATE_DIR": str(state_dir),
+        "RAY_USAGE_STATS_REPORT_URL": url,
+        "RAY_USAGE_STATS_REPORT_INTERVAL_S": "0.5",
+        "USAGESTATSD_RETRY_INITIAL_DELAY_S": "0.05",
+        "USAGESTATSD_RETRY_MAX_DELAY_S": "0.2",
+        "HOME": str(temp_root.parent / "home"),
+    }
+    env.update(extra)
+    return env
