@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,12 @@ def recorded_json(name: str) -> Any:
 
 
 @pytest.fixture
-def temp_root(tmp_path: Path) -> Path:
-    """An empty Ray temp root."""
-    root = tmp_path / "ray"
+def temp_root() -> Iterator[Path]:
+    """An empty Ray temp root, short enough for Unix socket paths (108 bytes at most)."""
+    root = Path(tempfile.mkdtemp(prefix="usd-", dir="/tmp")) / "ray"
     root.mkdir()
-    return root
+    yield root
+    shutil.rmtree(root.parent, ignore_errors=True)
 
 
 @pytest.fixture
