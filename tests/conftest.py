@@ -16,7 +16,6 @@ from usagestatsd.demo import DemoCluster, make_session_dir, recorded, recorded_r
 from usagestatsd.settings import Settings, load_settings
 
 
-
 def recorded_json(name: str) -> Any:
     """A recorded Ray 2.60 response, decoded."""
     return json.loads(recorded(name))

@@ -223,3 +223,9 @@ async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+async def await_line(daemon: DaemonProcess, needle: str, timeout: float = 20.0) -> str:
+    """Like DaemonProcess.wait_for, without blocking the event loop the test servers run on."""
+    await until(lambda: daemon.count(needle) > 0 or daemon.proc.poll() is not None, timeout)
+    return daemon.wait_for(needle, timeout=0.5)

@@ -130,8 +130,9 @@ async def test_regular_file_and_symlink_are_not_sockets(temp_root: Path, tmp_pat
     assert server.connections == 0
 
 
-async def test_cluster_config_file_is_read(demo_session: DemoCluster, temp_root: Path,
-                                           tmp_path: Path) -> None:
+async def test_cluster_config_file_is_read(
+    demo_session: DemoCluster, temp_root: Path, tmp_path: Path
+) -> None:
     """A readable autoscaler config gives provider, bounds and instance types."""
     config = tmp_path / "ray_bootstrap_config.yaml"
     config.write_text(
@@ -145,8 +146,9 @@ async def test_cluster_config_file_is_read(demo_session: DemoCluster, temp_root:
     assert facts.config.worker_node_instance_types == ("n1-highmem-8",)
 
 
-async def test_garbage_cluster_config(demo_session: DemoCluster, temp_root: Path,
-                                      tmp_path: Path) -> None:
+async def test_garbage_cluster_config(
+    demo_session: DemoCluster, temp_root: Path, tmp_path: Path
+) -> None:
     """A config file that is not YAML is one named problem; the provider stays 'unknown'."""
     config = tmp_path / "bad.yaml"
     config.write_text("provider: [unclosed\n  - : :")

@@ -35,6 +35,10 @@ def test_overrun_skips_to_next_slot_without_burst() -> None:
 
 def test_fleet_members_spread_out() -> None:
     """Different random sources give different second-report times."""
-    seconds = {Schedule(3600, random.Random(seed)).after(
-        Schedule(3600, random.Random(seed)).first(0.0), 60.0).due for seed in range(20)}
+    seconds = {
+        Schedule(3600, random.Random(seed))
+        .after(Schedule(3600, random.Random(seed)).first(0.0), 60.0)
+        .due
+        for seed in range(20)
+    }
     assert len(seconds) == 20

@@ -38,11 +38,19 @@ async def scripted(request: pytest.FixtureRequest) -> AsyncIterator[ScriptedEndp
     await server.stop()
 
 
-async def send(server: ScriptedEndpoint, sleep: RecordingSleep | None = None,
-               policy: RetryPolicy = POLICY) -> tuple[bool, int | None, int]:
+async def send(
+    server: ScriptedEndpoint, sleep: RecordingSleep | None = None, policy: RetryPolicy = POLICY
+) -> tuple[bool, int | None, int]:
     """Send BODY once with retries; return (ok, status, attempts)."""
-    [result] = await send_report(BODY, [Endpoint(server.url)], policy, policy.budget_s, 2.0,
-                                 {"seq": 0}, sleep=sleep or RecordingSleep())
+    [result] = await send_report(
+        BODY,
+        [Endpoint(server.url)],
+        policy,
+        policy.budget_s,
+        2.0,
+        {"seq": 0},
+        sleep=sleep or RecordingSleep(),
+    )
     return result.ok, result.status, result.attempts
 
 
@@ -97,11 +105,12 @@ async def test_retry_after_beyond_budget_gives_up(scripted: ScriptedEndpoint) ->
     assert sleep.delays == []
 
 
-@pytest.mark.parametrize("scripted", [[400], [404], [Reply(301, {"Location": "http://x/"})]],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "scripted", [[400], [404], [Reply(301, {"Location": "http://x/"})]], indirect=True
+)
 async def test_4xx_and_redirects_are_not_retried(scripted: ScriptedEndpoint) -> None:
     """A 4xx other than 429, or a redirect, fails at once: one attempt."""
-    ok, status, attempts = await send(scripted)
+    ok, _status, attempts = await send(scripted)
     assert (ok, attempts) == (False, 1)
     assert len(scripted.received) == 1
 
@@ -132,8 +141,15 @@ async def test_each_endpoint_has_its_own_outcome() -> None:
     await good.start()
     await bad.start()
     try:
-        results = await send_report(BODY, [Endpoint(good.url), Endpoint(bad.url)], POLICY, 5,
-                                    1.0, {}, sleep=RecordingSleep())
+        results = await send_report(
+            BODY,
+            [Endpoint(good.url), Endpoint(bad.url)],
+            POLICY,
+            5,
+            1.0,
+            {},
+            sleep=RecordingSleep(),
+        )
     finally:
         await good.stop()
         await bad.stop()
@@ -158,8 +174,16 @@ async def test_total_time_stays_within_budget() -> None:
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("120", 120.0), ("0", 0.0), (" 7 ", 7.0), ("soon", None), ("", None), (None, None),
-     ("-5", None), ("99999999999999", 86400.0)],
+    [
+        ("120", 120.0),
+        ("0", 0.0),
+        (" 7 ", 7.0),
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("-5", None),
+        ("99999999999999", 86400.0),
+    ],
 )
 def test_parse_retry_after(header: str | None, expected: float | None) -> None:
     """Delta-seconds are taken (capped at a day); nonsense is ignored."""
@@ -169,5 +193,3 @@ def test_parse_retry_after(header: str | None, expected: float | None) -> None:
 def test_retry_after_date_in_past_is_zero() -> None:
     """An HTTP date in the past means retry now."""
     assert parse_retry_after("Mon, 01 Jan 2001 00:00:00 GMT", time.time()) == 0.0
-
-

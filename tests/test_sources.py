@@ -33,8 +33,11 @@ def test_recorded_metadata_fields() -> None:
 
 def test_metadata_of_cluster_started_with_usage_stats_disabled() -> None:
     """Ray keeps only the version fields when usage stats were disabled at start."""
-    doc = {"result": True, "msg": "", "data": {"rayVersion": "2.60.0", "pythonVersion": "3.11.2",
-                                               "rayInitCluster": False}}
+    doc = {
+        "result": True,
+        "msg": "",
+        "data": {"rayVersion": "2.60.0", "pythonVersion": "3.11.2", "rayInitCluster": False},
+    }
     assert parse_cluster_metadata(doc).usage_stats_enabled is False
 
 
@@ -79,15 +82,37 @@ def test_running_jobs_counted() -> None:
         (parse_cluster_metadata, [], "not a JSON object"),
         (parse_cluster_metadata, {"result": False, "data": {}}, "failed"),
         (parse_cluster_metadata, {"result": True, "data": {"rayVersion": 5}}, "rayVersion"),
-        (parse_cluster_metadata,
-         {"result": True, "data": {"sessionStartTimestampMs": -5}}, "sessionStart"),
-        (parse_cluster_metadata,
-         {"result": True, "data": {"sessionStartTimestampMs": 10**30}}, "sessionStart"),
+        (
+            parse_cluster_metadata,
+            {"result": True, "data": {"sessionStartTimestampMs": -5}},
+            "sessionStart",
+        ),
+        (
+            parse_cluster_metadata,
+            {"result": True, "data": {"sessionStartTimestampMs": 10**30}},
+            "sessionStart",
+        ),
         (parse_state_nodes, {"result": True, "data": {"result": {"result": "x"}}}, "node list"),
-        (parse_state_nodes, {"result": True, "data": {"result": {"result": [
-            {"state": "ALIVE", "resources_total": {"CPU": -2}}]}}}, "CPU"),
-        (parse_state_nodes, {"result": True, "data": {"result": {"result": [
-            {"state": "ALIVE", "resources_total": {"CPU": "2"}}]}}}, "CPU"),
+        (
+            parse_state_nodes,
+            {
+                "result": True,
+                "data": {
+                    "result": {"result": [{"state": "ALIVE", "resources_total": {"CPU": -2}}]}
+                },
+            },
+            "CPU",
+        ),
+        (
+            parse_state_nodes,
+            {
+                "result": True,
+                "data": {
+                    "result": {"result": [{"state": "ALIVE", "resources_total": {"CPU": "2"}}]}
+                },
+            },
+            "CPU",
+        ),
         (parse_job_list, {"jobs": []}, "array"),
         (parse_job_list, [{"status": 3}], "status"),
         (parse_provider, {"protocol_version": 2}, "protocol_version 2"),
