@@ -2,7 +2,8 @@
 # A Debian 12 container with systemd as PID 1, for proving usagestatsd under real systemd.
 #
 #   container.sh root                    build (once) the cached pristine root; prints its path
-#   container.sh boot WORKDIR            boot a fresh copy of it; waits until systemd is up
+#   container.sh boot WORKDIR [--network=private|host]
+#                                        boot a fresh copy of it; waits until systemd is up
 #   container.sh exec WORKDIR -- CMD...  run CMD inside (all namespaces); its output and exit status
 #   container.sh push WORKDIR SRC... DEST   copy host files/directories into the container
 #   container.sh stop WORKDIR            power it off (kill if it hangs) and remove the copy
@@ -12,6 +13,11 @@
 # It is rebuilt only when the recipe below changes. Every boot gets its own copy-on-write
 # view of it (an overlay mount in WORKDIR, or a full copy where overlayfs is missing), so
 # runs never contaminate each other or the cache.
+#
+# Network: by default the container has its own network namespace with only loopback, so
+# its 127.0.0.1 ports never meet the host's (or another run's) and nothing it sends can leave
+# the machine. The .deb's dependencies are pre-installed, so `apt-get install ./x.deb` needs
+# no network. --network=host shares the host's network instead (apt can then download).
 #
 # WORKDIR holds: root/ (what the container sees), upper/ work/ (overlay), console.log,
 # nspawn.pid, systemd.pid, machine. Needs root.
@@ -33,7 +39,7 @@ INSIDE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 say() { printf 'container.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 need_root() { [ "$(id -u)" = 0 ] || die "must run as root"; }
 
@@ -124,6 +130,22 @@ cmd_root() {
 
 state() { cat "$1/$2" 2>/dev/null || true; }
 
+# Is PID a live (not zombie) process? kill -0 also succeeds on zombies.
+alive() {
+    local st
+    [ -n "${1:-}" ] || return 1
+    st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [ -n "$st" ] && [ "$st" != Z ]
+}
+
+# The container's systemd recorded in WORKDIR, if it is still that process.
+recorded_systemd() {
+    local sd
+    sd=$(state "$1" systemd.pid)
+    alive "$sd" && [ "$(cat "/proc/$sd/comm" 2>/dev/null)" = systemd ] && [ "$sd" != 1 ] && echo "$sd"
+    return 0
+}
+
 # PID of the container's systemd (a child of systemd-nspawn), empty if none.
 find_systemd() {
     local nspawn=$1
@@ -131,13 +153,23 @@ find_systemd() {
 }
 
 cmd_boot() {
-    local wd=${1:?usage: container.sh boot WORKDIR}
+    local wd=${1:?usage: container.sh boot WORKDIR [--network=private|host]}
+    shift
+    local network=private net_args=(--private-network)
+    case "${1:-}" in
+        "" | --network=private) ;;
+        --network=host) network=host net_args=() ;;
+        *) die "unknown boot option: $1" ;;
+    esac
     need_root
     wd=$(realpath -m "$wd")
-    [ -e "$wd/nspawn.pid" ] && kill -0 "$(state "$wd" nspawn.pid)" 2>/dev/null \
-        && die "$wd already has a running container; stop it first"
+    if alive "$(state "$wd" nspawn.pid)" || [ -n "$(recorded_systemd "$wd")" ]; then
+        die "$wd already has a running container; stop it first"
+    fi
     cmd_root >/dev/null
     mkdir -p "$wd"
+    # Leftovers of a run that died without `stop`.
+    if mountpoint -q "$wd/root" 2>/dev/null; then umount "$wd/root" 2>/dev/null || umount -l "$wd/root"; fi
     rm -rf "$wd/root" "$wd/upper" "$wd/work"
     mkdir -p "$wd/root" "$wd/upper" "$wd/work"
     if mount -t overlay overlay -o "lowerdir=$PRISTINE,upperdir=$wd/upper,workdir=$wd/work" "$wd/root" 2>/dev/null; then
@@ -146,19 +178,20 @@ cmd_boot() {
         cp -a --reflink=auto "$PRISTINE/." "$wd/root/"
         echo copy >"$wd/copy"
     fi
-    local machine="e2e-$(basename "$wd" | tr -c 'A-Za-z0-9\n-' - | cut -c1-40)-$$"
+    local machine
+    machine="e2e-$(basename "$wd" | tr -c 'A-Za-z0-9\n-' - | cut -c1-40)-$$"
     echo "$machine" >"$wd/machine"
 
     # setsid: the container must outlive this script and not share its process group.
     SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 setsid systemd-nspawn -q -D "$wd/root" -M "$machine" \
-        --boot --register=no --keep-unit --console=pipe \
+        --boot --register=no --keep-unit --console=pipe "${net_args[@]}" \
         </dev/null >"$wd/console.log" 2>&1 &
     local nspawn=$!
     echo "$nspawn" >"$wd/nspawn.pid"
 
     local deadline=$((SECONDS + BOOT_TIMEOUT)) sd=""
     while [ -z "$sd" ]; do
-        kill -0 "$nspawn" 2>/dev/null || { tail -20 "$wd/console.log" >&2; die "systemd-nspawn exited during boot"; }
+        alive "$nspawn" || { tail -20 "$wd/console.log" >&2; die "systemd-nspawn exited during boot"; }
         [ $SECONDS -lt $deadline ] || die "no systemd inside the container after ${BOOT_TIMEOUT}s"
         sleep 0.1
         sd=$(find_systemd "$nspawn")
@@ -186,7 +219,7 @@ cmd_boot() {
             tail -20 "$wd/console.log" >&2
             die "systemd did not finish booting (state: ${status:-no answer after ${BOOT_TIMEOUT}s})" ;;
     esac
-    echo "nspawn_pid=$nspawn systemd_pid=$sd state=$status root=$wd/root"
+    echo "nspawn_pid=$nspawn systemd_pid=$sd state=$status network=$network root=$wd/root"
 }
 
 cmd_exec() {
@@ -196,7 +229,7 @@ cmd_exec() {
     [ $# -gt 0 ] || die "usage: container.sh exec WORKDIR -- CMD..."
     local sd
     sd=$(state "$wd" systemd.pid)
-    [ -n "$sd" ] && kill -0 "$sd" 2>/dev/null || die "no running container in $wd"
+    alive "$sd" || die "no running container in $wd"
     exec nsenter -t "$sd" -a -r -w env -i PATH="$INSIDE_PATH" HOME=/root USER=root LOGNAME=root \
         LANG=C.UTF-8 TERM=dumb PAGER=cat SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 \
         DEBIAN_FRONTEND=noninteractive "$@"
@@ -217,19 +250,22 @@ cmd_stop() {
     local wd=${1:?usage: container.sh stop WORKDIR}
     need_root
     wd=$(realpath -m "$wd")
-    local nspawn
+    local nspawn sd _
     nspawn=$(state "$wd" nspawn.pid)
-    if [ -n "$nspawn" ] && kill -0 "$nspawn" 2>/dev/null; then
+    alive "$nspawn" || nspawn=""
+    sd=""
+    [ -n "$nspawn" ] && sd=$(find_systemd "$nspawn")
+    # If systemd-nspawn died, the container's systemd may still run, orphaned.
+    [ -n "$sd" ] || sd=$(recorded_systemd "$wd")
+    if [ -n "$nspawn$sd" ]; then
         # SIGRTMIN+4 to the container's systemd is "poweroff"; nspawn exits when it does.
-        local sd
-        sd=$(find_systemd "$nspawn")
-        if [ -n "$sd" ]; then kill -s RTMIN+4 "$sd" 2>/dev/null || true; fi
-        local i
-        for i in $(seq 100); do kill -0 "$nspawn" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$nspawn" 2>/dev/null; then
+        [ -z "$sd" ] || kill -s RTMIN+4 "$sd" 2>/dev/null || true
+        for _ in $(seq 100); do alive "$nspawn" || alive "$sd" || break; sleep 0.1; done
+        if alive "$nspawn" || alive "$sd"; then
             say "container did not power off within 10s; killing it"
-            kill -KILL "$nspawn" 2>/dev/null || true
-            for i in $(seq 50); do kill -0 "$nspawn" 2>/dev/null || break; sleep 0.1; done
+            # Killing a PID namespace's init kills everything in it.
+            for pid in $sd $nspawn; do kill -KILL "$pid" 2>/dev/null || true; done
+            for _ in $(seq 50); do alive "$nspawn" || alive "$sd" || break; sleep 0.1; done
         fi
     fi
     if mountpoint -q "$wd/root" 2>/dev/null; then

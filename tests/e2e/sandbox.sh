@@ -18,8 +18,8 @@ prop() { in_c systemctl show -p "$1" --value usagestatsd; }
 
 # The stand-in's log of the current invocation, once its checks have run N times.
 checks() {
-    local runs=${1:-1} inv log i
-    for i in $(seq 50); do
+    local runs=${1:-1} inv log _
+    for _ in $(seq 50); do
         inv=$(prop InvocationID)
         log=$(in_c journalctl -q -o cat --no-pager "_SYSTEMD_INVOCATION_ID=$inv" || true)
         [ "$(grep -c '^checks done' <<<"$log")" -ge "$runs" ] && break
@@ -36,7 +36,7 @@ expect() {
     if [[ "$line" == "check $2 $3"* ]] && { [ -z "${4:-}" ] || grep -q -- "$4" <<<"$line"; }; then
         pass "$scenario: $2 $3${4:+ ($4)}"
     else
-        fail "$scenario: $2: expected $3${4:+ matching '$4'}, got: ${line:-nothing}"
+        fail "$scenario: $2: expected $3${4:+ matching \"$4\"}, got: ${line:-nothing}"
     fi
 }
 
@@ -47,8 +47,8 @@ expect_prop() {  # expect_prop NAME VALUE
 }
 
 wait_prop() {  # wait_prop NAME VALUE: up to 5 s
-    local i
-    for i in $(seq 50); do [ "$(prop "$1")" = "$2" ] && return 0; sleep 0.1; done
+    local _
+    for _ in $(seq 50); do [ "$(prop "$1")" = "$2" ] && return 0; sleep 0.1; done
 }
 
 restart_with_mode() {
@@ -82,7 +82,7 @@ expect "$log" write-state ok /var/lib/usagestatsd/state.json
 
 scenario="root, Ray (root) started after it"
 in_c systemd-run --quiet --unit=fake-ray python3 /usr/local/lib/e2e/standin/fake-ray.py
-for i in $(seq 50); do in_c test -S /tmp/ray/session_latest/sockets/dash.sock && break; sleep 0.1; done
+for _ in $(seq 50); do in_c test -S /tmp/ray/session_latest/sockets/dash.sock && break; sleep 0.1; done
 in_c systemctl kill -s USR1 usagestatsd
 log=$(checks 2)
 expect "$log" dashboard-socket ok "HTTP/1.0 200"
@@ -108,7 +108,7 @@ scenario="root, Ray run by ray"
 in_c systemctl stop fake-ray
 in_c rm -rf /tmp/ray
 in_c systemd-run --quiet --unit=fake-ray-as-ray -p User=ray python3 /usr/local/lib/e2e/standin/fake-ray.py
-for i in $(seq 50); do in_c test -S /tmp/ray/session_latest/sockets/dash.sock && break; sleep 0.1; done
+for _ in $(seq 50); do in_c test -S /tmp/ray/session_latest/sockets/dash.sock && break; sleep 0.1; done
 in_c systemctl start usagestatsd
 log=$(checks 1)
 # A capability-less root cannot connect to ray's srwxr-xr-x socket: the drop-in is needed.
