@@ -38,3 +38,16 @@ unit: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache
+
+## make test-debian-libs: the unit tests against Debian 12's library versions
+DEBVENV := .venv-debian
+$(DEBVENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DEBVENV)
+	$(DEBVENV)/bin/python -m pip install -q --upgrade pip
+	$(DEBVENV)/bin/python -m pip install -q "aiohttp==3.8.4" "tenacity==8.2.1" "structlog==22.3.0" \
+		"python-daemon==2.3.2" "PyYAML==6.0.1" "pytest>=7.2" "pytest-asyncio>=0.20" "hypothesis>=6.60"
+	$(DEBVENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+test-debian-libs: $(DEBVENV)/.installed
+	$(DEBVENV)/bin/python -m pytest -q tests --ignore=tests/e2e --ignore=tests/ray

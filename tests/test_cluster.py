@@ -40,14 +40,14 @@ async def test_absent_sockets_give_nulls(temp_root: Path) -> None:
     facts = await gather(session_of(temp_root), FAST)
     assert facts.metadata is None and facts.running_jobs is None
     assert facts.totals.total_num_cpus is None
-    assert len(facts.problems) == 3
+    assert len(facts.problems) == 3  # metadata, cluster status, jobs
     assert all("absent" in p.problem for p in facts.problems)
 
 
 async def test_garbage_and_wrong_types(temp_root: Path) -> None:
     """Invalid JSON on one socket and wrong types on another null only their own fields."""
     responses = recorded_responses()
-    responses["dash_StateHead"] = {"/api/v0/nodes": b"{this is not json"}
+    responses["dash_ReportHead"]["/api/cluster_status"] = b"{this is not json"
     responses["dash_JobHead"] = {"/api/jobs/": b'{"jobs": "many"}'}
     cluster = DemoCluster(make_session_dir(temp_root), responses)
     await cluster.start()
@@ -56,7 +56,7 @@ async def test_garbage_and_wrong_types(temp_root: Path) -> None:
     finally:
         await cluster.stop()
     problems = {p.source.split()[0]: p.problem for p in facts.problems}
-    assert "invalid JSON" in problems["dash_StateHead"]
+    assert "invalid JSON" in problems["dash_ReportHead"]
     assert "array" in problems["dash_JobHead"]
     assert facts.totals.total_num_cpus is None and facts.running_jobs is None
     assert facts.metadata is not None  # the healthy socket still answered
@@ -119,14 +119,14 @@ async def test_regular_file_and_symlink_are_not_sockets(temp_root: Path, tmp_pat
     (session / "sockets" / "dash_ReportHead").write_text("{}")
     elsewhere = temp_root.parent / "elsewhere.sock"
     server = RawUnixServer(elsewhere, lambda conn: None)
-    os.symlink(elsewhere, session / "sockets" / "dash_StateHead")
+    os.symlink(elsewhere, session / "sockets" / "dash_JobHead")
     try:
         facts = await gather(session_of(temp_root), FAST)
     finally:
         server.close()
     problems = {p.source.split()[0]: p.problem for p in facts.problems}
     assert "not a socket" in problems["dash_ReportHead"]
-    assert "not a socket" in problems["dash_StateHead"]
+    assert "not a socket" in problems["dash_JobHead"]
     assert server.connections == 0
 
 

@@ -19,7 +19,7 @@ from usagestatsd.report import (
     local_copy,
     serialise,
 )
-from usagestatsd.sources import parse_cluster_metadata, parse_job_list, parse_state_nodes
+from usagestatsd.sources import parse_cluster_metadata, parse_cluster_status, parse_job_list
 
 
 def recorded_report(**overrides: Any) -> Any:
@@ -30,7 +30,7 @@ def recorded_report(**overrides: Any) -> Any:
         counters=Counters(4, 4, 0),
         session_id="1c4945d0f5bd56675908afac3a1bf236b34c2c2f2643f2e43079b661",
         metadata=parse_cluster_metadata(recorded_json("dash_report_cluster_metadata.json")),
-        totals=parse_state_nodes(recorded_json("dash_state_nodes.json")),
+        totals=parse_cluster_status(recorded_json("dash_report_cluster_status.json")),
         running_jobs=parse_job_list(recorded_json("dash_job_list.json")),
         config=ClusterConfigFacts(cloud_provider="unknown"),
         provider=ProviderFacts(

@@ -12,9 +12,9 @@ from usagestatsd.sources import (
     decode_json,
     parse_cluster_config,
     parse_cluster_metadata,
+    parse_cluster_status,
     parse_job_list,
     parse_provider,
-    parse_state_nodes,
 )
 
 
@@ -41,9 +41,9 @@ def test_metadata_of_cluster_started_with_usage_stats_disabled() -> None:
     assert parse_cluster_metadata(doc).usage_stats_enabled is False
 
 
-def test_recorded_state_nodes_totals() -> None:
-    """CPU, memory and object store totals over ALIVE nodes, in Ray's units."""
-    totals = parse_state_nodes(recorded_json("dash_state_nodes.json"))
+def test_recorded_cluster_status_totals() -> None:
+    """CPU, memory, object store totals and live nodes from cluster_status, in Ray's units."""
+    totals = parse_cluster_status(recorded_json("dash_report_cluster_status.json"))
     assert totals.total_num_nodes == 1
     assert totals.total_num_cpus == 2
     assert totals.total_num_gpus is None
@@ -51,29 +51,37 @@ def test_recorded_state_nodes_totals() -> None:
     assert totals.total_object_store_memory_gb == pytest.approx(6.929148101247847)
 
 
-def test_dead_nodes_do_not_count() -> None:
-    """Only ALIVE nodes contribute to the totals."""
-    doc = recorded_json("dash_state_nodes.json")
-    node = dict(doc["data"]["result"]["result"][0], state="DEAD")
-    doc["data"]["result"]["result"].append(node)
-    doc["data"]["result"]["total"] = 2
-    totals = parse_state_nodes(doc)
-    assert (totals.total_num_nodes, totals.total_num_cpus) == (1, 2)
+def test_cluster_status_before_first_autoscaler_update() -> None:
+    """Right after start Ray's usage is empty: a named problem, not zeros."""
+    doc = recorded_json("dash_report_cluster_status.json")
+    doc["data"]["clusterStatus"]["loadMetricsReport"]["usage"] = {}
+    with pytest.raises(SourceError, match="not reported"):
+        parse_cluster_status(doc)
 
 
-def test_truncated_node_list_is_an_error() -> None:
-    """A node list shorter than the total would undercount: refuse it, say why."""
-    doc = recorded_json("dash_state_nodes.json")
-    doc["data"]["result"]["total"] = 20000
-    with pytest.raises(SourceError, match="truncated"):
-        parse_state_nodes(doc)
+def test_node_count_without_usage_by_node() -> None:
+    """Without usageByNode, live nodes are the autoscaler's active plus idle nodes."""
+    doc = recorded_json("dash_report_cluster_status.json")
+    del doc["data"]["clusterStatus"]["loadMetricsReport"]["usageByNode"]
+    doc["data"]["clusterStatus"]["autoscalerReport"]["idleNodes"] = {"w": 2}
+    assert parse_cluster_status(doc).total_num_nodes == 3
 
 
 def test_running_jobs_counted() -> None:
     """Jobs whose status is RUNNING are counted; others are not."""
-    jobs = [{"status": "RUNNING"}, {"status": "SUCCEEDED"}, {"status": "RUNNING"}]
+    jobs = [
+        {"status": "RUNNING", "job_id": "02000000"},
+        {"status": "SUCCEEDED", "job_id": "03000000"},
+        {"status": "RUNNING", "job_id": "04000000"},
+        {"status": "RUNNING", "job_id": None},  # a submission that has no driver yet
+    ]
     assert parse_job_list(jobs) == 2
     assert parse_job_list(recorded_json("dash_job_list.json")) == 0
+
+
+def status_with(usage: dict[str, Any]) -> dict[str, Any]:
+    """A cluster_status reply whose usage is `usage`."""
+    return {"result": True, "data": {"clusterStatus": {"loadMetricsReport": {"usage": usage}}}}
 
 
 @pytest.mark.parametrize(
@@ -92,27 +100,11 @@ def test_running_jobs_counted() -> None:
             {"result": True, "data": {"sessionStartTimestampMs": 10**30}},
             "sessionStart",
         ),
-        (parse_state_nodes, {"result": True, "data": {"result": {"result": "x"}}}, "node list"),
-        (
-            parse_state_nodes,
-            {
-                "result": True,
-                "data": {
-                    "result": {"result": [{"state": "ALIVE", "resources_total": {"CPU": -2}}]}
-                },
-            },
-            "CPU",
-        ),
-        (
-            parse_state_nodes,
-            {
-                "result": True,
-                "data": {
-                    "result": {"result": [{"state": "ALIVE", "resources_total": {"CPU": "2"}}]}
-                },
-            },
-            "CPU",
-        ),
+        (parse_cluster_status, {"result": True, "data": {"clusterStatus": 5}}, "usage"),
+        (parse_cluster_status, status_with({"CPU": [0, -2]}), "CPU"),
+        (parse_cluster_status, status_with({"CPU": "2"}), "CPU"),
+        (parse_cluster_status, status_with({"CPU": [0, 1e300]}), "CPU"),
+        (parse_cluster_status, status_with({"GPU": [1]}), "GPU"),
         (parse_job_list, {"jobs": []}, "array"),
         (parse_job_list, [{"status": 3}], "status"),
         (parse_provider, {"protocol_version": 2}, "protocol_version 2"),

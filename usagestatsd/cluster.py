@@ -1,5 +1,8 @@
 """Gather the cluster's facts over local Unix sockets and the cluster config file.
 
+Read-only towards the cluster: only endpoints that record nothing in Ray are used (Ray's
+state API records a usage tag per call, so it is avoided).
+
 Each source is asked independently, with a timeout and a response-size cap; a source
 that is absent, refuses, hangs or answers garbage yields None for its fields and one
 `SourceError` in `ClusterFacts.problems`. Only compact endpoints are used, so the cost of
@@ -9,6 +12,7 @@ a cycle does not grow with per-node detail the report does not need.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import pwd
 import stat
@@ -32,15 +36,13 @@ from usagestatsd.sources import (
     decode_json,
     parse_cluster_config,
     parse_cluster_metadata,
+    parse_cluster_status,
     parse_job_list,
     parse_provider,
-    parse_state_nodes,
 )
 
 CLUSTER_CONFIG_NAME = "ray_bootstrap_config.yaml"
 MAX_CONFIG_BYTES = 1 << 20
-# Ray's state API returns at most this many nodes per call (RAY_MAX_LIMIT_FROM_API_SERVER).
-STATE_NODES_LIMIT = 10_000
 PROVIDER_SOCKET = "usagestatsd_provider"
 
 T = TypeVar("T")
@@ -101,7 +103,14 @@ async def _get(socket_path: Path, url_path: str, source: str, limits: Limits) ->
             if len(body) > limits.max_bytes:
                 raise SourceError(source, f"reply larger than {limits.max_bytes} bytes")
     except aiohttp.ClientConnectionError as exc:
-        reason = getattr(getattr(exc, "os_error", None), "strerror", None) or type(exc).__name__
+        os_error = getattr(exc, "os_error", None)
+        reason = getattr(os_error, "strerror", None) or type(exc).__name__
+        if getattr(os_error, "errno", None) == errno.EACCES:
+            reason += (
+                "; connecting needs write permission on Ray's socket: run usagestatsd as the "
+                "user that started Ray (see docs/running-as-ray-user.md; "
+                f"'stat -c %U {socket_path}' names that user)"
+            )
         raise SourceError(source, f"connection failed ({reason})") from None
     except aiohttp.ClientError as exc:
         raise SourceError(source, f"bad HTTP reply ({type(exc).__name__})") from None
@@ -194,9 +203,9 @@ async def gather(
         ),
         _ask(
             session,
-            "dash_StateHead",
-            f"/api/v0/nodes?limit={STATE_NODES_LIMIT}&detail=false",
-            parse_state_nodes,
+            "dash_ReportHead",
+            "/api/cluster_status",
+            parse_cluster_status,
             limits,
             problems,
         ),

@@ -51,6 +51,9 @@ class ProviderFacts:
     library_usages: tuple[str, ...]
     extra_usage_tags: Mapping[str, str]
     hardware_usages: tuple[str, ...]
+    # Exact counts from the GCS, preferred over the dashboard's when present.
+    total_num_nodes: int | None = None
+    total_num_running_jobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -174,11 +177,19 @@ def build_report(
         total_object_store_memory_gb=totals.total_object_store_memory_gb,
         library_usages=tuple(sorted(set(provider.library_usages))) if provider else (),
         extra_usage_tags=tags,
-        total_num_nodes=totals.total_num_nodes,
-        total_num_running_jobs=running_jobs,
+        total_num_nodes=_prefer(
+            provider.total_num_nodes if provider else None, totals.total_num_nodes
+        ),
+        total_num_running_jobs=_prefer(
+            provider.total_num_running_jobs if provider else None, running_jobs
+        ),
         libc_version=md.libc_version if md else None,
         hardware_usages=tuple(sorted(set(provider.hardware_usages))) if provider else (),
     )
+
+
+def _prefer(exact: int | None, fallback: int | None) -> int | None:
+    return exact if exact is not None else fallback
 
 
 # ---------------------------------------------------------------------------

@@ -119,34 +119,52 @@ def _add(total: float | None, value: float | None) -> float | None:
     return value if total is None else total + value
 
 
-def parse_state_nodes(doc: Any) -> ResourceTotals:
-    """`GET /api/v0/nodes?detail=false` from dash_StateHead: totals over ALIVE nodes."""
-    source = "dash_StateHead /api/v0/nodes"
+def _usage_total(source: str, usage: Mapping[str, Any], name: str) -> float | None:
+    pair = usage.get(name)
+    if pair is None:
+        return None
+    if not isinstance(pair, list) or len(pair) != 2:
+        raise SourceError(source, f"usage of {name} is not a [used, total] pair")
+    return _resource(source, {name: pair[1]}, name)
+
+
+def _node_count(source: str, load: Mapping[str, Any], report: Any) -> int | None:
+    by_node = load.get("usageByNode")
+    if isinstance(by_node, dict):
+        return len(by_node)
+    if not isinstance(report, dict):
+        return None
+    count = 0
+    for key in ("activeNodes", "idleNodes"):
+        group = report.get(key) or {}
+        if not isinstance(group, dict):
+            raise SourceError(source, f"autoscalerReport.{key} is not an object")
+        count += sum(_count(source, v, key) for v in group.values())
+    return count
+
+
+def parse_cluster_status(doc: Any) -> ResourceTotals:
+    """`GET /api/cluster_status` from dash_ReportHead: totals over the cluster's live nodes.
+
+    Chosen over the state API's node list because listing nodes makes Ray record a usage
+    tag (core_state_api_list_nodes) in the cluster: usagestatsd must change nothing there.
+    """
+    source = "dash_ReportHead /api/cluster_status"
     data = _unwrap(source, doc)
-    outer = data.get("result")
-    nodes = outer.get("result") if isinstance(outer, dict) else None
-    if not isinstance(nodes, list):
-        raise SourceError(source, "no node list in the reply")
-    total = outer.get("total") if isinstance(outer, dict) else None
-    if total is not None and _count(source, total, "total") > len(nodes):
-        raise SourceError(source, f"node list truncated ({len(nodes)} of {total} nodes)")
-    alive = 0
-    cpus = gpus = mem = store = None
-    for node in nodes:
-        if not isinstance(node, dict) or not isinstance(node.get("state"), str):
-            raise SourceError(source, "a node entry has no state")
-        if node["state"] != "ALIVE":
-            continue
-        resources = node.get("resources_total")
-        if not isinstance(resources, dict):
-            raise SourceError(source, "a node has no resources_total object")
-        alive += 1
-        cpus = _add(cpus, _resource(source, resources, "CPU"))
-        gpus = _add(gpus, _resource(source, resources, "GPU"))
-        mem = _add(mem, _resource(source, resources, "memory"))
-        store = _add(store, _resource(source, resources, "object_store_memory"))
+    status = data.get("clusterStatus")
+    load = status.get("loadMetricsReport") if isinstance(status, dict) else None
+    if not isinstance(load, dict) or not isinstance(load.get("usage"), dict):
+        raise SourceError(source, "no loadMetricsReport.usage in the reply")
+    usage = load["usage"]
+    if not usage:
+        raise SourceError(source, "no resource usage yet (the autoscaler has not reported)")
+    cpus = _usage_total(source, usage, "CPU")
+    gpus = _usage_total(source, usage, "GPU")
+    mem = _usage_total(source, usage, "memory")
+    store = _usage_total(source, usage, "objectStoreMemory")
+    assert isinstance(status, dict)
     return ResourceTotals(
-        total_num_nodes=alive,
+        total_num_nodes=_node_count(source, load, status.get("autoscalerReport")),
         total_num_cpus=int(cpus) if cpus is not None else None,
         total_num_gpus=int(gpus) if gpus is not None else None,
         total_memory_gb=mem / GIB if mem is not None else None,
@@ -155,7 +173,12 @@ def parse_state_nodes(doc: Any) -> ResourceTotals:
 
 
 def parse_job_list(doc: Any) -> int:
-    """`GET /api/jobs/` from dash_JobHead: how many jobs are RUNNING."""
+    """`GET /api/jobs/` from dash_JobHead: RUNNING jobs, counted the way Ray counts them.
+
+    Ray counts live jobs in the GCS job table. A submission whose entrypoint has not
+    (yet) started a driver is RUNNING in this list with job_id null, and Ray does not
+    count it: so only RUNNING entries with a job_id count (measured on Ray 2.60).
+    """
     source = "dash_JobHead /api/jobs/"
     if not isinstance(doc, list):
         raise SourceError(source, "reply is not a JSON array")
@@ -163,7 +186,7 @@ def parse_job_list(doc: Any) -> int:
     for job in doc:
         if not isinstance(job, dict) or not isinstance(job.get("status"), str):
             raise SourceError(source, "a job entry has no status")
-        if job["status"] == "RUNNING":
+        if job["status"] == "RUNNING" and job.get("job_id") is not None:
             running += 1
     return running
 
@@ -196,11 +219,14 @@ def parse_provider(doc: Any) -> ProviderFacts:
         raise SourceError(source, "extra_usage_tags is not an object of strings")
     if len(tags) > 1000:
         raise SourceError(source, "extra_usage_tags has more than 1000 entries")
+    nodes, jobs = doc.get("total_num_nodes"), doc.get("total_num_running_jobs")
     return ProviderFacts(
         cluster_id=cluster_id,
         library_usages=_str_list(source, doc.get("library_usages"), "library_usages"),
         extra_usage_tags=dict(tags),
         hardware_usages=_str_list(source, doc.get("hardware_usages"), "hardware_usages"),
+        total_num_nodes=None if nodes is None else _count(source, nodes, "total_num_nodes"),
+        total_num_running_jobs=None if jobs is None else _count(source, jobs, "running jobs"),
     )
 
 
