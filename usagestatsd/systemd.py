@@ -26,10 +26,14 @@ class Notifier:
             return
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Non-blocking: a manager that reads slowly (the queue holds ~10 datagrams)
+                # must never stall the event loop; a dropped STATUS or ping is harmless.
+                self._sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+                )
             self._sock.sendto(message.encode("utf-8", "replace"), self._address)
         except OSError:
-            # The manager went away or the socket is full: notifications are best effort.
+            # The manager went away or its queue is full: notifications are best effort.
             pass
 
     def ready(self, status: str) -> None:
