@@ -90,6 +90,7 @@ def daemon_env(temp_root: Path, state_dir: Path, url: str, **extra: str) -> dict
         "RAY_USAGE_STATS_REPORT_INTERVAL_S": "0.5",
         "USAGESTATSD_RETRY_INITIAL_DELAY_S": "0.05",
         "USAGESTATSD_RETRY_MAX_DELAY_S": "0.2",
+        "USAGESTATSD_RAY_INTAKE": "off",
         "HOME": str(temp_root.parent / "home"),
     }
     env.update(extra)

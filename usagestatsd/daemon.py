@@ -20,18 +20,27 @@ from typing import Any, Protocol
 
 import structlog
 
+from usagestatsd.beside_ray import Arrangement, Neighbour, RayIntake, RaySighting
 from usagestatsd.cluster import ClusterFacts, Limits, gather
 from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
 from usagestatsd.report import Report, build_report, local_copy, serialise
 from usagestatsd.schedule import Schedule, Slot
 from usagestatsd.sender import send_report
-from usagestatsd.session import Discovery, Session, find_session, still_there, write_usage_stats
+from usagestatsd.session import (
+    Discovery,
+    Session,
+    find_session,
+    read_usage_stats,
+    still_there,
+    write_usage_stats,
+)
 from usagestatsd.settings import Settings
 from usagestatsd.state import LastReport, SessionState, State, StateError, StateStore
 from usagestatsd.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger()
 SESSION_POLL_S = 60.0
+REWRITE_DELAY_S = 1.0
 _HEX_ID = frozenset("0123456789abcdef")
 
 
@@ -171,7 +180,9 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self.report_now = asyncio.Event()
         self.cycles_completed = 0
-        self.reported = False
+        self.dirty = False
+        self.neighbour = Neighbour(settings.beside_ray)
+        self.intake: RayIntake | None = None
 
     def _load_state(self) -> State:
         try:
@@ -232,10 +243,17 @@ class Daemon:
             interval_s=self.settings.report_interval_s,
             endpoints=",".join(e.display for e in self.settings.endpoints),
         )
+        if self.settings.ray_intake is not None:
+            host, port = self.settings.ray_intake
+            self.intake = RayIntake(host, port, self._on_sighting)
+            if not await self.intake.start():
+                self.intake = None
         try:
             await self._loop()
         finally:
             self.notifier.stopping()
+            if self.intake is not None:
+                await self.intake.stop()
             log.info("daemon.stopped")
         return 0
 
@@ -303,20 +321,23 @@ class Daemon:
             return
         self.track.session = found.session
         self.track.slot = self.schedule.first(now)
+        remembered = self.state.session
+        same = remembered is not None and remembered.key == found.session.key
+        self.neighbour.new_session(remembered.local_copy_sha256 if same and remembered else None)
         self.track.missing_logged = False
         log.info("session.found", session_dir=str(found.session.path), **_refused(found))
         first = self.clock.time() + (self.track.slot.due - now)
         self._set_status(f"Session {found.session.name} found; first report {_clock_text(first)}")
 
     async def _cycle(self, session: Session, advance: bool) -> None:
-        self.reported = False
+        self.dirty = False
         try:
             await self.report_once(session)
         finally:
             if advance and self.track.slot is not None and self.track.session == session:
                 self.track.slot = self.schedule.after(self.track.slot, self.clock.monotonic())
             self._announce_next()
-            if self.reported:
+            if self.dirty:
                 self._save_state()
 
     def _announce_next(self) -> None:
@@ -351,6 +372,9 @@ class Daemon:
         if refusal:
             self._refuse(session, refusal)
             return
+        prepared = await self._after_grace(session, prepared)
+        if self._stand_down(session, prepared):
+            return
         for redaction in prepared.redactions:
             log.warning("privacy.redacted", field=redaction.field, reason=redaction.reason)
         remembered = prepared.remembered
@@ -367,19 +391,94 @@ class Daemon:
         )
         success = all(r.ok for r in results)
         error = "; ".join(f"{r.endpoint}: {r.error}" for r in results if not r.ok) or None
-        self._write_local_copy(session, prepared.body, success, error)
-        counters = remembered.counters.after(success)
+        copy_digest = self._write_local_copy(session, prepared.body, success, error)
         last = LastReport(
-            now_ms,
+            int(self.clock.time() * 1000),
             prepared.session_id,
             remembered.counters.seq_number,
             success,
             error,
             tuple(results),
         )
-        new_session = SessionState(session.key, remembered.session_id, counters)
+        new_session = SessionState(
+            session.key,
+            remembered.session_id,
+            remembered.counters.after(success),
+            copy_digest or remembered.local_copy_sha256,
+        )
         self.state = State(new_session, last, self.state.next_report_ms, self.state.extra)
-        self.reported = True
+        self.dirty = True
+
+    # -- beside Ray's own reporter (docs/beside-ray.md) -----------------------------
+
+    async def _after_grace(self, session: Session, prepared: Prepared) -> Prepared:
+        """Early in a session, wait until Ray's reporter has had its chance to show itself."""
+        md = prepared.facts.metadata
+        start_ms = md.session_start_timestamp_ms if md else None
+        now_ms = int(self.clock.time() * 1000)
+        wait = self.neighbour.grace_left_s(start_ms, now_ms)
+        if wait <= 0 or self.neighbour.arrangement(start_ms, None) is Arrangement.ROUTED:
+            return prepared
+        log.info(
+            "beside_ray.waiting",
+            seconds=round(wait, 1),
+            reason="Ray's own reporter sends its first report 60 s after the head starts",
+        )
+        await asyncio.sleep(wait)
+        return await prepare_report(
+            self.settings, session, self.state, self.known, int(self.clock.time() * 1000)
+        )
+
+    def _stand_down(self, session: Session, prepared: Prepared) -> bool:
+        md = prepared.facts.metadata
+        start_ms = md.session_start_timestamp_ms if md else None
+        local = read_usage_stats(session)
+        arrangement = self.neighbour.arrangement(start_ms, local)
+        self._note_arrangement(session, arrangement)
+        if not self.neighbour.should_stand_down(arrangement):
+            return False
+        if session.key not in self.neighbour.warned:
+            self.neighbour.warned.add(session.key)
+            log.warning(
+                "beside_ray.standing_down",
+                session_dir=str(session.path),
+                reason="Ray's own reporter is sending this session's reports itself",
+                fix="start Ray with RAY_USAGE_STATS_REPORT_URL="
+                + (self.intake.url if self.intake else "<this daemon's intake>")
+                + ' so that only usagestatsd sends, or set beside_ray = "report"',
+            )
+        self._set_status(f"Standing down: Ray's own reporter reports session {session.name}")
+        return True
+
+    def _note_arrangement(self, session: Session, arrangement: Arrangement) -> None:
+        last = self.neighbour.sightings[-1].received_ms if self.neighbour.sightings else None
+        extra = dict(self.state.extra)
+        extra["beside_ray"] = {
+            "session": session.name,
+            "arrangement": arrangement.value,
+            "mode": self.neighbour.mode,
+            "intake": self.intake.url if self.intake else None,
+            "last_ray_report_ms": last,
+        }
+        if extra != self.state.extra:
+            self.dirty = True
+        self.state = State(
+            self.state.session, self.state.last_report, self.state.next_report_ms, extra
+        )
+
+    def _on_sighting(self, sighting: RaySighting) -> None:
+        self.neighbour.saw(sighting)
+        session = self.track.session
+        if session is not None and self.neighbour.last_copy is not None:
+            # Ray writes its own usage_stats.json right after its POST returns: put back
+            # the copy of what usagestatsd really sent, a moment later.
+            data = self.neighbour.last_copy
+            asyncio.get_running_loop().call_later(REWRITE_DELAY_S, self._rewrite, session, data)
+
+    def _rewrite(self, session: Session, data: bytes) -> None:
+        if self.track.session == session and still_there(session):
+            with contextlib.suppress(OSError):
+                write_usage_stats(session, data)
 
     def _refuse(self, session: Session, refusal: str) -> None:
         if session.key in self.track.refused_logged:
@@ -391,15 +490,18 @@ class Daemon:
 
     def _write_local_copy(
         self, session: Session, body: bytes, success: bool, error: str | None
-    ) -> None:
+    ) -> str | None:
+        data = local_copy(body, success, error)
         try:
-            write_usage_stats(session, local_copy(body, success, error))
+            write_usage_stats(session, data)
         except OSError as exc:
             log.warning(
                 "usage_stats.write_failed",
                 path=str(session.usage_stats_path),
                 problem=exc.strerror or str(exc),
             )
+            return None
+        return self.neighbour.wrote(data)
 
     def _save_state(self) -> None:
         try:

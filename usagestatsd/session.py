@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from usagestatsd.fileio import atomic_write
+from usagestatsd.fileio import atomic_write, read_regular_file
 
 LATEST_LINK = "session_latest"
 USAGE_STATS_FILE = "usage_stats.json"
@@ -116,3 +116,11 @@ def still_there(session: Session) -> bool:
 def write_usage_stats(session: Session, data: bytes) -> None:
     """Write `usage_stats.json` into the session directory, atomically, readable by all."""
     atomic_write(session.path, USAGE_STATS_FILE, data, mode=0o644)
+
+
+def read_usage_stats(session: Session) -> bytes | None:
+    """The current usage_stats.json (whoever wrote it), or None if absent or unreadable."""
+    try:
+        return read_regular_file(session.usage_stats_path, max_bytes=1 << 20)
+    except OSError:
+        return None

@@ -93,6 +93,8 @@ class Settings:
     retry: RetryPolicy = RetryPolicy()
     log_format: str = "auto"
     log_level: str = "info"
+    ray_intake: tuple[str, int] | None = ("127.0.0.1", 18922)
+    beside_ray: str = "auto"
     # Consent inputs are kept raw: consent.py decides, and a bad value there disables
     # collection instead of stopping start-up.
     disable_usage_stats: bool = False
@@ -282,6 +284,23 @@ def _proxy(raw: object) -> str:
     return raw
 
 
+def parse_intake(raw: object) -> tuple[str, int] | None:
+    """`host:port` on this machine's loopback for Ray's reporter, or 'off'."""
+    accepted = "'off' or HOST:PORT with a loopback host (127.0.0.1, [::1], localhost)"
+    if not isinstance(raw, str):
+        raise ValueError(accepted)
+    text = raw.strip()
+    if text.lower() in ("off", "none", "no", "false", ""):
+        return None
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(accepted)
+    if not _is_loopback(host):
+        raise ValueError(accepted)
+    return host, int(port_text)
+
+
 def parse_extra_tags(raw: object) -> dict[str, str]:
     """Ray's ``k=v;k2=v2`` form (or a TOML table); a bad pair is named, not silently dropped."""
     accepted = (
@@ -402,6 +421,8 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("log_format", "log_format", ("USAGESTATSD_LOG_FORMAT",), _choice(LOG_FORMATS)),
     _Spec("log_level", "log_level", ("USAGESTATSD_LOG_LEVEL",), _choice(LOG_LEVELS)),
     _Spec("disable_usage_stats", "disable_usage_stats", (), _boolean),
+    _Spec("ray_intake", "ray_intake", ("USAGESTATSD_RAY_INTAKE",), parse_intake),
+    _Spec("beside_ray", "beside_ray", ("USAGESTATSD_BESIDE_RAY",), _choice(("auto", "report"))),
     _Spec("consent_file", "consent_file", ("RAY_USAGE_STATS_CONFIG_PATH",), _path),
 )
 _SPEC_BY_NAME = {spec.name: spec for spec in _SPECS}

@@ -56,6 +56,8 @@ class SessionState:
     key: str
     session_id: str
     counters: Counters = Counters()
+    # SHA-256 of the usage_stats.json we last wrote: tells our writes from Ray's.
+    local_copy_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,10 @@ def _from_json(data: dict[str, Any]) -> State:
         )
         if not isinstance(s["key"], str) or not isinstance(s["session_id"], str):
             raise ValueError("session key or id is not text")
-        session = SessionState(s["key"], s["session_id"], counters)
+        digest = s.get("local_copy_sha256")
+        session = SessionState(
+            s["key"], s["session_id"], counters, digest if isinstance(digest, str) else None
+        )
     last = None
     if data.get("last_report"):
         lr = dict(data["last_report"])

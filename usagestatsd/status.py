@@ -66,7 +66,25 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
             "error": last.error,
         },
         "next_report": _when(state.next_report_ms),
+        "beside_ray": _beside_ray(settings, state, found.session.name if found.session else None),
     }
+
+
+def _beside_ray(settings: Settings, state: State, session_name: str | None) -> dict[str, Any]:
+    """How this daemon shares the session with Ray's own reporter (docs/beside-ray.md)."""
+    seen = state.extra.get("beside_ray")
+    intake = settings.ray_intake
+    info: dict[str, Any] = {
+        "mode": settings.beside_ray,
+        "intake": f"http://{intake[0]}:{intake[1]}/" if intake else None,
+        "arrangement": "unknown",
+        "last_ray_report": None,
+    }
+    if isinstance(seen, dict) and seen.get("session") == session_name:
+        info["arrangement"] = seen.get("arrangement", "unknown")
+        last = seen.get("last_ray_report_ms")
+        info["last_ray_report"] = _when(last) if isinstance(last, int) else None
+    return info
 
 
 def render(info: dict[str, Any]) -> str:
@@ -109,6 +127,16 @@ def render(info: dict[str, Any]) -> str:
         outcome = "ok" if last["success"] else f"FAILED: {last['error']}"
         lines.append(f"Last report:    {last['time']} seq {last['seq_number']} {outcome}")
     lines.append(f"Next report:    {info['next_report'] or 'not scheduled'}")
+    b = info["beside_ray"]
+    explain = {
+        "routed": "Ray's reporter sends to this daemon's intake; only usagestatsd reports",
+        "direct": "Ray's own reporter sends this session's reports itself"
+        + ("; usagestatsd stands down" if b["mode"] == "auto" else "; both report"),
+        "unknown": "Ray's own reporter not seen yet",
+    }[b["arrangement"]]
+    lines.append(f"Ray's reporter: {explain}")
+    if b["intake"] and b["arrangement"] != "routed":
+        lines.append(f"  to route it here, start Ray with RAY_USAGE_STATS_REPORT_URL={b['intake']}")
     if info["state_problem"]:
         lines.append(f"State:          unreadable ({info['state_problem']})")
     return "\n".join(lines)

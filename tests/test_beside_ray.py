@@ -1,0 +1,102 @@
+"""Beside Ray's own reporter: routed through the intake, or standing down when it sends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import daemon_env, recorded_json
+from tests.servers import ScriptedEndpoint, await_line, running_daemon, until
+from usagestatsd.beside_ray import Arrangement, RaySighting, classify, digest
+from usagestatsd.demo import DemoCluster
+
+START_MS = recorded_json("dash_report_cluster_metadata.json")["data"]["sessionStartTimestampMs"]
+
+
+def ray_style_copy(seq: int) -> bytes:
+    """usage_stats.json as Ray's own reporter writes it."""
+    body = dict(recorded_json("report_payload.json"), seq_number=seq)
+    return json.dumps({"usage_stats": body, "success": True, "error": None}).encode()
+
+
+def test_classify() -> None:
+    """Routed beats everything; a foreign local copy means Ray sends directly."""
+    ours = b'{"usage_stats": {}, "success": true, "error": null}'
+    sighting = RaySighting(1, START_MS, 0)
+    assert classify(START_MS, [sighting], ray_style_copy(0), set()) is Arrangement.ROUTED
+    assert classify(START_MS, [], ray_style_copy(0), {digest(ours)}) is Arrangement.DIRECT
+    assert classify(START_MS, [], ours, {digest(ours)}) is Arrangement.UNKNOWN
+    assert classify(START_MS, [], None, set()) is Arrangement.UNKNOWN
+    other = RaySighting(1, START_MS + 1, 0)  # a report about another session
+    assert classify(START_MS, [other], None, set()) is Arrangement.UNKNOWN
+
+
+async def test_ray_sending_directly_makes_us_stand_down(
+    demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
+) -> None:
+    """Ray's reporter wrote usage_stats.json and nothing came to the intake: no report sent."""
+    (demo_session.session_dir / "usage_stats.json").write_bytes(ray_style_copy(3))
+    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_RAY_INTAKE="127.0.0.1:0")
+    with running_daemon(env) as daemon:
+        line = await await_line(daemon, "beside_ray.standing_down")
+        await until(lambda: daemon.count("beside_ray.standing_down") == 1)
+        assert "RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:" in line
+        status = subprocess.run(
+            [sys.executable, "-m", "usagestatsd", "status", "--json", "--config", "/dev/null"],
+            env={**env, "RAY_USAGE_STATS_ENABLED": "1"},
+            capture_output=True,
+            text=True,
+        )
+    assert endpoint.received == []
+    assert (demo_session.session_dir / "usage_stats.json").read_bytes() == ray_style_copy(3)
+    info = json.loads(status.stdout)
+    assert info["beside_ray"]["arrangement"] == "direct"
+
+
+async def test_report_mode_reports_even_beside_ray(
+    demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
+) -> None:
+    """beside_ray = report: the operator says destinations differ, so usagestatsd reports."""
+    (demo_session.session_dir / "usage_stats.json").write_bytes(ray_style_copy(3))
+    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_BESIDE_RAY="report")
+    with running_daemon(env):
+        await until(lambda: len(endpoint.received) >= 1)
+
+
+async def test_routed_through_intake(
+    demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
+) -> None:
+    """Ray's reporter POSTs to the intake: accepted, not forwarded; only we report upstream."""
+    env = daemon_env(
+        temp_root,
+        state_dir,
+        endpoint.url,
+        USAGESTATSD_RAY_INTAKE="127.0.0.1:0",
+        RAY_USAGE_STATS_REPORT_INTERVAL_S="1",
+    )
+    copy = demo_session.session_dir / "usage_stats.json"
+    with running_daemon(env) as daemon:
+        line = await await_line(daemon, "beside_ray.intake_listening")
+        url = json.loads(line)["url"]
+        await until(lambda: len(endpoint.received) >= 1)
+        ray_body = json.dumps(dict(recorded_json("report_payload.json"), seq_number=0)).encode()
+        async with aiohttp.ClientSession() as http, http.post(url, data=ray_body) as resp:
+            assert resp.status == 200
+        copy.write_bytes(ray_style_copy(0))  # what Ray does right after its POST returns
+        await await_line(daemon, "beside_ray.report_absorbed")
+        seen = len(endpoint.received)
+        await until(lambda: len(endpoint.received) >= seen + 2)
+        await until(
+            lambda: (
+                json.loads(copy.read_bytes())["usage_stats"]["source"] == "OSS"
+                and copy.read_bytes() != ray_style_copy(0)
+            )
+        )
+        assert daemon.count("beside_ray.standing_down") == 0
+    # Ray's body was absorbed, never forwarded: every upstream report is our own.
+    assert all(b["seq_number"] == i for i, b in enumerate(endpoint.bodies()))
+    assert all(body != ray_body for _, body, _ in endpoint.received)

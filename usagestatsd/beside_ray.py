@@ -1,0 +1,175 @@
+"""Sharing a head node with Ray's own reporter (see docs/beside-ray.md).
+
+Ray's dashboard reports by itself whenever a cluster allows usage stats, and writes the
+same `usage_stats.json`. Two reporters to one endpoint would double-count. The supported
+arrangement: Ray is started with RAY_USAGE_STATS_REPORT_URL pointing at this daemon's
+loopback *intake*, which accepts and discards Ray's reports, so only usagestatsd sends.
+When Ray's reporter is seen sending elsewhere instead (it rewrote usage_stats.json and
+nothing came to the intake), usagestatsd stands down for that session, unless the
+operator said `beside_ray = "report"` (for example: usagestatsd sends only to an
+enterprise endpoint, so nothing is counted twice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger()
+MAX_INTAKE_BODY = 1 << 20
+
+
+class Arrangement(StrEnum):
+    """How Ray's own reporter and usagestatsd share this session."""
+
+    ROUTED = "routed"  # Ray's reporter sends to our intake: only usagestatsd reports
+    DIRECT = "direct"  # Ray's reporter sends elsewhere by itself
+    UNKNOWN = "unknown"  # Ray's reporter has not been seen (yet)
+
+
+@dataclass(frozen=True)
+class RaySighting:
+    """One report Ray's reporter POSTed to the intake."""
+
+    received_ms: int
+    session_start_ms: int | None
+    seq_number: int | None
+
+
+def digest(data: bytes) -> str:
+    """SHA-256 of a file's bytes (how our own writes are recognised)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def classify(
+    session_start_ms: int | None,
+    sightings: list[RaySighting],
+    local_copy: bytes | None,
+    our_digests: set[str],
+) -> Arrangement:
+    """Decide the arrangement from what the intake saw and who wrote usage_stats.json."""
+    if session_start_ms is not None and any(
+        s.session_start_ms == session_start_ms for s in sightings
+    ):
+        return Arrangement.ROUTED
+    if local_copy is not None and digest(local_copy) not in our_digests:
+        return Arrangement.DIRECT
+    return Arrangement.UNKNOWN
+
+
+def parse_sighting(body: bytes, now_ms: int) -> RaySighting:
+    """What is worth remembering from a report Ray POSTed (nothing else is kept)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        return RaySighting(now_ms, None, None)
+    start, seq = doc.get("session_start_timestamp_ms"), doc.get("seq_number")
+    return RaySighting(
+        now_ms,
+        start if isinstance(start, int) and not isinstance(start, bool) else None,
+        seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+    )
+
+
+class RayIntake:
+    """A loopback HTTP endpoint for Ray's reporter: answers 200, keeps only a sighting."""
+
+    def __init__(self, host: str, port: int, on_sighting: Callable[[RaySighting], None]) -> None:
+        self.host = host
+        self.port = port
+        self.on_sighting = on_sighting
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.content.read(MAX_INTAKE_BODY)
+        sighting = parse_sighting(body, int(time.time() * 1000))
+        log.info("beside_ray.report_absorbed", seq=sighting.seq_number)
+        self.on_sighting(sighting)
+        return web.json_response({"accepted": True})
+
+    async def start(self) -> bool:
+        """Listen; on failure (port taken) log one warning and carry on without it."""
+        app = web.Application(client_max_size=MAX_INTAKE_BODY)
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, self.host, self.port).start()
+        except OSError as exc:
+            log.warning(
+                "beside_ray.intake_unavailable",
+                address=f"{self.host}:{self.port}",
+                problem=exc.strerror or str(exc),
+            )
+            await self._runner.cleanup()
+            self._runner = None
+            return False
+        addresses = self._runner.addresses
+        if addresses:
+            self.port = addresses[0][1]
+        log.info("beside_ray.intake_listening", url=self.url)
+        return True
+
+    @property
+    def url(self) -> str:
+        """What to put in RAY_USAGE_STATS_REPORT_URL when starting Ray."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class Neighbour:
+    """What this daemon knows about Ray's reporter in the current session."""
+
+    def __init__(self, mode: str, grace_s: float = 75.0) -> None:
+        self.mode = mode  # "auto" or "report"
+        self.grace_s = grace_s
+        self.sightings: list[RaySighting] = []
+        self.our_digests: set[str] = set()
+        self.last_copy: bytes | None = None
+        self.warned: set[str] = set()
+
+    def new_session(self, remembered_digest: str | None) -> None:
+        """Forget the previous session; keep the digest of our own last write, if any."""
+        self.sightings.clear()
+        self.our_digests = {remembered_digest} if remembered_digest else set()
+        self.last_copy = None
+
+    def saw(self, sighting: RaySighting) -> None:
+        """Ray's reporter POSTed to the intake."""
+        self.sightings = [*self.sightings[-15:], sighting]
+
+    def wrote(self, data: bytes) -> str:
+        """We wrote usage_stats.json with `data`; returns its digest."""
+        self.last_copy = data
+        value = digest(data)
+        self.our_digests = {*list(self.our_digests)[-3:], value}
+        return value
+
+    def grace_left_s(self, session_start_ms: int | None, now_ms: int) -> float:
+        """Seconds still to wait so that Ray's first report (60 s after start) can be seen."""
+        if self.mode != "auto" or session_start_ms is None:
+            return 0.0
+        return max(0.0, (session_start_ms + self.grace_s * 1000 - now_ms) / 1000)
+
+    def arrangement(self, session_start_ms: int | None, local_copy: bytes | None) -> Arrangement:
+        """The current arrangement (pure, from what has been seen)."""
+        return classify(session_start_ms, self.sightings, local_copy, self.our_digests)
+
+    def should_stand_down(self, arrangement: Arrangement) -> bool:
+        """True when sending now would count this session twice at the same endpoint."""
+        return self.mode == "auto" and arrangement is Arrangement.DIRECT
