@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -444,7 +445,11 @@ def read_settings_file(path: Path, explicit: bool) -> dict[str, Any] | None:
     """The settings file as flat keys; None when the default file is simply absent."""
     source = f"settings file {path}"
     try:
-        with open(path, "rb") as handle:
+        # O_NONBLOCK: a FIFO (or a device) at the path must be refused, not block start-up.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SettingsError("config", source, f"{path} is not a regular file", "a file")
             data = handle.read(MAX_SETTINGS_FILE_BYTES + 1)
     except FileNotFoundError:
         if explicit:
