@@ -1,0 +1,255 @@
+"""Hostile peers for the fault suite: raw TCP/TLS servers, a provider socket, a tmpfs.
+
+Everything listens on 127.0.0.1 or on Unix sockets under the test's own directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.servers import http_reply, read_request
+from usagestatsd.daemon import Daemon
+from usagestatsd.demo import recorded_responses
+from usagestatsd.privacy import KnownIdentifiers
+from usagestatsd.session import Session, find_session
+from usagestatsd.settings import Settings
+from usagestatsd.systemd import Notifier
+
+Behaviour = Callable[[socket.socket], None]
+
+
+class RawTcpServer:
+    """A 127.0.0.1 TCP server; connection n gets behaviours[n] (the last one repeats).
+
+    With `tls`, the first byte of each connection is recorded before the TLS handshake, so
+    a test can prove that a client never spoke plain HTTP to it.
+    """
+
+    def __init__(self, behaviours: Sequence[Behaviour], tls: ssl.SSLContext | None = None):
+        self.behaviours = list(behaviours)
+        self.tls = tls
+        self.first_bytes: list[bytes] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def url(self, scheme: str = "http") -> str:
+        """This server's URL."""
+        return f"{scheme}://127.0.0.1:{self.port}/"
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            behaviour = self.behaviours[min(self.connections, len(self.behaviours) - 1)]
+            self.connections += 1
+            threading.Thread(target=self._run, args=(conn, behaviour), daemon=True).start()
+
+    def _run(self, conn: socket.socket, behaviour: Behaviour) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.settimeout(5)
+            if self.tls is not None:
+                self.first_bytes.append(conn.recv(1, socket.MSG_PEEK))
+                with self.tls.wrap_socket(conn, server_side=True) as wrapped:
+                    behaviour(wrapped)
+                return
+            behaviour(conn)
+
+    def close(self) -> None:
+        """Stop accepting."""
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def reply(status: str = "200 OK", body: bytes = b'{"ok": true}', extra: str = "") -> Behaviour:
+    """Answer one request with a complete response."""
+
+    def behave(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(http_reply(body, status, extra))
+
+    return behave
+
+
+def reset_mid_response(conn: socket.socket) -> None:
+    """Send half a response, then reset the connection (RST, not FIN)."""
+    read_request(conn)
+    conn.sendall(http_reply(b'{"ok": true, "padding": "' + b"x" * 200 + b'"}')[:70])
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def trickle(status: str = "200 OK", head: bool = False) -> Behaviour:
+    """A reply arriving at one byte per second: the whole of it, or only its 64-byte body."""
+
+    def behave(conn: socket.socket) -> None:
+        read_request(conn)
+        start = f"HTTP/1.1 {status}\r\nContent-Length: 64\r\nConnection: close\r\n\r\n"
+        if not head:
+            conn.sendall(start.encode())
+        for byte in (start.encode() if head else b"") + b" " * 64:
+            conn.sendall(bytes([byte]))
+            time.sleep(1)
+
+    return behave
+
+
+class Endless:
+    """A response whose body never ends; counts what it managed to push into the socket."""
+
+    def __init__(self, status: str = "200 OK") -> None:
+        self.status = status
+        self.sent: list[int] = []
+
+    def __call__(self, conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(f"HTTP/1.1 {self.status}\r\nConnection: close\r\n\r\n".encode())
+        total, chunk = 0, b"x" * 65536
+        try:
+            while total < 1 << 30:
+                conn.sendall(chunk)
+                total += len(chunk)
+        finally:
+            self.sent.append(total)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (and its key), made with the openssl CLI."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server-side TLS context for the certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def provider_doc(
+    cluster_id: str | None = "0f" * 14,
+    libraries: Sequence[str] = ("core", "train"),
+    tags: Mapping[str, str] | None = None,
+    hardware: Sequence[str] = ("NVIDIA A100",),
+) -> bytes:
+    """A docs/provider-protocol.md protocol_version 1 answer to GET /v1/usage."""
+    return json.dumps(
+        {
+            "protocol_version": 1,
+            "cluster_id": cluster_id,
+            "library_usages": list(libraries),
+            "extra_usage_tags": dict(tags or {"dashboard_used": "false"}),
+            "hardware_usages": list(hardware),
+        }
+    ).encode()
+
+
+def responses_with(
+    replace: Mapping[str, Mapping[str, bytes]] | None = None, drop: Sequence[str] = ()
+) -> dict[str, dict[str, bytes]]:
+    """The recorded Ray 2.60 answers, some replaced, some sockets left out."""
+    out = {name: dict(paths) for name, paths in recorded_responses().items()}
+    for name, paths in (replace or {}).items():
+        out[name] = dict(paths)
+    for name in drop:
+        out.pop(name, None)
+    return out
+
+
+def the_session(temp_root: Path) -> Session:
+    """The session the daemon would find now."""
+    found = find_session(temp_root).session
+    assert found is not None
+    return found
+
+
+async def run_cycles(
+    settings: Settings, cycles: int = 1, known: KnownIdentifiers | None = None
+) -> tuple[Daemon, list[MutableMapping[str, Any]]]:
+    """Run whole report cycles in this process (the daemon's own code), capturing its events."""
+    daemon = Daemon(settings, Notifier(None), known or KnownIdentifiers())
+    with capture_logs() as events:
+        for _ in range(cycles):
+            await daemon._cycle(the_session(settings.temp_root), advance=False)
+    return daemon, events
+
+
+def named(events: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
+    """The events called `name`."""
+    return [e for e in events if e.get("event") == name]
+
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, size: str = "64k") -> Iterator[Path]:
+    """Mount a small tmpfs on `directory` for the with-block; skip when mounting is refused."""
+    directory.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def fill(directory: Path) -> None:
+    """Fill the file system holding `directory` to the last byte."""
+    with open(directory / "filler", "wb") as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
+            handle.flush()
+    with contextlib.suppress(OSError), open(directory / "filler2", "wb") as handle:
+        while True:
+            handle.write(b"\0")
+            handle.flush()
+    os.sync()
