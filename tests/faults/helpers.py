@@ -243,13 +243,13 @@ def tmpfs(directory: Path, size: str = "64k") -> Iterator[Path]:
 
 
 def fill(directory: Path) -> None:
-    """Fill the file system holding `directory` to the last byte."""
-    with open(directory / "filler", "wb") as handle, contextlib.suppress(OSError):
-        while True:
-            handle.write(b"\0" * 4096)
-            handle.flush()
-    with contextlib.suppress(OSError), open(directory / "filler2", "wb") as handle:
-        while True:
-            handle.write(b"\0")
-            handle.flush()
-    os.sync()
+    """Fill the file system holding `directory` to the last byte (files filler, filler2)."""
+    for name, size in (("filler", 4096), ("filler2", 1)):
+        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * size)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
