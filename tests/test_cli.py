@@ -15,6 +15,7 @@ from pathlib import Path
 from tests.conftest import daemon_env
 from tests.servers import RawUnixServer, ScriptedEndpoint, await_line, running_daemon, until
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
+from usagestatsd.fieldsets import CURRENT_VERSION
 
 
 def usagestatsd(
@@ -63,7 +64,11 @@ def test_disable_then_enable_keep_other_keys(tmp_path: Path, empty_settings_file
     assert json.loads(consent.read_text()) == {"usage_stats": False}
     consent.write_text('{"usage_stats": false, "keep": [1]}')
     assert usagestatsd("enable", "--config", str(empty_settings_file), env=env).returncode == 0
-    assert json.loads(consent.read_text()) == {"usage_stats": True, "keep": [1]}
+    assert json.loads(consent.read_text()) == {
+        "usage_stats": True,
+        "keep": [1],
+        "usage_stats_fields_version": CURRENT_VERSION,
+    }
 
 
 def test_disable_refuses_broken_file(tmp_path: Path, empty_settings_file: Path) -> None:
@@ -288,7 +293,7 @@ def test_prompt_yes_saves_once(tmp_path: Path, empty_settings_file: Path) -> Non
     """Answering y enables, saves true to the consent file; the next start does not ask."""
     _, out, consent = _prompt_session({}, tmp_path, empty_settings_file, [(0.2, b"y\n")])
     assert "Confirm [Y/n]" in out and "consent.enabled" in out
-    assert json.loads(consent.read_text()) == {"usage_stats": True}
+    assert json.loads(consent.read_text())["usage_stats"] is True
     _, again, _ = _prompt_session({}, tmp_path, empty_settings_file, [])
     assert "Confirm" not in again and "config file" in again
 
@@ -307,7 +312,7 @@ def test_prompt_timeout_and_invalid_answer_keep_ten_seconds(
     elapsed, out, consent = _prompt_session({}, tmp_path, empty_settings_file, [(6.0, b"maybe\n")])
     assert "Please answer y or n" in out and "No answer" in out
     assert 9.0 <= elapsed < 13.0
-    assert json.loads(consent.read_text()) == {"usage_stats": True}
+    assert json.loads(consent.read_text())["usage_stats"] is True
 
 
 def test_prompt_disabled_by_env(tmp_path: Path, empty_settings_file: Path) -> None:

@@ -14,6 +14,7 @@ from usagestatsd.consent import (
     read_consent_file,
     write_consent_file,
 )
+from usagestatsd.fieldsets import CURRENT_VERSION
 from usagestatsd.settings import Settings
 
 # (disable flag, RAY_USAGE_STATS_ENABLED, DO_NOT_TRACK, config file content,
@@ -125,7 +126,11 @@ def test_write_keeps_other_keys_and_creates_directory(tmp_path: Path) -> None:
     data["theme"] = "dark"
     path.write_text(json.dumps(data))
     write_consent_file(path, False)
-    assert json.loads(path.read_text()) == {"theme": "dark", "usage_stats": False}
+    assert json.loads(path.read_text()) == {
+        "theme": "dark",
+        "usage_stats": False,
+        "usage_stats_fields_version": CURRENT_VERSION,
+    }
 
 
 def test_unreadable_file_disables(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:

@@ -85,6 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    history = commands.add_parser("history", help="list the reports sent (and their bytes)")
+    _common(history)
+    history.add_argument("--json", action="store_true", help="one JSON object per record")
+    history.add_argument("--last", type=int, metavar="N", help="only the last N records")
+    history.add_argument("--session", metavar="ID", help="only records of this session_id")
+    history.add_argument(
+        "--raw", action="store_true", help="print exactly the bytes that were sent, nothing else"
+    )
+
+    forget = commands.add_parser("forget", help="list reported sessions; request deletion")
+    _common(forget)
+    which = forget.add_mutually_exclusive_group()
+    which.add_argument("--session", metavar="ID", help="request deletion of this session_id")
+    which.add_argument("--all", action="store_true", help="request deletion of every session")
+
     for name, word in (("enable", "enable"), ("disable", "disable")):
         cmd = commands.add_parser(name, help=f"{word} collection (takes effect on restart)")
         _common(cmd)
@@ -148,6 +163,8 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
         "status": cmd_status,
         "enable": cmd_enable,
         "disable": cmd_disable,
+        "history": cmd_history,
+        "forget": cmd_forget,
     }[command]
     return handler(args, settings)
 
@@ -205,12 +222,31 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     from usagestatsd.daemon import run_daemon
 
+    withheld = _withheld(decision)
     if args.daemonize:
-        return _daemonized(settings, args.pidfile)
-    return run_daemon(settings)
+        return _daemonized(settings, args.pidfile, withheld)
+    return run_daemon(settings, withheld=withheld)
 
 
-def _daemonized(settings: Settings, pidfile: Path | None) -> int:
+def _withheld(decision: Decision) -> tuple[str, ...]:
+    """Fields sent as null because consent covers an older field set (logged once)."""
+    from usagestatsd.fieldsets import CURRENT_VERSION, withheld
+
+    fields = withheld(decision.accepted_fields_version)
+    if fields:
+        log.warning(
+            "consent.fields_pending",
+            accepted_version=decision.accepted_fields_version,
+            current_version=CURRENT_VERSION,
+            fields=",".join(fields),
+            detail="these fields are sent as null until the new field set is accepted",
+            how_to_accept="run 'usagestatsd enable' (or set accept_fields_version in the "
+            "settings file) and restart the service",
+        )
+    return fields
+
+
+def _daemonized(settings: Settings, pidfile: Path | None, withheld: tuple[str, ...]) -> int:
     import daemon  # python-daemon, only for init systems without Type=notify
     import daemon.pidfile
 
@@ -224,15 +260,17 @@ def _daemonized(settings: Settings, pidfile: Path | None) -> int:
         umask=0o022,
     )
     with context:
-        return run_daemon(settings)
+        return run_daemon(settings, withheld=withheld)
 
 
 def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     """`usagestatsd preview`: the exact bytes the next report would carry; sends nothing."""
     logs.configure("console" if sys.stderr.isatty() else "json", "warning", settings.journal_stream)
+    from usagestatsd.fieldsets import withheld
     from usagestatsd.preview import preview
 
-    return asyncio.run(preview(settings))
+    decision = _decision(settings, allow_prompt=False)
+    return asyncio.run(preview(settings, withheld(decision.accepted_fields_version)))
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -275,6 +313,23 @@ def cmd_enable(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_disable(args: argparse.Namespace, settings: Settings) -> int:
     """`usagestatsd disable`: write usage_stats=false into the consent file."""
     return _set_consent(settings, False)
+
+
+def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    """`usagestatsd history`: every attempt, with the exact bytes sent."""
+    from usagestatsd.forget import show_history
+
+    return show_history(settings, args.json, args.last, args.session, args.raw)
+
+
+def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
+    """`usagestatsd forget`: the reported sessions, and deletion requests where possible."""
+    from usagestatsd.forget import forget, list_sessions
+
+    if args.session is None and not args.all:
+        return list_sessions(settings)
+    logs.configure("console" if sys.stderr.isatty() else "json", "info", settings.journal_stream)
+    return asyncio.run(forget(settings, args.session, args.all))
 
 
 def entry_point() -> None:

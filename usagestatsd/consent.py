@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from usagestatsd.fieldsets import CURRENT_VERSION
 from usagestatsd.fileio import UnsafeFileError, atomic_write, read_regular_file
 from usagestatsd.settings import Settings
+
+# Our own key beside Ray's "usage_stats": the field-set version consent was given for.
+FIELDS_VERSION_KEY = "usage_stats_fields_version"
 
 MAX_CONSENT_FILE_BYTES = 64 << 10
 _TRUE = ("1", "true", "yes", "on")
@@ -40,6 +44,12 @@ class ConsentFile:
     value: bool | None
     problem: str | None = None
     content: dict[str, Any] | None = None
+
+    @property
+    def fields_version(self) -> int:
+        """The field set consent was given for; 1 when the file predates versions (Ray's)."""
+        raw = (self.content or {}).get(FIELDS_VERSION_KEY)
+        return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1 else 1
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class Decision:
     error: str | None
     consulted: tuple[Consulted, ...]
     save_prompt_answer: bool = False
+    accepted_fields_version: int = CURRENT_VERSION
 
 
 def read_consent_file(path: Path) -> ConsentFile:
@@ -91,12 +102,17 @@ def read_consent_file(path: Path) -> ConsentFile:
 
 
 def write_consent_file(path: Path, enabled: bool) -> None:
-    """Set usage_stats in the config file, keeping every other key; refuse a broken file."""
+    """Set usage_stats in the config file, keeping every other key; refuse a broken file.
+
+    Enabling records that consent covers this release's field set (CURRENT_VERSION).
+    """
     current = read_consent_file(path)
     if current.problem:
         raise ConsentFileError(f"{path} {current.problem}; it was left untouched")
     content = dict(current.content or {})
     content["usage_stats"] = enabled
+    if enabled:
+        content[FIELDS_VERSION_KEY] = CURRENT_VERSION
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps(content, indent=2).encode("utf-8") + b"\n"
     atomic_write(path.parent, path.name, data, mode=0o644)
@@ -209,7 +225,7 @@ def decide(
     if consent_file.value is not None:
         word = "enabled" if consent_file.value else "disabled"
         other = "disable" if consent_file.value else "enable"
-        return made(
+        decision = made(
             consent_file.value,
             "config file",
             str(consent_file.path),
@@ -217,6 +233,9 @@ def decide(
             f"{word} by {consent_file.path}",
             f"run 'usagestatsd {other}' and restart the service",
         )
+        # A fleet may accept a newer field set in the settings file for every head at once.
+        accepted = max(consent_file.fields_version, settings.accept_fields_version or 1)
+        return replace(decision, accepted_fields_version=min(accepted, CURRENT_VERSION))
     prompt_allowed = settings.prompt_enabled_env != "0"
     if interactive and prompt_allowed and prompt is not None:
         answer = prompt()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import pwd
 import random
 import signal
@@ -22,8 +23,9 @@ import structlog
 
 from usagestatsd.beside_ray import Arrangement, Neighbour, RayIntake, RaySighting
 from usagestatsd.cluster import ClusterFacts, Limits, gather
+from usagestatsd.history import History, Record
 from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
-from usagestatsd.report import Report, build_report, local_copy, serialise
+from usagestatsd.report import Report, build_report, local_copy, nulls_for, serialise
 from usagestatsd.schedule import Schedule, Slot
 from usagestatsd.sender import send_report
 from usagestatsd.session import (
@@ -35,7 +37,14 @@ from usagestatsd.session import (
     write_usage_stats,
 )
 from usagestatsd.settings import Settings
-from usagestatsd.state import LastReport, SessionState, State, StateError, StateStore
+from usagestatsd.state import (
+    EndpointResult,
+    LastReport,
+    SessionState,
+    State,
+    StateError,
+    StateStore,
+)
 from usagestatsd.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger()
@@ -84,6 +93,7 @@ class Prepared:
     facts: ClusterFacts
     session_id: str
     remembered: SessionState
+    blanked: dict[str, str]  # field -> why it is sent as null (redaction, pending consent)
 
 
 def choose_session_id(facts: ClusterFacts, remembered: str) -> str:
@@ -100,8 +110,12 @@ async def prepare_report(
     state: State,
     known: KnownIdentifiers,
     now_ms: int,
+    withheld: tuple[str, ...] = (),
 ) -> Prepared:
-    """Gather, build, guard and serialise: everything before sending (shared with preview)."""
+    """Gather, build, guard and serialise: everything before sending (shared with preview).
+
+    `withheld` are fields newer than the field set consent was given for: sent as null.
+    """
     facts = await gather(
         session,
         Limits(settings.socket_timeout_s, settings.socket_max_bytes),
@@ -124,7 +138,10 @@ async def prepare_report(
         extra_tags=settings.extra_tags,
     )
     clean, redactions = guard(report, known)
-    return Prepared(clean, serialise(clean), redactions, facts, session_id, remembered)
+    blanked = {name: f"redacted by {settings.source_of('redact')}" for name in settings.redact}
+    blanked.update({name: "newer than the field set consent was given for" for name in withheld})
+    final = clean.with_fields(**nulls_for(list(blanked)))
+    return Prepared(final, serialise(final), redactions, facts, session_id, remembered, blanked)
 
 
 def cluster_refusal(facts: ClusterFacts) -> str | None:
@@ -168,8 +185,13 @@ class Daemon:
         known: KnownIdentifiers,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        withheld: tuple[str, ...] = (),
     ) -> None:
         self.settings = settings
+        self.withheld = withheld
+        self.history = History(
+            settings.state_dir, settings.history_max_bytes, settings.history_max_age_days
+        )
         self.notifier = notifier
         self.known = known
         self.clock = clock or SystemClock()
@@ -365,7 +387,9 @@ class Daemon:
             log.warning("session.vanished", session_dir=str(session.path))
             return
         now_ms = int(self.clock.time() * 1000)
-        prepared = await prepare_report(self.settings, session, self.state, self.known, now_ms)
+        prepared = await prepare_report(
+            self.settings, session, self.state, self.known, now_ms, self.withheld
+        )
         for problem in prepared.facts.problems:
             log.warning("cluster.source_failed", source=problem.source, problem=problem.problem)
         refusal = cluster_refusal(prepared.facts)
@@ -391,6 +415,7 @@ class Daemon:
         )
         success = all(r.ok for r in results)
         error = "; ".join(f"{r.endpoint}: {r.error}" for r in results if not r.ok) or None
+        self._record_history(prepared, results)
         copy_digest = self._write_local_copy(session, prepared.body, success, error)
         last = LastReport(
             int(self.clock.time() * 1000),
@@ -409,6 +434,33 @@ class Daemon:
         self.state = State(new_session, last, self.state.next_report_ms, self.state.extra)
         self.dirty = True
 
+    def _record_history(self, prepared: Prepared, results: list[EndpointResult]) -> None:
+        now_ms = int(self.clock.time() * 1000)
+        sha = hashlib.sha256(prepared.body).hexdigest()
+        body = prepared.body.decode("ascii")  # serialise() emits ASCII-only JSON
+        records = [
+            Record(
+                "report",
+                now_ms,
+                prepared.session_id,
+                r.endpoint,
+                "sent" if r.ok else "failed",
+                r.status,
+                r.error,
+                sha,
+                body,
+            )
+            for r in results
+        ]
+        try:
+            self.history.append(records, now_ms)
+        except OSError as exc:
+            log.warning(
+                "history.write_failed",
+                path=str(self.history.path),
+                problem=exc.strerror or str(exc),
+            )
+
     # -- beside Ray's own reporter (docs/beside-ray.md) -----------------------------
 
     async def _after_grace(self, session: Session, prepared: Prepared) -> Prepared:
@@ -426,7 +478,12 @@ class Daemon:
         )
         await asyncio.sleep(wait)
         return await prepare_report(
-            self.settings, session, self.state, self.known, int(self.clock.time() * 1000)
+            self.settings,
+            session,
+            self.state,
+            self.known,
+            int(self.clock.time() * 1000),
+            self.withheld,
         )
 
     def _stand_down(self, session: Session, prepared: Prepared) -> bool:
@@ -512,12 +569,14 @@ class Daemon:
             )
 
 
-def run_daemon(settings: Settings, known: KnownIdentifiers | None = None) -> int:
+def run_daemon(
+    settings: Settings, known: KnownIdentifiers | None = None, withheld: tuple[str, ...] = ()
+) -> int:
     """Build the daemon and run its loop to completion."""
     notifier = Notifier(settings.notify_socket)
 
     async def main() -> int:
-        daemon = Daemon(settings, notifier, known or collect_known_identifiers())
+        daemon = Daemon(settings, notifier, known or collect_known_identifiers(), withheld=withheld)
         return await daemon.serve()
 
     try:

@@ -15,7 +15,7 @@ def _note(text: str) -> None:
     print(f"usagestatsd preview: {text}", file=sys.stderr)
 
 
-async def preview(settings: Settings) -> int:
+async def preview(settings: Settings, withheld: tuple[str, ...] = ()) -> int:
     """Print the report body on stdout (notes on stderr); 1 when nothing would be sent."""
     found = find_session(settings.temp_root)
     if found.session is None:
@@ -28,7 +28,7 @@ async def preview(settings: Settings) -> int:
         _note(f"state not readable ({exc}); counters shown from zero")
         state = State()
     prepared = await prepare_report(
-        settings, session, state, collect_known_identifiers(), int(time.time() * 1000)
+        settings, session, state, collect_known_identifiers(), int(time.time() * 1000), withheld
     )
     for problem in prepared.facts.problems:
         _note(f"{problem.source}: {problem.problem} (its fields are null)")
@@ -38,6 +38,8 @@ async def preview(settings: Settings) -> int:
         return 1
     for redaction in prepared.redactions:
         _note(f"privacy guard removed {redaction.field} ({redaction.reason})")
+    for name, why in prepared.blanked.items():
+        _note(f"{name} is sent as null: {why}")
     unassigned = state.session is None or state.session.key != session.key
     if unassigned and not (prepared.facts.provider and prepared.facts.provider.cluster_id):
         _note(

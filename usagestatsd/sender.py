@@ -155,15 +155,19 @@ async def deliver(
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
     max_response: int = 64 << 10,
+    events: str = "report",
 ) -> EndpointResult:
-    """Deliver `body` to one endpoint with retries; always returns the outcome, never raises."""
+    """Deliver `body` to one endpoint with retries; always returns the outcome, never raises.
+
+    `events` names the log events (`report.sent`, `deletion.sent`, ...).
+    """
     pacing = _Pacing(policy, budget_s, rng or random.Random(), {})
     attempts = 0
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.warning(
-            "report.retry_scheduled",
+            f"{events}.retry_scheduled",
             endpoint=endpoint.display,
             attempt=state.attempt_number,
             delay_s=round(pacing.wait_for(state), 3),
@@ -185,7 +189,7 @@ async def deliver(
                 status = await _post_once(http, endpoint, body, max_response)
     except (RetryableError, PermanentError) as exc:
         log.warning(
-            "report.failed",
+            f"{events}.failed",
             endpoint=endpoint.display,
             attempts=attempts,
             status=exc.status,
@@ -193,7 +197,9 @@ async def deliver(
             **context,
         )
         return EndpointResult(endpoint.display, False, exc.status, exc.reason, attempts)
-    log.info("report.sent", endpoint=endpoint.display, status=status, attempts=attempts, **context)
+    log.info(
+        f"{events}.sent", endpoint=endpoint.display, status=status, attempts=attempts, **context
+    )
     return EndpointResult(endpoint.display, True, status, None, attempts)
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from usagestatsd.fieldsets import redactable
+
 DEFAULT_SETTINGS_FILE = Path("/etc/usagestatsd/usagestatsd.toml")
 DEFAULT_ENDPOINT_URL = "https://usage-stats.ray.io/"
 MAX_SETTINGS_FILE_BYTES = 1 << 20
@@ -96,6 +98,10 @@ class Settings:
     log_level: str = "info"
     ray_intake: tuple[str, int] | None = ("127.0.0.1", 18922)
     beside_ray: str = "auto"
+    redact: tuple[str, ...] = ()
+    accept_fields_version: int | None = None
+    history_max_bytes: int = 10 << 20
+    history_max_age_days: float = 90.0
     # Consent inputs are kept raw: consent.py decides, and a bad value there disables
     # collection instead of stopping start-up.
     disable_usage_stats: bool = False
@@ -302,6 +308,17 @@ def parse_intake(raw: object) -> tuple[str, int] | None:
     return host, int(port_text)
 
 
+def _field_names(raw: object) -> tuple[str, ...]:
+    accepted = "a list of report field names (not schema_version, session_id or the counters)"
+    items = [p for p in re.split(r"[\s,]+", raw.strip()) if p] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(accepted)
+    for name in items:
+        if not redactable(name):
+            raise ValueError(f"{accepted} ({name!r} is not one)")
+    return tuple(dict.fromkeys(items))
+
+
 def parse_extra_tags(raw: object) -> dict[str, str]:
     """Ray's ``k=v;k2=v2`` form (or a TOML table); a bad pair is named, not silently dropped."""
     accepted = (
@@ -424,6 +441,20 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("disable_usage_stats", "disable_usage_stats", (), _boolean),
     _Spec("ray_intake", "ray_intake", ("USAGESTATSD_RAY_INTAKE",), parse_intake),
     _Spec("beside_ray", "beside_ray", ("USAGESTATSD_BESIDE_RAY",), _choice(("auto", "report"))),
+    _Spec("redact", "redact", ("USAGESTATSD_REDACT",), _field_names),
+    _Spec("accept_fields_version", "accept_fields_version", (), _integer(1, 1000)),
+    _Spec(
+        "history_max_bytes",
+        "history.max_bytes",
+        ("USAGESTATSD_HISTORY_MAX_BYTES",),
+        _integer(4096, 1 << 34),
+    ),
+    _Spec(
+        "history_max_age_days",
+        "history.max_age_days",
+        ("USAGESTATSD_HISTORY_MAX_AGE_DAYS",),
+        _number(0.001, 36500, "days"),
+    ),
     _Spec("consent_file", "consent_file", ("RAY_USAGE_STATS_CONFIG_PATH",), _path),
 )
 _SPEC_BY_NAME = {spec.name: spec for spec in _SPECS}
@@ -444,6 +475,8 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def read_settings_file(path: Path, explicit: bool) -> dict[str, Any] | None:
     """The settings file as flat keys; None when the default file is simply absent."""
     source = f"settings file {path}"
+    if str(path) == os.devnull:
+        return {}  # `--config /dev/null`: deliberately no settings file
     try:
         # O_NONBLOCK: a FIFO (or a device) at the path must be refused, not block start-up.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)

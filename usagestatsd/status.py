@@ -7,6 +7,7 @@ from typing import Any
 
 from usagestatsd.cluster import PROVIDER_SOCKET
 from usagestatsd.consent import Decision
+from usagestatsd.fieldsets import CURRENT_VERSION, withheld
 from usagestatsd.session import find_session
 from usagestatsd.settings import Settings
 from usagestatsd.state import State, StateError, StateStore
@@ -67,6 +68,12 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
         },
         "next_report": _when(state.next_report_ms),
         "beside_ray": _beside_ray(settings, state, found.session.name if found.session else None),
+        "fields": {
+            "accepted_version": decision.accepted_fields_version,
+            "current_version": CURRENT_VERSION,
+            "pending": list(withheld(decision.accepted_fields_version)),
+            "redacted": {name: f"by {settings.source_of('redact')}" for name in settings.redact},
+        },
     }
 
 
@@ -127,6 +134,16 @@ def render(info: dict[str, Any]) -> str:
         outcome = "ok" if last["success"] else f"FAILED: {last['error']}"
         lines.append(f"Last report:    {last['time']} seq {last['seq_number']} {outcome}")
     lines.append(f"Next report:    {info['next_report'] or 'not scheduled'}")
+    f = info["fields"]
+    lines.append(
+        f"Field set:      accepted version {f['accepted_version']}, current {f['current_version']}"
+    )
+    if f["pending"]:
+        lines.append(
+            f"  sent as null until accepted ('usagestatsd enable'): {', '.join(f['pending'])}"
+        )
+    for name, why in f["redacted"].items():
+        lines.append(f"  redacted {name} ({why})")
     b = info["beside_ray"]
     explain = {
         "routed": "Ray's reporter sends to this daemon's intake; only usagestatsd reports",

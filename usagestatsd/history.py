@@ -1,0 +1,176 @@
+"""A bounded, crash-safe history of every report attempt (and deletion request).
+
+One JSON object per line in `<state_dir>/history.jsonl`, appended with O_APPEND and
+fsynced. A record torn by a crash (no final newline, or not valid JSON) is skipped when
+reading and never glued to the next record. The file is kept under a size cap and an age
+cap by rewriting it atomically (newest records kept) when either is exceeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from usagestatsd.fileio import atomic_write, read_regular_file
+
+HISTORY_FILE = "history.jsonl"
+DEFAULT_MAX_BYTES = 10 << 20
+DEFAULT_MAX_AGE_DAYS = 90.0
+# After compaction the file is at most this share of the cap, so it is not rewritten
+# on every append once it is full.
+_KEEP_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class Record:
+    """One attempt: what was sent where, the outcome, and the exact body."""
+
+    kind: str  # "report" or "deletion"
+    time_ms: int
+    session_id: str
+    endpoint: str
+    outcome: str  # "sent", "failed", "deleted", "unknown_session", "deletion_failed"
+    status: int | None
+    error: str | None
+    sha256: str | None
+    body: str | None  # the exact bytes sent (reports are ASCII JSON), None for deletions
+
+    def to_line(self) -> bytes:
+        """The record as one JSONL line."""
+        return json.dumps(asdict(self), separators=(",", ":")).encode() + b"\n"
+
+
+_FIELDS = set(Record.__dataclass_fields__)
+
+
+def _parse(line: bytes) -> Record | None:
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or set(data) != _FIELDS:
+        return None
+    if not isinstance(data["time_ms"], int) or not isinstance(data["session_id"], str):
+        return None
+    return Record(**data)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The records that could be read, and how many lines were damaged and skipped."""
+
+    records: list[Record]
+    skipped: int
+
+
+class History:
+    """The history file of one state directory."""
+
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_age_days: float = DEFAULT_MAX_AGE_DAYS,
+    ) -> None:
+        self.directory = directory
+        self.path = directory / HISTORY_FILE
+        self.max_bytes = max_bytes
+        self.max_age_ms = int(max_age_days * 86400 * 1000)
+
+    def load(self) -> Loaded:
+        """Every intact record, oldest first; a missing file is an empty history."""
+        try:
+            data = read_regular_file(self.path, max_bytes=max(self.max_bytes * 2, 1 << 20))
+        except FileNotFoundError:
+            return Loaded([], 0)
+        lines = data.split(b"\n")
+        torn_tail = 1 if lines and lines[-1] else 0  # no final newline: a torn last record
+        records, skipped = [], torn_tail
+        for line in lines[:-1]:
+            if not line:
+                continue
+            record = _parse(line)
+            if record is None:
+                skipped += 1
+            else:
+                records.append(record)
+        return Loaded(records, skipped)
+
+    def append(self, records: Iterable[Record], now_ms: int) -> None:
+        """Append records durably, then enforce the size and age caps."""
+        payload = b"".join(r.to_line() for r in records)
+        if not payload:
+            return
+        self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.path, flags, 0o640)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                payload = b"\n" + payload  # end a torn record instead of extending it
+            os.write(fd, payload)
+            os.fsync(fd)
+            size += len(payload)
+        finally:
+            os.close(fd)
+        if size > self.max_bytes or self._oldest_too_old(now_ms):
+            self.compact(now_ms)
+
+    def _oldest_too_old(self, now_ms: int) -> bool:
+        try:
+            with open(self.path, "rb") as handle:
+                first = _parse(handle.readline(1 << 20))
+        except OSError:
+            return False
+        return first is not None and now_ms - first.time_ms > self.max_age_ms
+
+    def compact(self, now_ms: int, drop_sessions: frozenset[str] = frozenset()) -> int:
+        """Rewrite keeping the newest records within both caps; returns how many were dropped."""
+        loaded = self.load()
+        fresh = [
+            r
+            for r in loaded.records
+            if now_ms - r.time_ms <= self.max_age_ms and r.session_id not in drop_sessions
+        ]
+        kept: list[bytes] = []
+        total = 0
+        for record in reversed(fresh):
+            line = record.to_line()
+            if total + len(line) > self.max_bytes * _KEEP_SHARE:
+                break
+            kept.append(line)
+            total += len(line)
+        atomic_write(self.directory, HISTORY_FILE, b"".join(reversed(kept)), mode=0o640)
+        return len(loaded.records) - len(kept)
+
+    def purge_sessions(self, session_ids: Iterable[str], now_ms: int) -> int:
+        """Remove every record of these sessions (after a confirmed deletion)."""
+        if not self.path.exists():
+            return 0
+        return self.compact(now_ms, frozenset(session_ids))
+
+
+def summarise_sessions(records: Iterable[Record]) -> list[dict[str, Any]]:
+    """Per session_id: first and last report and the endpoints it went to."""
+    sessions: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.kind != "report":
+            continue
+        entry = sessions.setdefault(
+            r.session_id,
+            {
+                "session_id": r.session_id,
+                "first_ms": r.time_ms,
+                "last_ms": r.time_ms,
+                "endpoints": [],
+            },
+        )
+        entry["first_ms"] = min(entry["first_ms"], r.time_ms)
+        entry["last_ms"] = max(entry["last_ms"], r.time_ms)
+        if r.endpoint not in entry["endpoints"]:
+            entry["endpoints"].append(r.endpoint)
+    return sorted(sessions.values(), key=lambda e: e["first_ms"])
