@@ -106,7 +106,7 @@ class History:
         if not payload:
             return
         self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(self.path, flags, 0o640)
         try:
             size = os.fstat(fd).st_size
