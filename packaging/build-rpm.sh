@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Build usagestatsd-<version>-1.noarch.rpm with rpmbuild from packaging/rpm/usagestatsd.spec,
+# then show `rpm -qp --requires --scripts -l` and run rpmlint when it is installed.
+#   packaging/build-rpm.sh [OUTDIR]      (default: dist/ in the checkout)
+# On Debian, installs rpm and the Python build tools with apt when missing (needs root then).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+out=$(realpath -m "${1:-$top/dist}")
+spec=$top/packaging/rpm/usagestatsd.spec
+say() { printf 'build-rpm: %s\n' "$*" >&2; }
+
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+unset PYTHONPATH PYTHONHOME VIRTUAL_ENV PYENV_VERSION
+
+if command -v dpkg-query >/dev/null; then
+    missing=()
+    for pkg in rpm python3-build python3-installer python3-setuptools python3-wheel; do
+        dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qx installed || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing: ${missing[*]}"
+        [ "$(id -u)" = 0 ] || { say "not root: install them first: apt-get install ${missing[*]}"; exit 1; }
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+fi
+command -v rpmbuild >/dev/null || { say "rpmbuild is missing"; exit 1; }
+
+version=$(rpmspec -q --srpm --qf '%{version}' "$spec" 2>/dev/null || sed -n 's/^Version: *//p' "$spec")
+upstream=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$top/pyproject.toml" | head -n1)
+[ "$version" = "$upstream" ] || { say "the spec says $version, pyproject.toml $upstream"; exit 1; }
+
+work=$top/build/rpm
+rm -rf "$work"
+mkdir -p "$work/SOURCES" "$work/stage/usagestatsd-$version" "$out"
+# The same upstream tree as the .deb is built from.
+tar -C "$top" --exclude=__pycache__ --exclude='*.pyc' -cf - \
+    pyproject.toml README.md usagestatsd systemd docs packaging/usagestatsd.toml \
+    | tar -C "$work/stage/usagestatsd-$version" -xf -
+tar -C "$work/stage" --owner=0 --group=0 -czf "$work/SOURCES/usagestatsd-$version.tar.gz" "usagestatsd-$version"
+
+say "rpmbuild -bb $(basename "$spec")"
+# --nodeps: the BuildRequires name RPM packages; on Debian their equivalents come from apt.
+rpmbuild -bb --nodeps --define "_topdir $work" "$spec" >"$work/build.log" 2>&1 || {
+    tail -40 "$work/build.log" >&2
+    say "FAIL: rpmbuild (log: $work/build.log)"
+    exit 1
+}
+rpm=$work/RPMS/noarch/usagestatsd-$version-1.noarch.rpm
+[ -f "$rpm" ] || { say "FAIL: no $rpm"; exit 1; }
+cp "$rpm" "$out/"
+
+{
+    echo "== rpm -qp --info"; rpm -qp --info "$rpm"
+    echo "== rpm -qp --requires"; rpm -qp --requires "$rpm"
+    echo "== rpm -qp --provides"; rpm -qp --provides "$rpm"
+    echo "== rpm -qp --scripts"; rpm -qp --scripts "$rpm"
+    echo "== rpm -qp -l"; rpm -qp -l "$rpm"
+    echo "== rpm -qp --configfiles"; rpm -qp --configfiles "$rpm"
+} >"$work/rpm-query.log" 2>&1
+sed -n '/== rpm -qp --requires/,/== rpm -qp --provides/p' "$work/rpm-query.log" | sed '$d' >&2
+if command -v rpmlint >/dev/null; then
+    say "rpmlint $(basename "$rpm") $(basename "$spec")"
+    rpmlint -c "$top/packaging/rpm/rpmlint.toml" "$rpm" "$spec" 2>&1 | tee "$work/rpmlint.log" >&2 || {
+        say "FAIL: rpmlint reports errors (log: $work/rpmlint.log)"
+        exit 1
+    }
+else
+    say "rpmlint is not installed (apt-get install rpmlint): skipped"
+fi
+say "built $out/$(basename "$rpm") (queries: $work/rpm-query.log)"
