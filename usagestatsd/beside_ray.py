@@ -164,7 +164,10 @@ class Neighbour:
         """Seconds still to wait so that Ray's first report (60 s after start) can be seen."""
         if self.mode != "auto" or session_start_ms is None:
             return 0.0
-        return max(0.0, (session_start_ms + self.grace_s * 1000 - now_ms) / 1000)
+        left = (session_start_ms + self.grace_s * 1000 - now_ms) / 1000
+        # More than the whole grace left means the session started "in the future": the wall
+        # clock jumped back (or the cluster's clock or data is off). Never wait hours for it.
+        return left if 0.0 < left <= self.grace_s else 0.0
 
     def arrangement(self, session_start_ms: int | None, local_copy: bytes | None) -> Arrangement:
         """The current arrangement (pure, from what has been seen)."""
