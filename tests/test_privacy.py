@@ -38,8 +38,20 @@ def test_identifiers_are_recognised(value: str, reason: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["2.60.0", "3.11.2", "glibc:2.36", "m5.xlarge", "n1-standard-4", "Standard_D2s_v3",
-     "util.multiprocessing.Pool", "AMD EPYC", "False", "memory", "Tuner.fit", "linux"],
+    [
+        "2.60.0",
+        "3.11.2",
+        "glibc:2.36",
+        "m5.xlarge",
+        "n1-standard-4",
+        "Standard_D2s_v3",
+        "util.multiprocessing.Pool",
+        "AMD EPYC",
+        "False",
+        "memory",
+        "Tuner.fit",
+        "linux",
+    ],
 )
 def test_legitimate_values_pass(value: str) -> None:
     """Versions, instance types, library names and tag values are not flagged."""
@@ -65,8 +77,15 @@ def test_hostile_cluster_values_are_removed_and_named() -> None:
         assert planted not in json.loads(body).values()
         assert planted not in body.replace("vm.example", "")
     fields = {r.field for r in redactions}
-    assert {"ray_version", "os", "head_node_instance_type", "worker_node_instance_types",
-            "library_usages", "hardware_usages", "extra_usage_tags.owner"} <= fields
+    assert {
+        "ray_version",
+        "os",
+        "head_node_instance_type",
+        "worker_node_instance_types",
+        "library_usages",
+        "hardware_usages",
+        "extra_usage_tags.owner",
+    } <= fields
     assert any(f.startswith("extra_usage_tags[#") for f in fields)
     assert clean.library_usages == ("tune",)
     assert clean.extra_usage_tags == {"ok": "1"}

@@ -30,9 +30,13 @@ def test_same_session_keeps_its_id(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"{not json", b"[]", b'{"format": 9}',
-     b'{"format": 1, "session": {"key": "k", "session_id": "i",'
-     b' "counters": {"seq_number": -1, "total_success": 0, "total_failed": 0}}}'],
+    [
+        b"{not json",
+        b"[]",
+        b'{"format": 9}',
+        b'{"format": 1, "session": {"key": "k", "session_id": "i",'
+        b' "counters": {"seq_number": -1, "total_success": 0, "total_failed": 0}}}',
+    ],
 )
 def test_broken_file_raises_and_is_set_aside(tmp_path: Path, content: bytes) -> None:
     """A broken state file raises StateError naming it, and can be moved aside intact."""
