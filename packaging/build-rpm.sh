@@ -14,7 +14,7 @@ unset PYTHONPATH PYTHONHOME VIRTUAL_ENV PYENV_VERSION
 
 if command -v dpkg-query >/dev/null; then
     missing=()
-    for pkg in rpm python3-build python3-installer python3-setuptools python3-wheel; do
+    for pkg in rpm rpmlint cpio python3-build python3-installer python3-setuptools python3-wheel; do
         dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qx installed || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then
