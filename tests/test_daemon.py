@@ -218,3 +218,42 @@ async def test_sigusr1_reports_now(
         await await_line(daemon, "session.found")
         daemon.proc.send_signal(signal.SIGUSR1)
         await until(lambda: len(endpoint.received) == 1, 10)
+
+
+def test_daemonize_with_pidfile(temp_root: Path, state_dir: Path, tmp_path: Path) -> None:
+    """--daemonize detaches (exit 0 at once), writes the pid file, and SIGTERM removes it."""
+    import subprocess
+    import sys
+
+    pidfile = tmp_path / "usagestatsd.pid"
+    env = daemon_env(temp_root, state_dir, "http://127.0.0.1:9/")
+    full = {**os.environ, **env}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "usagestatsd",
+            "run",
+            "--config",
+            "/dev/null",
+            "--daemonize",
+            "--pidfile",
+            str(pidfile),
+            "--log-format",
+            "json",
+        ],
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "log").open("wb"),  # the detached child keeps it open
+        timeout=30,
+    )
+    assert result.returncode == 0
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(pidfile.read_text().split()[0])
+    os.kill(pid, 0)  # alive, detached
+    os.kill(pid, signal.SIGTERM)
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pidfile.exists()

@@ -333,7 +333,7 @@ class Daemon:
         if found.session is None:
             if current is not None or not self.track.missing_logged:
                 log.info(
-                    "session.missing", temp_root=str(self.settings.temp_root), refused=found.refused
+                    "session.missing", temp_root=str(self.settings.temp_root), **_refused(found)
                 )
                 self.track.missing_logged = True
             self.track.session, self.track.slot = None, None
