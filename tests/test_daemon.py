@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -257,3 +258,22 @@ def test_daemonize_with_pidfile(temp_root: Path, state_dir: Path, tmp_path: Path
     while pidfile.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pidfile.exists()
+
+
+async def test_sigusr1_without_session_does_not_spin(temp_root: Path, state_dir: Path) -> None:
+    """SIGUSR1 with no session is logged and dropped; the daemon stays idle (no busy loop)."""
+    env = daemon_env(temp_root, state_dir, "http://127.0.0.1:9/")
+    with running_daemon(env) as daemon:
+        await await_line(daemon, "session.missing")
+        daemon.proc.send_signal(signal.SIGUSR1)
+        await await_line(daemon, "report.request_ignored")
+        before = _cpu_seconds(daemon.proc.pid)
+        await asyncio.sleep(1.0)
+        # Not a timing test: an idle loop uses ~0 CPU, a spinning one ~1 s of the 1 s.
+        assert _cpu_seconds(daemon.proc.pid) - before < 0.5
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -292,6 +292,10 @@ class Daemon:
                     self._follow_session(now)
                 next_tick = now + self._tick_s()
             forced = self.report_now.is_set()
+            if forced and self.track.session is None:
+                log.info("report.request_ignored", reason="no Ray session to report on")
+                self.report_now.clear()
+                forced = False
             due = self.track.slot is not None and now >= self.track.slot.due
             if cycle is None and self.track.session and (forced or due):
                 self.report_now.clear()
@@ -309,10 +313,10 @@ class Daemon:
                 await cycle
 
     async def _wait(self, timeout: float, cycle: asyncio.Task[None] | None) -> None:
-        waiters = {
-            asyncio.ensure_future(self.stop_requested.wait()),
-            asyncio.ensure_future(self.report_now.wait()),
-        }
+        waiters = {asyncio.ensure_future(self.stop_requested.wait())}
+        if cycle is None:
+            # While a cycle runs, a report request waits for it (no busy loop on a set event).
+            waiters.add(asyncio.ensure_future(self.report_now.wait()))
         pending: set[asyncio.Future[Any]] = set(waiters)
         if cycle is not None:
             pending.add(cycle)
