@@ -80,6 +80,7 @@ _FQDN = re.compile(
     r"(?<![A-Za-z0-9-])(?:[A-Za-z0-9-]{1,63}\.)+(?:" + _TLDS + r")(?![A-Za-z0-9-])", re.I
 )
 _TOKEN_SPLIT = re.compile(r"[^A-Za-z0-9-]+")
+_WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,8 @@ def identifying_reason(value: str, known: KnownIdentifiers) -> str | None:
     if any(home in value for home in known.home_dirs):
         return "home directory"
     tokens = {t for t in _TOKEN_SPLIT.split(lowered) if t}
+    # Also the parts between hyphens: "alice-laptop" or "node-alice-1" name alice too.
+    tokens |= {t for t in _WORD_SPLIT.split(lowered) if t}
     if lowered in known.host_names or tokens & known.host_names:
         return "this machine's host name"
     if lowered in known.user_names or tokens & known.user_names:
