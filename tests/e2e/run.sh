@@ -5,6 +5,7 @@
 #   3. the unit's static checks (check-unit.sh) and the container harness (smoke.sh)
 #   4. the unit's sandbox under real systemd with a stand-in daemon (sandbox.sh)
 #   5. the .deb installed with apt under real systemd, used, opted out of and purged (deb-systemd.sh)
+#   6. the .rpm's scriptlets under real systemd (rpm-systemd.sh; USAGESTATSD_E2E_RPM=0 skips it)
 # Prints one PASS/FAIL line per step with its time, then a summary; exits 1 if any failed.
 # Every step's output is in build/e2e/<step>.log.
 set -uo pipefail
@@ -52,6 +53,17 @@ if [ $deb_ok = 0 ]; then
     grep -E '^deb-systemd: (PASS|FAIL)' "$logs/deb-systemd.log" | sed 's/^/    /'
 else
     skip deb-systemd "needs the .deb"
+fi
+
+# The RPM's scriptlets under systemd (needs apt to fetch rpm into the container; set
+# USAGESTATSD_E2E_RPM=0 to leave it out where the machine has no Debian mirror).
+if [ "${USAGESTATSD_E2E_RPM:-1}" = 0 ]; then
+    results+=("$(printf 'SKIP %-16s %8s  %s' rpm-systemd - 'USAGESTATSD_E2E_RPM=0')")
+elif [ $rpm_ok = 0 ]; then
+    step rpm-systemd "$here/rpm-systemd.sh" "$rpm"
+    grep -E '^rpm-systemd: (PASS|FAIL)' "$logs/rpm-systemd.log" | sed 's/^/    /'
+else
+    skip rpm-systemd "needs the .rpm"
 fi
 
 total=$(($(now_ms) - start))

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The .rpm's scriptlets under real systemd. There is no RPM distribution here, so this runs
+# Debian 12's rpm inside the Debian container (booted with the host's network, so that apt
+# can fetch rpm): `rpm -i --nodeps` (Debian's python3-* packages stand in for the RPM
+# requirements; a .pth file puts the RPM's site-packages on Debian's Python path), then
+# checks %post (notice, preset, enabled, started), an upgrade (try-restart), and erasure
+# (%preun disable --now, %postun state removal, %ghost consent file). Needs root.
+#   tests/e2e/rpm-systemd.sh [RPM]      (default: dist/usagestatsd-<version>-1.noarch.rpm)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+C=$here/container.sh
+version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$top/pyproject.toml" | head -n1)
+rpm=$(realpath "${1:-$top/dist/usagestatsd-${version}-1.noarch.rpm}")
+[ -f "$rpm" ] || { echo "rpm-systemd: FAIL: $rpm is not built (make rpm)" >&2; exit 1; }
+wd=$(mktemp -d /tmp/usagestatsd-e2e-rpm.XXXXXX)
+trap '"$C" stop "$wd" >/dev/null 2>&1 || true; rm -rf "$wd"' EXIT
+
+passed=0 failed=0
+check() {
+    if [ "$2" = 0 ]; then printf 'rpm-systemd: PASS %s%s\n' "$1" "${3:+ ($3)}"; passed=$((passed + 1))
+    else printf 'rpm-systemd: FAIL %s%s\n' "$1" "${3:+ ($3)}" >&2; failed=$((failed + 1)); fi
+}
+in_c() { "$C" exec "$wd" -- "$@"; }
+prop() { in_c systemctl show -p "$1" --value usagestatsd; }
+wait_active() {
+    local _
+    for _ in $(seq 100); do [ "$(prop ActiveState)" = "$1" ] && return 0; sleep 0.1; done
+    return 1
+}
+
+"$C" boot "$wd" --network=host >/dev/null
+in_c sh -ec 'apt-get update -qq && apt-get install -y -qq --no-install-recommends rpm >/dev/null' \
+    || { echo "rpm-systemd: FAIL: cannot install rpm in the container (network?)" >&2; exit 1; }
+"$C" push "$wd" "$rpm" /root
+name=$(basename "$rpm")
+set +e
+pyver=$(in_c python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+in_c sh -c "echo /usr/lib/python$pyver/site-packages >/usr/lib/python3/dist-packages/zz-rpm-site-packages.pth"
+
+out=$(in_c rpm -i --nodeps "/root/$name" 2>&1); rc=$?
+check "rpm -i $name" "$rc"
+grep -q 'usagestatsd preview' <<<"$out" && grep -q 'usagestatsd disable' <<<"$out" \
+    && grep -q 'https://docs.ray.io/en/latest/cluster/usage-stats.html' <<<"$out"
+check "%post prints the notice: what is collected, preview, disable, the policy" $?
+[ "$(prop UnitFileState)" = enabled ]; check "enabled through systemctl preset" $? "$(prop UnitFileState)"
+wait_active active; check "started" $? "$(prop ActiveState) $(prop StatusText)"
+in_c journalctl -q -o cat -u usagestatsd | grep -q '^consent.default_enabled'
+check "no consent file: the policy default, with the journal saying so" $?
+in_c usagestatsd disable >/dev/null; in_c systemctl restart usagestatsd
+in_c test -f /etc/usagestatsd/consent.json; check "usagestatsd disable wrote /etc/usagestatsd/consent.json" $?
+in_c rpm -qf /etc/usagestatsd/consent.json >/dev/null; check "consent.json is owned by the package (%ghost)" $?
+in_c usagestatsd enable >/dev/null; in_c systemctl restart usagestatsd
+wait_active active
+
+pid=$(prop MainPID)
+out=$(in_c rpm -U --nodeps --replacepkgs "/root/$name" 2>&1); rc=$?
+sleep 0.5
+[ "$rc" = 0 ] && [ "$(prop ActiveState)" = active ] && [ "$(prop MainPID)" != "$pid" ]
+check "upgrade (rpm -U --replacepkgs): try-restart ran the new files" $? "pid $pid -> $(prop MainPID)"
+! grep -q 'ENABLED by default' <<<"$out"; check "no notice on upgrade" $?
+
+in_c sh -c 'echo "# changed" >>/etc/usagestatsd/usagestatsd.toml'
+out=$(in_c rpm -e usagestatsd 2>&1); rc=$?
+check "rpm -e usagestatsd" "$rc" "$(tail -n1 <<<"$out")"
+files=$(in_c systemctl list-unit-files --no-legend 'usagestatsd*' || true)
+[ -z "$files" ] && [ "$(prop ActiveState)" = inactive ]; check "service stopped, unit gone" $? "${files:-no unit}"
+left=$(in_c sh -c 'for p in /etc/usagestatsd/consent.json /etc/usagestatsd/usagestatsd.toml /var/lib/usagestatsd \
+    /usr/bin/usagestatsd /usr/lib/usagestatsd /etc/systemd/system/multi-user.target.wants/usagestatsd.service; do
+    [ -e "$p" ] && echo "$p"; done; true')
+[ -z "$left" ]; check "erasure removed the program, consent, state and enablement" $? "${left:-nothing}"
+in_c test -f /etc/usagestatsd/usagestatsd.toml.rpmsave; check "the changed settings file kept as .rpmsave" $?
+
+"$C" stop "$wd"
+trap 'rm -rf "$wd"' EXIT
+echo "rpm-systemd: $passed passed, $failed failed"
+[ "$failed" = 0 ]
