@@ -77,7 +77,7 @@ _TLDS = (
     "[a-z]{2}"
 )
 _FQDN = re.compile(
-    r"(?<![A-Za-z0-9-])(?:[A-Za-z0-9-]{1,63}\.)+(?:" + _TLDS + r")(?![A-Za-z0-9-])", re.I
+    r"(?<![A-Za-z0-9-])(?:[A-Za-z0-9-]{1,63}\.)+(?:" + _TLDS + r")(?![A-Za-z0-9])", re.I
 )
 _TOKEN_SPLIT = re.compile(r"[^A-Za-z0-9-]+")
 _WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+")
