@@ -2,7 +2,8 @@
 # `make e2e`: build the packages and prove them, as root, on a Debian 12 host (the CI machine).
 #   1. the .deb (dpkg-buildpackage + lintian, no errors or warnings) and the .rpm (rpmbuild + rpmlint)
 #   2. the two packages install the same files (compare-packages.sh)
-#   3. the unit's static checks (check-unit.sh) and the container harness (smoke.sh)
+#   3. the unit's static checks (check-unit.sh), the packaged settings file and its man page
+#      against the daemon's settings (check-settings-file.sh), the container harness (smoke.sh)
 #   4. the unit's sandbox under real systemd with a stand-in daemon (sandbox.sh)
 #   5. the .deb installed with apt under real systemd, used, opted out of and purged (deb-systemd.sh)
 #   6. the .rpm's scriptlets under real systemd (rpm-systemd.sh; USAGESTATSD_E2E_RPM=0 skips it)
@@ -46,6 +47,7 @@ else
     skip compare-packages "needs both packages"
 fi
 step check-unit "$here/check-unit.sh"
+step settings-file "$here/check-settings-file.sh"
 step smoke "$here/smoke.sh"
 step sandbox "$here/sandbox.sh"
 if [ $deb_ok = 0 ]; then
