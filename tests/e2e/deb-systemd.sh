@@ -216,6 +216,15 @@ wait_for 10 sh -c "[ \"\$('$C' exec '$wd' -- systemctl show -p SubState --value 
 log=$(daemon_log)
 [ "$(prop ActiveState)" = inactive ] && grep -q '^consent.disabled' <<<"$log"
 check "reconfigure restarted the service, which stopped: disabled" $? "$(prop ActiveState)"
+# A broken settings file (the service cannot start: exit 78) does not lose the answer.
+in_c sh -c 'echo "no_such_setting = 1" >>/etc/usagestatsd/usagestatsd.toml'
+out=$(in_c sh -c 'echo yes | DEBIAN_FRONTEND=teletype DEBIAN_PRIORITY=high dpkg-reconfigure usagestatsd' 2>&1); rc=$?
+in_c python3 -c 'import json,sys; sys.exit(json.load(open("/etc/usagestatsd/consent.json")).get("usage_stats") is not True)'
+r=$?; [ "$rc" = 0 ] && [ "$r" = 0 ] && grep -q 'is unusable; recorded the answer' <<<"$out"
+check "settings file broken: the answer is still recorded, and the postinst says so" $? "exit $rc"
+wait_for 10 sh -c "[ \"\$('$C' exec '$wd' -- systemctl show -p SubState --value usagestatsd)\" = failed ]"
+[ "$(prop ExecMainStatus)/$(prop NRestarts)" = "78/0" ]
+check "and the service fails with 78, not restarting" $? "$(prop SubState) status=$(prop ExecMainStatus) restarts=$(prop NRestarts)"
 
 in_c apt-get purge -y -q usagestatsd >/dev/null 2>&1; rc=$?
 left=$(in_c sh -c 'ls -d /etc/usagestatsd /var/lib/usagestatsd 2>/dev/null; debconf-show usagestatsd 2>/dev/null; true')
