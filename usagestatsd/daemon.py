@@ -204,6 +204,7 @@ class Daemon:
         self.cycles_completed = 0
         self.dirty = False
         self.neighbour = Neighbour(settings.beside_ray)
+        self.ray_seen = asyncio.Event()  # set on every report Ray's reporter POSTs to the intake
         self.intake: RayIntake | None = None
 
     def _load_state(self) -> State:
@@ -480,7 +481,16 @@ class Daemon:
             seconds=round(wait, 1),
             reason="Ray's own reporter sends its first report 60 s after the head starts",
         )
-        await asyncio.sleep(wait)
+        # Ray's reporter may show up at the intake during the wait: then stop waiting.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.neighbour.arrangement(start_ms, None) is not Arrangement.ROUTED:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self.ray_seen.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ray_seen.wait(), left)
         return await prepare_report(
             self.settings,
             session,
@@ -529,6 +539,7 @@ class Daemon:
 
     def _on_sighting(self, sighting: RaySighting) -> None:
         self.neighbour.saw(sighting)
+        self.ray_seen.set()
         session = self.track.session
         if session is not None and self.neighbour.last_copy is not None:
             # Ray writes its own usage_stats.json right after its POST returns: put back
