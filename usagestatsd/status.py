@@ -31,18 +31,23 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
     state, state_problem = _load_state(settings)
     found = find_session(settings.temp_root)
     session: dict[str, Any] | None = None
+    last = state.last_report
     if found.session:
         s = found.session
         same = state.session is not None and state.session.key == s.key
+        # The id really reported (the cluster id when the provider gave it) is the last
+        # report's: the remembered one is only the fallback used without a provider.
+        reported_id = last.session_id if last else None
         session = {
             "dir": str(s.path),
-            "session_id": state.session.session_id if same and state.session else None,
+            "session_id": (reported_id or state.session.session_id)
+            if same and state.session
+            else None,
             "usage_stats_json": str(s.usage_stats_path),
             "usage_stats_json_exists": s.usage_stats_path.exists(),
             "provider": "present" if (s.sockets_dir / PROVIDER_SOCKET).exists() else "absent",
             "counters": (vars(state.session.counters) if same and state.session else None),
         }
-    last = state.last_report
     return {
         "enabled": decision.enabled,
         "decided_by": {"layer": decision.layer, "where": decision.where, "value": decision.value},
