@@ -57,7 +57,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not '²' or other Unicode digits int() refuses
         seconds = float(int(text[:10]))
     else:
         try:
