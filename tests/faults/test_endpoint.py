@@ -253,3 +253,14 @@ async def test_daemon_lives_through_every_endpoint_fault(
     assert named(events, "cycle.crashed") == []
     local = json.loads((demo_session.session_dir / "usage_stats.json").read_bytes())
     assert local["usage_stats"]["total_failed"] == 6
+
+
+async def test_unicode_digit_retry_after_is_ignored() -> None:
+    """A 429 whose Retry-After is a Unicode digit ('²') is retried normally, not a crash."""
+    server = RawTcpServer([reply("429 Too Many Requests", extra="Retry-After: ²\r\n"), reply()])
+    try:
+        result, events, _ = await send(Endpoint(server.url()))
+    finally:
+        server.close()
+    assert result.ok and result.attempts == 2
+    assert named(events, "report.retry_scheduled")[0]["reason"] == "HTTP 429"
