@@ -164,12 +164,17 @@ state="$(prop ActiveState)/$(prop SubState)/$(prop Result)/restarts=$(prop NRest
 
 # ---------------------------------------------------------------- purge
 in_c systemctl stop demo-ray demo-receiver
+# An operator had enabled the provider for Ray's user too.
+in_c systemctl enable usagestatsd-provider@root.service >/dev/null 2>&1
+in_c test -L /etc/systemd/system/multi-user.target.wants/usagestatsd-provider@root.service
+check "usagestatsd-provider@root enabled (before purge)" $?
 t=$(now_ms)
 in_c apt-get purge -y -q usagestatsd >"$wd/apt-purge.log" 2>&1; rc=$?
 check "apt-get purge usagestatsd" "$rc" "$(($(now_ms) - t)) ms"
 left=$(in_c sh -c 'for p in /etc/usagestatsd /var/lib/usagestatsd /lib/systemd/system/usagestatsd.service \
         /lib/systemd/system/usagestatsd-provider@.service /etc/systemd/system/multi-user.target.wants/usagestatsd.service \
         /var/lib/systemd/deb-systemd-helper-enabled/usagestatsd.service.dsh-also /usr/bin/usagestatsd \
+        /etc/systemd/system/multi-user.target.wants/usagestatsd-provider@root.service \
         /usr/lib/usagestatsd /usr/lib/python3/dist-packages/usagestatsd /usr/share/doc/usagestatsd; do
     [ -e "$p" ] || [ -L "$p" ] && echo "$p"; done; true')
 [ -z "$left" ]; check "purge left nothing behind" $? "${left:-nothing}"

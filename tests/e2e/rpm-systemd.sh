@@ -61,14 +61,16 @@ check "upgrade (rpm -U --replacepkgs): try-restart ran the new files" $? "pid $p
 ! grep -q 'ENABLED by default' <<<"$out"; check "no notice on upgrade" $?
 
 in_c sh -c 'echo "# changed" >>/etc/usagestatsd/usagestatsd.toml'
+in_c systemctl enable usagestatsd-provider@root.service >/dev/null 2>&1
 out=$(in_c rpm -e usagestatsd 2>&1); rc=$?
 check "rpm -e usagestatsd" "$rc" "$(tail -n1 <<<"$out")"
 files=$(in_c systemctl list-unit-files --no-legend 'usagestatsd*' || true)
 [ -z "$files" ] && [ "$(prop ActiveState)" = inactive ]; check "service stopped, unit gone" $? "${files:-no unit}"
 left=$(in_c sh -c 'for p in /etc/usagestatsd/consent.json /etc/usagestatsd/usagestatsd.toml /var/lib/usagestatsd \
-    /usr/bin/usagestatsd /usr/lib/usagestatsd /etc/systemd/system/multi-user.target.wants/usagestatsd.service; do
+    /usr/bin/usagestatsd /usr/lib/usagestatsd /etc/systemd/system/multi-user.target.wants/usagestatsd.service \
+    /etc/systemd/system/multi-user.target.wants/usagestatsd-provider@root.service; do
     [ -e "$p" ] && echo "$p"; done; true')
-[ -z "$left" ]; check "erasure removed the program, consent, state and enablement" $? "${left:-nothing}"
+[ -z "$left" ]; check "erasure removed the program, consent, state and enablement (provider instances too)" $? "${left:-nothing}"
 in_c test -f /etc/usagestatsd/usagestatsd.toml.rpmsave; check "the changed settings file kept as .rpmsave" $?
 
 "$C" stop "$wd"
