@@ -1,4 +1,4 @@
-# Packages and their end-to-end proof. Included from the Makefile:  include Makefile.packaging
+# Packages and their end-to-end proof. Included by the Makefile: include mk/packaging.mk
 #   make deb               dist/usagestatsd_<version>_all.deb (dpkg-buildpackage; lintian clean)
 #   make rpm               dist/usagestatsd-<version>-1.noarch.rpm (rpmbuild; rpmlint clean)
 #   make compare-packages  the two install the same files in the same places
