@@ -2,7 +2,7 @@
 #   make deb               dist/usagestatsd_<version>_all.deb (dpkg-buildpackage; lintian clean)
 #   make rpm               dist/usagestatsd-<version>-1.noarch.rpm (rpmbuild; rpmlint clean)
 #   make compare-packages  the two install the same files in the same places
-#   make e2e               all of the above, then the .deb under real systemd (root; < 10 min)
+#   make e2e               all of the above, then both packages under real systemd (root; < 10 min)
 # Build dependencies are installed with apt when missing. See docs/packaging.md.
 
 # Including this file must not change the Makefile's default goal.
