@@ -143,10 +143,10 @@ class Neighbour:
         self.last_copy: bytes | None = None
         self.warned: set[str] = set()
 
-    def new_session(self, remembered_digest: str | None) -> None:
-        """Forget the previous session; keep the digest of our own last write, if any."""
+    def new_session(self, remembered_digest: str | None, pending_digest: str | None = None) -> None:
+        """Forget the previous session; keep the digests of our own last writes, if any."""
         self.sightings.clear()
-        self.our_digests = {remembered_digest} if remembered_digest else set()
+        self.our_digests = {d for d in (remembered_digest, pending_digest) if d}
         self.last_copy = None
 
     def saw(self, sighting: RaySighting) -> None:

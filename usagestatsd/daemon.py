@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from usagestatsd.beside_ray import Arrangement, Neighbour, RayIntake, RaySighting
+from usagestatsd.beside_ray import Arrangement, Neighbour, RayIntake, RaySighting, digest
 from usagestatsd.cluster import ClusterFacts, Limits, gather
 from usagestatsd.history import History, Record
 from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
@@ -50,6 +50,7 @@ from usagestatsd.systemd import Notifier, watchdog_interval
 log = structlog.get_logger()
 SESSION_POLL_S = 60.0
 REWRITE_DELAY_S = 1.0
+PENDING_COPY_KEY = "local_copy_pending"
 _HEX_ID = frozenset("0123456789abcdef")
 
 
@@ -350,7 +351,12 @@ class Daemon:
         self.track.slot = self.schedule.first(now)
         remembered = self.state.session
         same = remembered is not None and remembered.key == found.session.key
-        self.neighbour.new_session(remembered.local_copy_sha256 if same and remembered else None)
+        pending = self.state.extra.get(PENDING_COPY_KEY)
+        pending = pending if isinstance(pending, dict) else {}
+        self.neighbour.new_session(
+            remembered.local_copy_sha256 if same and remembered else None,
+            pending.get("sha256") if pending.get("session") == found.session.key else None,
+        )
         self.track.missing_logged = False
         log.info("session.found", session_dir=str(found.session.path), **_refused(found))
         first = self.clock.time() + (self.track.slot.due - now)
@@ -564,6 +570,16 @@ class Daemon:
         self, session: Session, body: bytes, success: bool, error: str | None
     ) -> str | None:
         data = local_copy(body, success, error)
+        # Remember the new copy's digest before writing it: killed between the write and the
+        # state save, the restarted daemon must know the file as its own, not as Ray's.
+        pending = {"session": session.key, "sha256": digest(data)}
+        self.state = State(
+            self.state.session,
+            self.state.last_report,
+            self.state.next_report_ms,
+            {**self.state.extra, PENDING_COPY_KEY: pending},
+        )
+        self._save_state()
         try:
             write_usage_stats(session, data)
         except OSError as exc:
