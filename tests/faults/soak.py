@@ -238,6 +238,8 @@ async def soak(cycles: int, interval: str, seed: int) -> int:
             "USAGESTATSD_RETRY_MAX_DELAY_S": "0.002",
             "USAGESTATSD_SOCKET_TIMEOUT_S": "2",
             "USAGESTATSD_HTTP_TIMEOUT_S": "2",
+            # Ray's-reporter intake on a free loopback port, not the fixed default one.
+            "USAGESTATSD_RAY_INTAKE": "127.0.0.1:0",
             "HOME": str(root / "home"),
         }
     )
