@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit venv clean bench soak deb rpm e2e test-ray test-debian-libs
+.PHONY: run test lint typecheck unit venv clean bench soak test-ray test-debian-libs
 
 $(STAMP): pyproject.toml
 	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
@@ -51,3 +51,5 @@ $(DEBVENV)/.installed: pyproject.toml
 
 test-debian-libs: $(DEBVENV)/.installed
 	$(DEBVENV)/bin/python -m pytest -q tests --ignore=tests/e2e --ignore=tests/ray
+
+include mk/packaging.mk
