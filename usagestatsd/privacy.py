@@ -179,11 +179,13 @@ class _Pass:
 
 def _looks_like_ipv6(value: str) -> bool:
     for candidate in _IPV6_CANDIDATE.findall(value):
-        try:
-            ipaddress.IPv6Address(candidate.strip(".:") if candidate.count(":") < 2 else candidate)
-            return True
-        except ValueError:
-            continue
+        # As found, without surrounding dots ("at fe80::1."), and without dots and colons.
+        for text in (candidate, candidate.strip("."), candidate.strip(".:")):
+            try:
+                ipaddress.IPv6Address(text)
+                return True
+            except ValueError:
+                continue
     return False
 
 
