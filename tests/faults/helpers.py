@@ -84,11 +84,28 @@ class RawTcpServer:
         self.sock.close()
 
 
+def read_whole_request(conn: socket.socket) -> bytes:
+    """Read one request, head and body, so that closing afterwards cannot reset the client."""
+    data = read_request(conn)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return data
+
+
 def reply(status: str = "200 OK", body: bytes = b'{"ok": true}', extra: str = "") -> Behaviour:
     """Answer one request with a complete response."""
 
     def behave(conn: socket.socket) -> None:
-        read_request(conn)
+        read_whole_request(conn)
         conn.sendall(http_reply(body, status, extra))
 
     return behave

@@ -270,3 +270,21 @@ async def test_hostile_cluster_against_the_real_daemon(temp_root: Path, state_di
     for value in planted.values():  # the local copy may be from a later cycle: check it whole
         assert value.lower() not in local.decode().lower()
         assert json.dumps(value)[1:-1].lower() not in local.decode().lower()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "GPU at fe80::1.",
+        "node fe80::21a:2bff:fe3c:4d5e.",
+        "::.so",
+        "db.example.com-1",
+        "alice-1",
+        "node-alice",
+    ],
+)
+def test_guard_catches_decorated_identifiers(value: str) -> None:
+    """Shapes hypothesis found slipping through: a trailing dot, a hyphen after a name."""
+    from usagestatsd.privacy import identifying_reason
+
+    assert identifying_reason(value, KnownIdentifiers.of(set(), {"alice"}, set())) is not None
