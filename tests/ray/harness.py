@@ -1,0 +1,437 @@
+"""A real Ray head for tests: `ray start`/`ray stop`, the provider, receivers in a thread.
+
+Everything listens on 127.0.0.1 or on Unix sockets under a short temp root. The Ray CLI
+and the provider run with the Ray venv's Python (``RAY_PYTHON``); usagestatsd itself runs
+with the project's Python, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import DaemonProcess, ScriptedEndpoint, start_daemon
+
+REPO = Path(__file__).resolve().parents[2]
+PROVIDER = REPO / "usagestatsd" / "provider.py"
+# Measured step durations (seconds), printed in pytest's summary by tests/ray/conftest.py.
+TIMINGS: dict[str, float] = {}
+
+
+def ray_python_or_skip() -> str:
+    """RAY_PYTHON, checked to import Ray; fail under CI=true, skip loudly otherwise."""
+    python = os.environ.get("RAY_PYTHON", "")
+    problem = None
+    if not python:
+        problem = "RAY_PYTHON is not set (run 'make test-ray', which installs Ray and sets it)"
+    else:
+        try:
+            probe = subprocess.run(
+                [python, "-c", "import ray; print(ray.__version__)"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        except OSError as exc:
+            problem = f"RAY_PYTHON={python} cannot be run: {exc}"
+        else:
+            if probe.returncode != 0:
+                tail = probe.stderr.strip().splitlines()[-1:] or ["(no output)"]
+                problem = f"Ray is not importable by RAY_PYTHON={python}: {tail[0]}"
+    if problem is None:
+        return python
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"REAL-RAY SUITE CANNOT RUN under CI: {problem}", pytrace=False)
+    pytest.skip(f"REAL-RAY SUITE NOT RUN: {problem}")
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without Ray's or usagestatsd's settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "USAGESTATSD_"))}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    detail: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll `predicate` every 0.1 s; fail naming `what` (and `detail()`) after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for: {what}\n{detail()}")
+        time.sleep(0.1)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_subreaper(on: bool) -> None:
+    """Make this process adopt its orphaned descendants (Ray's daemons outlive `ray start`)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def _proc_stat(pid: int) -> tuple[str, str, int] | None:
+    """(name, state, parent pid) of a process, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name = raw[raw.index("(") + 1 : raw.rindex(")")]
+    state, ppid = raw[raw.rindex(")") + 2 :].split()[:2]
+    return name, state, int(ppid)
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Live (not zombie) descendants of `root`: pid → name."""
+    table: dict[int, tuple[str, str, int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (info := _proc_stat(int(entry.name))) is not None:
+            table[int(entry.name)] = info
+    children: dict[int, list[int]] = {}
+    for pid, (_, _, ppid) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[int, str] = {}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        name, state, _ = table[pid]
+        if state != "Z":
+            found[pid] = name
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def reap(pids: Sequence[int]) -> None:
+    """Collect the exit status of those `pids` that are our (adopted) children."""
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def ray_processes(marker: str) -> list[str]:
+    """`pid name: command` of every live process whose command line names `marker`.
+
+    Ray's processes (raylet, gcs_server, dashboard...) carry the temp root in their
+    arguments, and the job's driver carries it in a comment.
+    """
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        info = _proc_stat(int(entry.name))
+        with contextlib.suppress(OSError):
+            args = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if info is not None and info[1] != "Z" and marker in args:
+                found.append(f"{entry.name} {info[0]}: {args[:160]}")
+    return found
+
+
+class ThreadedEndpoint:
+    """A ScriptedEndpoint served by its own event loop in a thread, for synchronous tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = ScriptedEndpoint()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        self.closed = False
+
+    @property
+    def url(self) -> str:
+        """The endpoint's URL."""
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        """The endpoint's port on 127.0.0.1."""
+        return self.server.port
+
+    def bodies(self) -> list[dict[str, Any]]:
+        """Every report received so far, decoded."""
+        return [json.loads(body) for _, body, _ in list(self.server.received)]
+
+    def raw(self) -> list[bytes]:
+        """Every body received so far, as sent."""
+        return [body for _, body, _ in list(self.server.received)]
+
+    def count(self) -> int:
+        """How many requests arrived."""
+        return len(self.server.received)
+
+    def close(self) -> None:
+        """Stop listening and stop the loop (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class RayHead:
+    """One Ray head node under a private temp root, started and stopped with Ray's CLI."""
+
+    def __init__(self, python: str, report_url: str, interval_s: int) -> None:
+        self.python = python
+        self.base = Path(tempfile.mkdtemp(prefix="usdray-", dir="/tmp"))
+        self.root = self.base / "r"  # short: AF_UNIX paths are at most 108 bytes
+        self.root.mkdir()
+        self.home = self.base / "home"  # no ~/.ray/auth_token, so no token auth
+        self.home.mkdir()
+        self.report_url = report_url
+        self.interval_s = interval_s
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.client_port = free_port()
+        self.agent_port = free_port()
+        self.provider: subprocess.Popen[bytes] | None = None
+        self.provider_lines: list[str] = []
+        self.starts = self.stops = 0
+        self.not_ray: set[int] = set()  # our own processes among our descendants
+
+    def env(self, usage_stats: bool = True) -> dict[str, str]:
+        """The environment Ray's processes get (its reporter reads the RAY_USAGE_STATS_*)."""
+        env = clean_environ()
+        env.update(
+            HOME=str(self.home),
+            RAY_USAGE_STATS_REPORT_URL=self.report_url,
+            RAY_USAGE_STATS_REPORT_INTERVAL_S=str(self.interval_s),
+            RAY_USAGE_STATS_PROMPT_ENABLED="0",
+        )
+        if usage_stats:
+            env["RAY_USAGE_STATS_ENABLED"] = "1"
+        return env
+
+    def cli(
+        self,
+        args: Sequence[str],
+        usage_stats: bool = True,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> str:
+        """Run `ray <args>` with the Ray venv's Python; fail with its output if it fails."""
+        cmd = [self.python, "-m", "ray.scripts.scripts", *args]
+        env = {**self.env(usage_stats), **(extra_env or {})}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        if done.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(args[:2])} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
+        return done.stdout + done.stderr
+
+    def start(self, usage_stats: bool = True) -> Path:
+        """`ray start --head` on loopback; returns the new session directory."""
+        before = self.session_dir()
+        args = [
+            "start",
+            "--head",
+            "--num-cpus=1",
+            f"--temp-dir={self.root}",
+            "--node-ip-address=127.0.0.1",
+            f"--port={self.gcs_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={self.client_port}",
+            f"--dashboard-agent-listen-port={self.agent_port}",
+        ]
+        if not usage_stats:
+            args.append("--disable-usage-stats")
+        began = time.monotonic()
+        self.cli(args, usage_stats=usage_stats)
+        self.starts += 1
+        TIMINGS[f"ray start #{self.starts}"] = round(time.monotonic() - began, 1)
+        session = self.session_dir()
+        assert session is not None and session != before, "ray start made no new session"
+        return session
+
+    def ray_pids(self) -> dict[int, str]:
+        """This head's processes: our descendants that are not our own daemons or provider."""
+        return {
+            pid: name for pid, name in descendants(os.getpid()).items() if pid not in self.not_ray
+        }
+
+    def stop(self, force: bool = False, grace_s: float = 30.0) -> None:
+        """Stop this head as `ray stop [--force]` does, but only this head's processes.
+
+        `ray stop` signals every Ray process of the user on the machine, another test's or
+        helper's cluster included; this signals only the processes this head started (our
+        descendants, by pid): raylet first, then the rest, gcs_server last; SIGTERM, then
+        SIGKILL after the grace period (at once with `force`).
+        """
+        began = time.monotonic()
+        procs = self.ray_pids()
+        buckets = [
+            [p for p, n in procs.items() if n == "raylet"],
+            [p for p, n in procs.items() if n not in ("raylet", "gcs_server")],
+            [p for p, n in procs.items() if n == "gcs_server"],
+        ]
+        for bucket in buckets:
+            for pid in bucket:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL if force else signal.SIGTERM)
+            deadline = time.monotonic() + grace_s / len(buckets)
+            while time.monotonic() < deadline:
+                reap(bucket)
+                if not set(bucket) & set(self.ray_pids()):
+                    break
+                time.sleep(0.1)
+        for pid in self.ray_pids():  # left after the grace period, or started meanwhile
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (left := self.ray_pids()) and time.monotonic() < deadline:
+            reap(list(left))
+            time.sleep(0.1)
+        reap(list(procs))
+        self.stops += 1
+        TIMINGS[f"stop head{' (force)' if force else ''} #{self.stops}"] = round(
+            time.monotonic() - began, 1
+        )
+
+    def session_dir(self) -> Path | None:
+        """Where session_latest points now."""
+        link = self.root / "session_latest"
+        return link.resolve() if link.is_symlink() else None
+
+    def submit_job(self) -> str:
+        """A job through the job-submission API whose driver calls ray.init() and sleeps."""
+        # The comment names this head's directory, so a surviving driver can be found.
+        driver = f"import ray, time; ray.init(); time.sleep(600)  # {self.base.name}"
+        return self.cli(
+            ["job", "submit", "--no-wait", "--", self.python, "-c", driver],
+            extra_env={"RAY_ADDRESS": f"http://127.0.0.1:{self.dashboard_port}"},
+        )
+
+    def dashboard_json(self, path: str) -> Any:
+        """GET one of the dashboard's TCP endpoints that record no usage tag."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.dashboard_port}{path}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    # -- the provider -------------------------------------------------------------
+
+    def start_provider(self) -> None:
+        """Run usagestatsd/provider.py with Ray's Python against this temp root."""
+        self.provider = subprocess.Popen(
+            [self.python, str(PROVIDER), "--temp-root", str(self.root), "--poll-interval", "0.5"],
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        proc = self.provider
+        self.not_ray.add(proc.pid)
+
+        def pump() -> None:
+            assert proc.stderr is not None
+            for raw in proc.stderr:
+                self.provider_lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def stop_provider(self) -> None:
+        """SIGTERM the provider and wait for it."""
+        if self.provider is not None and self.provider.poll() is None:
+            self.provider.send_signal(signal.SIGTERM)
+            try:
+                self.provider.wait(10)
+            except subprocess.TimeoutExpired:
+                self.provider.kill()
+                self.provider.wait()
+
+    def close(self) -> None:
+        """Stop everything this head started and remove its files."""
+        self.stop_provider()
+        self.stop(force=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class Daemons:
+    """usagestatsd processes started against one head; each with its own state directory."""
+
+    def __init__(self, head: RayHead, interval_s: int) -> None:
+        self.head = head
+        self.interval_s = interval_s
+        self.settings_file = head.base / "usagestatsd.toml"
+        self.settings_file.write_text("")
+        self.config = str(self.settings_file)
+        self.running: list[DaemonProcess] = []
+        self.made = 0
+
+    def env(self, url: str, **extra: str) -> dict[str, str]:
+        """A daemon environment for this head, reporting to `url`, with a fresh state dir."""
+        self.made += 1
+        env = {
+            "RAY_USAGE_STATS_ENABLED": "1",
+            "USAGESTATSD_TEMP_ROOT": str(self.head.root),
+            "USAGESTATSD_STATE_DIR": str(self.head.base / f"state{self.made}"),
+            "RAY_USAGE_STATS_REPORT_URL": url,
+            "RAY_USAGE_STATS_REPORT_INTERVAL_S": str(self.interval_s),
+            "USAGESTATSD_RETRY_INITIAL_DELAY_S": "0.05",
+            "USAGESTATSD_RETRY_MAX_DELAY_S": "0.2",
+            "HOME": str(self.head.home),
+        }
+        env.update(extra)
+        return env
+
+    def start(self, env: Mapping[str, str]) -> DaemonProcess:
+        """`usagestatsd run --log-format json` as a real process."""
+        daemon = start_daemon(env, settings_file=self.settings_file)
+        self.head.not_ray.add(daemon.proc.pid)
+        self.running.append(daemon)
+        return daemon
+
+    def status(self, env: Mapping[str, str]) -> dict[str, Any]:
+        """`usagestatsd status --json` with the same settings as a daemon."""
+        done = subprocess.run(
+            [sys.executable, "-m", "usagestatsd", "status", "--json", "--config", self.config],
+            env={**clean_environ(), **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        info: dict[str, Any] = json.loads(done.stdout)
+        return info
+
+    def stop_all(self) -> None:
+        """SIGTERM every daemon (SIGKILL if one hangs)."""
+        for daemon in self.running:
+            if daemon.proc.poll() is None:
+                daemon.proc.terminate()
+                try:
+                    daemon.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    daemon.proc.kill()
+                    daemon.proc.wait()
