@@ -36,6 +36,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VPY) -m pytest -q tests --ignore=tests/e2e --ignore=tests/ray
 
+## make bench: memory, start-up, CPU per report and idle cost, each beside its reference
+bench: $(STAMP)
+	$(VPY) bench/run.py
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache
 

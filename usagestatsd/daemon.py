@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import pwd
 import random
@@ -610,6 +611,8 @@ def run_daemon(
         daemon = Daemon(settings, notifier, known or collect_known_identifiers(), withheld=withheld)
         return await daemon.serve()
 
+    # Start-up objects live as long as the process: keep the collector from rescanning them.
+    gc.freeze()
     try:
         return asyncio.run(main())
     finally:

@@ -7,6 +7,7 @@ absurd number is an error here, never a guess.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from collections.abc import Mapping
@@ -41,12 +42,19 @@ def _reject_constant(name: str) -> Any:
 
 def decode_json(source: str, body: bytes) -> Any:
     """Strict JSON: UTF-8, no NaN/Infinity, bounded nesting; errors name the source."""
+    # Decoded JSON holds no reference cycles, so the cyclic collector has nothing to find;
+    # pausing it saves ~20% on a 10,000-node reply (measured, docs/performance.md).
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
         return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except RecursionError:
         raise SourceError(source, "JSON nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise SourceError(source, f"invalid JSON ({str(exc)[:120]})") from None
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _unwrap(source: str, doc: Any) -> Mapping[str, Any]:
