@@ -29,6 +29,8 @@ from usagestatsd.settings import Settings
 from usagestatsd.systemd import Notifier
 
 Behaviour = Callable[[socket.socket], None]
+# Ray's-reporter intake on a free loopback port, so tests never contend for the fixed one.
+FREE_PORT = "127.0.0.1:0"
 
 
 class RawTcpServer:

@@ -215,7 +215,7 @@ async def serve(flaky: Flaky, session: Path, received: list[int]) -> list[web.Ap
     return runners
 
 
-async def soak(cycles: int, interval: str, seed: int) -> int:
+async def soak(cycles: int, interval: str, seed: int, history_max_bytes: int) -> int:
     """Run the soak; returns the exit status."""
     root = Path(tempfile.mkdtemp(prefix="usd-soak-", dir="/tmp"))
     temp_root = root / "ray"
@@ -240,6 +240,7 @@ async def soak(cycles: int, interval: str, seed: int) -> int:
             "USAGESTATSD_HTTP_TIMEOUT_S": "2",
             # Ray's-reporter intake on a free loopback port, not the fixed default one.
             "USAGESTATSD_RAY_INTAKE": "127.0.0.1:0",
+            "USAGESTATSD_HISTORY_MAX_BYTES": str(history_max_bytes),
             "HOME": str(root / "home"),
         }
     )
@@ -249,6 +250,11 @@ async def soak(cycles: int, interval: str, seed: int) -> int:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+    )
+    print(
+        f"soak: interval {interval} s, {FAIL_RATE:.0%} of requests failing, "
+        f"history cap {history_max_bytes} bytes, target {cycles} cycles",
+        flush=True,
     )
     watch = Watch(proc)
     threading.Thread(target=watch.pump, daemon=True).start()
@@ -359,10 +365,17 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=20_000)
     parser.add_argument("--interval", default="0.05")
     parser.add_argument("--seed", type=int, default=20261128)
+    parser.add_argument(
+        "--history-max-bytes",
+        type=int,
+        default=256 << 10,
+        help="the report history's size cap (default 256 KiB, so that its compaction reaches "
+        "its steady state before the cycle-1,000 baseline; the daemon's own default is 10 MiB)",
+    )
     args = parser.parse_args()
     if args.cycles < 2000:
         parser.error("--cycles must be at least 2000 (memory is measured from cycle 1,000)")
-    return asyncio.run(soak(args.cycles, args.interval, args.seed))
+    return asyncio.run(soak(args.cycles, args.interval, args.seed, args.history_max_bytes))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from tests.faults.helpers import named
+from tests.faults.helpers import FREE_PORT, named
 from tests.servers import ScriptedEndpoint, until
 from usagestatsd.daemon import Daemon
 from usagestatsd.demo import DemoCluster
@@ -83,7 +83,11 @@ async def test_loop_ignores_wall_clock_jumps(
     """The real loop with a wall clock jumping hours at every reading keeps its exact rhythm."""
     interval = 0.3
     settings = make_settings(
-        {"RAY_USAGE_STATS_REPORT_URL": endpoint.url, "RAY_USAGE_STATS_REPORT_INTERVAL_S": "0.3"}
+        {
+            "RAY_USAGE_STATS_REPORT_URL": endpoint.url,
+            "RAY_USAGE_STATS_REPORT_INTERVAL_S": "0.3",
+            "USAGESTATSD_RAY_INTAKE": FREE_PORT,
+        }
     )
     clock = JumpingClock()
     daemon = Daemon(settings, Notifier(None), KnownIdentifiers(), clock=clock)

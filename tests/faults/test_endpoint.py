@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import daemon_env
 from tests.faults.helpers import (
+    FREE_PORT,
     Endless,
     RawTcpServer,
     named,
@@ -227,6 +228,7 @@ async def test_daemon_lives_through_every_endpoint_fault(
         RAY_USAGE_STATS_REPORT_INTERVAL_S="0.3",
         USAGESTATSD_RETRY_MAX_ATTEMPTS="1",
         USAGESTATSD_HTTP_TIMEOUT_S="1",
+        USAGESTATSD_RAY_INTAKE=FREE_PORT,
     )
     try:
         with running_daemon(env) as daemon:

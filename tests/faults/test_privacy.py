@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from tests.conftest import daemon_env
-from tests.faults.helpers import named, provider_doc, responses_with, the_session
+from tests.faults.helpers import FREE_PORT, named, provider_doc, responses_with, the_session
 from tests.servers import ScriptedEndpoint, running_daemon, until
 from usagestatsd.daemon import Daemon
 from usagestatsd.demo import DemoCluster, make_session_dir
@@ -247,7 +247,13 @@ async def test_hostile_cluster_against_the_real_daemon(temp_root: Path, state_di
     session_dir = make_session_dir(temp_root)
     cluster = DemoCluster(session_dir, hostile_responses(planted))
     await cluster.start()
-    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_CLUSTER_CONFIG=str(config))
+    env = daemon_env(
+        temp_root,
+        state_dir,
+        endpoint.url,
+        USAGESTATSD_CLUSTER_CONFIG=str(config),
+        USAGESTATSD_RAY_INTAKE=FREE_PORT,
+    )
     try:
         with running_daemon(env) as daemon:
             await until(lambda: len(endpoint.received) >= 1)

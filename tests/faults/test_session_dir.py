@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.conftest import daemon_env
-from tests.faults.helpers import fill, named, responses_with, the_session, tmpfs
+from tests.faults.helpers import FREE_PORT, fill, named, responses_with, the_session, tmpfs
 from tests.servers import (
     RawUnixServer,
     ScriptedEndpoint,
@@ -46,7 +46,8 @@ async def test_bad_session_latest_links_then_a_real_session(
     """A looping, dangling or /etc session_latest is refused and logged; a real one is used."""
     link = temp_root / "session_latest"
     link.symlink_to("session_latest")  # a loop
-    with running_daemon(daemon_env(temp_root, state_dir, endpoint.url)) as daemon:
+    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_RAY_INTAKE=FREE_PORT)
+    with running_daemon(env) as daemon:
         line = await await_line(daemon, "session.missing")
         assert "does not point to a session directory" in line
         for target in ("session_gone", "/etc"):
