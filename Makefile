@@ -57,3 +57,4 @@ test-debian-libs: $(DEBVENV)/.installed
 	$(DEBVENV)/bin/python -m pytest -q tests --ignore=tests/e2e --ignore=tests/ray
 
 include mk/packaging.mk
+include mk/ray.mk

@@ -277,3 +277,17 @@ def _cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_stopped_cluster_is_one_info_line(
+    temp_root: Path, state_dir: Path, endpoint: ScriptedEndpoint
+) -> None:
+    """A session whose dashboard is gone (head stopped): one info line, no warning per socket."""
+    make_session_dir(temp_root)
+    with running_daemon(daemon_env(temp_root, state_dir, endpoint.url)) as daemon:
+        line = await await_line(daemon, "session.not_reported")
+        await asyncio.sleep(1.5)  # several intervals
+        assert daemon.count("session.not_reported") == 1
+        assert daemon.count("cluster.source_failed") == 0
+    assert '"level": "info"' in line and "not running" in line
+    assert endpoint.received == []

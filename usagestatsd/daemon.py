@@ -146,9 +146,14 @@ async def prepare_report(
     return Prepared(final, serialise(final), redactions, facts, session_id, remembered, blanked)
 
 
+NOT_RUNNING = "the cluster is not running (its dashboard sockets are absent or refuse)"
+
+
 def cluster_refusal(facts: ClusterFacts) -> str | None:
     """Why this session must not be reported at all, or None when it may be."""
     md = facts.metadata
+    if md is None and cluster_not_running(facts):
+        return NOT_RUNNING
     if md is None:
         return "cluster metadata unavailable, so the cluster's consent cannot be confirmed"
     if md.ray_init_cluster:
@@ -156,6 +161,16 @@ def cluster_refusal(facts: ClusterFacts) -> str | None:
     if not md.usage_stats_enabled:
         return "the cluster was started with usage stats disabled"
     return None
+
+
+def cluster_not_running(facts: ClusterFacts) -> bool:
+    """True when no dashboard socket exists or accepts: a stopped (or dashboard-less) head."""
+    if facts.running_jobs is not None or facts.totals.total_num_nodes is not None:
+        return False  # some dashboard socket answered: the head runs, partly broken
+    dashboard = [p for p in facts.problems if p.source.startswith("dash_")]
+    return bool(dashboard) and all(
+        "absent" in p.problem or "Connection refused" in p.problem for p in dashboard
+    )
 
 
 def _refused(found: Discovery) -> dict[str, str]:
@@ -402,9 +417,10 @@ class Daemon:
         prepared = await prepare_report(
             self.settings, session, self.state, self.known, now_ms, self.withheld
         )
-        for problem in prepared.facts.problems:
-            log.warning("cluster.source_failed", source=problem.source, problem=problem.problem)
         refusal = cluster_refusal(prepared.facts)
+        if refusal != NOT_RUNNING:  # a stopped head is one info line, not a warning per socket
+            for problem in prepared.facts.problems:
+                log.warning("cluster.source_failed", source=problem.source, problem=problem.problem)
         if refusal:
             self._refuse(session, refusal)
             return
@@ -563,6 +579,7 @@ class Daemon:
         if session.key in self.track.refused_logged:
             return
         self.track.refused_logged.add(session.key)
+        # Only an unreadable metadata answer is trouble; the other reasons are normal states.
         level = log.warning if refusal.startswith("cluster metadata") else log.info
         level("session.not_reported", session_dir=str(session.path), reason=refusal)
         self._set_status(f"Not reporting session {session.name}: {refusal}")
