@@ -8,29 +8,39 @@ import os
 import socket
 import socketserver
 import threading
+from typing import Any
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
+    """Answers 200 to everything."""
+
+    def do_GET(self) -> None:
+        """Answer every GET with a short 200."""
         self.send_response(200)
         self.end_headers()
         self.wfile.write(b"ok")
 
-    def log_message(self, *args):
-        pass
+    def log_message(self, *args: Any) -> None:
+        """Keep the journal quiet."""
 
 
 class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    def get_request(self):
+    """A threaded HTTP server on a Unix socket."""
+
+    def get_request(self) -> tuple[Any, Any]:
+        """A Unix peer has no address; give socketserver a placeholder."""
         request, _ = super().get_request()
         return request, ("unix", 0)
 
 
 class Server6(http.server.ThreadingHTTPServer):
+    """The same on ::1."""
+
     address_family = socket.AF_INET6
 
 
-def main():
+def main() -> None:
+    """Create the temp root and serve until killed."""
     os.umask(0o022)
     session = "/tmp/ray/session_2026-01-01_00-00-00_000000_1"
     os.makedirs(f"{session}/sockets", exist_ok=True)
