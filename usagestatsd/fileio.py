@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 MAX_READ_BYTES = 4 << 20
@@ -34,8 +35,10 @@ def open_directory(path: Path) -> int:
         raise
 
 
-def atomic_write(directory: Path, name: str, data: bytes, mode: int = 0o644) -> None:
-    """Replace `directory/name` with `data` atomically and durably, never following links."""
+def atomic_write(
+    directory: Path, name: str, data: bytes | Iterable[bytes], mode: int = 0o644
+) -> None:
+    """Replace `directory/name` with `data` (bytes or chunks) atomically, following no link."""
     if "/" in name or name in ("", ".", ".."):
         raise ValueError(f"bad file name {name!r}")
     dir_fd = open_directory(directory)
@@ -45,17 +48,18 @@ def atomic_write(directory: Path, name: str, data: bytes, mode: int = 0o644) -> 
         os.close(dir_fd)
 
 
-def _write_in(dir_fd: int, name: str, data: bytes, mode: int) -> None:
+def _write_in(dir_fd: int, name: str, data: bytes | Iterable[bytes], mode: int) -> None:
     tmp_name = f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp_name, flags, mode, dir_fd=dir_fd)
     try:
         try:
             os.fchmod(fd, mode)  # the umask must not make the file unreadable for Ray's users
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            for chunk in [data] if isinstance(data, bytes) else data:
+                view = memoryview(chunk)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
             os.fsync(fd)
         finally:
             os.close(fd)
