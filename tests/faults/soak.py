@@ -225,7 +225,7 @@ async def serve(flaky: Flaky, session: Path, received: list[int]) -> list[web.Ap
     return runners
 
 
-async def soak(cycles: int, interval: str, seed: int, history_max_bytes: int) -> int:
+async def soak(cycles: int, interval: str, seed: int, history_max_bytes: int | None) -> int:
     """Run the soak; returns the exit status."""
     root = Path(tempfile.mkdtemp(prefix="usd-soak-", dir="/tmp"))
     temp_root = root / "ray"
@@ -250,10 +250,11 @@ async def soak(cycles: int, interval: str, seed: int, history_max_bytes: int) ->
             "USAGESTATSD_HTTP_TIMEOUT_S": "2",
             # Ray's-reporter intake on a free loopback port, not the fixed default one.
             "USAGESTATSD_RAY_INTAKE": "127.0.0.1:0",
-            "USAGESTATSD_HISTORY_MAX_BYTES": str(history_max_bytes),
             "HOME": str(root / "home"),
         }
     )
+    if history_max_bytes is not None:
+        env["USAGESTATSD_HISTORY_MAX_BYTES"] = str(history_max_bytes)
     proc = subprocess.Popen(
         [sys.executable, "-c", INSTRUMENTED],
         env=env,
@@ -263,7 +264,7 @@ async def soak(cycles: int, interval: str, seed: int, history_max_bytes: int) ->
     )
     print(
         f"soak: interval {interval} s, {FAIL_RATE:.0%} of requests failing, "
-        f"history cap {history_max_bytes} bytes, target {cycles} cycles",
+        f"history cap {history_max_bytes or 'default'} bytes, target {cycles} cycles",
         flush=True,
     )
     watch = Watch(proc)
@@ -378,9 +379,8 @@ def main() -> int:
     parser.add_argument(
         "--history-max-bytes",
         type=int,
-        default=256 << 10,
-        help="the report history's size cap (default 256 KiB, so that its compaction reaches "
-        "its steady state before the cycle-1,000 baseline; the daemon's own default is 10 MiB)",
+        default=None,
+        help="the report history's size cap (default: the daemon's own, 10 MiB)",
     )
     args = parser.parse_args()
     if args.cycles < 2000:
