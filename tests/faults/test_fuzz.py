@@ -358,3 +358,47 @@ def test_intake_sighting_never_raises(body: bytes) -> None:
     """Whatever is POSTed to the loopback intake for Ray's reporter parses without an exception."""
     sighting = parse_sighting(body, 1)
     assert sighting.received_ms == 1
+
+
+@FAST
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=80),
+            JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+            st.builds(
+                lambda t, s: json.dumps(
+                    {
+                        "kind": "report",
+                        "time_ms": t,
+                        "session_id": s,
+                        "endpoint": "https://x/",
+                        "outcome": "sent",
+                        "status": 200,
+                        "error": None,
+                        "sha256": None,
+                        "body": "{}",
+                    }
+                ).encode(),
+                st.integers(0, 2 * 10**12),
+                st.text(max_size=8),
+            ),
+        ),
+        max_size=40,
+    ).map(lambda lines: b"\n".join(lines))
+)
+def test_hostile_history_file(content: bytes) -> None:
+    """Any history.jsonl: loading skips what is damaged; compaction keeps only whole records."""
+    from usagestatsd.history import History
+
+    root = Path(tempfile.mkdtemp(prefix="usd-f-"))
+    (root / "history.jsonl").write_bytes(content)
+    try:
+        history = History(root, max_bytes=4096, max_age_days=1)
+        before = history.load()
+        dropped = history.compact(2 * 10**12)
+        after = history.load()
+    finally:
+        shutil.rmtree(root)
+    assert after.skipped == 0 and dropped == len(before.records) - len(after.records)
+    assert sum(len(r.to_line()) for r in after.records) <= 4096
