@@ -264,3 +264,52 @@ def test_unusable_state_file_is_set_aside(tmp_path: Path, kind: str) -> None:
         assert victim.read_text() == "{}"
     StateStore(state_dir).save(daemon.state)
     assert StateStore(state_dir).load().session is None
+
+
+def as_nobody(action: Callable[[], str]) -> str:
+    """Run `action` in a forked child as uid/gid 65534; its result (or exception) as text."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            try:
+                text = action()
+            except Exception as exc:
+                text = f"{type(exc).__name__}: {exc}"
+            os.write(write_end, text.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        return pipe.read().decode()
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    """Files the daemon's user may not read: settings stop start-up, consent disables."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to another user")
+    os.chmod(tmp_path, 0o755)
+    settings_file = tmp_path / "usagestatsd.toml"
+    settings_file.write_text("report_interval_s = 60\n")
+    consent = tmp_path / "config.json"
+    consent.write_text('{"usage_stats": true}')
+    for path in (settings_file, consent):
+        path.chmod(0o600)
+    from usagestatsd.settings import load_settings
+
+    def load() -> str:
+        load_settings({}, {}, settings_file)
+        return "loaded"
+
+    assert as_nobody(load) == (
+        f"SettingsError: invalid setting config from settings file {settings_file}: "
+        "'Permission denied' is not accepted; expected a readable file"
+    )
+    assert as_nobody(lambda: str(read_consent_file(consent).problem)) == (
+        "cannot be read (Permission denied)"
+    )
