@@ -95,3 +95,13 @@ def daemon_env(temp_root: Path, state_dir: Path, url: str, **extra: str) -> dict
     }
     env.update(extra)
     return env
+
+
+def consent_file_env(
+    temp_root: Path, state_dir: Path, url: str, consent: Path, content: str
+) -> dict[str, str]:
+    """A daemon environment whose decision comes from the consent file (written here)."""
+    consent.write_text(content)
+    env = daemon_env(temp_root, state_dir, url, RAY_USAGE_STATS_CONFIG_PATH=str(consent))
+    del env["RAY_USAGE_STATS_ENABLED"]
+    return env

@@ -229,3 +229,10 @@ async def await_line(daemon: DaemonProcess, needle: str, timeout: float = 20.0) 
     """Like DaemonProcess.wait_for, without blocking the event loop the test servers run on."""
     await until(lambda: daemon.count(needle) > 0 or daemon.proc.poll() is not None, timeout)
     return daemon.wait_for(needle, timeout=0.5)
+
+
+async def report_then_stop(env: Mapping[str, str], endpoint: ScriptedEndpoint, count: int) -> None:
+    """Run a daemon until `endpoint` has received `count` reports in all, then stop it."""
+    with running_daemon(env) as daemon:
+        await until(lambda: len(endpoint.received) >= count)
+        daemon.stop()

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import daemon_env
+from tests.conftest import consent_file_env, daemon_env
 from tests.servers import RawUnixServer, ScriptedEndpoint, await_line, running_daemon, until
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
 from usagestatsd.fieldsets import CURRENT_VERSION
@@ -216,9 +216,7 @@ async def test_config_flip_applies_only_after_restart(
 ) -> None:
     """Consent is read once: a running daemon keeps reporting; a restarted one exits silently."""
     consent = tmp_path / "consent.json"
-    consent.write_text('{"usage_stats": true}')
-    env = daemon_env(temp_root, state_dir, endpoint.url, RAY_USAGE_STATS_CONFIG_PATH=str(consent))
-    del env["RAY_USAGE_STATS_ENABLED"]
+    env = consent_file_env(temp_root, state_dir, endpoint.url, consent, '{"usage_stats": true}')
     with running_daemon(env) as daemon:
         await until(lambda: len(endpoint.received) >= 1)
         consent.write_text('{"usage_stats": false}')

@@ -11,7 +11,13 @@ import time
 from pathlib import Path
 
 from tests.conftest import daemon_env
-from tests.servers import ScriptedEndpoint, await_line, running_daemon, until
+from tests.servers import (
+    ScriptedEndpoint,
+    await_line,
+    report_then_stop,
+    running_daemon,
+    until,
+)
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
 
 
@@ -54,12 +60,9 @@ async def test_restart_keeps_counters_and_session_id(
 ) -> None:
     """A daemon restart within a session continues the counters and keeps the session_id."""
     env = daemon_env(temp_root, state_dir, endpoint.url)
-    with running_daemon(env) as daemon:
-        await until(lambda: len(endpoint.received) >= 2)
-        daemon.stop()
+    await report_then_stop(env, endpoint, 2)
     seen = len(endpoint.received)
-    with running_daemon(env):
-        await until(lambda: len(endpoint.received) >= seen + 1)
+    await report_then_stop(env, endpoint, seen + 1)
     bodies = endpoint.bodies()
     assert bodies[seen]["seq_number"] == seen
     assert bodies[seen]["session_id"] == bodies[0]["session_id"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import daemon_env
-from tests.servers import Reply, ScriptedEndpoint, running_daemon, until
+from tests.conftest import consent_file_env, daemon_env
+from tests.servers import Reply, ScriptedEndpoint, report_then_stop, running_daemon, until
 from usagestatsd.daemon import prepare_report
 from usagestatsd.demo import DemoCluster
 from usagestatsd.fieldsets import CURRENT_VERSION, redactable, withheld
@@ -77,9 +77,7 @@ async def test_raw_history_equals_received_bytes(
 ) -> None:
     """`history --raw --last 1` prints byte for byte what the endpoint received."""
     env = daemon_env(temp_root, state_dir, endpoint.url)
-    with running_daemon(env) as daemon:
-        await until(lambda: len(endpoint.received) >= 2)
-        daemon.stop()
+    await report_then_stop(env, endpoint, 2)
     raw = cli("history", "--raw", "--last", "1", env={**env, "PATH": "/usr/bin:/bin"})
     assert raw.returncode == 0
     assert raw.stdout == endpoint.received[-1][1]
@@ -93,9 +91,7 @@ async def test_preview_equals_next_report(
 ) -> None:
     """preview shows the next report exactly, except the time and the counters."""
     env = daemon_env(temp_root, state_dir, endpoint.url)
-    with running_daemon(env) as daemon:
-        await until(lambda: len(endpoint.received) >= 1)
-        daemon.stop()
+    await report_then_stop(env, endpoint, 1)
     # Asynchronously: the demo cluster answers from this test's event loop.
     code, out, err = await _run(["preview", "--config", "/dev/null"], env)
     assert code == 0, err
@@ -223,10 +219,13 @@ async def test_older_field_set_nulls_newer_fields_until_accepted(
     tmp_path: Path,
 ) -> None:
     """Consent at field set 1 nulls exactly the newer fields; accepting un-nulls them."""
-    consent = tmp_path / "consent.json"
-    consent.write_text('{"usage_stats": true, "usage_stats_fields_version": 1}')
-    env = daemon_env(temp_root, state_dir, endpoint.url, RAY_USAGE_STATS_CONFIG_PATH=str(consent))
-    del env["RAY_USAGE_STATS_ENABLED"]
+    env = consent_file_env(
+        temp_root,
+        state_dir,
+        endpoint.url,
+        tmp_path / "consent.json",
+        '{"usage_stats": true, "usage_stats_fields_version": 1}',
+    )
     with running_daemon(env) as daemon:
         await until(lambda: len(endpoint.received) >= 1)
         notice = daemon.wait_for("consent.fields_pending", 1)
