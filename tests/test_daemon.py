@@ -251,16 +251,29 @@ def test_daemonize_with_pidfile(temp_root: Path, state_dir: Path, tmp_path: Path
         stderr=(tmp_path / "log").open("wb"),  # the detached child keeps it open
         timeout=30,
     )
-    assert result.returncode == 0
-    deadline = time.monotonic() + 10
-    while not pidfile.exists() and time.monotonic() < deadline:
+    try:
+        assert result.returncode == 0
+        pid = _wait_for_pid(pidfile)
+        os.kill(pid, 0)  # alive, detached
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pidfile.exists()
+    finally:
+        # Never leave a detached daemon behind, whatever failed above.
+        subprocess.run(["pkill", "-f", f"--pidfile {pidfile}"], check=False)
+
+
+def _wait_for_pid(pidfile: Path) -> int:
+    """The pid in a pid file, once it has been written completely."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = pidfile.read_text() if pidfile.exists() else ""
+        if text.strip().isdigit():
+            return int(text)
         time.sleep(0.05)
-    pid = int(pidfile.read_text().split()[0])
-    os.kill(pid, 0)  # alive, detached
-    os.kill(pid, signal.SIGTERM)
-    while pidfile.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pidfile.exists()
+    raise AssertionError(f"no pid in {pidfile}")
 
 
 async def test_sigusr1_without_session_does_not_spin(temp_root: Path, state_dir: Path) -> None:
@@ -294,3 +307,40 @@ async def test_stopped_cluster_is_one_info_line(
         assert daemon.count("cluster.source_failed") == 0
     assert '"level": "info"' in line and "not running" in line
     assert endpoint.received == []
+
+
+def test_sigterm_stops_even_when_stderr_is_gone(temp_root: Path, state_dir: Path) -> None:
+    """With its log pipe's reader gone (EPIPE on every write), SIGTERM still stops the daemon."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **daemon_env(temp_root, state_dir, "http://127.0.0.1:9/")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "usagestatsd",
+            "run",
+            "--config",
+            "/dev/null",
+            "--log-format",
+            "json",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        assert b"daemon.started" in proc.stdout.readline() + proc.stdout.readline()
+        proc.stdout.close()  # the reader goes away: every later log write fails with EPIPE
+        proc.send_signal(signal.SIGHUP)  # a log write that fails must not kill the daemon
+        time.sleep(0.5)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

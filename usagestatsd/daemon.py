@@ -101,7 +101,9 @@ class Prepared:
 def choose_session_id(facts: ClusterFacts, remembered: str) -> str:
     """The cluster id when the provider gives a sane one (as Ray 2.60), else our random id."""
     cid = facts.provider.cluster_id if facts.provider else None
-    if cid and 8 <= len(cid) <= 128 and set(cid) <= _HEX_ID:
+    # Ray's cluster id is 28 bytes (56 hex digits); 32 at least keeps out short hex values
+    # such as a MAC address written without separators.
+    if cid and 32 <= len(cid) <= 128 and set(cid) <= _HEX_ID:
         return cid
     return remembered
 
@@ -244,8 +246,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGUSR1, self._on_usr1)
 
     def _on_stop(self, name: str) -> None:
+        self.stop_requested.set()  # first: nothing (not even a failing log write) may block it
         log.info("daemon.stopping", signal=name)
-        self.stop_requested.set()
 
     def _on_hup(self) -> None:
         log.info(

@@ -7,6 +7,7 @@ lines, or a readable console format on a terminal. Everything goes to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -74,6 +75,24 @@ def render_console(_: Any, method: str, event: MutableMapping[str, Any]) -> str:
     return f"{stamp} {level:<7} {name}" + (f" {pairs}" if pairs else "")
 
 
+class _Tolerant:
+    """A stream whose write errors are dropped: a closed or full stderr (journald restarted,
+    a pipe whose reader went away) must never break the daemon, or its stop."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+
 def configure(
     log_format: str = "auto",
     level: str = "info",
@@ -91,7 +110,7 @@ def configure(
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVEL_NUMBER.get(level, 20)),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=_Tolerant(out)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # Libraries log through stdlib logging: keep them quiet unless they fail.
