@@ -100,3 +100,39 @@ async def test_routed_through_intake(
     # Ray's body was absorbed, never forwarded: every upstream report is our own.
     assert all(b["seq_number"] == i for i, b in enumerate(endpoint.bodies()))
     assert all(body != ray_body for _, body, _ in endpoint.received)
+
+
+async def test_grace_ends_when_ray_reports_to_the_intake(
+    endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
+) -> None:
+    """A fresh session waits for Ray's first report, and stops waiting as soon as it comes."""
+    import time
+
+    from usagestatsd.demo import make_session_dir, recorded_responses
+
+    start_ms = int(time.time() * 1000)
+    responses = recorded_responses()
+    metadata = recorded_json("dash_report_cluster_metadata.json")
+    metadata["data"]["sessionStartTimestampMs"] = start_ms
+    responses["dash_ReportHead"]["/api/v0/cluster_metadata"] = json.dumps(metadata).encode()
+    cluster = DemoCluster(make_session_dir(temp_root), responses)
+    await cluster.start()
+    env = daemon_env(
+        temp_root,
+        state_dir,
+        endpoint.url,
+        USAGESTATSD_RAY_INTAKE="127.0.0.1:0",
+        RAY_USAGE_STATS_REPORT_INTERVAL_S="1",
+    )
+    try:
+        with running_daemon(env) as daemon:
+            url = json.loads(await await_line(daemon, "beside_ray.intake_listening"))["url"]
+            await await_line(daemon, "beside_ray.waiting")
+            assert endpoint.received == []
+            ray_body = json.dumps({"session_start_timestamp_ms": start_ms, "seq_number": 0})
+            async with aiohttp.ClientSession() as http, http.post(url, data=ray_body) as resp:
+                assert resp.status == 200
+            await until(lambda: len(endpoint.received) >= 1, 20)  # not the full 75 s
+    finally:
+        await cluster.stop()
+    assert time.time() * 1000 - start_ms < 60_000
