@@ -14,10 +14,10 @@ import pytest
 
 from tests.conftest import consent_file_env, daemon_env
 from tests.servers import Reply, ScriptedEndpoint, report_then_stop, running_daemon, until
-from usagestatsd.daemon import prepare_report
 from usagestatsd.demo import DemoCluster
 from usagestatsd.fieldsets import CURRENT_VERSION, redactable, withheld
 from usagestatsd.history import History, Record
+from usagestatsd.pipeline import prepare_report
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.report import REPORT_FIELDS
 from usagestatsd.session import find_session

@@ -12,10 +12,8 @@ import asyncio
 import contextlib
 import gc
 import hashlib
-import pwd
 import random
 import signal
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,10 +21,16 @@ from typing import Any, Protocol
 import structlog
 
 from usagestatsd.beside_ray import Arrangement, Neighbour, RayIntake, RaySighting, digest
-from usagestatsd.cluster import ClusterFacts, Limits, gather
 from usagestatsd.history import History, Record
-from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
-from usagestatsd.report import Report, build_report, local_copy, nulls_for, serialise
+from usagestatsd.pipeline import (
+    NOT_RUNNING,
+    Prepared,
+    cluster_refusal,
+    collect_known_identifiers,
+    prepare_report,
+)
+from usagestatsd.privacy import KnownIdentifiers
+from usagestatsd.report import local_copy
 from usagestatsd.schedule import Schedule, Slot
 from usagestatsd.sender import send_report
 from usagestatsd.session import (
@@ -52,7 +56,6 @@ log = structlog.get_logger()
 SESSION_POLL_S = 60.0
 REWRITE_DELAY_S = 1.0
 PENDING_COPY_KEY = "local_copy_pending"
-_HEX_ID = frozenset("0123456789abcdef")
 
 
 class Clock(Protocol):
@@ -70,109 +73,6 @@ class SystemClock:
 
     def time(self) -> float:
         return time.time()
-
-
-def collect_known_identifiers() -> KnownIdentifiers:
-    """This machine's host names and human users' names and homes, for the privacy guard."""
-    hosts = {socket.gethostname()}
-    with contextlib.suppress(OSError), open("/etc/hostname") as handle:
-        hosts.add(handle.read().strip())
-    users, homes = set(), set()
-    for entry in pwd.getpwall():
-        homes.add(entry.pw_dir)
-        if entry.pw_uid >= 1000 and entry.pw_uid != 65534:
-            users.add(entry.pw_name)
-    return KnownIdentifiers.of(hosts, users, homes)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A report ready to send: the typed value, its one serialisation, and what was dropped."""
-
-    report: Report
-    body: bytes
-    redactions: list[Redaction]
-    facts: ClusterFacts
-    session_id: str
-    remembered: SessionState
-    blanked: dict[str, str]  # field -> why it is sent as null (redaction, pending consent)
-
-
-def choose_session_id(facts: ClusterFacts, remembered: str) -> str:
-    """The cluster id when the provider gives a sane one (as Ray 2.60), else our random id."""
-    cid = facts.provider.cluster_id if facts.provider else None
-    # Ray's cluster id is 28 bytes (56 hex digits); 32 at least keeps out short hex values
-    # such as a MAC address written without separators.
-    if cid and 32 <= len(cid) <= 128 and set(cid) <= _HEX_ID:
-        return cid
-    return remembered
-
-
-async def prepare_report(
-    settings: Settings,
-    session: Session,
-    state: State,
-    known: KnownIdentifiers,
-    now_ms: int,
-    withheld: tuple[str, ...] = (),
-) -> Prepared:
-    """Gather, build, guard and serialise: everything before sending (shared with preview).
-
-    `withheld` are fields newer than the field set consent was given for: sent as null.
-    """
-    facts = await gather(
-        session,
-        Limits(settings.socket_timeout_s, settings.socket_max_bytes),
-        settings.cluster_config,
-        settings.kuberay_in_use,
-        settings.kubernetes_in_use,
-    )
-    remembered = state.for_session(session.key)
-    session_id = choose_session_id(facts, remembered.session_id)
-    report = build_report(
-        source=settings.source,
-        now_ms=now_ms,
-        counters=remembered.counters,
-        session_id=session_id,
-        metadata=facts.metadata,
-        totals=facts.totals,
-        running_jobs=facts.running_jobs,
-        config=facts.config,
-        provider=facts.provider,
-        extra_tags=settings.extra_tags,
-    )
-    clean, redactions = guard(report, known)
-    blanked = {name: f"redacted by {settings.source_of('redact')}" for name in settings.redact}
-    blanked.update({name: "newer than the field set consent was given for" for name in withheld})
-    final = clean.with_fields(**nulls_for(list(blanked)))
-    return Prepared(final, serialise(final), redactions, facts, session_id, remembered, blanked)
-
-
-NOT_RUNNING = "the cluster is not running (its dashboard sockets are absent or refuse)"
-
-
-def cluster_refusal(facts: ClusterFacts) -> str | None:
-    """Why this session must not be reported at all, or None when it may be."""
-    md = facts.metadata
-    if md is None and cluster_not_running(facts):
-        return NOT_RUNNING
-    if md is None:
-        return "cluster metadata unavailable, so the cluster's consent cannot be confirmed"
-    if md.ray_init_cluster:
-        return "a local ray.init() cluster (never reported)"
-    if not md.usage_stats_enabled:
-        return "the cluster was started with usage stats disabled"
-    return None
-
-
-def cluster_not_running(facts: ClusterFacts) -> bool:
-    """True when no dashboard socket exists or accepts: a stopped (or dashboard-less) head."""
-    if facts.running_jobs is not None or facts.totals.total_num_nodes is not None:
-        return False  # some dashboard socket answered: the head runs, partly broken
-    dashboard = [p for p in facts.problems if p.source.startswith("dash_")]
-    return bool(dashboard) and all(
-        "absent" in p.problem or "Connection refused" in p.problem for p in dashboard
-    )
 
 
 def _refused(found: Discovery) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from usagestatsd.daemon import cluster_refusal, collect_known_identifiers, prepare_report
+from usagestatsd.pipeline import cluster_refusal, collect_known_identifiers, prepare_report
 from usagestatsd.session import find_session
 from usagestatsd.settings import Settings
 from usagestatsd.state import State, StateError, StateStore

@@ -192,7 +192,7 @@ def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 def provider_doc(
-    cluster_id: str | None = "0f" * 14,
+    cluster_id: str | None = "0f" * 28,
     libraries: Sequence[str] = ("core", "train"),
     tags: Mapping[str, str] | None = None,
     hardware: Sequence[str] = ("NVIDIA A100",),

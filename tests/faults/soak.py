@@ -40,7 +40,7 @@ BUSY_BOUND = 32
 PROVIDER_DOC = json.dumps(
     {
         "protocol_version": 1,
-        "cluster_id": "0f" * 14,
+        "cluster_id": "0f" * 28,
         "library_usages": ["core", "train", "tune"],
         "extra_usage_tags": {"dashboard_used": "false", "num_actors": "3"},
         "hardware_usages": ["NVIDIA A100"],

@@ -77,7 +77,7 @@ def recorded_doc(name: str) -> Any:
 
 PROVIDER_BASE = {
     "protocol_version": 1,
-    "cluster_id": "0f" * 14,
+    "cluster_id": "0f" * 28,
     "library_usages": ["core", "train"],
     "extra_usage_tags": {"dashboard_used": "false"},
     "hardware_usages": ["NVIDIA A100"],

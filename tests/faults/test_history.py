@@ -18,7 +18,7 @@ BODY = json.dumps({"pad": "y" * 1000})
 def record(n: int) -> Record:
     """The n-th report record (about 1.2 KB)."""
     return Record(
-        "report", 1_795_000_000_000 + n, "0f" * 14, "https://x/", "sent", 200, None, "ab" * 32, BODY
+        "report", 1_795_000_000_000 + n, "0f" * 28, "https://x/", "sent", 200, None, "ab" * 32, BODY
     )
 
 

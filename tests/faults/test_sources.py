@@ -34,7 +34,7 @@ SOCKETS = ("dash_ReportHead", "dash_JobHead", "usagestatsd_provider")
 FIELDS: dict[tuple[str, str], dict[str, Any]] = {
     STATUS: {"total_num_cpus": 2, "total_num_nodes": 1},
     JOBS: {"total_num_running_jobs": 0},
-    PROVIDER: {"library_usages": ["core", "train"], "session_id": "0f" * 14},
+    PROVIDER: {"library_usages": ["core", "train"], "session_id": "0f" * 28},
 }
 NULLS: dict[tuple[str, str], dict[str, Any]] = {
     STATUS: {"total_num_cpus": None, "total_num_nodes": None},
