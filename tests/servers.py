@@ -236,3 +236,23 @@ async def report_then_stop(env: Mapping[str, str], endpoint: ScriptedEndpoint, c
     with running_daemon(env) as daemon:
         await until(lambda: len(endpoint.received) >= count)
         daemon.stop()
+
+
+async def run_cli(args: Sequence[str], env: Mapping[str, str]) -> tuple[int, str, str]:
+    """Run the real command line without blocking the event loop the test servers run on.
+
+    The child gets this environment minus RAY_* and USAGESTATSD_*, plus `env`.
+    """
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "USAGESTATSD_"))}
+    base.update(env)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "usagestatsd",
+        *args,
+        env=base,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()

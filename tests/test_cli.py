@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 
 from tests.conftest import consent_file_env, daemon_env
-from tests.servers import RawUnixServer, ScriptedEndpoint, await_line, running_daemon, until
+from tests.servers import (
+    RawUnixServer,
+    ScriptedEndpoint,
+    await_line,
+    run_cli,
+    running_daemon,
+    until,
+)
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
 from usagestatsd.fieldsets import CURRENT_VERSION
 
@@ -114,29 +121,13 @@ async def test_preview_prints_the_report_and_sends_nothing(
 ) -> None:
     """preview prints schema-0.1 JSON on stdout; no request, no file, no state."""
     env = daemon_env(temp_root, state_dir, endpoint.url)
-    proc = await _run_async("preview", "--config", str(empty_settings_file), env=env)
+    proc = await run_cli(["preview", "--config", str(empty_settings_file)], env)
     assert proc[0] == 0, proc[2]
     report = json.loads(proc[1])
     assert report["ray_version"] == "2.60.0" and report["seq_number"] == 0
     assert endpoint.received == []
     assert not (demo_session.session_dir / "usage_stats.json").exists()
     assert not state_dir.exists()
-
-
-async def _run_async(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "USAGESTATSD_"))}
-    base.update(env)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "usagestatsd",
-        *args,
-        env=base,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_disabled_daemon_is_silent(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -13,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import consent_file_env, daemon_env
-from tests.servers import Reply, ScriptedEndpoint, report_then_stop, running_daemon, until
+from tests.servers import (
+    Reply,
+    ScriptedEndpoint,
+    report_then_stop,
+    run_cli,
+    running_daemon,
+    until,
+)
 from usagestatsd.demo import DemoCluster
 from usagestatsd.fieldsets import CURRENT_VERSION, redactable, withheld
 from usagestatsd.history import History, Record
@@ -93,7 +99,7 @@ async def test_preview_equals_next_report(
     env = daemon_env(temp_root, state_dir, endpoint.url)
     await report_then_stop(env, endpoint, 1)
     # Asynchronously: the demo cluster answers from this test's event loop.
-    code, out, err = await _run(["preview", "--config", "/dev/null"], env)
+    code, out, err = await run_cli(["preview", "--config", "/dev/null"], env)
     assert code == 0, err
     shown = json.loads(out)
     seen = len(endpoint.received)
@@ -131,7 +137,7 @@ async def test_forget(
     )
     env = {"USAGESTATSD_STATE_DIR": str(state), "PATH": "/usr/bin:/bin"}
     try:
-        result = await _run(["forget", "--session", "aaaa1111", "--config", str(settings)], env)
+        result = await run_cli(["forget", "--session", "aaaa1111", "--config", str(settings)], env)
     finally:
         await server.stop()
     assert result[0] == code, result
@@ -156,7 +162,7 @@ async def test_forget_endpoint_down(tmp_path: Path) -> None:
         'deletion_url = "http://127.0.0.1:9/del"\n'
         "[retry]\nmax_attempts = 2\ninitial_delay_s = 0.01\n"
     )
-    result = await _run(
+    result = await run_cli(
         ["forget", "--all", "--config", str(settings)],
         {"USAGESTATSD_STATE_DIR": str(state), "PATH": "/usr/bin:/bin"},
     )
@@ -171,21 +177,6 @@ def test_forget_lists_sessions_and_the_email(tmp_path: Path) -> None:
     result = cli("forget", env={"USAGESTATSD_STATE_DIR": str(state), "PATH": "/usr/bin:/bin"})
     out = result.stdout.decode()
     assert "aaaa1111" in out and "usage_stats@ray.io" in out
-
-
-async def _run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    """Run the command line without blocking the event loop the test servers run on."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "usagestatsd",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 @pytest.mark.parametrize("name", [f for f in REPORT_FIELDS if redactable(f)])
