@@ -208,6 +208,8 @@ async def run_demo(interval_s: float = 5.0) -> int:
                 "USAGESTATSD_STATE_DIR": str(state_dir),
                 "RAY_USAGE_STATS_REPORT_URL": receiver.url,
                 "RAY_USAGE_STATS_REPORT_INTERVAL_S": str(interval_s),
+                # No Ray reporter in the demo, and port 18922 may belong to a real service.
+                "USAGESTATSD_RAY_INTAKE": "off",
             }
         )
         env.pop("NOTIFY_SOCKET", None)
