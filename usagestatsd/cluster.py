@@ -94,14 +94,19 @@ async def _get(socket_path: Path, url_path: str, source: str, limits: Limits) ->
         ):
             if response.status != 200:
                 raise SourceError(source, f"HTTP status {response.status}")
-            body = await response.content.read(limits.max_bytes + 1)
-            while len(body) <= limits.max_bytes:
-                more = await response.content.read(limits.max_bytes + 1 - len(body))
-                if not more:
+            # Chunks joined once: a reply arriving in many small pieces then costs linear
+            # time, where `body += chunk` would copy everything read so far at each piece.
+            chunks: list[bytes] = []
+            size = 0
+            while size <= limits.max_bytes:
+                chunk = await response.content.read(limits.max_bytes + 1 - size)
+                if not chunk:
                     break
-                body += more
-            if len(body) > limits.max_bytes:
+                chunks.append(chunk)
+                size += len(chunk)
+            if size > limits.max_bytes:
                 raise SourceError(source, f"reply larger than {limits.max_bytes} bytes")
+            body = b"".join(chunks)
     except aiohttp.ClientConnectionError as exc:
         os_error = getattr(exc, "os_error", None)
         reason = getattr(os_error, "strerror", None) or type(exc).__name__
