@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import random
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import structlog
@@ -73,6 +72,11 @@ class SystemClock:
 
     def time(self) -> float:
         return time.time()
+
+
+def _session_start_ms(prepared: Prepared) -> int | None:
+    md = prepared.facts.metadata
+    return md.session_start_timestamp_ms if md else None
 
 
 def _refused(found: Discovery) -> dict[str, str]:
@@ -296,9 +300,7 @@ class Daemon:
         if slot is None:
             return
         next_wall = self.clock.time() + (slot.due - self.clock.monotonic())
-        self.state = State(
-            self.state.session, self.state.last_report, int(next_wall * 1000), self.state.extra
-        )
+        self.state = replace(self.state, next_report_ms=int(next_wall * 1000))
         last = self.state.last_report
         if last is None:
             return
@@ -361,12 +363,12 @@ class Daemon:
             remembered.counters.after(success),
             copy_digest or remembered.local_copy_sha256,
         )
-        self.state = State(new_session, last, self.state.next_report_ms, self.state.extra)
+        self.state = replace(self.state, session=new_session, last_report=last)
         self.dirty = True
 
     def _record_history(self, prepared: Prepared, results: list[EndpointResult]) -> None:
         now_ms = int(self.clock.time() * 1000)
-        sha = hashlib.sha256(prepared.body).hexdigest()
+        sha = digest(prepared.body)
         body = prepared.body.decode("ascii")  # serialise() emits ASCII-only JSON
         records = [
             Record(
@@ -395,8 +397,7 @@ class Daemon:
 
     async def _after_grace(self, session: Session, prepared: Prepared) -> Prepared:
         """Early in a session, wait until Ray's reporter has had its chance to show itself."""
-        md = prepared.facts.metadata
-        start_ms = md.session_start_timestamp_ms if md else None
+        start_ms = _session_start_ms(prepared)
         now_ms = int(self.clock.time() * 1000)
         wait = self.neighbour.grace_left_s(start_ms, now_ms)
         if wait <= 0 or self.neighbour.arrangement(start_ms, None) is Arrangement.ROUTED:
@@ -426,8 +427,7 @@ class Daemon:
         )
 
     def _stand_down(self, session: Session, prepared: Prepared) -> bool:
-        md = prepared.facts.metadata
-        start_ms = md.session_start_timestamp_ms if md else None
+        start_ms = _session_start_ms(prepared)
         local = read_usage_stats(session)
         arrangement = self.neighbour.arrangement(start_ms, local)
         self._note_arrangement(session, arrangement)
@@ -458,9 +458,7 @@ class Daemon:
         }
         if extra != self.state.extra:
             self.dirty = True
-        self.state = State(
-            self.state.session, self.state.last_report, self.state.next_report_ms, extra
-        )
+        self.state = replace(self.state, extra=extra)
 
     def _on_sighting(self, sighting: RaySighting) -> None:
         self.neighbour.saw(sighting)
@@ -493,12 +491,7 @@ class Daemon:
         # Remember the new copy's digest before writing it: killed between the write and the
         # state save, the restarted daemon must know the file as its own, not as Ray's.
         pending = {"session": session.key, "sha256": digest(data)}
-        self.state = State(
-            self.state.session,
-            self.state.last_report,
-            self.state.next_report_ms,
-            {**self.state.extra, PENDING_COPY_KEY: pending},
-        )
+        self.state = replace(self.state, extra={**self.state.extra, PENDING_COPY_KEY: pending})
         self._save_state()
         try:
             write_usage_stats(session, data)
