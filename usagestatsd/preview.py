@@ -8,7 +8,7 @@ import time
 from usagestatsd.pipeline import cluster_refusal, collect_known_identifiers, prepare_report
 from usagestatsd.session import find_session
 from usagestatsd.settings import Settings
-from usagestatsd.state import State, StateError, StateStore
+from usagestatsd.state import StateStore
 
 
 def _note(text: str) -> None:
@@ -22,11 +22,9 @@ async def preview(settings: Settings, withheld: tuple[str, ...] = ()) -> int:
         _note(f"no Ray session under {settings.temp_root}: nothing would be sent")
         return 1
     session = found.session
-    try:
-        state = StateStore(settings.state_dir).load()
-    except (StateError, OSError) as exc:
-        _note(f"state not readable ({exc}); counters shown from zero")
-        state = State()
+    state, state_problem = StateStore(settings.state_dir).peek()
+    if state_problem:
+        _note(f"state not readable ({state_problem}); counters shown from zero")
     prepared = await prepare_report(
         settings, session, state, collect_known_identifiers(), int(time.time() * 1000), withheld
     )

@@ -146,6 +146,13 @@ class StateStore:
         except (ValueError, KeyError, TypeError) as exc:
             raise StateError(f"{self.path}: {exc}") from None
 
+    def peek(self) -> tuple[State, str | None]:
+        """For read-only commands: the saved state, or an empty one and why (never moved)."""
+        try:
+            return self.load(), None
+        except StateError as exc:
+            return State(), str(exc)
+
     def set_aside(self) -> Path | None:
         """Move a broken state file out of the way (kept for inspection); return its new name."""
         aside = self.path.with_name(f"{STATE_FILE}.broken-{int(time.time())}")

@@ -10,7 +10,7 @@ from usagestatsd.consent import Decision
 from usagestatsd.fieldsets import CURRENT_VERSION, withheld
 from usagestatsd.session import find_session
 from usagestatsd.settings import Settings
-from usagestatsd.state import State, StateError, StateStore
+from usagestatsd.state import State, StateStore
 
 
 def _when(ms: int | None) -> str | None:
@@ -19,16 +19,9 @@ def _when(ms: int | None) -> str | None:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ms / 1000))
 
 
-def _load_state(settings: Settings) -> tuple[State, str | None]:
-    try:
-        return StateStore(settings.state_dir).load(), None
-    except (StateError, OSError) as exc:
-        return State(), str(exc)
-
-
 def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
     """Everything `status` shows, as JSON-ready values."""
-    state, state_problem = _load_state(settings)
+    state, state_problem = StateStore(settings.state_dir).peek()
     found = find_session(settings.temp_root)
     session: dict[str, Any] | None = None
     last = state.last_report
