@@ -72,14 +72,18 @@ class ScriptedEndpoint:
         return [json.loads(body) for _, body, _ in self.received]
 
 
-class RawUnixServer:
-    """A Unix-socket server whose per-connection behaviour is a plain function (in a thread)."""
+class RawServer:
+    """A listening socket served in threads; connection n gets behaviours[n] (the last repeats).
 
-    def __init__(self, path: Path, behaviour: Callable[[socket.socket], None]) -> None:
-        self.path = path
-        self.behaviour = behaviour
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
+    The behaviours are plain functions of the connected socket, so a test can misbehave in
+    any way a real peer could (hang, cut a reply short, send garbage).
+    """
+
+    def __init__(
+        self, sock: socket.socket, behaviours: Sequence[Callable[[socket.socket], None]]
+    ) -> None:
+        self.sock = sock
+        self.behaviours = list(behaviours)
         self.sock.listen(16)
         self.connections = 0
         self._stop = threading.Event()
@@ -93,18 +97,33 @@ class RawUnixServer:
                 conn, _ = self.sock.accept()
             except (TimeoutError, OSError):
                 continue
+            behaviour = self.behaviours[min(self.connections, len(self.behaviours) - 1)]
             self.connections += 1
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._run, args=(conn, behaviour), daemon=True).start()
 
-    def _run(self, conn: socket.socket) -> None:
+    def _run(self, conn: socket.socket, behaviour: Callable[[socket.socket], None]) -> None:
         with contextlib.suppress(OSError), conn:
-            self.behaviour(conn)
+            behaviour(conn)
 
     def close(self) -> None:
-        """Stop accepting and remove the socket."""
+        """Stop accepting."""
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
+
+
+class RawUnixServer(RawServer):
+    """A RawServer on a Unix socket at `path`, removed again by close()."""
+
+    def __init__(self, path: Path, behaviour: Callable[[socket.socket], None]) -> None:
+        self.path = path
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        super().__init__(sock, [behaviour])
+
+    def close(self) -> None:
+        """Stop accepting and remove the socket."""
+        super().close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 

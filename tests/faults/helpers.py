@@ -11,7 +11,6 @@ import os
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.servers import http_reply, read_request
+from tests.servers import RawServer, http_reply, read_request
 from usagestatsd.daemon import Daemon
 from usagestatsd.demo import recorded_responses
 from usagestatsd.privacy import KnownIdentifiers
@@ -33,41 +32,25 @@ Behaviour = Callable[[socket.socket], None]
 FREE_PORT = "127.0.0.1:0"
 
 
-class RawTcpServer:
-    """A 127.0.0.1 TCP server; connection n gets behaviours[n] (the last one repeats).
+class RawTcpServer(RawServer):
+    """A RawServer on a free 127.0.0.1 port.
 
     With `tls`, the first byte of each connection is recorded before the TLS handshake, so
     a test can prove that a client never spoke plain HTTP to it.
     """
 
     def __init__(self, behaviours: Sequence[Behaviour], tls: ssl.SSLContext | None = None):
-        self.behaviours = list(behaviours)
         self.tls = tls
         self.first_bytes: list[bytes] = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        super().__init__(sock, behaviours)
 
     def url(self, scheme: str = "http") -> str:
         """This server's URL."""
         return f"{scheme}://127.0.0.1:{self.port}/"
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.1)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            behaviour = self.behaviours[min(self.connections, len(self.behaviours) - 1)]
-            self.connections += 1
-            threading.Thread(target=self._run, args=(conn, behaviour), daemon=True).start()
 
     def _run(self, conn: socket.socket, behaviour: Behaviour) -> None:
         with contextlib.suppress(OSError), conn:
@@ -78,12 +61,6 @@ class RawTcpServer:
                     behaviour(wrapped)
                 return
             behaviour(conn)
-
-    def close(self) -> None:
-        """Stop accepting."""
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
 
 
 def read_whole_request(conn: socket.socket) -> bytes:
