@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ from tests.servers import (
 from usagestatsd.daemon import Daemon
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded
 from usagestatsd.privacy import KnownIdentifiers
+from usagestatsd.session import Session
 from usagestatsd.settings import Settings
 from usagestatsd.state import StateStore
 from usagestatsd.systemd import Notifier
@@ -131,27 +132,34 @@ def session_on_tmpfs(temp_root: Path) -> Iterator[Path]:
         subprocess.run(["mount", "-o", "remount,rw", str(session_dir)], check=False)
 
 
-async def test_session_dir_not_writable(
+@pytest.fixture
+async def tmpfs_daemon(
     make_settings: Callable[..., Settings],
     endpoint: ScriptedEndpoint,
     temp_root: Path,
     session_on_tmpfs: Path,
-) -> None:
-    """A read-only session dir: the report is still sent, one warning, the next cycle writes."""
+) -> AsyncIterator[tuple[Daemon, Session]]:
+    """A daemon (driven cycle by cycle) and the served session on the small tmpfs."""
     cluster = DemoCluster(session_on_tmpfs, responses_with())
     await cluster.start()
     settings = make_settings({"RAY_USAGE_STATS_REPORT_URL": endpoint.url})
-    daemon = Daemon(settings, Notifier(None), KnownIdentifiers())
-    session = the_session(temp_root)
-    try:
-        subprocess.run(["mount", "-o", "remount,ro", str(session_on_tmpfs)], check=True)
-        with capture_logs() as first:
-            await daemon._cycle(session, advance=False)
-        subprocess.run(["mount", "-o", "remount,rw", str(session_on_tmpfs)], check=True)
-        with capture_logs() as second:
-            await daemon._cycle(session, advance=False)
-    finally:
-        await cluster.stop()
+    yield Daemon(settings, Notifier(None), KnownIdentifiers()), the_session(temp_root)
+    await cluster.stop()
+
+
+async def test_session_dir_not_writable(
+    endpoint: ScriptedEndpoint,
+    session_on_tmpfs: Path,
+    tmpfs_daemon: tuple[Daemon, Session],
+) -> None:
+    """A read-only session dir: the report is still sent, one warning, the next cycle writes."""
+    daemon, session = tmpfs_daemon
+    subprocess.run(["mount", "-o", "remount,ro", str(session_on_tmpfs)], check=True)
+    with capture_logs() as first:
+        await daemon._cycle(session, advance=False)
+    subprocess.run(["mount", "-o", "remount,rw", str(session_on_tmpfs)], check=True)
+    with capture_logs() as second:
+        await daemon._cycle(session, advance=False)
     [failed] = named(first, "usage_stats.write_failed")
     assert failed["problem"] == "Read-only file system"
     assert len(endpoint.received) == 2 and named(second, "usage_stats.write_failed") == []
@@ -160,30 +168,22 @@ async def test_session_dir_not_writable(
 
 
 async def test_disk_full_keeps_the_old_usage_stats(
-    make_settings: Callable[..., Settings],
     endpoint: ScriptedEndpoint,
-    temp_root: Path,
     session_on_tmpfs: Path,
+    tmpfs_daemon: tuple[Daemon, Session],
 ) -> None:
     """Disk full: usage_stats.json stays the old complete file, no temp file left; then heals."""
-    cluster = DemoCluster(session_on_tmpfs, responses_with())
-    await cluster.start()
-    settings = make_settings({"RAY_USAGE_STATS_REPORT_URL": endpoint.url})
-    daemon = Daemon(settings, Notifier(None), KnownIdentifiers())
-    session = the_session(temp_root)
+    daemon, session = tmpfs_daemon
     path = session_on_tmpfs / "usage_stats.json"
-    try:
-        with capture_logs() as events:
-            await daemon._cycle(session, advance=False)
-            old = path.read_bytes()
-            fill(session_on_tmpfs)
-            await daemon._cycle(session, advance=False)
-            during = path.read_bytes()
-            leftovers = tmp_files(session_on_tmpfs)
-            (session_on_tmpfs / "filler").unlink()
-            await daemon._cycle(session, advance=False)
-    finally:
-        await cluster.stop()
+    with capture_logs() as events:
+        await daemon._cycle(session, advance=False)
+        old = path.read_bytes()
+        fill(session_on_tmpfs)
+        await daemon._cycle(session, advance=False)
+        during = path.read_bytes()
+        leftovers = tmp_files(session_on_tmpfs)
+        (session_on_tmpfs / "filler").unlink()
+        await daemon._cycle(session, advance=False)
     [failed] = named(events, "usage_stats.write_failed")
     assert failed["problem"] == "No space left on device"
     assert during == old and json.loads(old)["usage_stats"]["seq_number"] == 0
