@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from usagestatsd.demo import serve_on_loopback
+
 
 @dataclass
 class Reply:
@@ -51,11 +53,7 @@ class ScriptedEndpoint:
         """Listen on a free port of 127.0.0.1."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_on_loopback(app)
 
     @property
     def url(self) -> str:

@@ -103,6 +103,14 @@ class DemoCluster:
         self._runners.clear()
 
 
+async def serve_on_loopback(app: web.Application, port: int = 0) -> tuple[web.AppRunner, int]:
+    """Serve `app` on 127.0.0.1 (port 0 picks a free one); returns the runner and the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, runner.addresses[0][1]
+
+
 class Receiver:
     """An HTTP endpoint on 127.0.0.1 that keeps and prints every report it is sent."""
 
@@ -123,13 +131,7 @@ class Receiver:
         """Listen on 127.0.0.1 (port 0 picks a free one)."""
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.port
+        self._runner, self.port = await serve_on_loopback(app, self.port)
 
     @property
     def url(self) -> str:
