@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -226,9 +228,6 @@ async def test_sigusr1_reports_now(
 
 def test_daemonize_with_pidfile(temp_root: Path, state_dir: Path, tmp_path: Path) -> None:
     """--daemonize detaches (exit 0 at once), writes the pid file, and SIGTERM removes it."""
-    import subprocess
-    import sys
-
     pidfile = tmp_path / "usagestatsd.pid"
     env = daemon_env(temp_root, state_dir, "http://127.0.0.1:9/")
     full = {**os.environ, **env}
@@ -311,9 +310,6 @@ async def test_stopped_cluster_is_one_info_line(
 
 def test_sigterm_stops_even_when_stderr_is_gone(temp_root: Path, state_dir: Path) -> None:
     """With its log pipe's reader gone (EPIPE on every write), SIGTERM still stops the daemon."""
-    import subprocess
-    import sys
-
     env = {**os.environ, **daemon_env(temp_root, state_dir, "http://127.0.0.1:9/")}
     proc = subprocess.Popen(
         [
