@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import structlog
 
 from usagestatsd.beside_ray import Arrangement, Neighbour, RayIntake, RaySighting, digest
-from usagestatsd.history import History, Record
+from usagestatsd.history import Record, history_of
 from usagestatsd.pipeline import (
     NOT_RUNNING,
     Prepared,
@@ -112,9 +112,7 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.withheld = withheld
-        self.history = History(
-            settings.state_dir, settings.history_max_bytes, settings.history_max_age_days
-        )
+        self.history = history_of(settings)
         self.notifier = notifier
         self.known = known
         self.clock = clock or SystemClock()

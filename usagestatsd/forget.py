@@ -17,18 +17,13 @@ from typing import Any
 
 import aiohttp
 
-from usagestatsd.history import History, Record, summarise_sessions
+from usagestatsd.history import Record, history_of, summarise_sessions
 from usagestatsd.sender import deliver
 from usagestatsd.settings import DEFAULT_ENDPOINT_URL, Endpoint, Settings
 from usagestatsd.state import EndpointResult
 
 PROTOCOL = "usagestatsd-deletion/1"
 RAY_DELETION_ADDRESS = "usage_stats@ray.io"
-
-
-def history_of(settings: Settings) -> History:
-    """The history store of these settings."""
-    return History(settings.state_dir, settings.history_max_bytes, settings.history_max_age_days)
 
 
 def _when(ms: int) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from usagestatsd.fileio import UnsafeFileError, atomic_write, read_regular_file
+from usagestatsd.settings import Settings
 
 HISTORY_FILE = "history.jsonl"
 DEFAULT_MAX_BYTES = 10 << 20
@@ -179,6 +180,11 @@ class History:
         if not self.path.exists():
             return 0
         return self.compact(now_ms, frozenset(session_ids))
+
+
+def history_of(settings: Settings) -> History:
+    """The history store the settings describe (shared by the daemon and the commands)."""
+    return History(settings.state_dir, settings.history_max_bytes, settings.history_max_age_days)
 
 
 def summarise_sessions(records: Iterable[Record]) -> list[dict[str, Any]]:
