@@ -1,0 +1,142 @@
+"""Who is at the other end of a local socket: the kernel's word, never the file system's.
+
+Ray's temp root, session directories and `sockets/` are world-writable (0777, no sticky
+bit) and the intake is a loopback port every local user reaches, so a socket's path, its
+owner or the port it listens on proves nothing about who serves it. What the kernel says
+about a connected socket does:
+
+- a Unix stream socket: `SO_PEERCRED` (the server's uid and pid as of `listen()`), and
+  `getpeername()` (the exact path the server bound, so a symlink swapped in between a
+  check and the connect is seen: the path differs);
+- a loopback TCP connection: the other end's own socket in `/proc/net/tcp{,6}`, found by
+  the pair of addresses, gives its owner uid and its inode; the processes holding that
+  inode are in `/proc/<pid>/fd`.
+
+All of it is read after the connection exists, so nothing can change between the check
+and the use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+_TCP_TABLES = ("tcp", "tcp6")
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The other end of a connection: owner uid, pid if known, socket inode if known."""
+
+    uid: int
+    pid: int | None = None
+    inode: int | None = None
+
+
+def unix_peer(sock: socket.socket) -> Peer:
+    """The credentials of the process that created the listening Unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", raw)
+    return Peer(uid=uid, pid=pid or None)
+
+
+def unix_peer_path(sock: socket.socket) -> str:
+    """The path the server bound its socket to ('' for an unnamed or abstract socket)."""
+    name = sock.getpeername()
+    return name if isinstance(name, str) else ""
+
+
+def _address(hex_addr: str) -> tuple[_IPAddress, int]:
+    """Decode one `ADDR:PORT` of /proc/net/tcp{,6}; v4-mapped v6 addresses become v4."""
+    addr_hex, port_hex = hex_addr.split(":")
+    raw = bytes.fromhex(addr_hex)
+    # The kernel prints each 32-bit word in host byte order.
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)) if raw else raw
+    if len(words) == 4:
+        return ipaddress.IPv4Address(words), int(port_hex, 16)
+    v6 = ipaddress.IPv6Address(words)
+    return (v6.ipv4_mapped or v6), int(port_hex, 16)
+
+
+def _normalise(addr: tuple[str, int] | tuple[str, int, int, int]) -> tuple[_IPAddress, int]:
+    ip = ipaddress.ip_address(addr[0].split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip, int(addr[1])
+
+
+def _tcp_rows(proc: Path) -> Iterator[list[str]]:
+    for table in _TCP_TABLES:
+        try:
+            with open(proc / "net" / table, encoding="ascii") as f:
+                next(f, None)  # the header line
+                for line in f:
+                    yield line.split()
+        except OSError:
+            continue  # no IPv6 in this kernel, or no /proc: nothing to find there
+
+
+def tcp_socket_owner(
+    own: tuple[str, int] | tuple[str, int, int, int],
+    other: tuple[str, int] | tuple[str, int, int, int],
+    proc: Path = PROC,
+) -> Peer | None:
+    """The socket whose own address is `own` and whose remote address is `other`.
+
+    For a connection this daemon made, pass (peername, sockname) to learn who serves it;
+    for one it accepted, pass (peername, sockname) too: either way the other end's socket
+    is the one bound at our peer's address and connected to ours.
+    """
+    want_own, want_other = _normalise(own), _normalise(other)
+    for row in _tcp_rows(proc):
+        if len(row) < 10:
+            continue
+        try:
+            if _address(row[1]) == want_own and _address(row[2]) == want_other:
+                return Peer(uid=int(row[7]), inode=int(row[9]))
+        except ValueError:
+            continue  # a row this parser does not understand is not our peer
+    return None
+
+
+def tcp_peer(sock: socket.socket, proc: Path = PROC) -> Peer | None:
+    """Who holds the other end of a connected loopback TCP socket (None if not local)."""
+    return tcp_socket_owner(sock.getpeername(), sock.getsockname(), proc)
+
+
+def pids_holding(inode: int, proc: Path = PROC) -> list[int]:
+    """The processes with an open descriptor on socket `inode` (those this user may see)."""
+    target = f"socket:[{inode}]"
+    pids: list[int] = []
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = os.scandir(Path(entry.path) / "fd")
+        except OSError:
+            continue  # gone, or another user's process we may not look into
+        with fds:
+            for fd in fds:
+                try:
+                    if os.readlink(fd.path) == target:
+                        pids.append(int(entry.name))
+                        break
+                except OSError:
+                    continue
+    return pids
+
+
+def cmdline(pid: int, proc: Path = PROC) -> list[str]:
+    """A process's command line as its arguments ([] if gone or not ours to read)."""
+    try:
+        raw = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return [arg.decode("utf-8", "surrogateescape") for arg in raw.split(b"\0") if arg]
