@@ -38,7 +38,7 @@ unit: $(STAMP)
 
 ## make bench: memory, start-up, CPU per report and idle cost, each beside its reference
 bench: $(STAMP)
-	$(VPY) bench/run.py
+	$(VPY) -m bench
 
 ## make soak: >= 20,000 report cycles against flaky local servers; memory, fds and tasks stay flat
 soak: $(STAMP)
