@@ -19,7 +19,9 @@ def _connect(path: Path) -> sqlite3.Connection:
     # NORMAL in WAL: a power cut may lose the last few transactions but never corrupts the
     # file; a full fsync per batch would cap ingest far below what a fleet sends.
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=OFF")
+    # A deleted report is overwritten in the file, not left in a free page: deletion on
+    # request must leave nothing behind (it costs only on deletes and retention).
+    conn.execute("PRAGMA secure_delete=ON")
     conn.execute("PRAGMA cache_size=-32000")
     return conn
 
