@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from tests.collector.harness import chromium, chromium_run, populate, running_collector  # noqa: E402
+from tests.collector.harness import chromium, chromium_run, populate, running_collector
 
 DOCS = Path(__file__).parents[1] / "docs"
 

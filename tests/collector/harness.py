@@ -226,8 +226,11 @@ class PostgresServer:
         )
 
 
-def start_postgres() -> PostgresServer | str:
-    """Start a throwaway PostgreSQL, or say why it cannot be had."""
+def start_postgres(durable: bool = False) -> PostgresServer | str:
+    """Start a throwaway PostgreSQL, or say why it cannot be had.
+
+    Tests run it without fsync (fast, disposable); the bench keeps the defaults (durable).
+    """
     bindir = postgres_bin()
     if bindir is None:
         return (
@@ -260,10 +263,9 @@ def start_postgres() -> PostgresServer | str:
                 "--no-sync",
             ]
         )
-        options = (
-            f"-p {server.port} -c listen_addresses=127.0.0.1 -k {directory} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
+        options = f"-p {server.port} -c listen_addresses=127.0.0.1 -k {directory}"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         server._as_user(
             [
                 str(bindir / "pg_ctl"),
