@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -90,6 +91,9 @@ def ingest_figures(state: Path, args: list[str], seconds: float) -> dict[str, An
         del warm
         result = load(c, seconds)
         memory = rss_kib(c.proc.pid)
+        # Latency when not saturated: one sender at a time (a fleet reporting hourly).
+        single = load(c, 3, senders=1)
+        result.update(single_p50_ms=single["p50_ms"], single_p99_ms=single["p99_ms"])
         result.update(
             rss_idle_mib=round(idle / 1024, 1), rss_peak_mib=round(memory["VmHWM"] / 1024, 1)
         )
@@ -158,12 +162,14 @@ def timed(
 
 
 def stored_figures(
-    state: Path, args: list[str], store: SqlStore, reports: int, size: Any
+    state: Path, args: list[str], store: SqlStore, reports: int, size: Any, settle: Any = None
 ) -> dict[str, Any]:
     """Page render, deletion and bytes per report with `reports` stored."""
     started = time.monotonic()
     ids = seed(store, reports, int(time.time() * 1000))
     seed_s = time.monotonic() - started
+    if settle is not None:
+        settle()
     total, _ = store.counts()
     store.close()
     out: dict[str, Any] = {"stored_reports": total, "seed_s": round(seed_s, 1)}
@@ -205,58 +211,72 @@ def maybe_postgres() -> Iterator[PostgresServer | None]:
         server.stop()
 
 
+def sqlite_figures(results: dict[str, Any], tmp: Path, opts: Any) -> None:
+    """Ingest on an empty SQLite database, then the figures with `--reports` stored."""
+    from usagestatsd.collector.store_sqlite import SqliteStore
+
+    results["sqlite_ingest"] = ingest_figures(tmp / "sqlite", [], opts.seconds)
+    state = tmp / "sqlite-big"
+    db = state / "collector.sqlite3"
+    store = SqliteStore(db)
+    store.migrate()
+
+    def size() -> int:
+        conn = sqlite3.connect(str(db))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        return sum(p.stat().st_size for p in state.iterdir())
+
+    results["sqlite_stored"] = stored_figures(state, [], store, opts.reports, size)
+
+
+def postgres_figures(results: dict[str, Any], tmp: Path, opts: Any, pg: PostgresServer) -> None:
+    """The same on PostgreSQL."""
+    import psycopg
+
+    from usagestatsd.collector.store_postgres import PostgresStore
+
+    dsn = create_database(pg, "ingest")
+    results["postgresql_ingest"] = ingest_figures(tmp / "pg", ["--database-url", dsn], opts.seconds)
+    big = create_database(pg, "big")
+    store = PostgresStore(big)
+    store.migrate()
+
+    def vacuum() -> None:
+        # Seeding upserts each session row 100 times within a minute or two; autovacuum
+        # clears such dead rows within a minute of quiet, this does it now.
+        with psycopg.connect(big, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+
+    def size() -> int:
+        vacuum()
+        with psycopg.connect(big, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+            assert row is not None
+            return int(row[0])
+
+    results["postgresql_stored"] = stored_figures(
+        tmp / "pg-big", ["--database-url", big], store, opts.reports, size, vacuum
+    )
+
+
 def main() -> int:
+    """Run the figures; print them as JSON (and write them with --json)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--reports", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--json", type=Path)
     opts = parser.parse_args()
-    results: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "load_average_at_start": os.getloadavg(),
-    }
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="usd-bench-") as tmp:
-        from usagestatsd.collector.store_sqlite import SqliteStore
-
-        state = Path(tmp) / "sqlite"
-        results["sqlite_ingest"] = ingest_figures(state, [], opts.seconds)
-        state2 = Path(tmp) / "sqlite-big"
-        db = state2 / "collector.sqlite3"
-        big = SqliteStore(db)
-        big.migrate()
-
-        def sqlite_size() -> int:
-            conn = __import__("sqlite3").connect(str(db))
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            conn.close()
-            return sum(p.stat().st_size for p in state2.iterdir())
-
-        results["sqlite_stored"] = stored_figures(state2, [], big, opts.reports, sqlite_size)
-        print(json.dumps({"sqlite": results}, indent=1), flush=True)
-        with maybe_postgres() as pg:
-            if pg is not None:
-                from usagestatsd.collector.store_postgres import PostgresStore
-
-                dsn = create_database(pg, "ingest")
-                results["postgresql_ingest"] = ingest_figures(
-                    Path(tmp) / "pg", ["--database-url", dsn], opts.seconds
-                )
-                dsn2 = create_database(pg, "big")
-                store = PostgresStore(dsn2)
-                store.migrate()
-
-                def pg_size() -> int:
-                    import psycopg
-
-                    with psycopg.connect(dsn2, autocommit=True) as conn:
-                        conn.execute("VACUUM ANALYZE")
-                        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-                        assert row is not None
-                        return int(row[0])
-
-                results["postgresql_stored"] = stored_figures(
-                    Path(tmp) / "pg-big", ["--database-url", dsn2], store, opts.reports, pg_size
-                )
+        if "sqlite" in opts.backends:
+            sqlite_figures(results, Path(tmp), opts)
+            print(json.dumps(results), flush=True)
+        if "postgresql" in opts.backends:
+            with maybe_postgres() as pg:
+                if pg is not None:
+                    postgres_figures(results, Path(tmp), opts, pg)
     results["load_average_at_end"] = os.getloadavg()
     text = json.dumps(results, indent=1)
     print(text)
