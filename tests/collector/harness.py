@@ -195,6 +195,14 @@ class PostgresServer:
         """Where the collector connects (trust authentication, loopback only)."""
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
 
+    def restart(self) -> None:
+        """Restart the server (every client connection is cut)."""
+        data = str(self.directory / "data")
+        log = str(self.directory / "log")
+        self._as_user(
+            [str(self.bindir / "pg_ctl"), "-D", data, "-l", log, "-m", "fast", "-w", "restart"]
+        )
+
     def stop(self) -> None:
         """Stop fast and remove the directory."""
         self._as_user(

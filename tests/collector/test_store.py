@@ -128,3 +128,20 @@ def test_collector_process_on_postgres(postgres: PostgresServer, tmp_path: Path)
         logs = "\n".join(c.lines)
     assert not (tmp_path / "state" / "collector.sqlite3").exists()
     assert dsn not in logs
+
+
+@pytest.mark.postgres
+def test_collector_survives_a_postgres_restart(postgres: PostgresServer, tmp_path: Path) -> None:
+    """The server restarts: at most a 503 (Retry-After) for the batch that hit it, then 200s."""
+    dsn = _fresh_database(postgres)
+    with running_collector(tmp_path / "state", ["--database-url", dsn]) as c:
+        assert c.post(sample_report("ab" * 16, 0)).status == 200
+        postgres.restart()
+        answers = [c.post(sample_report("ab" * 16, seq)) for seq in range(1, 4)]
+        assert [a.status for a in answers[1:]] == [200, 200]
+        assert answers[0].status in (200, 503)
+        if answers[0].status == 503:
+            assert answers[0].headers["Retry-After"].isdigit()
+        assert c.get("/api/fleet").status in (200, 500)  # the reader reconnects on failure
+        assert c.get("/api/fleet").json()["reports_stored"] >= 3
+        assert any(e["event"] == "store.reconnected" for e in c.events())
