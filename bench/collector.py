@@ -57,6 +57,12 @@ def rss_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(c: CollectorProcess, seconds: float, senders: int = 100) -> dict[str, Any]:
     """Run the load generator against a collector; its JSON figures."""
     port = c.url.rsplit(":", 1)[1].strip("/")
@@ -89,8 +95,12 @@ def ingest_figures(state: Path, args: list[str], seconds: float) -> dict[str, An
         idle = rss_kib(c.proc.pid)["VmRSS"]
         warm = load(c, 2)
         del warm
+        cpu_before = cpu_seconds(c.proc.pid)
         result = load(c, seconds)
+        cpu = cpu_seconds(c.proc.pid) - cpu_before
         memory = rss_kib(c.proc.pid)
+        # CPU the collector spent per report: independent of how busy the shared machine is.
+        result["collector_cpu_ms_per_report"] = round(cpu * 1000 / max(1, result["sent"]), 3)
         # Latency when not saturated: one sender at a time (a fleet reporting hourly).
         single = load(c, 3, senders=1)
         result.update(single_p50_ms=single["p50_ms"], single_p99_ms=single["p99_ms"])
