@@ -113,12 +113,22 @@ def test_sender_address_and_headers_are_never_kept(tmp_path: Path) -> None:
         )
         assert conn.getresponse().status == 200
         conn.close()
+        # A malformed request (aiohttp logs those with the peer's address by itself).
+        with socket.create_connection(
+            ("127.0.0.1", int(port)), source_address=("127.0.0.2", 0)
+        ) as raw:
+            raw.sendall(
+                b"POST / HTTP/1.1\r\nHost: alice-laptop\r\nX-Forwarded-For: 203.0.113.77\r\n"
+                b"Content-Length: 2\r\nBroken header line\r\n\r\n{}"
+            )
+            assert b" 400 Bad Request" in raw.recv(4096)
         # Something is logged at debug level too, so the log was not simply empty.
         assert c.post(b"garbage").status == 400
         assert c.stop() == 0
         stored = b"".join(p.read_bytes() for p in state.iterdir() if p.is_file())
         logs = "\n".join(c.lines)
     assert SID.encode() in stored and "ingest.rejected" in logs
+    assert "http.request_failed" in logs  # the malformed request is still logged, anonymously
     for secret in secrets:
         assert secret.encode() not in stored, secret
         assert secret not in logs, secret
