@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +147,20 @@ def test_collector_survives_a_postgres_restart(postgres: PostgresServer, tmp_pat
         assert c.get("/api/fleet").status in (200, 500)  # the reader reconnects on failure
         assert c.get("/api/fleet").json()["reports_stored"] >= 3
         assert c.events("store.reconnected", at_least=1)
+
+
+def test_retention_setting_expires_old_reports_at_start(tmp_path: Path) -> None:
+    """--retention-days 1: a report received two days ago is gone once the collector runs."""
+    state = tmp_path / "state"
+    store = SqliteStore(state / "collector.sqlite3")
+    store.migrate()
+    now = int(time.time() * 1000)
+    store.ingest([accepted("aa" * 16, 0)], now - 2 * DAY_MS)
+    store.ingest([accepted("bb" * 16, 0)], now)
+    store.close()
+    with running_collector(state, ["--retention-days", "1"]) as c:
+        expired = c.events("retention.expired", at_least=1)
+        assert expired[0]["reports"] == 1 and expired[0]["retention_days"] == 1
+        assert c.get(f"/api/sessions/{'aa' * 16}").status == 404
+        assert c.get("/api/fleet").json()["reports_stored"] == 1
+        assert "reports_expired_total 1" in c.get("/metrics").body.decode()
