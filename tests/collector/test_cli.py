@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from usagestatsd.settings import SettingsError
 
 def test_defaults_and_layers(tmp_path: Path) -> None:
     """Loopback by default; file < environment (STATE_DIRECTORY) < command line."""
-    absent = load_settings({}, {}, None)  # the default file is absent on a test machine
+    absent = load_settings({}, {}, Path(os.devnull))  # no settings file at all
     assert absent.listen == ("127.0.0.1", 18924)
     assert absent.database == "sqlite:////var/lib/usagestatsd-collector/collector.sqlite3"
     config = tmp_path / "collector.toml"
