@@ -11,16 +11,54 @@ import json
 import os
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import daemon_env
-from tests.faults.helpers import RawTcpServer, fill, read_whole_request, tmpfs
+from tests.faults.helpers import RawTcpServer, read_whole_request, tmpfs
 from tests.servers import ScriptedEndpoint, http_reply, start_daemon, until
 from usagestatsd.demo import DemoCluster
 
 FS_BYTES = 192 << 10
+
+
+NOBODY = 65534
+FILL = """
+import os, sys
+fd = int(sys.argv[1])
+for name, size in (("filler", 4096), ("filler2", 1)):
+    out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, dir_fd=fd)
+    try:
+        while True:
+            os.write(out, b"\\0" * size)
+    except OSError:
+        pass
+"""
+
+
+def fill_as_nobody(directory: Path) -> None:
+    """A local user (uid nobody) fills the file system through a world-writable directory
+    on it (as /var/tmp shares /var with /var/lib/usagestatsd on many hosts)."""
+    shared = directory / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    fd = os.open(shared, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        subprocess.run(
+            ["/usr/bin/python3", "-c", FILL, str(fd)],
+            pass_fds=(fd,),
+            user=NOBODY,
+            group=NOBODY,
+            extra_groups=[],
+            cwd="/",
+            check=True,
+            timeout=60,
+        )
+    finally:
+        os.close(fd)
+    assert (shared / "filler").stat().st_uid == NOBODY
 
 
 def sent_bytes(endpoint: ScriptedEndpoint) -> int:
@@ -37,7 +75,7 @@ def seqs(endpoint: ScriptedEndpoint) -> list[int]:
 async def test_full_state_file_system_never_sends_a_seq_number_twice(
     demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, tmp_path: Path
 ) -> None:
-    """History fills a small state fs, then the rest is filled; SIGKILL, restart: seq rises."""
+    """History fills a small state fs, then uid nobody fills the rest; SIGKILL, restart."""
     state_dir = tmp_path / "state"
     with tmpfs(state_dir, f"{FS_BYTES // 1024}k"):
         env = daemon_env(
@@ -47,7 +85,7 @@ async def test_full_state_file_system_never_sends_a_seq_number_twice(
         try:
             # Enough reports that an unbounded history would have filled the file system...
             await until(lambda: sent_bytes(endpoint) > 1.5 * FS_BYTES, 60)
-            fill(state_dir)  # ...and then whatever else is there takes the rest.
+            fill_as_nobody(state_dir)  # ...and then a local user takes the rest.
             before_fill = len(endpoint.received)
             await until(lambda: len(endpoint.received) >= before_fill + 5, 20)
         finally:
