@@ -115,8 +115,9 @@ _LOCAL_NETS = tuple(
 # As a token of its own: a run of 12 digits inside a hex id (session_id, git_commit) is not one.
 _AWS_ACCOUNT = re.compile(r"(?<![0-9A-Za-z])[0-9]{12}(?![0-9A-Za-z])")
 _ARN = re.compile(r"(?i)(?<![a-z0-9])arn:aws[a-z-]*:")
-_AWS_KEY = re.compile(
-    r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])"
+_AWS_KEY = re.compile(  # any case: a lower-cased key (cloud_provider is lower-cased) still leaks
+    r"(?i)(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA|ABIA|ACCA)[A-Z0-9]{16}"
+    r"(?![A-Z0-9])"
 )
 # A secret written as name=value or name: value (password=..., api_key: ...).
 _SECRET_WORDS = (
