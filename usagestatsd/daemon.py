@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import gc
 import random
 import signal
@@ -22,6 +21,7 @@ import structlog
 
 from usagestatsd.beside_ray import Arrangement, Neighbour, RayIntake, RaySighting, digest
 from usagestatsd.history import Record, history_of
+from usagestatsd.keeper import Keeper
 from usagestatsd.pipeline import (
     NOT_RUNNING,
     Prepared,
@@ -119,6 +119,7 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.schedule = Schedule(settings.report_interval_s, rng or random.Random())
         self.store = StateStore(settings.state_dir)
+        self.keeper = Keeper(self.store, self.history)
         self.state = self._load_state()
         self.track = _Tracking()
         self.stop_requested = asyncio.Event()
@@ -414,17 +415,7 @@ class Daemon:
             )
             for r in results
         ]
-        try:
-            dropped = self.history.append(records, now_ms)
-        except OSError as exc:
-            log.warning(
-                "history.write_failed",
-                path=str(self.history.path),
-                problem=exc.strerror or str(exc),
-            )
-            return
-        if dropped:
-            log.warning("history.gave_way", path=str(self.history.path), dropped=dropped)
+        self.keeper.record(records, now_ms)
 
     # -- beside Ray's own reporter (docs/beside-ray.md) -----------------------------
 
@@ -530,29 +521,7 @@ class Daemon:
         return self.neighbour.wrote(data)
 
     def _save_state(self) -> bool:
-        """Save state.json; on a full file system the history gives way once. True if saved."""
-        try:
-            self.store.save(self.state)
-            return True
-        except OSError as exc:
-            problem = exc
-        if problem.errno in (errno.ENOSPC, errno.EDQUOT):
-            try:
-                dropped = self.history.give_way(self.history.reserve_bytes, self._now_ms())
-                log.warning("history.gave_way", path=str(self.history.path), dropped=dropped)
-                self.store.save(self.state)
-                return True
-            except OSError as again:
-                problem = again
-        log.warning(
-            "state.write_failed",
-            path=str(self.store.path),
-            problem=problem.strerror or str(problem),
-        )
-        return False
-
-    def _now_ms(self) -> int:
-        return int(self.clock.time() * 1000)
+        return self.keeper.save(self.state, int(self.clock.time() * 1000))
 
 
 def run_daemon(
