@@ -28,6 +28,19 @@ KNOWN = KnownIdentifiers.of(["vm.example.internal"], ["alice"], ["/home/alice"])
         ("vm", "host name"),
         ("alice", "user name"),
         ("https://intranet/", "URL"),
+        # Issue 12 row 14: forms that passed the guard before.
+        ("123456789012", "AWS account"),
+        ("arn:aws:iam::123456789012:user/ops", "ARN"),
+        ("AKIAIOSFODNN7EXAMPLE", "AWS access key"),
+        ("password=hunter2", "secret"),
+        ("api_key: 5f3a", "secret"),
+        ("001a.2b3c.4d5e", "MAC"),
+        ("167772161", "IPv4"),
+        ("0x0a000001", "IPv4"),
+        ("10.1", "IPv4"),
+        ("192.168.1", "IPv4"),
+        ("db7.prod.acme.corpnet", "host name"),
+        ("DB7.PROD.ACME.CORPNET", "host name"),
     ],
 )
 def test_identifiers_are_recognised(value: str, reason: str) -> None:
@@ -51,6 +64,13 @@ def test_identifiers_are_recognised(value: str, reason: str) -> None:
         "memory",
         "Tuner.fit",
         "linux",
+        "ml.g5.xlarge",
+        "util.ActorPool",
+        "0.5",
+        "3.11",
+        "16777215",
+        "Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz",
+        "b7f4259e944bf6959f721b106adc366ddfa0c356",
     ],
 )
 def test_legitimate_values_pass(value: str) -> None:
@@ -66,7 +86,13 @@ def test_hostile_cluster_values_are_removed_and_named() -> None:
         provider=ProviderFacts(
             cluster_id=None,
             library_usages=("tune", "/home/alice/lib"),
-            extra_usage_tags={"ok": "1", "owner": "alice@example.com", "10.0.0.1": "x"},
+            extra_usage_tags={
+                "num_drivers": "1",
+                "gcs_storage": "alice@example.com",
+                "10.0.0.1": "x",
+                "air_trainer": "Alice Smith",
+                "password": "x",
+            },
             hardware_usages=("AMD EPYC", "00:1a:2b:3c:4d:5e"),
         ),
         extra_tags={},
@@ -84,11 +110,12 @@ def test_hostile_cluster_values_are_removed_and_named() -> None:
         "worker_node_instance_types",
         "library_usages",
         "hardware_usages",
-        "extra_usage_tags.owner",
+        "extra_usage_tags.gcs_storage",
+        "extra_usage_tags.air_trainer",
     } <= fields
     assert any(f.startswith("extra_usage_tags[#") for f in fields)
     assert clean.library_usages == ("tune",)
-    assert clean.extra_usage_tags == {"ok": "1"}
+    assert clean.extra_usage_tags == {"num_drivers": "1"}
     assert all("alice" not in r.reason and "10." not in r.reason for r in redactions)
 
 
@@ -98,3 +125,21 @@ def test_absurd_numbers_are_nulled() -> None:
     clean, redactions = guard(report, KNOWN)
     assert clean.total_num_cpus is None and clean.total_memory_gb is None
     assert {r.field for r in redactions} == {"total_num_cpus", "total_memory_gb"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("ray_version", "2.60.0\n"), ("os", "linux\n"), ("git_commit", "b7f4259e\n")],
+)
+def test_shapes_match_the_whole_string(field: str, value: str) -> None:
+    """A trailing newline no longer slips past a `$` anchor."""
+    clean, redactions = guard(recorded_report().with_fields(**{field: value}), KNOWN)
+    assert getattr(clean, field) is None and [r.field for r in redactions] == [field]
+
+
+def test_large_ray_counts_are_not_addresses() -> None:
+    """A count over 2**24 under one of Ray's counting tags is kept; elsewhere it is dropped."""
+    tags = {"num_normal_tasks": "167772161", "gcs_storage": "167772161"}
+    report = recorded_report(provider=ProviderFacts(None, (), tags, ()), extra_tags={})
+    clean, _ = guard(report, KNOWN)
+    assert clean.extra_usage_tags == {"num_normal_tasks": "167772161"}

@@ -21,6 +21,7 @@ import structlog
 
 from usagestatsd.beside_ray import Arrangement, Neighbour, RayIntake, RaySighting, digest
 from usagestatsd.history import Record, history_of
+from usagestatsd.keeper import Keeper
 from usagestatsd.pipeline import (
     NOT_RUNNING,
     Prepared,
@@ -118,6 +119,7 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.schedule = Schedule(settings.report_interval_s, rng or random.Random())
         self.store = StateStore(settings.state_dir)
+        self.keeper = Keeper(self.store, self.history)
         self.state = self._load_state()
         self.track = _Tracking()
         self.stop_requested = asyncio.Event()
@@ -332,6 +334,8 @@ class Daemon:
         for redaction in prepared.redactions:
             log.warning("privacy.redacted", field=redaction.field, reason=redaction.reason)
         remembered = prepared.remembered
+        if not self._reserve(remembered):
+            return
         context = {"session_id": prepared.session_id, "seq": remembered.counters.seq_number}
         settings = self.settings
         results = await send_report(
@@ -345,8 +349,7 @@ class Daemon:
         )
         success = all(r.ok for r in results)
         error = "; ".join(f"{r.endpoint}: {r.error}" for r in results if not r.ok) or None
-        self._record_history(prepared, results)
-        copy_digest = self._write_local_copy(session, prepared.body, success, error)
+        copy = local_copy(prepared.body, success, error)
         last = LastReport(
             int(self.clock.time() * 1000),
             prepared.session_id,
@@ -355,14 +358,44 @@ class Daemon:
             error,
             tuple(results),
         )
-        new_session = SessionState(
-            session.key,
-            remembered.session_id,
-            remembered.counters.after(success),
-            copy_digest or remembered.local_copy_sha256,
+        # Remember the new copy's digest before writing it: killed between the write and the
+        # state save, the restarted daemon must know the file as its own, not as Ray's.
+        pending = {"session": session.key, "sha256": digest(copy)}
+        outcome = replace(remembered, counters=remembered.counters.after(success))
+        self.state = replace(
+            self.state,
+            session=outcome,
+            last_report=last,
+            extra={**self.state.extra, PENDING_COPY_KEY: pending},
         )
-        self.state = replace(self.state, session=new_session, last_report=last)
+        self._save_state()  # state first: the history is the one that gives way
+        self._record_history(prepared, results)
+        copy_digest = self._write_local_copy(session, copy)
+        if copy_digest:
+            self.state = replace(
+                self.state, session=replace(outcome, local_copy_sha256=copy_digest)
+            )
         self.dirty = True
+
+    def _reserve(self, remembered: SessionState) -> bool:
+        """Save this attempt's seq number as used (counted failed until known) before sending.
+
+        A restart then never sends this seq number, or a lower one, again. When state.json
+        cannot be saved even after the history gave way, nothing is sent: the next cycle
+        tries again with the same number.
+        """
+        reserved = replace(remembered, counters=remembered.counters.after(False))
+        previous = self.state
+        self.state = replace(self.state, session=reserved)
+        if self._save_state():
+            return True
+        self.state = previous
+        log.warning(
+            "report.not_sent",
+            seq=remembered.counters.seq_number,
+            reason="state.json could not be saved first, so a restart could reuse the seq number",
+        )
+        return False
 
     def _record_history(self, prepared: Prepared, results: list[EndpointResult]) -> None:
         now_ms = int(self.clock.time() * 1000)
@@ -382,14 +415,7 @@ class Daemon:
             )
             for r in results
         ]
-        try:
-            self.history.append(records, now_ms)
-        except OSError as exc:
-            log.warning(
-                "history.write_failed",
-                path=str(self.history.path),
-                problem=exc.strerror or str(exc),
-            )
+        self.keeper.record(records, now_ms)
 
     # -- beside Ray's own reporter (docs/beside-ray.md) -----------------------------
 
@@ -482,15 +508,7 @@ class Daemon:
         level("session.not_reported", session_dir=str(session.path), reason=refusal)
         self._set_status(f"Not reporting session {session.name}: {refusal}")
 
-    def _write_local_copy(
-        self, session: Session, body: bytes, success: bool, error: str | None
-    ) -> str | None:
-        data = local_copy(body, success, error)
-        # Remember the new copy's digest before writing it: killed between the write and the
-        # state save, the restarted daemon must know the file as its own, not as Ray's.
-        pending = {"session": session.key, "sha256": digest(data)}
-        self.state = replace(self.state, extra={**self.state.extra, PENDING_COPY_KEY: pending})
-        self._save_state()
+    def _write_local_copy(self, session: Session, data: bytes) -> str | None:
         try:
             write_usage_stats(session, data)
         except OSError as exc:
@@ -502,13 +520,8 @@ class Daemon:
             return None
         return self.neighbour.wrote(data)
 
-    def _save_state(self) -> None:
-        try:
-            self.store.save(self.state)
-        except OSError as exc:
-            log.warning(
-                "state.write_failed", path=str(self.store.path), problem=exc.strerror or str(exc)
-            )
+    def _save_state(self) -> bool:
+        return self.keeper.save(self.state, int(self.clock.time() * 1000))
 
 
 def run_daemon(

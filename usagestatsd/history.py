@@ -4,10 +4,16 @@ One JSON object per line in `<state_dir>/history.jsonl`, appended with O_APPEND 
 fsynced. A record torn by a crash (no final newline, or not valid JSON) is skipped when
 reading and never glued to the next record. The file is kept under a size cap and an age
 cap by rewriting it atomically (newest records kept) when either is exceeded.
+
+The history is the one that gives way when its file system fills (issue 12 row 13):
+`state.json` lives beside it and must always fit. An append never leaves less than
+`FREE_SPACE_RESERVE` free (the oldest records are dropped to make room, or the append is
+refused), and `give_way` frees space for the daemon's state when a save meets ENOSPC.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -27,6 +33,14 @@ DEFAULT_MAX_AGE_DAYS = 90.0
 # After compaction the file is at most this share of the cap, so it is not rewritten
 # on every append once it is full.
 _KEEP_SHARE = 0.75
+# Free space an append must leave on the state directory's file system: state.json is
+# about 2 KiB and its atomic rewrite needs a second copy for a moment; 64 KiB is ample.
+FREE_SPACE_RESERVE = 64 << 10
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class HistoryFull(OSError):
+    """An append was refused: it would have left less than the reserve free."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +93,12 @@ class History:
         directory: Path,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_age_days: float = DEFAULT_MAX_AGE_DAYS,
+        reserve_bytes: int = FREE_SPACE_RESERVE,
     ) -> None:
         self.directory = directory
         self.path = directory / HISTORY_FILE
         self.max_bytes = max_bytes
+        self.reserve_bytes = reserve_bytes
         self.max_age_ms = int(max_age_days * 86400 * 1000)
 
     def load(self) -> Loaded:
@@ -104,25 +120,63 @@ class History:
                 records.append(record)
         return Loaded(records, skipped)
 
-    def append(self, records: Iterable[Record], now_ms: int) -> None:
-        """Append records durably, then enforce the size and age caps."""
+    def append(self, records: Iterable[Record], now_ms: int) -> int:
+        """Append records durably, then enforce the caps; returns how many old records were
+        dropped to keep the free-space reserve (not those past the caps).
+
+        Raises HistoryFull when even an empty history would leave too little free space.
+        """
         payload = b"".join(r.to_line() for r in records)
         if not payload:
-            return
+            return 0
         self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        dropped = 0
+        if self.free_bytes() - len(payload) - 1 < self.reserve_bytes:
+            dropped = self.give_way(len(payload) + 1, now_ms)
+            if self.free_bytes() - len(payload) - 1 < self.reserve_bytes:
+                raise HistoryFull(errno.ENOSPC, "too little free space left", str(self.path))
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(self.path, flags, 0o640)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 payload = b"\n" + payload  # end a torn record instead of extending it
-            os.write(fd, payload)
-            os.fsync(fd)
+            _write_all(fd, payload, size)
             size += len(payload)
         finally:
             os.close(fd)
         if size > self.max_bytes or self._oldest_too_old(now_ms):
             self.compact(now_ms)
+        return dropped
+
+    def free_bytes(self) -> int:
+        """Free space for us on the file system of the history (unlimited if unknown)."""
+        try:
+            fs = os.statvfs(self.directory)
+        except OSError:
+            return 1 << 62
+        return fs.f_bavail * fs.f_frsize
+
+    def give_way(self, need: int, now_ms: int) -> int:
+        """Drop the oldest records until `need` bytes plus the reserve are free; how many went.
+
+        The newest records that fit are kept; when even rewriting those does not fit, the
+        history is emptied: records may be lost, the daemon's state never.
+        """
+        try:
+            size = os.stat(self.path, follow_symlinks=False).st_size
+        except FileNotFoundError:
+            return 0
+        free = self.free_bytes()
+        # The kept part is written beside the old file before it goes: it must fit in `free`
+        # now, and leave `need` plus the reserve once the old file is gone.
+        keep = min(free - self.reserve_bytes, free + size - need - self.reserve_bytes, size // 2)
+        try:
+            return self.compact(now_ms, keep_bytes=max(0, keep))
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            return self.compact(now_ms, keep_bytes=0)
 
     def _oldest_too_old(self, now_ms: int) -> bool:
         try:
@@ -132,8 +186,15 @@ class History:
             return False
         return first is not None and now_ms - first.time_ms > self.max_age_ms
 
-    def compact(self, now_ms: int, drop_sessions: frozenset[str] = frozenset()) -> int:
+    def compact(
+        self,
+        now_ms: int,
+        drop_sessions: frozenset[str] = frozenset(),
+        keep_bytes: int | None = None,
+    ) -> int:
         """Rewrite keeping the newest records within both caps; returns how many were dropped.
+
+        `keep_bytes` overrides the size kept (a share of the cap) when space must be made.
 
         The file is streamed twice, a line at a time (which records stay, then those records),
         so memory does not grow with the file: reading a 10 MiB history whole left the daemon
@@ -159,9 +220,10 @@ class History:
                 )
                 sizes.append(len(record.to_line()) if record is not None and fresh else 0)
             first, total = len(sizes), 0
+            limit = self.max_bytes * _KEEP_SHARE if keep_bytes is None else keep_bytes
             for index in range(len(sizes) - 1, -1, -1):  # the newest fresh records that fit
                 if sizes[index]:
-                    if total + sizes[index] > self.max_bytes * _KEEP_SHARE:
+                    if total + sizes[index] > limit:
                         break
                     first, total = index, total + sizes[index]
 
@@ -180,6 +242,19 @@ class History:
         if not self.path.exists():
             return 0
         return self.compact(now_ms, frozenset(session_ids))
+
+
+def _write_all(fd: int, payload: bytes, size: int) -> None:
+    """Write every byte (a full disk may take only part), or take the part back and raise."""
+    view = memoryview(payload)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)  # our own partial record: never leave half a line
+        raise
 
 
 def history_of(settings: Settings) -> History:

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import pwd
+import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from usagestatsd.cluster import ClusterFacts, Limits, gather
 from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
+from usagestatsd.ray_tags import RAY_TAG_KEYS
 from usagestatsd.report import Report, build_report, nulls_for, serialise
 from usagestatsd.session import Session
 from usagestatsd.settings import Settings
 from usagestatsd.state import SessionState, State
 
-_HEX_ID = frozenset("0123456789abcdef")
+RAY_CLUSTER_ID = re.compile(r"[0-9a-f]{56}")
 
 
 def collect_known_identifiers() -> KnownIdentifiers:
@@ -48,13 +50,32 @@ class Prepared:
 
 
 def choose_session_id(facts: ClusterFacts, remembered: str) -> str:
-    """The cluster id when the provider gives a sane one (as Ray 2.60), else our random id."""
+    """The cluster id when it is exactly Ray's form, else our random id."""
     cid = facts.provider.cluster_id if facts.provider else None
-    # Ray's cluster id is 28 bytes (56 hex digits); 32 at least keeps out short hex values
-    # such as a MAC address written without separators.
-    if cid and 32 <= len(cid) <= 128 and set(cid) <= _HEX_ID:
+    # Ray's ClusterID is 28 bytes, sent as 56 lower-case hex digits (ray-2.60 spec,
+    # report_payload.json). Any other hex (a MAC, a key, an account id) is not taken.
+    if cid is not None and RAY_CLUSTER_ID.fullmatch(cid):
         return cid
     return remembered
+
+
+def provider_checked(facts: ClusterFacts) -> tuple[ClusterFacts, list[Redaction]]:
+    """The provider's facts with only Ray's own tag names kept, and the cluster id checked."""
+    provider = facts.provider
+    if provider is None:
+        return facts, []
+    redactions = []
+    if provider.cluster_id is not None and not RAY_CLUSTER_ID.fullmatch(provider.cluster_id):
+        redactions.append(Redaction("session_id", "cluster_id is not Ray's 56-hex-digit form"))
+    tags = {}
+    for index, (key, value) in enumerate(provider.extra_usage_tags.items()):
+        if key in RAY_TAG_KEYS:
+            tags[key] = value
+        else:  # the name itself may identify: name its position, never the name
+            redactions.append(Redaction(f"extra_usage_tags[#{index}]", "not one of Ray's tags"))
+    if len(tags) == len(provider.extra_usage_tags):
+        return facts, redactions
+    return replace(facts, provider=replace(provider, extra_usage_tags=tags)), redactions
 
 
 async def prepare_report(
@@ -76,6 +97,7 @@ async def prepare_report(
         settings.kuberay_in_use,
         settings.kubernetes_in_use,
     )
+    facts, refused = provider_checked(facts)
     remembered = state.for_session(session.key)
     session_id = choose_session_id(facts, remembered.session_id)
     report = build_report(
@@ -91,6 +113,7 @@ async def prepare_report(
         extra_tags=settings.extra_tags,
     )
     clean, redactions = guard(report, known)
+    redactions = refused + redactions
     blanked = {name: f"redacted by {settings.source_of('redact')}" for name in settings.redact}
     blanked.update({name: "newer than the field set consent was given for" for name in withheld})
     final = clean.with_fields(**nulls_for(list(blanked)))

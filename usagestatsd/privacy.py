@@ -12,27 +12,31 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from usagestatsd.ray_tags import RAY_TAG_KEYS
 from usagestatsd.report import Report
 
 # Shapes the legitimate values have (Ray's versions, instance types, library names...).
+# Always matched with fullmatch: a `$` anchor also matches before a final newline.
+# session_id: Ray's cluster id (28 bytes, 56 hex digits) or the daemon's own uuid4 hex.
 _SHAPES: dict[str, re.Pattern[str]] = {
-    "source": re.compile(r"^[A-Za-z0-9_.-]{1,64}$"),
-    "session_id": re.compile(r"^[0-9a-f-]{8,128}$"),
-    "ray_version": re.compile(r"^[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}[A-Za-z0-9.+-]{0,32}$"),
-    "python_version": re.compile(r"^[0-9]{1,2}\.[0-9]{1,3}\.[0-9]{1,3}[A-Za-z0-9.+]{0,16}$"),
-    "git_commit": re.compile(r"^[0-9a-f]{7,40}$"),
-    "os": re.compile(r"^[a-z][a-z0-9]{0,15}$"),
-    "libc_version": re.compile(r"^[a-z]{1,16}:[0-9]{1,4}(\.[0-9]{1,4}){0,3}$"),
-    "cloud_provider": re.compile(r"^[a-z0-9_-]{1,32}$"),
-    "instance_type": re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
-    "library": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"),
-    "hardware": re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,63}$"),
-    "tag_key": re.compile(r"^[A-Za-z0-9_.-]{1,64}$"),
-    "tag_value": re.compile(r"^[A-Za-z0-9 _.,:+=-]{0,256}$"),
+    "source": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
+    "session_id": re.compile(r"[0-9a-f]{32}|[0-9a-f]{56}"),
+    "ray_version": re.compile(r"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}[A-Za-z0-9.+-]{0,32}"),
+    "python_version": re.compile(r"[0-9]{1,2}\.[0-9]{1,3}\.[0-9]{1,3}[A-Za-z0-9.+]{0,16}"),
+    "git_commit": re.compile(r"[0-9a-f]{7,40}"),
+    "os": re.compile(r"[a-z][a-z0-9]{0,15}"),
+    "libc_version": re.compile(r"[a-z]{1,16}:[0-9]{1,4}(\.[0-9]{1,4}){0,3}"),
+    "cloud_provider": re.compile(r"[a-z0-9_-]{1,32}"),
+    "instance_type": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
+    "library": re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"),
+    "hardware": re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,63}"),
+    "tag_key": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
+    "tag_value": re.compile(r"[A-Za-z0-9 _.,:+=-]{0,256}"),
 }
 
 _STRING_FIELDS = {
@@ -79,6 +83,54 @@ _TLDS = (
 _FQDN = re.compile(
     r"(?<![A-Za-z0-9-])(?:[A-Za-z0-9-]{1,63}\.)+(?:" + _TLDS + r")(?![A-Za-z0-9])", re.I
 )
+# Host names whose last label is no public suffix (db7.prod.acme.corpnet): three or more
+# lower-case labels, or four or more in any case. Ray's library names (util.ActorPool,
+# util.multiprocessing.Pool) have a capital or fewer labels; instance types such as
+# ml.g5.xlarge end in a size word and are let through.
+_DOTTED_HOST = re.compile(
+    r"(?<![A-Za-z0-9.-])(?:(?:[a-z0-9-]{1,63}\.){2,}[a-z][a-z0-9-]{0,62}"
+    r"|(?:[A-Za-z0-9-]{1,63}\.){3,}[A-Za-z][A-Za-z0-9-]{0,62})(?![A-Za-z0-9.-])"
+)
+_SIZE_WORD = re.compile(r"(?i).*\.(nano|micro|small|medium|large|[0-9]*xlarge|metal)")
+# Cisco's form of a MAC address: 001a.2b3c.4d5e.
+_MAC_DOTTED = re.compile(r"(?i)(?<![0-9a-f.])[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}(?![0-9a-f.])")
+# IPv4 in the other forms inet_aton() takes: one number (167772161), hex (0x0a000001), and
+# short dotted forms (10.1, 10.0.1). A short form is only taken for an address when it lands
+# in a private, loopback, link-local or shared range: 3.11 is a Python version, not 3.0.0.11.
+_INT_TOKEN = re.compile(r"(?<![0-9A-Za-z.])(?:0x[0-9a-f]{1,8}|[0-9]{8,10})(?![0-9A-Za-z.])", re.I)
+_SHORT_DOTTED = re.compile(r"(?<![0-9.])[0-9]{1,3}(?:\.[0-9]{1,8}){1,2}(?![0-9.])")
+_LOCAL_NETS = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "10.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+    )
+)
+# AWS: a 12-digit account id, an ARN, an access key id (AKIA..., ASIA... and the other
+# documented prefixes followed by 16 upper-case letters or digits).
+# As a token of its own: a run of 12 digits inside a hex id (session_id, git_commit) is not one.
+_AWS_ACCOUNT = re.compile(r"(?<![0-9A-Za-z])[0-9]{12}(?![0-9A-Za-z])")
+_ARN = re.compile(r"(?i)(?<![a-z0-9])arn:aws[a-z-]*:")
+_AWS_KEY = re.compile(  # any case: a lower-cased key (cloud_provider is lower-cased) still leaks
+    r"(?i)(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA|ABIA|ACCA)[A-Z0-9]{16}"
+    r"(?![A-Z0-9])"
+)
+# A secret written as name=value or name: value (password=..., api_key: ...).
+_SECRET_WORDS = (
+    r"pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
+    r"credentials?|auth"
+)
+_SECRET = re.compile(r"(?i)(?:" + _SECRET_WORDS + r")\s*[=:]")
+_SECRET_NAME = re.compile(r"(?i)(?:^|[^a-z])(?:" + _SECRET_WORDS + r")(?:$|[^a-z])")
+# A personal name as free text writes it: two or more capitalised words ("Alice Smith",
+# "Smith, Alice"). A name alone ("alice") cannot be told from a word; the operator's own tag
+# values are held to a single token (settings.parse_extra_tags), and the provider's tag
+# names to Ray's own (ray_tags.py).
+_FULL_NAME = re.compile(r"(?<![A-Za-z])[A-Z][a-z]+(?:,? +(?:[A-Z]\.|[A-Z][a-z]+))+(?![A-Za-z])")
 _TOKEN_SPLIT = re.compile(r"[^A-Za-z0-9-]+")
 _WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+")
 
@@ -126,7 +178,7 @@ class _Pass:
         reason = identifying_reason(value, self.known)
         if reason:
             return reason
-        if not _SHAPES[shape].match(value):
+        if not _SHAPES[shape].fullmatch(value):
             return "unexpected characters or length"
         return None
 
@@ -152,12 +204,19 @@ class _Pass:
     def tags(self, tags: Mapping[str, str]) -> dict[str, str]:
         kept: dict[str, str] = {}
         for index, (key, value) in enumerate(tags.items()):
-            key_reason = self.problem(key, "tag_key")
+            key_reason = self.problem(key, "tag_key") or (
+                "secret" if _SECRET_NAME.search(key) else None
+            )
             if key_reason:
                 # The key itself is suspect: do not echo it, name its position.
                 self.redactions.append(Redaction(f"extra_usage_tags[#{index}]", key_reason))
                 continue
-            value_reason = self.problem(value, "tag_value")
+            if _is_ray_count(key, value):
+                kept[key] = value
+                continue
+            value_reason = self.problem(value, "tag_value") or (
+                "personal name" if _FULL_NAME.search(value) else None
+            )
             if value_reason:
                 self.redactions.append(Redaction(f"extra_usage_tags.{key}", value_reason))
                 continue
@@ -177,6 +236,18 @@ class _Pass:
         return value
 
 
+def _is_ray_count(key: str, value: str) -> bool:
+    """A count under one of Ray's counting tags (num_normal_tasks: 20000000): a number, not
+    an address, however large (a busy cluster runs more than 2**24 tasks)."""
+    return (
+        key in RAY_TAG_KEYS
+        and "num" in key
+        and value.isascii()
+        and value.isdigit()
+        and len(value) <= 15
+    )
+
+
 def _looks_like_ipv6(value: str) -> bool:
     for candidate in _IPV6_CANDIDATE.findall(value):
         # As found, without surrounding dots ("at fe80::1."), and without dots and colons.
@@ -189,16 +260,40 @@ def _looks_like_ipv6(value: str) -> bool:
     return False
 
 
+def _looks_like_other_ipv4(value: str) -> bool:
+    for token in _INT_TOKEN.findall(value):
+        number = int(token, 16) if token[:2].lower() == "0x" else int(token)
+        if token[:2].lower() == "0x" or number >= 1 << 24:
+            return number < 1 << 32
+    for token in _SHORT_DOTTED.findall(value):
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(token))
+        except (OSError, ValueError):
+            continue
+        if any(address in net for net in _LOCAL_NETS):
+            return True
+    return False
+
+
+def _looks_like_host(value: str) -> bool:
+    return any(not _SIZE_WORD.fullmatch(m.group()) for m in _DOTTED_HOST.finditer(value))
+
+
 def identifying_reason(value: str, known: KnownIdentifiers) -> str | None:
     """Why a string looks like it identifies a person, host or address; None if it does not."""
     checks = (
         (_URL.search(value), "URL"),
         (_EMAIL.search(value), "e-mail address"),
-        (_MAC.search(value), "MAC address"),
+        (_ARN.search(value), "AWS ARN"),
+        (_AWS_KEY.search(value), "AWS access key"),
+        (_SECRET.search(value), "secret"),
+        (_MAC.search(value) or _MAC_DOTTED.search(value), "MAC address"),
         (_IPV4.search(value), "IPv4 address"),
+        (_AWS_ACCOUNT.search(value), "AWS account id"),
+        (_looks_like_other_ipv4(value), "IPv4 address"),
         (_looks_like_ipv6(value), "IPv6 address"),
         (_PATH.search(value), "file system path"),
-        (_FQDN.search(value), "host name"),
+        (_FQDN.search(value) or _looks_like_host(value), "host name"),
     )
     for hit, reason in checks:
         if hit:

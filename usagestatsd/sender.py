@@ -1,9 +1,12 @@
 """POST one report body to each endpoint, retrying only what is worth retrying.
 
 Retryable: connection errors, timeouts, 429 and 5xx (honouring Retry-After). Never a
-redirect or another 4xx, never a TLS verification failure. Attempts and total time are
-capped well below the report interval. Each scheduled retry is one `report.retry_scheduled`
-event; each endpoint's final outcome is one `report.sent` or `report.failed` event.
+redirect or another 4xx, never a TLS verification failure, never a malformed reply. Every
+error the HTTP client or its parser raises is one failed attempt of that endpoint alone:
+nothing escapes `deliver`, so one endpoint's failure never touches another's. Attempts and
+total time are capped well below the report interval. Each scheduled retry is one
+`report.retry_scheduled` event; each endpoint's final outcome is one `report.sent` or
+`report.failed` event.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from usagestatsd import __version__
@@ -144,6 +148,20 @@ async def _post_once(
         raise RetryableError(f"connection broken ({type(exc).__name__})") from None
     except TimeoutError:
         raise RetryableError("timed out") from None
+    except aiohttp.ClientHttpProxyError as exc:
+        # The proxy refused the tunnel: its status decides, as an endpoint's would.
+        if exc.status == 429 or exc.status >= 500:
+            raise RetryableError(f"proxy answered HTTP {exc.status}", exc.status) from None
+        raise PermanentError(f"proxy answered HTTP {exc.status}", exc.status) from None
+    except aiohttp.ClientResponseError as exc:
+        # aiohttp's HTTP parser (3.8.4 to 3.14) raises this for a reply that is not HTTP:
+        # a bad status line or header, a header over 8 KiB, too many headers, a bad chunk
+        # size, a duplicate Content-Length, other bytes. The same peer would answer the same
+        # way: permanent for this cycle. Its message quotes the peer's bytes: never logged.
+        raise PermanentError(f"malformed reply ({type(exc).__name__})") from None
+    except (aiohttp.ClientError, HttpProcessingError, ValueError) as exc:
+        # Anything else the client or its parser raises is one failed attempt, never a crash.
+        raise PermanentError(f"request failed ({type(exc).__name__})") from None
 
 
 async def deliver(

@@ -26,8 +26,12 @@ MAX_SETTINGS_FILE_BYTES = 1 << 20
 MAX_INTERVAL_S = 7 * 24 * 3600.0
 LOG_FORMATS = ("auto", "journal", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-MAX_TAG_VALUE_CHARS = 256
+TAG_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# An operator's tag value is one short token (a team code, a version, a flag): never free
+# text, where a person's name could ride along (issue 12 row 14). The privacy guard checks
+# it again for addresses, host names and secrets.
+TAG_VALUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}|")
+MAX_TAG_VALUE_CHARS = 64
 
 
 class SettingsError(Exception):
@@ -323,7 +327,8 @@ def parse_extra_tags(raw: object) -> dict[str, str]:
     """Ray's ``k=v;k2=v2`` form (or a TOML table); a bad pair is named, not silently dropped."""
     accepted = (
         f"'key=value' pairs separated by ';', keys of 1-64 letters, digits, '_', '.', '-', "
-        f"values of at most {MAX_TAG_VALUE_CHARS} printable characters"
+        f"values of at most {MAX_TAG_VALUE_CHARS} letters, digits, '_', '.', ':', '+', '-' "
+        "(no spaces)"
     )
     if isinstance(raw, dict):
         pairs = [(str(k), v) for k, v in raw.items()]
@@ -340,11 +345,9 @@ def parse_extra_tags(raw: object) -> dict[str, str]:
         raise ValueError(accepted)
     tags: dict[str, str] = {}
     for key, value in pairs:
-        if not TAG_KEY_RE.match(key):
+        if not TAG_KEY_RE.fullmatch(key):
             raise ValueError(f"{accepted} (bad key {key!r})")
-        if not isinstance(value, str) or len(value) > MAX_TAG_VALUE_CHARS:
-            raise ValueError(f"{accepted} (bad value for {key!r})")
-        if not value.isprintable():
+        if not isinstance(value, str) or not TAG_VALUE_RE.fullmatch(value):
             raise ValueError(f"{accepted} (bad value for {key!r})")
         tags[key] = value
     return tags

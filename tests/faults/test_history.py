@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from usagestatsd.history import History, Record
+from tests.faults.helpers import fill, tmpfs
+from usagestatsd.history import History, HistoryFull, Record
 
 BODY = json.dumps({"pad": "y" * 1000})
 
@@ -69,3 +71,29 @@ def test_compaction_does_not_grow_memory() -> None:
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
     assert figures["end"] - figures["start"] < 2048, figures  # KiB; reading it whole: ~12 MB
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_history_keeps_its_reserve_and_gives_way(tmp_path: Path) -> None:
+    """Appends keep the free-space reserve by dropping the oldest records, or are refused."""
+    with tmpfs(tmp_path / "fs", "256k") as directory:
+        history = History(directory, max_bytes=10 << 20)
+        dropped = 0
+        for n in range(400):  # about 440 KB of records into 256 KiB
+            dropped += history.append([record(n)], 1_795_000_000_000 + n)
+        assert dropped > 0 and history.free_bytes() >= history.reserve_bytes
+        newest = history.load().records[-1].time_ms
+        assert newest == 1_795_000_000_000 + 399  # the newest record always gets in
+        fill(directory)  # someone else takes the rest: the next append makes its own room
+        # (on a full disk nothing can be kept: the kept part is rewritten beside the old one)
+        assert history.append([record(400)], 1_795_000_000_400) > 0
+        assert history.free_bytes() >= history.reserve_bytes
+        assert history.load().records[-1].time_ms == 1_795_000_000_400
+        fill(directory)  # a state save meeting ENOSPC asks the history to give way
+        assert history.give_way(history.reserve_bytes, 1_795_000_000_400) == 1
+        assert history.free_bytes() >= 4096  # a page for state.json's rewrite
+        fill(directory)
+        empty = History(directory / "other")  # nothing of its own left to drop
+        with pytest.raises(HistoryFull):
+            empty.append([record(401)], 1_795_000_000_401)
+        assert all(json.loads(line) for line in history.path.read_bytes().splitlines())

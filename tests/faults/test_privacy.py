@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from tests.servers import ScriptedEndpoint, running_daemon, until
 from usagestatsd.daemon import Daemon
 from usagestatsd.demo import DemoCluster, make_session_dir
 from usagestatsd.privacy import KnownIdentifiers
-from usagestatsd.settings import load_settings
+from usagestatsd.settings import Settings, load_settings
 from usagestatsd.systemd import Notifier
 
 # Letters that are not hex digits, so a generated name can never hide inside a session_id.
@@ -59,6 +60,56 @@ HOME = st.builds(
     NAME,
 )
 DECORATION = st.sampled_from(["{}", "lib_{}", "{}-1", "2.9.0+{}", "x {} y", "{}.so"])
+# The forms issue 12 row 14 found passing the guard.
+DIGITS12 = st.integers(10**11, 10**12 - 1).map(str)
+AWS_ACCOUNT = DIGITS12
+ARN = st.builds(
+    lambda svc, acct, name: f"arn:aws:{svc}::{acct}:{name}",
+    st.sampled_from(["iam", "s3", "ec2", "sts"]),
+    DIGITS12,
+    st.from_regex(r"\A[a-z]{1,8}\Z"),
+)
+AWS_KEY = st.builds(
+    lambda prefix, rest: prefix + rest,
+    st.sampled_from(["AKIA", "ASIA"]),
+    st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", min_size=16, max_size=16),
+)
+SECRET = st.builds(
+    lambda word, sep, value: f"{word}{sep}{value}",
+    st.sampled_from(["password", "passwd", "PASSWORD", "api_key", "token", "secret"]),
+    st.sampled_from(["=", ":", " = ", ": "]),
+    st.from_regex(r"\A[A-Za-z0-9]{4,12}\Z"),
+)
+MAC_DOTTED = st.builds(
+    lambda parts: ".".join(parts),
+    st.lists(st.text("0123456789abcdef", min_size=4, max_size=4), min_size=3, max_size=3),
+)
+IPV4_NUMBER = st.integers(1 << 24, (1 << 32) - 1).map(str)
+IPV4_HEX = st.integers(1 << 24, (1 << 32) - 1).map(lambda n: f"0x{n:08x}")
+IPV4_SHORT = st.builds(
+    lambda first, rest: ".".join([first, *map(str, rest)]),
+    st.sampled_from(["10", "127", "192.168", "172.16", "169.254"]),
+    st.lists(st.integers(0, 255), min_size=1, max_size=1),
+)
+CORP_HOST = st.builds(
+    lambda labels, last: ".".join([*labels, last]),
+    st.lists(LABEL, min_size=2, max_size=3),
+    st.from_regex(r"\A[a-z][a-z0-9]{1,9}\Z"),
+)
+PERSON = st.builds(lambda first, last: f"{first.title()} {last.title()}", NAME, NAME)
+NEW_FORMS = (
+    AWS_ACCOUNT,
+    ARN,
+    AWS_KEY,
+    SECRET,
+    MAC_DOTTED,
+    IPV4_NUMBER,
+    IPV4_HEX,
+    IPV4_SHORT,
+    CORP_HOST,
+)
+# A personal name cannot be told from a CPU model name ("Intel Xeon"): not planted there.
+NO_NAME_CHECK = ("hardware_usages",)
 
 # Where each planted value lands: (report field named by the guard, where it is planted).
 PLACES = (
@@ -83,10 +134,11 @@ TAG_VALUE = re.compile(r"^[A-Za-z0-9 _.,:+=-]{0,256}$")
 def hostile_values(draw: st.DrawFn) -> tuple[dict[str, str], KnownIdentifiers]:
     """One identifier per place (a decorated host name, address, e-mail, user or home)."""
     user, host = draw(NAME), draw(NAME)
-    kinds = st.one_of(FQDN, IPV4, IPV6, MAC, EMAIL, HOME, st.just(user), st.just(host))
+    kinds = st.one_of(FQDN, IPV4, IPV6, MAC, EMAIL, HOME, st.just(user), st.just(host), *NEW_FORMS)
     planted = {}
     for place in PLACES:
-        value = draw(DECORATION).format(draw(kinds))
+        pick = kinds if place in NO_NAME_CHECK else st.one_of(kinds, PERSON)
+        value = draw(DECORATION).format(draw(pick))
         planted[place] = value[:200]
     known = KnownIdentifiers.of({host}, {user}, {f"/home/{user}"})
     return planted, known
@@ -125,7 +177,10 @@ def hostile_responses(planted: Mapping[str, str]) -> dict[str, dict[str, bytes]]
     """The recorded cluster, with hostile metadata and a hostile provider socket."""
     provider = provider_doc(
         libraries=[planted["library_usages"], "core"],
-        tags={planted["extra_usage_tags.key"]: "v", "k": planted["extra_usage_tags.value"]}
+        tags={
+            planted["extra_usage_tags.key"]: "v",
+            "gcs_storage": planted["extra_usage_tags.value"],
+        }
         | {"dashboard_used": "false"},
         hardware=[planted["hardware_usages"], "NVIDIA A100"],
     )
@@ -207,7 +262,7 @@ async def one_hostile_cycle(
 
 
 @settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("PRIVACY_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -294,3 +349,94 @@ def test_guard_catches_decorated_identifiers(value: str) -> None:
     from usagestatsd.privacy import identifying_reason
 
     assert identifying_reason(value, KnownIdentifiers.of(set(), {"alice"}, set())) is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(*NEW_FORMS), DECORATION)
+def test_new_forms_are_identifying(form: str, decoration: str) -> None:
+    """Every form of row 14 is recognised wherever it appears in a value."""
+    from usagestatsd.privacy import identifying_reason
+
+    assert identifying_reason(decoration.format(form), KnownIdentifiers()) is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(*NEW_FORMS, PERSON), st.sampled_from(["{}", "x {} y", "{}-1"]))
+def test_operator_tags_with_new_forms_never_reach_a_report(form: str, decoration: str) -> None:
+    """RAY_USAGE_STATS_EXTRA_TAGS carrying a row 14 form: refused at start, or dropped."""
+    from tests.test_report import recorded_report
+    from usagestatsd.privacy import guard
+    from usagestatsd.settings import parse_extra_tags
+
+    value = decoration.format(form)
+    try:
+        tags = parse_extra_tags(f"team={value}")
+    except ValueError:
+        return
+    clean, redactions = guard(recorded_report(extra_tags=tags), KnownIdentifiers())
+    assert "team" not in clean.extra_usage_tags
+    assert [r.field for r in redactions] == ["extra_usage_tags.team"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([32, 40, 56]).flatmap(
+        lambda n: st.text("0123456789abcdef", min_size=n, max_size=n)
+    )
+)
+def test_hex_ids_are_never_taken_for_identifiers(value: str) -> None:
+    """Session ids, cluster ids and git commits (hex) are never mistaken for an account id or
+    an address, whatever runs of digits they hold."""
+    from usagestatsd.privacy import identifying_reason
+
+    assert identifying_reason(value, KnownIdentifiers()) is None
+
+
+@pytest.mark.parametrize(
+    "cluster_id",
+    ["0f" * 27, "0f" * 29, "001a2b3c4d5e" * 4, "0F" * 28, "0f" * 28 + "\n", "ab" * 64],
+)
+async def test_only_rays_cluster_id_becomes_session_id(
+    make_settings: Callable[..., Settings],
+    endpoint: ScriptedEndpoint,
+    temp_root: Path,
+    cluster_id: str,
+) -> None:
+    """A cluster_id not exactly Ray's 56 lower-case hex digits is not sent as session_id."""
+    tags = {"dashboard_used": "false", "owner_email": "x", "gcs_storage": "memory"}
+    responses = responses_with(
+        {"usagestatsd_provider": {"/v1/usage": provider_doc(cluster_id, tags=tags)}}
+    )
+    cluster = DemoCluster(make_session_dir(temp_root), responses)
+    await cluster.start()
+    try:
+        settings = make_settings({"RAY_USAGE_STATS_REPORT_URL": endpoint.url})
+        daemon = Daemon(settings, Notifier(None), KnownIdentifiers())
+        with capture_logs() as events:
+            await daemon._cycle(the_session(temp_root), advance=False)
+    finally:
+        await cluster.stop()
+    [report] = endpoint.bodies()
+    assert report["session_id"] != cluster_id.strip() and len(report["session_id"]) == 32
+    assert report["extra_usage_tags"] == {"dashboard_used": "false", "gcs_storage": "memory"}
+    reasons = {(e["field"], e["reason"]) for e in named(events, "privacy.redacted")}
+    assert ("session_id", "cluster_id is not Ray's 56-hex-digit form") in reasons
+    assert ("extra_usage_tags[#1]", "not one of Ray's tags") in reasons
+
+
+async def test_rays_own_cluster_id_is_the_session_id(
+    make_settings: Callable[..., Settings], endpoint: ScriptedEndpoint, temp_root: Path
+) -> None:
+    """Ray's own form (as recorded from Ray 2.60) is kept as the session_id."""
+    ray_id = "1c4945d0f5bd56675908afac3a1bf236b34c2c2f2643f2e43079b661"
+    responses = responses_with({"usagestatsd_provider": {"/v1/usage": provider_doc(ray_id)}})
+    cluster = DemoCluster(make_session_dir(temp_root), responses)
+    await cluster.start()
+    try:
+        settings = make_settings({"RAY_USAGE_STATS_REPORT_URL": endpoint.url})
+        await Daemon(settings, Notifier(None), KnownIdentifiers())._cycle(
+            the_session(temp_root), advance=False
+        )
+    finally:
+        await cluster.stop()
+    assert endpoint.bodies()[0]["session_id"] == ray_id

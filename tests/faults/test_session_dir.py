@@ -199,7 +199,11 @@ async def test_state_dir_full_keeps_counters(
     temp_root: Path,
     tmp_path: Path,
 ) -> None:
-    """State dir full: one warning, state.json stays the old version, counters keep rising."""
+    """State dir full: state.json stays the old version and no seq number is sent unsaved.
+
+    The report whose seq number cannot be saved first waits (report.not_sent) and goes out,
+    with that number, once space returns (issue 12 row 13: a restart never reuses one).
+    """
     state_dir = tmp_path / "full-state"
     with tmpfs(state_dir, "64k"):
         settings = make_settings(
@@ -218,7 +222,7 @@ async def test_state_dir_full_keeps_counters(
                 (state_dir / name).unlink(missing_ok=True)
             await daemon._cycle(session, advance=False)
         saved = StateStore(state_dir).load()
-    assert named(events, "state.write_failed")
+    assert named(events, "state.write_failed") and len(named(events, "report.not_sent")) == 1
     assert during == old and leftovers == []
-    assert [b["seq_number"] for b in endpoint.bodies()] == [0, 1, 2]
-    assert saved.session is not None and saved.session.counters.seq_number == 3
+    assert [b["seq_number"] for b in endpoint.bodies()] == [0, 1]
+    assert saved.session is not None and saved.session.counters.seq_number == 2
