@@ -25,14 +25,22 @@ from usagestatsd.fileio import atomic_write
 KILLS = int(os.environ.get("FAULTS_KILLS", "400"))
 
 
-def writer(directory: Path) -> None:
-    """The child: rewrite usage_stats.json forever with growing versions of varying size."""
+def writer(directory: Path, progress: int) -> None:
+    """The child: rewrite usage_stats.json forever with growing versions of varying size.
+
+    After its first complete rewrite it writes one byte to `progress`, so the parent's kill
+    always lands after some progress, however slow a loaded machine makes the child.
+    """
     version = json.loads((directory / "usage_stats.json").read_bytes())["v"]
     rng = random.Random(os.getpid())
     while True:
         version += 1
         pad = "x" * rng.choice((10, 4_000, 200_000))
         atomic_write(directory, "usage_stats.json", json.dumps({"v": version, "pad": pad}).encode())
+        if progress >= 0:
+            os.write(progress, b".")
+            os.close(progress)
+            progress = -1
 
 
 def test_atomic_write_killed_at_random_moments(tmp_path: Path) -> None:
@@ -42,12 +50,17 @@ def test_atomic_write_killed_at_random_moments(tmp_path: Path) -> None:
     atomic_write(tmp_path, "usage_stats.json", json.dumps({"v": 0, "pad": ""}).encode())
     last, torn = 0, 0
     for _ in range(KILLS):
+        read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
-                writer(tmp_path)
+                os.close(read_end)
+                writer(tmp_path, write_end)
             finally:
                 os._exit(0)
+        os.close(write_end)
+        os.read(read_end, 1)  # one whole rewrite done (or the child died: then b"")
+        os.close(read_end)
         time.sleep(rng.uniform(0.0005, 0.02))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -58,7 +71,7 @@ def test_atomic_write_killed_at_random_moments(tmp_path: Path) -> None:
         torn += len(leftovers)  # killed between creating the temporary file and the rename
         for leftover in leftovers:
             leftover.unlink()
-    assert last > KILLS  # the writer made progress between kills
+    assert last >= KILLS  # every child completed at least one rewrite before its kill
     assert torn > KILLS // 10  # many kills really did land in the middle of a write
     print(f"atomic_write: {KILLS} kills, {torn} mid-write, final version {last}")
 
