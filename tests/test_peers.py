@@ -48,7 +48,9 @@ def tcp_server(host: str) -> Callable[[Callable[[str], None]], None]:
         ready(str(s.getsockname()[1]))
         held = []
         while True:
-            held.append(s.accept()[0])
+            conn = s.accept()[0]
+            conn.send(b"!")  # says "accepted": until then the kernel shows no inode for it
+            held.append(conn)
 
     return serve
 
@@ -96,6 +98,7 @@ def test_tcp_peer_names_the_listening_uid_and_its_process(listen: str, connect: 
         family = socket.AF_INET6 if ":" in connect else socket.AF_INET
         with socket.socket(family) as s:
             s.connect((connect, int(port)))
+            assert s.recv(1) == b"!"
             peer = tcp_peer(s)
         assert peer is not None
         assert peer.uid == NOBODY

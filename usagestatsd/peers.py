@@ -107,7 +107,11 @@ def tcp_socket_owner(
 
 
 def tcp_peer(sock: socket.socket, proc: Path = PROC) -> Peer | None:
-    """Who holds the other end of a connected loopback TCP socket (None if not local)."""
+    """Who holds the other end of a connected loopback TCP socket (None if not local).
+
+    Until the server has accepted the connection, the kernel shows its end with inode 0
+    (no process holds it yet): ask once the server has answered.
+    """
     return tcp_socket_owner(sock.getpeername(), sock.getsockname(), proc)
 
 
