@@ -7,20 +7,24 @@ daemon's own code runs here as root. docs/security.md lists each row with its te
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import daemon_env
 from tests.faults.helpers import named, responses_with, run_cycles
-from tests.hostile import NOBODY, needs_root, open_dir, running_as
-from tests.servers import ScriptedEndpoint
+from tests.hostile import NOBODY, as_user, needs_root, open_dir, running_as
+from tests.servers import ScriptedEndpoint, await_line, running_daemon, until
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded
 from usagestatsd.settings import Settings
 
@@ -228,3 +232,92 @@ async def test_row12_symlink_swapped_before_the_connect_is_not_followed(
     assert len(endpoint.bodies()) == 150
     assert all(body["total_num_running_jobs"] is None for body in endpoint.bodies())
     assert problems_of(events, "dash_JobHead")  # type: ignore[arg-type]
+
+
+def open_directory(path: Path) -> str:
+    """As nobody: a 0777 directory, as Ray would make it."""
+    os.mkdir(path)
+    os.chmod(path, 0o777)
+    return "made"
+
+
+def attacker_session(root: Path, name: str) -> str:
+    """As nobody: a session directory of its own with a sockets/ dir, the newest by name."""
+    session = root / name
+    os.mkdir(session, 0o777)
+    os.mkdir(session / "sockets", 0o777)
+    os.chmod(session, 0o777)
+    os.chmod(session / "sockets", 0o777)
+    return "made"
+
+
+def repoint_latest(root: Path, target: Path) -> str:
+    """As nobody: replace session_latest with a link to `target` (a 0777 root: allowed)."""
+    tmp = root / ".latest.tmp"
+    os.symlink(target, tmp)
+    os.rename(tmp, root / "session_latest")
+    return "repointed"
+
+
+@pytest.mark.slow
+async def test_row9_temp_root_made_by_another_user_is_not_trusted(
+    endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
+) -> None:
+    """Row 9: nobody makes the temp root before Ray does and plants a session serving a
+    forged 'usage stats on'; Ray's session lands in it too: none of it is reported."""
+    temp_root.parent.chmod(0o1777)  # like /tmp
+    root = temp_root.parent / "ray-early"
+    assert as_user(lambda: open_directory(root)) == "made"
+    ray_session = make_session_dir(root)  # Ray (root) starts in the attacker's directory
+    cluster = DemoCluster(ray_session, responses_with())
+    await cluster.start()
+    planted = root / "session_2099-01-01_00-00-00_000000_1"
+    assert as_user(lambda: attacker_session(root, planted.name)) == "made"
+    assert as_user(lambda: repoint_latest(root, planted)) == "repointed"
+    env = daemon_env(root, state_dir, endpoint.url)
+    try:
+        impostor = fake_dashboard(planted / "sockets" / "dash_ReportHead", ENABLED_METADATA)
+        with running_as(impostor), running_daemon(env) as daemon:
+            line = await await_line(daemon, "session.missing")
+            await asyncio.sleep(2.0)  # four report intervals
+            assert daemon.proc.poll() is None
+    finally:
+        await cluster.stop()
+    assert f"owned by uid {NOBODY}" in line
+    assert endpoint.received == []
+
+
+@pytest.mark.slow
+async def test_row10_session_latest_repointed_at_a_dead_session_follows_the_live_one(
+    endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
+) -> None:
+    """Row 10: nobody re-points session_latest at an old root-owned session (and runs a
+    process claiming it); the daemon keeps reporting the live one, which Ray's processes
+    run for."""
+    old = make_session_dir(temp_root, time.time() - 86400)  # yesterday's, Ray stopped
+    live = make_session_dir(temp_root)
+    cluster = DemoCluster(live, responses_with())
+    await cluster.start()
+    open_like_ray(temp_root, live)
+    # What Ray leaves for a live session: its gcs_server and raylet, as Ray's user, run
+    # with --session-name=<name> (here a stand-in process with that argument, as root).
+    ray = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", f"--session-name={live.name}"]
+    )
+
+    def claim_old(ready: Callable[[str], None]) -> None:
+        repoint_latest(temp_root, old)
+        ready("claimed")
+        os.execv("/bin/sleep", ["sleep", "120", f"--session-name={old.name}"])
+
+    env = daemon_env(temp_root, state_dir, endpoint.url)
+    try:
+        with running_as(claim_old), running_daemon(env) as daemon:
+            await until(lambda: len(endpoint.received) >= 3)
+            found = daemon.wait_for("session.found")
+    finally:
+        ray.kill()
+        ray.wait()
+        await cluster.stop()
+    assert live.name in found and old.name not in found.split("refused")[0]
+    assert all(b["total_num_nodes"] == 1 for b in endpoint.bodies())
