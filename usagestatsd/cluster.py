@@ -20,7 +20,7 @@ import pwd
 import socket
 import stat
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.tracing import Trace
 
-from usagestatsd.fileio import read_regular_file
+from usagestatsd.clusterconfig import load_cluster_config
 from usagestatsd.peers import unix_peer, unix_peer_path
 from usagestatsd.report import (
     ClusterConfigFacts,
@@ -40,7 +40,6 @@ from usagestatsd.session import Session, trusted_uids
 from usagestatsd.sources import (
     SourceError,
     decode_json,
-    parse_cluster_config,
     parse_cluster_metadata,
     parse_cluster_status,
     parse_job_list,
@@ -48,8 +47,31 @@ from usagestatsd.sources import (
 )
 
 CLUSTER_CONFIG_NAME = "ray_bootstrap_config.yaml"
-MAX_CONFIG_BYTES = 1 << 20
 PROVIDER_SOCKET = "usagestatsd_provider"
+
+
+@dataclass(frozen=True)
+class Cap:
+    """What one source may answer: bytes, and the memory its decode may take (estimated
+    before decoding by `sources.decode_cost`).
+
+    Sized from what each serves, measured on Ray 2.60 (docs/security.md, "Bounded"):
+    cluster_status is ~470 bytes and ~2.6 KiB of decode cost per node (10,000 nodes:
+    4.5 MiB, 25 MiB), a job entry ~570 bytes and ~3.8 KiB (10,000 jobs: 5.5 MiB, 37 MiB),
+    the provider a few KB. So 8 MiB and 40 MiB leave room for ~16,000 nodes or ~11,000
+    jobs, and whatever a source sends, one decode stays near 40 MiB.
+    """
+
+    max_bytes: int
+    max_decode_bytes: int
+
+
+CAPS: dict[str, Cap] = {
+    "/api/v0/cluster_metadata": Cap(64 << 10, 1 << 20),
+    "/api/cluster_status": Cap(8 << 20, 40 << 20),
+    "/api/jobs/": Cap(8 << 20, 40 << 20),
+    "/v1/usage": Cap(256 << 10, 4 << 20),
+}
 
 T = TypeVar("T")
 
@@ -73,6 +95,7 @@ class Limits:
 
     timeout_s: float = 5.0
     max_bytes: int = 32 << 20
+    max_decode_bytes: int = 40 << 20
     trusted_uids: frozenset[int] = field(default_factory=trusted_uids)
 
 
@@ -215,6 +238,7 @@ async def _get(
             if size > limits.max_bytes:
                 raise SourceError(source, f"reply larger than {limits.max_bytes} bytes")
             body = b"".join(chunks)
+            chunks.clear()  # not twice in memory while it is decoded
     except aiohttp.ClientConnectionError as exc:
         os_error = getattr(exc, "os_error", None)
         reason = getattr(os_error, "strerror", None) or type(exc).__name__
@@ -227,7 +251,7 @@ async def _get(
         raise SourceError(source, f"connection failed ({reason})") from None
     except aiohttp.ClientError as exc:
         raise SourceError(source, f"bad HTTP reply ({type(exc).__name__})") from None
-    return decode_json(source, body)
+    return decode_json(source, body, limits.max_decode_bytes)
 
 
 async def _ask(
@@ -238,7 +262,15 @@ async def _ask(
     limits: Limits,
     problems: list[SourceError],
 ) -> T | None:
-    source = f"{socket_name} {url_path.split('?')[0]}"
+    path = url_path.split("?")[0]
+    source = f"{socket_name} {path}"
+    cap = CAPS.get(path)
+    if cap is not None:  # the configured socket_max_bytes can only lower a source's cap
+        limits = replace(
+            limits,
+            max_bytes=min(cap.max_bytes, limits.max_bytes),
+            max_decode_bytes=cap.max_decode_bytes,
+        )
     try:
         doc = await fetch_unix_json(
             session.sockets_dir / socket_name,
@@ -263,28 +295,18 @@ def cluster_config_path(session: Session, configured: Path | None) -> Path | Non
         return None
 
 
-def read_cluster_config(
+async def read_cluster_config(
     path: Path | None, kuberay: bool, kubernetes: bool, problems: list[SourceError]
 ) -> ClusterConfigFacts:
     """Cloud provider, worker bounds and instance types; 'unknown' provider without a file."""
     facts = ClusterConfigFacts(cloud_provider="unknown")
     if path is not None:
         try:
-            raw = read_regular_file(path, MAX_CONFIG_BYTES)
-            import yaml  # only when a config file exists: keeps the idle daemon small
-
-            facts = parse_cluster_config(yaml.safe_load(raw))
+            facts = await load_cluster_config(path)
         except FileNotFoundError:
             pass
         except SourceError as exc:
-            problems.append(SourceError(f"cluster config file {path}", exc.problem))
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "strerror", None) or f"not valid YAML ({type(exc).__name__})"
-            problems.append(SourceError(f"cluster config file {path}", reason))
-        except Exception as exc:  # yaml.YAMLError and friends: the file is garbage
-            problems.append(
-                SourceError(f"cluster config file {path}", f"unreadable ({type(exc).__name__})")
-            )
+            problems.append(exc)
     if kuberay:
         return ClusterConfigFacts(cloud_provider="kuberay")
     if kubernetes and facts.cloud_provider in (None, "unknown"):
@@ -333,7 +355,7 @@ async def gather(
         if provider_present
         else _none(),
     )
-    config = read_cluster_config(
+    config = await read_cluster_config(
         cluster_config_path(session, config_path), kuberay, kubernetes, problems
     )
     return ClusterFacts(
