@@ -108,12 +108,14 @@ def unix_peer_check(
     """The check run on a connected Unix socket before a byte is sent or trusted.
 
     The kernel's word only: `SO_PEERCRED` names the uid that listens (rows 1 and 2: any
-    local user can bind a name in Ray's 0777 `sockets/`), and the peer's bound path must be
-    the one asked for (row 12: a symlink swapped in before the connect leads elsewhere).
+    local user can bind a name in Ray's 0777 `sockets/`), and the peer must have bound its
+    socket in the directory asked for (row 12: a symlink swapped in before the connect
+    leads elsewhere). The directory, not the name: a server may bind a temporary name and
+    rename it into place (the provider does, so the name appears at once and whole).
     `aliases` are other spellings of the same path (the temp root as configured, before
     symlinks in it were resolved), which is how Ray names its sockets.
     """
-    expected = {str(socket_path), *aliases}
+    expected = {os.path.dirname(p) for p in (str(socket_path), *aliases)}
 
     def check(sock: socket.socket | None) -> None:
         if sock is None:
@@ -127,8 +129,10 @@ def unix_peer_check(
                 "docs/configuration.md)",
             )
         bound = unix_peer_path(sock)
-        if bound not in expected:
-            raise SourceError(source, "refused: the socket answering is bound at another path")
+        if os.path.dirname(bound) not in expected:
+            raise SourceError(
+                source, "refused: the socket answering was bound in another directory"
+            )
 
     return check
 
