@@ -5,8 +5,8 @@ state API records a usage tag per call, so it is avoided).
 
 Each source is asked independently, with a timeout and a response-size cap; a source
 that is absent, refuses, hangs, answers garbage or is served by a process that is not
-Ray's (a uid outside `Limits.trusted_uids`, or a socket bound elsewhere than the path
-asked for: docs/security.md) yields None for its fields and one `SourceError` in
+Ray's (a uid outside `Limits.trusted_uids`, or a socket bound in another directory than
+the one asked for: docs/security.md) yields None for its fields and one `SourceError` in
 `ClusterFacts.problems`. Only compact endpoints are used, so the cost of
 a cycle does not grow with per-node detail the report does not need.
 """

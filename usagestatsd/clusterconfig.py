@@ -124,8 +124,8 @@ def _child() -> int:
         resource.setrlimit(resource.RLIMIT_CPU, (_CHILD_CPU_S, _CHILD_CPU_S))
         resource.setrlimit(resource.RLIMIT_AS, (_CHILD_MEMORY, _CHILD_MEMORY))
     except OSError:
-        # The unit's SystemCallFilter=~@resources forbids setrlimit: the parent's deadline
-        # (and kill) and the unit's own memory limit still bound this process.
+        # A system call filter may refuse setrlimit: the parent's deadline (and kill) and
+        # the unit's own memory limit still bound this process.
         pass
     raw = sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
     try:
