@@ -4,8 +4,10 @@ Read-only towards the cluster: only endpoints that record nothing in Ray are use
 state API records a usage tag per call, so it is avoided).
 
 Each source is asked independently, with a timeout and a response-size cap; a source
-that is absent, refuses, hangs or answers garbage yields None for its fields and one
-`SourceError` in `ClusterFacts.problems`. Only compact endpoints are used, so the cost of
+that is absent, refuses, hangs, answers garbage or is served by a process that is not
+Ray's (a uid outside `Limits.trusted_uids`, or a socket bound in another directory than
+the one asked for: docs/security.md) yields None for its fields and one `SourceError` in
+`ClusterFacts.problems`. Only compact endpoints are used, so the cost of
 a cycle does not grow with per-node detail the report does not need.
 """
 
@@ -15,26 +17,29 @@ import asyncio
 import errno
 import os
 import pwd
+import socket
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.tracing import Trace
 
-from usagestatsd.fileio import read_regular_file
+from usagestatsd.clusterconfig import load_cluster_config
+from usagestatsd.peers import unix_peer, unix_peer_path
 from usagestatsd.report import (
     ClusterConfigFacts,
     ClusterMetadata,
     ProviderFacts,
     ResourceTotals,
 )
-from usagestatsd.session import Session
+from usagestatsd.session import Session, trusted_uids
 from usagestatsd.sources import (
     SourceError,
     decode_json,
-    parse_cluster_config,
     parse_cluster_metadata,
     parse_cluster_status,
     parse_job_list,
@@ -42,8 +47,31 @@ from usagestatsd.sources import (
 )
 
 CLUSTER_CONFIG_NAME = "ray_bootstrap_config.yaml"
-MAX_CONFIG_BYTES = 1 << 20
 PROVIDER_SOCKET = "usagestatsd_provider"
+
+
+@dataclass(frozen=True)
+class Cap:
+    """What one source may answer: bytes, and the memory its decode may take (estimated
+    before decoding by `sources.decode_cost`).
+
+    Sized from what each serves, measured on Ray 2.60 (docs/security.md, "Bounded"):
+    cluster_status is ~470 bytes and ~2.6 KiB of decode cost per node (10,000 nodes:
+    4.5 MiB, 25 MiB), a job entry ~570 bytes and ~3.8 KiB (10,000 jobs: 5.5 MiB, 37 MiB),
+    the provider a few KB. So 8 MiB and 40 MiB leave room for ~16,000 nodes or ~11,000
+    jobs, and whatever a source sends, one decode stays near 40 MiB.
+    """
+
+    max_bytes: int
+    max_decode_bytes: int
+
+
+CAPS: dict[str, Cap] = {
+    "/api/v0/cluster_metadata": Cap(64 << 10, 1 << 20),
+    "/api/cluster_status": Cap(8 << 20, 40 << 20),
+    "/api/jobs/": Cap(8 << 20, 40 << 20),
+    "/v1/usage": Cap(256 << 10, 4 << 20),
+}
 
 T = TypeVar("T")
 
@@ -63,30 +91,137 @@ class ClusterFacts:
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request bounds for local sources."""
+    """Per-request bounds for local sources, and the uids allowed to serve them."""
 
     timeout_s: float = 5.0
     max_bytes: int = 32 << 20
+    max_decode_bytes: int = 40 << 20
+    trusted_uids: frozenset[int] = field(default_factory=trusted_uids)
 
 
-async def fetch_unix_json(socket_path: Path, url_path: str, source: str, limits: Limits) -> Any:
-    """GET `url_path` over the Unix socket, read at most `max_bytes`, decode strict JSON."""
+PeerCheck = Callable[[socket.socket | None], None]
+
+
+def unix_peer_check(
+    socket_path: Path, source: str, trusted_uids: Collection[int], aliases: Collection[str] = ()
+) -> PeerCheck:
+    """The check run on a connected Unix socket before a byte is sent or trusted.
+
+    The kernel's word only: `SO_PEERCRED` names the uid that listens (rows 1 and 2: any
+    local user can bind a name in Ray's 0777 `sockets/`), and the peer must have bound its
+    socket in the directory asked for (row 12: a symlink swapped in before the connect
+    leads elsewhere). The directory, not the name: a server may bind a temporary name and
+    rename it into place (the provider does, so the name appears at once and whole).
+    `aliases` are other spellings of the same path (the temp root as configured, before
+    symlinks in it were resolved), which is how Ray names its sockets.
+    """
+    expected = {os.path.dirname(p) for p in (str(socket_path), *aliases)}
+
+    def check(sock: socket.socket | None) -> None:
+        if sock is None:
+            raise SourceError(source, "refused: no socket to check the peer of")
+        peer = unix_peer(sock)
+        if peer.uid not in trusted_uids:
+            raise SourceError(
+                source,
+                f"refused: served by uid {peer.uid}, not by Ray's user (trusted uids: "
+                f"{', '.join(map(str, sorted(trusted_uids)))}; see ray_user in "
+                "docs/configuration.md)",
+            )
+        bound = unix_peer_path(sock)
+        if os.path.dirname(bound) not in expected:
+            raise SourceError(
+                source, "refused: the socket answering was bound in another directory"
+            )
+
+    return check
+
+
+class _CheckedUnixConnector(aiohttp.UnixConnector):
+    """A Unix connector that vets each new connection's peer before the request is sent."""
+
+    def __init__(self, path: str, check: PeerCheck) -> None:
+        super().__init__(path=path)
+        self._check = check
+
+    async def connect(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.connector.Connection:
+        conn = await super().connect(req, traces, timeout)
+        transport = conn.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        try:
+            self._check(sock)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+
+async def fetch_unix_json(
+    socket_path: Path, url_path: str, source: str, limits: Limits, aliases: Collection[str] = ()
+) -> Any:
+    """GET `url_path` over the Unix socket from a trusted peer, read at most `max_bytes`,
+    decode strict JSON."""
     try:
-        st = os.lstat(socket_path)
+        fd = pin_socket_file(socket_path)
     except FileNotFoundError:
         raise SourceError(source, f"socket {socket_path} is absent") from None
     except OSError as exc:
         raise SourceError(source, f"cannot look at {socket_path}: {exc.strerror}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SourceError(source, f"{socket_path} is not a socket")
     try:
-        return await asyncio.wait_for(_get(socket_path, url_path, source, limits), limits.timeout_s)
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise SourceError(source, f"{socket_path} is not a socket")
+        check = unix_peer_check(socket_path, source, limits.trusted_uids, aliases)
+        # Connecting through the pinned descriptor reaches exactly the socket file that was
+        # checked: a name swapped meanwhile is not followed (row 12).
+        return await asyncio.wait_for(
+            _get(socket_path, url_path, source, limits, check, via=f"/proc/self/fd/{fd}"),
+            limits.timeout_s,
+        )
     except TimeoutError:
         raise SourceError(source, f"no complete answer within {limits.timeout_s:g}s") from None
+    finally:
+        os.close(fd)
 
 
-async def _get(socket_path: Path, url_path: str, source: str, limits: Limits) -> Any:
-    connector = aiohttp.UnixConnector(path=str(socket_path))
+def pin_socket_file(socket_path: Path) -> int:
+    """An O_PATH descriptor on `socket_path`, reached without following any symlink.
+
+    Every component is opened relative to the one before with O_NOFOLLOW, so a symlink
+    anywhere on the way (Ray's directories are 0777: anyone can plant one) is refused with
+    ELOOP or ENOTDIR instead of being followed. Callers pass resolved paths.
+    """
+    if not socket_path.is_absolute():
+        raise OSError(errno.EINVAL, "not an absolute path")
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        parts = socket_path.parts[1:]
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = os.O_PATH | os.O_NOFOLLOW | (0 if last else os.O_DIRECTORY)
+            nxt = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise OSError(errno.ELOOP, "a symbolic link, not a socket")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+async def _get(
+    socket_path: Path,
+    url_path: str,
+    source: str,
+    limits: Limits,
+    check: PeerCheck,
+    via: str | None = None,
+) -> Any:
+    # The peer is checked right after the connect, before the request is sent: nothing
+    # goes to, and nothing is read from, a process that is not Ray's (docs/security.md).
+    connector = _CheckedUnixConnector(via or str(socket_path), check)
     try:
         async with (
             aiohttp.ClientSession(connector=connector) as http,
@@ -107,6 +242,7 @@ async def _get(socket_path: Path, url_path: str, source: str, limits: Limits) ->
             if size > limits.max_bytes:
                 raise SourceError(source, f"reply larger than {limits.max_bytes} bytes")
             body = b"".join(chunks)
+            chunks.clear()  # not twice in memory while it is decoded
     except aiohttp.ClientConnectionError as exc:
         os_error = getattr(exc, "os_error", None)
         reason = getattr(os_error, "strerror", None) or type(exc).__name__
@@ -119,7 +255,7 @@ async def _get(socket_path: Path, url_path: str, source: str, limits: Limits) ->
         raise SourceError(source, f"connection failed ({reason})") from None
     except aiohttp.ClientError as exc:
         raise SourceError(source, f"bad HTTP reply ({type(exc).__name__})") from None
-    return decode_json(source, body)
+    return decode_json(source, body, limits.max_decode_bytes)
 
 
 async def _ask(
@@ -130,9 +266,23 @@ async def _ask(
     limits: Limits,
     problems: list[SourceError],
 ) -> T | None:
-    source = f"{socket_name} {url_path.split('?')[0]}"
+    path = url_path.split("?")[0]
+    source = f"{socket_name} {path}"
+    cap = CAPS.get(path)
+    if cap is not None:  # the configured socket_max_bytes can only lower a source's cap
+        limits = replace(
+            limits,
+            max_bytes=min(cap.max_bytes, limits.max_bytes),
+            max_decode_bytes=cap.max_decode_bytes,
+        )
     try:
-        doc = await fetch_unix_json(session.sockets_dir / socket_name, url_path, source, limits)
+        doc = await fetch_unix_json(
+            session.sockets_dir / socket_name,
+            url_path,
+            source,
+            limits,
+            session.socket_aliases(socket_name),
+        )
         return parse(doc)
     except SourceError as exc:
         problems.append(exc)
@@ -149,28 +299,18 @@ def cluster_config_path(session: Session, configured: Path | None) -> Path | Non
         return None
 
 
-def read_cluster_config(
+async def read_cluster_config(
     path: Path | None, kuberay: bool, kubernetes: bool, problems: list[SourceError]
 ) -> ClusterConfigFacts:
     """Cloud provider, worker bounds and instance types; 'unknown' provider without a file."""
     facts = ClusterConfigFacts(cloud_provider="unknown")
     if path is not None:
         try:
-            raw = read_regular_file(path, MAX_CONFIG_BYTES)
-            import yaml  # only when a config file exists: keeps the idle daemon small
-
-            facts = parse_cluster_config(yaml.safe_load(raw))
+            facts = await load_cluster_config(path)
         except FileNotFoundError:
             pass
         except SourceError as exc:
-            problems.append(SourceError(f"cluster config file {path}", exc.problem))
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "strerror", None) or f"not valid YAML ({type(exc).__name__})"
-            problems.append(SourceError(f"cluster config file {path}", reason))
-        except Exception as exc:  # yaml.YAMLError and friends: the file is garbage
-            problems.append(
-                SourceError(f"cluster config file {path}", f"unreadable ({type(exc).__name__})")
-            )
+            problems.append(exc)
     if kuberay:
         return ClusterConfigFacts(cloud_provider="kuberay")
     if kubernetes and facts.cloud_provider in (None, "unknown"):
@@ -219,7 +359,7 @@ async def gather(
         if provider_present
         else _none(),
     )
-    config = read_cluster_config(
+    config = await read_cluster_config(
         cluster_config_path(session, config_path), kuberay, kubernetes, problems
     )
     return ClusterFacts(

@@ -16,7 +16,7 @@ from usagestatsd.cluster import ClusterFacts, Limits, gather
 from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
 from usagestatsd.ray_tags import RAY_TAG_KEYS
 from usagestatsd.report import Report, build_report, nulls_for, serialise
-from usagestatsd.session import Session
+from usagestatsd.session import Session, trusted_uids
 from usagestatsd.settings import Settings
 from usagestatsd.state import SessionState, State
 
@@ -92,7 +92,11 @@ async def prepare_report(
     """
     facts = await gather(
         session,
-        Limits(settings.socket_timeout_s, settings.socket_max_bytes),
+        Limits(
+            settings.socket_timeout_s,
+            settings.socket_max_bytes,
+            trusted_uids=trusted_uids(settings.ray_user),
+        ),
         settings.cluster_config,
         settings.kuberay_in_use,
         settings.kubernetes_in_use,

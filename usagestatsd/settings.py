@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import re
 import stat
 import tomllib
@@ -85,6 +86,8 @@ class Settings:
 
     settings_file: Path | None = None
     temp_root: Path = Path("/tmp/ray")
+    # The uid Ray runs as, besides root and this daemon's own user (docs/security.md).
+    ray_user: int | None = None
     state_dir: Path = Path("/var/lib/usagestatsd")
     endpoints: tuple[Endpoint, ...] = (Endpoint(DEFAULT_ENDPOINT_URL),)
     report_interval_s: float = 3600.0
@@ -196,6 +199,31 @@ def _absolute_path(raw: object) -> Path:
     if not path.is_absolute():
         raise ValueError("an absolute file system path")
     return path
+
+
+_OVERFLOW_UID = 65534  # nobody; also how a user namespace shows every unmapped uid
+
+
+def _user(raw: object) -> int:
+    """A user name known to this system, or a uid: resolved once, at start."""
+    accepted = "a user name known to this system, or a uid from 0 to 4294967294, not nobody"
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+        raise ValueError(accepted)
+    text = str(raw).strip()
+    if text.isascii() and text.isdigit():
+        uid = int(text)
+        if uid > 4294967294:
+            raise ValueError(accepted)
+    else:
+        try:
+            uid = pwd.getpwnam(text).pw_uid
+        except (KeyError, ValueError):
+            raise ValueError(f"{accepted} (no user {text!r} here)") from None
+    if uid == _OVERFLOW_UID:
+        # Under the unit's PrivateUsers=yes every other user's uid reads as 65534:
+        # trusting it would trust them all.
+        raise ValueError(accepted)
+    return uid
 
 
 def _text(max_chars: int) -> Callable[[object], str]:
@@ -374,6 +402,7 @@ def _ray_tmpdir(raw: object) -> Path:
 
 _SPECS: tuple[_Spec, ...] = (
     _Spec("temp_root", "temp_root", ("USAGESTATSD_TEMP_ROOT",), _absolute_path),
+    _Spec("ray_user", "ray_user", ("USAGESTATSD_RAY_USER",), _user),
     _Spec("state_dir", "state_dir", ("STATE_DIRECTORY", "USAGESTATSD_STATE_DIR"), _absolute_path),
     _Spec(
         "endpoints",
