@@ -123,3 +123,12 @@ def test_throttle_says_once_per_interval() -> None:
     assert throttle.due(0.0) == 0
     assert [throttle.due(t) for t in (1.0, 30.0, 59.0)] == [None, None, None]
     assert throttle.due(60.0) == 3
+
+
+def test_throttle_allows_a_burst_then_one_per_interval() -> None:
+    """Five in a row, then one a minute; after a quiet spell, a burst again."""
+    throttle = Throttle(60, burst=5)
+    assert [throttle.due(float(t)) for t in range(7)] == [0, 0, 0, 0, 0, None, None]
+    assert throttle.due(66.0) == 2
+    assert throttle.due(67.0) is None
+    assert [throttle.due(1000.0 + t) for t in range(5)] == [1, 0, 0, 0, 0]

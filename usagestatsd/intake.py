@@ -10,7 +10,8 @@ daemon whatever a client does (docs/security.md, "Intake"):
 - the client's uid is asked of the kernel right after accept (peers.tcp_socket_owner): only
   Ray's uid (from `trusted_uids()`) is read at all, anyone else gets 403 and is closed;
 - the body is read in full (Content-Length, across TCP segments), within MAX_BODY;
-- a resource error at accept (EMFILE, ENFILE, ...) is logged at most once a minute.
+- a resource error at accept (EMFILE, ENFILE, ...) is logged at most once a minute, and so
+  are refused and bad requests; absorbed reports after the first five in a row too.
 
 A small asyncio server rather than aiohttp.web: aiohttp's server has no connection cap,
 waits for open handlers when it stops (60 s by default in 3.8), and its accept errors go to
@@ -42,6 +43,7 @@ MAX_HEAD = 16 * 1024
 MAX_BODY = 256 * 1024  # a Ray report is about 3 KB
 ACCEPT_RETRY_S = 1.0  # after a resource error at accept, wait before trying again
 LOG_INTERVAL_S = 60.0
+ABSORBED_BURST = 5  # report_absorbed lines in a row before one a minute
 # /proc/self/net: /proc/net itself is hidden by the unit's ProcSubset=pid.
 PROC_SELF = Path("/proc/self")
 # The kernel's overflow uid: how a uid outside the daemon's user namespace (PrivateUsers=)
@@ -51,19 +53,27 @@ _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class Throttle:
-    """Say something at most once per interval; count how often it was held back."""
+    """Say something at most `burst` times in a row, then once per interval (a token bucket);
+    count how often it was held back in between."""
 
-    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
+    def __init__(self, interval_s: float = LOG_INTERVAL_S, burst: int = 1) -> None:
         self.interval_s = interval_s
+        self.burst = burst
+        self._tokens = float(burst)
         self._last: float | None = None
         self.held_back = 0
 
     def due(self, now: float) -> int | None:
         """None: stay quiet. Otherwise how many occurrences were held back before this one."""
-        if self._last is not None and now - self._last < self.interval_s:
+        if self._last is not None:
+            refill = (now - self._last) / self.interval_s
+            self._tokens = min(float(self.burst), self._tokens + refill)
+        self._last = now
+        if self._tokens < 1.0:
             self.held_back += 1
             return None
-        self._last, held, self.held_back = now, self.held_back, 0
+        self._tokens -= 1.0
+        held, self.held_back = self.held_back, 0
         return held
 
 
@@ -126,7 +136,9 @@ class RayIntake:
         self._acceptor: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._connections: set[asyncio.Task[None]] = set()
-        self._throttles = {name: Throttle() for name in ("accept", "refused", "bad", "absorbed")}
+        self._throttles = {name: Throttle() for name in ("accept", "refused", "bad")}
+        # Ray reports hourly, so every real report is logged; a loop is not.
+        self._throttles["absorbed"] = Throttle(burst=ABSORBED_BURST)
 
     # -- listening ----------------------------------------------------------------
 

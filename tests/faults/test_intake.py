@@ -323,7 +323,7 @@ async def test_row6_post_loop_is_not_a_write_loop(
         f"{len(lines)} log lines, {wrote} bytes written ({disk} to storage), usage_stats.json "
         f"{'rewritten' if after.st_ino != ours.st_ino else 'untouched'}"
     )
-    assert len(lines) <= 4
+    assert len(lines) <= 6  # report_absorbed's burst (5) and its held_back line at most
     assert (after.st_ino, after.st_mtime_ns) == (ours.st_ino, ours.st_mtime_ns)
     assert wrote < 100_000
 
