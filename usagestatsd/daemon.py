@@ -475,12 +475,12 @@ class Daemon:
             # Ray writes its own usage_stats.json right after its POST returns: put back
             # the copy of what usagestatsd really sent, a moment later.
             self._rewrite_pending = True
-            data = self.neighbour.last_copy
-            asyncio.get_running_loop().call_later(REWRITE_DELAY_S, self._rewrite, session, data)
+            asyncio.get_running_loop().call_later(REWRITE_DELAY_S, self._rewrite, session)
 
-    def _rewrite(self, session: Session, data: bytes) -> None:
+    def _rewrite(self, session: Session) -> None:
         self._rewrite_pending = False
-        if self.track.session != session or not still_there(session):
+        data = self.neighbour.last_copy  # the newest copy, if a report was sent meanwhile
+        if data is None or self.track.session != session or not still_there(session):
             return
         if read_usage_stats(session) == data:
             return  # nobody replaced our copy: rewriting it would only wear the disk
