@@ -7,23 +7,15 @@ loopback *intake*, which accepts and discards Ray's reports, so only usagestatsd
 When Ray's reporter is seen sending elsewhere instead (it rewrote usage_stats.json and
 nothing came to the intake), usagestatsd stands down for that session, unless the
 operator said `beside_ray = "report"` (for example: usagestatsd sends only to an
-enterprise endpoint, so nothing is counted twice).
+enterprise endpoint, so nothing is counted twice). The intake itself is usagestatsd/intake.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-
-import structlog
-from aiohttp import web
-
-log = structlog.get_logger()
-MAX_INTAKE_BODY = 1 << 20
 
 
 class Arrangement(StrEnum):
@@ -78,58 +70,6 @@ def parse_sighting(body: bytes, now_ms: int) -> RaySighting:
         start if isinstance(start, int) and not isinstance(start, bool) else None,
         seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
     )
-
-
-class RayIntake:
-    """A loopback HTTP endpoint for Ray's reporter: answers 200, keeps only a sighting."""
-
-    def __init__(self, host: str, port: int, on_sighting: Callable[[RaySighting], None]) -> None:
-        self.host = host
-        self.port = port
-        self.on_sighting = on_sighting
-        self._runner: web.AppRunner | None = None
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.content.read(MAX_INTAKE_BODY)
-        sighting = parse_sighting(body, int(time.time() * 1000))
-        log.info("beside_ray.report_absorbed", seq=sighting.seq_number)
-        self.on_sighting(sighting)
-        return web.json_response({"accepted": True})
-
-    async def start(self) -> bool:
-        """Listen; on failure (port taken) log one warning and carry on without it."""
-        app = web.Application(client_max_size=MAX_INTAKE_BODY)
-        app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, self.host, self.port).start()
-        except OSError as exc:
-            log.warning(
-                "beside_ray.intake_unavailable",
-                address=f"{self.host}:{self.port}",
-                problem=exc.strerror or str(exc),
-            )
-            await self._runner.cleanup()
-            self._runner = None
-            return False
-        addresses = self._runner.addresses
-        if addresses:
-            self.port = addresses[0][1]
-        log.info("beside_ray.intake_listening", url=self.url)
-        return True
-
-    @property
-    def url(self) -> str:
-        """What to put in RAY_USAGE_STATS_REPORT_URL when starting Ray."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
-
-    async def stop(self) -> None:
-        """Stop listening."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
 
 class Neighbour:

@@ -19,8 +19,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from usagestatsd.beside_ray import Arrangement, Neighbour, RayIntake, RaySighting, digest
+from usagestatsd.beside_ray import Arrangement, Neighbour, RaySighting, digest
 from usagestatsd.history import Record, history_of
+from usagestatsd.intake import RayIntake
 from usagestatsd.keeper import Keeper
 from usagestatsd.pipeline import (
     NOT_RUNNING,
@@ -130,6 +131,7 @@ class Daemon:
         self.neighbour = Neighbour(settings.beside_ray)
         self.ray_seen = asyncio.Event()  # set on every report Ray's reporter POSTs to the intake
         self.intake: RayIntake | None = None
+        self._rewrite_pending = False  # one put-back of usage_stats.json at a time
 
     def _load_state(self) -> State:
         try:
@@ -192,7 +194,7 @@ class Daemon:
         )
         if self.settings.ray_intake is not None:
             host, port = self.settings.ray_intake
-            self.intake = RayIntake(host, port, self._on_sighting)
+            self.intake = RayIntake(host, port, self._on_sighting, self._ray_uids)
             if not await self.intake.start():
                 self.intake = None
         try:
@@ -487,20 +489,35 @@ class Daemon:
             self.dirty = True
         self.state = replace(self.state, extra=extra)
 
+    def _ray_uids(self) -> set[int]:
+        """Who may report to the intake as Ray's reporter: root, ray_user, the session's owner."""
+        ray_user = self.settings.ray_user
+        trusted = trusted_uids(ray_user)
+        session = self.track.session or find_session(self.settings.temp_root, trusted).session
+        uids = {0} | ({ray_user} if ray_user is not None else set())
+        return uids | ({session.owner_uid} if session is not None else set())
+
     def _on_sighting(self, sighting: RaySighting) -> None:
         self.neighbour.saw(sighting)
         self.ray_seen.set()
         session = self.track.session
         if session is not None and self.neighbour.last_copy is not None:
+            if self._rewrite_pending:
+                return  # coalesced: the put-back already due writes the same bytes
             # Ray writes its own usage_stats.json right after its POST returns: put back
             # the copy of what usagestatsd really sent, a moment later.
-            data = self.neighbour.last_copy
-            asyncio.get_running_loop().call_later(REWRITE_DELAY_S, self._rewrite, session, data)
+            self._rewrite_pending = True
+            asyncio.get_running_loop().call_later(REWRITE_DELAY_S, self._rewrite, session)
 
-    def _rewrite(self, session: Session, data: bytes) -> None:
-        if self.track.session == session and still_there(session):
-            with contextlib.suppress(OSError):
-                write_usage_stats(session, data)
+    def _rewrite(self, session: Session) -> None:
+        self._rewrite_pending = False
+        data = self.neighbour.last_copy  # the newest copy, if a report was sent meanwhile
+        if data is None or self.track.session != session or not still_there(session):
+            return
+        if read_usage_stats(session) == data:
+            return  # nobody replaced our copy: rewriting it would only wear the disk
+        with contextlib.suppress(OSError):
+            write_usage_stats(session, data)
 
     def _refuse(self, session: Session, refusal: str) -> None:
         if session.key in self.track.refused_logged:

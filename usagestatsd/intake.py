@@ -1,0 +1,287 @@
+"""The loopback intake for Ray's own reporter: a small HTTP/1.1 server with explicit bounds.
+
+Every local user can reach a loopback port, so the intake is built to be harmless to the
+daemon whatever a client does (docs/security.md, "Intake"):
+
+- at most MAX_CONNECTIONS connections are open at once; the rest wait in the kernel's
+  accept queue, so the intake never holds more than a handful of descriptors;
+- each connection has one deadline for the whole request (REQUEST_DEADLINE_S), and stopping
+  cancels every connection at once: no client can delay SIGTERM;
+- the client's uid is asked of the kernel right after accept (peers.tcp_socket_owner): only
+  Ray's uid (from `trusted_uids()`) is read at all, anyone else gets 403 and is closed;
+- the body is read in full (Content-Length, across TCP segments), within MAX_BODY;
+- a resource error at accept (EMFILE, ENFILE, ...) is logged at most once a minute, and so
+  are refused and bad requests; absorbed reports after the first five in a row too.
+
+A small asyncio server rather than aiohttp.web: aiohttp's server has no connection cap,
+waits for open handlers when it stops (60 s by default in 3.8), and its accept errors go to
+the event loop's exception handler (a traceback each); these bounds hold the same with
+every aiohttp version because none of them is involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from usagestatsd.beside_ray import RaySighting, parse_sighting
+from usagestatsd.peers import Peer, tcp_socket_owner
+
+log = structlog.get_logger()
+
+MAX_CONNECTIONS = 8  # Ray's reporter sends one POST an hour
+REQUEST_DEADLINE_S = 10.0  # the whole request, head and body (Ray's own timeout is 10 s)
+MAX_HEAD = 16 * 1024
+MAX_BODY = 256 * 1024  # a Ray report is about 3 KB
+ACCEPT_RETRY_S = 1.0  # after a resource error at accept, wait before trying again
+LOG_INTERVAL_S = 60.0
+ABSORBED_BURST = 5  # report_absorbed lines in a row before one a minute
+# /proc/self/net: /proc/net itself is hidden by the unit's ProcSubset=pid.
+PROC_SELF = Path("/proc/self")
+# The kernel's overflow uid: how a uid outside the daemon's user namespace (PrivateUsers=)
+# appears. It stands for every such user at once, so it is never trusted.
+OVERFLOW_UID = 65534
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class Throttle:
+    """Say something at most `burst` times in a row, then once per interval (a token bucket);
+    count how often it was held back in between."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S, burst: int = 1) -> None:
+        self.interval_s = interval_s
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last: float | None = None
+        self.held_back = 0
+
+    def due(self, now: float) -> int | None:
+        """None: stay quiet. Otherwise how many occurrences were held back before this one."""
+        if self._last is not None:
+            refill = (now - self._last) / self.interval_s
+            self._tokens = min(float(self.burst), self._tokens + refill)
+        self._last = now
+        if self._tokens < 1.0:
+            self.held_back += 1
+            return None
+        self._tokens -= 1.0
+        held, self.held_back = self.held_back, 0
+        return held
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: str, problem: str) -> None:
+        super().__init__(problem)
+        self.status = status
+
+
+def _response(status: str, doc: dict[str, object]) -> bytes:
+    body = json.dumps(doc).encode()
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _parse_head(head: bytes) -> tuple[str, int, bool]:
+    """Method, Content-Length and whether the client expects `100 Continue`."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _BadRequest("400 Bad Request", "bad request line")
+    lengths: list[str] = []
+    expect = False
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise _BadRequest("400 Bad Request", "bad header line")
+        name, value = name.strip().lower(), value.strip()
+        if name == "content-length":
+            lengths.append(value)
+        elif name == "transfer-encoding":
+            raise _BadRequest("411 Length Required", "chunked bodies are not accepted")
+        elif name == "expect":
+            expect = value.lower() == "100-continue"
+    if len(set(lengths)) > 1 or (lengths and not lengths[0].isdigit()):
+        raise _BadRequest("400 Bad Request", "bad Content-Length")
+    return parts[0], int(lengths[0]) if lengths else 0, expect
+
+
+class RayIntake:
+    """A loopback HTTP endpoint for Ray's reporter: answers 200, keeps only a sighting."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        on_sighting: Callable[[RaySighting], None],
+        trusted_uids: Callable[[], set[int]],
+        proc: Path = PROC_SELF,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.on_sighting = on_sighting
+        self.trusted_uids = trusted_uids
+        self.proc = proc
+        self._sock: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._connections: set[asyncio.Task[None]] = set()
+        self._throttles = {name: Throttle() for name in ("accept", "refused", "bad")}
+        # Ray reports hourly, so every real report is logged; a loop is not.
+        self._throttles["absorbed"] = Throttle(burst=ABSORBED_BURST)
+
+    # -- listening ----------------------------------------------------------------
+
+    async def start(self) -> bool:
+        """Listen; on failure (port taken) log one warning and carry on without it."""
+        try:
+            self._sock = socket.create_server(
+                (self.host, self.port),
+                family=socket.AF_INET6 if ":" in self.host else socket.AF_INET,
+                backlog=64,
+            )
+        except OSError as exc:
+            log.warning(
+                "beside_ray.intake_unavailable",
+                address=f"{self.host}:{self.port}",
+                problem=exc.strerror or str(exc),
+            )
+            return False
+        self._sock.setblocking(False)
+        self.port = self._sock.getsockname()[1]
+        self._acceptor = asyncio.create_task(self._accept_loop())
+        log.info("beside_ray.intake_listening", url=self.url)
+        return True
+
+    @property
+    def url(self) -> str:
+        """What to put in RAY_USAGE_STATS_REPORT_URL when starting Ray."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    async def stop(self) -> None:
+        """Stop listening and drop every open connection at once (no client is waited for)."""
+        tasks = [t for t in (self._acceptor, *self._connections) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._acceptor = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def _accept_loop(self) -> None:
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()  # a free slot first: the backlog waits in the kernel
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as exc:
+                self._slots.release()
+                self._accept_failed(exc)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.create_task(self._connection(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._connection_done)
+
+    def _connection_done(self, task: asyncio.Task[None]) -> None:
+        self._connections.discard(task)
+        self._slots.release()
+
+    def _accept_failed(self, exc: OSError) -> None:
+        held = self._throttles["accept"].due(time.monotonic())
+        if held is None:
+            return
+        # Out of descriptors or memory is the machine's state, not a bug: no traceback.
+        level = log.warning if exc.errno in _RESOURCE_ERRORS else log.info
+        level(
+            "beside_ray.intake_accept_failed",
+            problem=exc.strerror or str(exc),
+            retry_s=ACCEPT_RETRY_S,
+            held_back=held,
+        )
+
+    # -- one connection -----------------------------------------------------------
+
+    async def _connection(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        with conn:
+            conn.setblocking(False)
+            try:
+                async with asyncio.timeout(REQUEST_DEADLINE_S):
+                    reply = await self._exchange(loop, conn)
+                    await loop.sock_sendall(conn, reply)
+            except TimeoutError:
+                self._note("bad", problem=f"no complete request within {REQUEST_DEADLINE_S:g} s")
+            except _BadRequest as exc:
+                self._note("bad", problem=str(exc))
+                with contextlib.suppress(OSError):
+                    conn.send(_response(exc.status, {"accepted": False, "problem": str(exc)}))
+            except OSError:
+                pass  # the client went away: nothing to answer
+
+    async def _exchange(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
+        if not await self._from_ray(conn):
+            self._note("refused", reason="the client is not Ray's user")
+            return _response("403 Forbidden", {"accepted": False, "problem": "not Ray's user"})
+        data = b""
+        while b"\r\n\r\n" not in data:
+            if len(data) > MAX_HEAD:
+                raise _BadRequest("431 Request Header Fields Too Large", "request head too large")
+            chunk = await loop.sock_recv(conn, 4096)
+            if not chunk:
+                raise _BadRequest("400 Bad Request", "connection closed before the request end")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        method, length, expect = _parse_head(head)
+        if method != "POST":
+            raise _BadRequest("405 Method Not Allowed", "only POST is accepted")
+        if length > MAX_BODY:
+            raise _BadRequest("413 Content Too Large", f"body over {MAX_BODY} bytes")
+        if expect and len(body) < length:
+            await loop.sock_sendall(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+        while len(body) < length:  # the body may come in any number of segments
+            chunk = await loop.sock_recv(conn, min(65536, length - len(body)))
+            if not chunk:
+                raise _BadRequest("400 Bad Request", "body shorter than its Content-Length")
+            body += chunk
+        self._absorbed(parse_sighting(body[:length], int(time.time() * 1000)))
+        return _response("200 OK", {"accepted": True})
+
+    async def _from_ray(self, conn: socket.socket) -> bool:
+        """Is the client a live socket of Ray's uid? Asked of the kernel, off the loop."""
+        owner: Peer | None = await asyncio.to_thread(
+            tcp_socket_owner, conn.getpeername(), conn.getsockname(), self.proc
+        )
+        # inode 0: the client already closed its socket (an orphan or a time-wait entry,
+        # shown as uid 0): nobody holds it, so it proves nothing.
+        if owner is None or not owner.inode or owner.uid == OVERFLOW_UID:
+            return False
+        return owner.uid in self.trusted_uids()
+
+    def _absorbed(self, sighting: RaySighting) -> None:
+        held = self._throttles["absorbed"].due(time.monotonic())
+        if held is not None:
+            log.info("beside_ray.report_absorbed", seq=sighting.seq_number, held_back=held)
+        self.on_sighting(sighting)
+
+    def _note(self, kind: str, **detail: object) -> None:
+        held = self._throttles[kind].due(time.monotonic())
+        if held is not None:
+            event = "beside_ray.intake_refused" if kind == "refused" else "beside_ray.intake_bad"
+            log.info(event, held_back=held, **detail)
