@@ -18,6 +18,8 @@ mkdir -p "$logs"
 version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$top/pyproject.toml" | head -n1)
 deb=$top/dist/usagestatsd_${version}_all.deb
 rpm=$top/dist/usagestatsd-${version}-1.noarch.rpm
+collector_deb=$top/dist/usagestatsd-collector_${version}_all.deb
+collector_rpm=$top/dist/usagestatsd-collector-${version}-1.noarch.rpm
 
 now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
 results=() failed=0 start=$(now_ms)
@@ -42,7 +44,7 @@ skip() { results+=("$(printf 'FAIL %-16s %8s  %s' "$1" skipped "$2")"); failed=$
 step deb "$top/packaging/build-deb.sh" "$top/dist"; deb_ok=$?
 step rpm "$top/packaging/build-rpm.sh" "$top/dist"; rpm_ok=$?
 if [ $deb_ok = 0 ] && [ $rpm_ok = 0 ]; then
-    step compare-packages "$here/compare-packages.sh" --require "$deb" "$rpm"
+    step compare-packages "$here/compare-packages.sh" --require "$deb" "$rpm" "$collector_deb" "$collector_rpm"
 else
     skip compare-packages "needs both packages"
 fi
