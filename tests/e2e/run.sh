@@ -6,7 +6,9 @@
 #      against the daemon's settings (check-settings-file.sh), the container harness (smoke.sh)
 #   4. the unit's sandbox under real systemd with a stand-in daemon (sandbox.sh)
 #   5. the .deb installed with apt under real systemd, used, opted out of and purged (deb-systemd.sh)
-#   6. the .rpm's scriptlets under real systemd (rpm-systemd.sh; USAGESTATSD_E2E_RPM=0 skips it)
+#   6. both .debs installed together under real systemd: the daemon reports into the collector
+#      on the same machine and the fleet page shows the cluster (collector-systemd.sh)
+#   7. the .rpm's scriptlets under real systemd (rpm-systemd.sh; USAGESTATSD_E2E_RPM=0 skips it)
 # Prints one PASS/FAIL line per step with its time, then a summary; exits 1 if any failed.
 # Every step's output is in build/e2e/<step>.log.
 set -uo pipefail
@@ -57,6 +59,12 @@ if [ $deb_ok = 0 ]; then
     grep -E '^deb-systemd: (PASS|FAIL)' "$logs/deb-systemd.log" | sed 's/^/    /'
 else
     skip deb-systemd "needs the .deb"
+fi
+if [ $deb_ok = 0 ]; then
+    step collector-systemd "$here/collector-systemd.sh" "$deb" "$collector_deb"
+    grep -E '^collector-systemd: (PASS|FAIL)' "$logs/collector-systemd.log" | sed 's/^/    /'
+else
+    skip collector-systemd "needs the .debs"
 fi
 
 # The RPM's scriptlets under systemd (needs apt to fetch rpm into the container; set
