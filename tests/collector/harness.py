@@ -1,0 +1,284 @@
+"""Real collector processes and a throwaway PostgreSQL server for the collector's tests."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPORT = Path(__file__).parents[2] / "usagestatsd" / "demo" / "data" / "report_payload.json"
+
+
+def sample_report(session_id: str = "ab" * 16, seq: int = 0, **changes: Any) -> dict[str, Any]:
+    """The recorded Ray 2.60 report with a chosen session and seq_number."""
+    body: dict[str, Any] = json.loads(REPORT.read_text())
+    body.update(session_id=session_id, seq_number=seq, **changes)
+    return body
+
+
+@dataclass
+class Answer:
+    """An HTTP answer as a sender sees it."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body decoded."""
+        return json.loads(self.body)
+
+
+def http(url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> Answer:
+    """One request with urllib (GET without a body, POST with one); never raises on 4xx/5xx."""
+    request = urllib.request.Request(url, data=body, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return Answer(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as exc:
+        return Answer(exc.code, dict(exc.headers), exc.read())
+
+
+@dataclass
+class CollectorProcess:
+    """A running `usagestatsd-collector serve`, its URL and every log line it wrote."""
+
+    proc: subprocess.Popen[bytes]
+    lines: list[str]
+    url: str
+    state_dir: Path
+
+    def post(self, report: Any, path: str = "", headers: Mapping[str, str] | None = None) -> Answer:
+        """POST a report (dict, or raw bytes) to the collector."""
+        body = report if isinstance(report, bytes) else json.dumps(report).encode()
+        return http(self.url + path, body, {"Content-Type": "application/json", **(headers or {})})
+
+    def get(self, path: str) -> Answer:
+        """GET a path."""
+        return http(self.url + path.lstrip("/"))
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log events so far."""
+        out = []
+        for line in list(self.lines):
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def stop(self) -> int:
+        """SIGTERM and wait; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def run_collector(
+    args: Sequence[str] = (), env: Mapping[str, str] | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    """Run the console command to completion (for usage and configuration errors)."""
+    return subprocess.run(
+        [sys.executable, "-m", "usagestatsd.collector", *args],
+        env={**_base_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _base_env() -> dict[str, str]:
+    keep = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV")
+    return {k: v for k, v in os.environ.items() if k in keep}
+
+
+def start_collector(
+    state_dir: Path,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    config: Path | None = None,
+) -> CollectorProcess:
+    """Start a collector on a free port of 127.0.0.1 with JSON logs; returns once it listens."""
+    cmd = [sys.executable, "-m", "usagestatsd.collector", "serve", "--log-format", "json"]
+    cmd += ["--config", str(config) if config else os.devnull, "--state-dir", str(state_dir)]
+    if not any(a.startswith("--listen") for a in args):
+        cmd += ["--listen", "127.0.0.1:0"]
+    proc = subprocess.Popen(
+        [*cmd, *args],
+        env={**_base_env(), **(env or {})},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            if '"collector.listening"' in line:
+                url = json.loads(line)["url"]
+                return CollectorProcess(proc, lines, url, state_dir)
+        if proc.poll() is not None:
+            time.sleep(0.2)
+            break
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("collector did not start:\n" + "\n".join(lines))
+
+
+@contextlib.contextmanager
+def running_collector(
+    state_dir: Path,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    config: Path | None = None,
+) -> Iterator[CollectorProcess]:
+    """A collector for the duration of a with-block; always stopped."""
+    collector = start_collector(state_dir, args, env, config)
+    try:
+        yield collector
+    finally:
+        collector.stop()
+
+
+# ---------------------------------------------------------------------------
+# PostgreSQL: a throwaway cluster in a temp dir, run as an unprivileged user.
+
+
+def postgres_bin() -> Path | None:
+    """The newest installed PostgreSQL's bin directory (Debian's layout), if any."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PostgresServer:
+    """A running throwaway cluster and its DSN."""
+
+    directory: Path
+    bindir: Path
+    user: str
+    port: int
+
+    @property
+    def dsn(self) -> str:
+        """Where the collector connects (trust authentication, loopback only)."""
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        """Stop fast and remove the directory."""
+        self._as_user(
+            [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.directory / "data"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+            check=False,
+        )
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _as_user(self, cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        account = pwd.getpwnam(self.user)
+        return subprocess.run(
+            cmd,
+            user=account.pw_uid if os.geteuid() == 0 else None,
+            group=account.pw_gid if os.geteuid() == 0 else None,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+            cwd="/",
+        )
+
+
+def start_postgres() -> PostgresServer | str:
+    """Start a throwaway PostgreSQL, or say why it cannot be had."""
+    bindir = postgres_bin()
+    if bindir is None:
+        return (
+            "no PostgreSQL server binaries (apt-get install postgresql; make test-collector does)"
+        )
+    # initdb refuses root: run the cluster as Debian's postgres user, else as nobody.
+    user = "postgres"
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        user, account = "nobody", pwd.getpwnam("nobody")
+    if os.geteuid() not in (0, account.pw_uid):
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    directory = Path(tempfile.mkdtemp(prefix="usd-pg-", dir="/tmp"))
+    if os.geteuid() == 0:
+        os.chown(directory, account.pw_uid, account.pw_gid)
+    server = PostgresServer(directory, bindir, user, _free_port())
+    data = str(directory / "data")
+    try:
+        server._as_user(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                data,
+                "-U",
+                user,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        )
+        options = (
+            f"-p {server.port} -c listen_addresses=127.0.0.1 -k {directory} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        server._as_user(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                data,
+                "-o",
+                options,
+                "-l",
+                str(directory / "log"),
+                "-w",
+                "start",
+            ]
+        )
+    except (subprocess.CalledProcessError, OSError) as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        detail = getattr(exc, "stderr", "") or str(exc)
+        return f"PostgreSQL would not start: {detail.strip()[:300]}"
+    return server

@@ -1,0 +1,68 @@
+"""The head-node daemon never imports the collector; the collector reuses only pure modules."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).parents[2] / "usagestatsd"
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_daemon_modules_do_not_import_the_collector() -> None:
+    """No module outside usagestatsd/collector/ names usagestatsd.collector (even lazily)."""
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if "collector" not in path.relative_to(PACKAGE).parts
+        and any(
+            n == "usagestatsd.collector" or n.startswith("usagestatsd.collector.")
+            for n in _imports(path)
+        )
+    ]
+    assert offenders == []
+
+
+def test_running_the_daemon_cli_loads_no_collector_module() -> None:
+    """Importing the daemon's entry points leaves sys.modules free of the collector."""
+    code = (
+        "import sys, usagestatsd.cli, usagestatsd.daemon, usagestatsd.forget;"
+        "print([m for m in sys.modules if m.startswith('usagestatsd.collector')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_collector_imports_only_pure_daemon_modules() -> None:
+    """The collector reuses the schema, the privacy guard, logs, settings errors, sd_notify."""
+    allowed = {
+        "usagestatsd.__version__",
+        "usagestatsd.report",
+        "usagestatsd.privacy",
+        "usagestatsd.logs",
+        "usagestatsd.settings",
+        "usagestatsd.systemd",
+    }
+    used: set[str] = set()
+    for path in (PACKAGE / "collector").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "usagestatsd":
+                used.update(f"usagestatsd.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                used.add(node.module)
+            elif isinstance(node, ast.Import):
+                used.update(alias.name for alias in node.names)
+    daemon = {n for n in used if n.startswith("usagestatsd.") and ".collector" not in n}
+    assert daemon <= allowed, daemon - allowed

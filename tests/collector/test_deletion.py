@@ -1,0 +1,98 @@
+"""Deletion end to end: the real daemon reports into a real collector, then `forget`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from tests.collector.harness import CollectorProcess, running_collector, sample_report
+from tests.conftest import daemon_env
+from tests.servers import run_cli, running_daemon, until
+from usagestatsd.demo import DemoCluster
+
+PROTOCOL = "usagestatsd-deletion/1"
+
+
+def _rows_mentioning(db: Path, session_id: str) -> int:
+    conn = sqlite3.connect(str(db))
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        total = 0
+        for table in tables:
+            columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+            for column in columns:
+                total += conn.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE CAST({column} AS TEXT) LIKE ?",
+                    (f"%{session_id}%",),
+                ).fetchone()[0]
+        return int(total)
+    finally:
+        conn.close()
+
+
+async def test_daemon_reports_then_forget_leaves_nothing(
+    demo_session: DemoCluster, temp_root: Path, state_dir: Path, tmp_path: Path
+) -> None:
+    """usagestatsd run -> collector; usagestatsd forget -> every trace of the session is gone."""
+    with running_collector(tmp_path / "collector") as collector:
+        other = sample_report("feedfacefeedfacefeedfacefeedface", 0)
+        assert collector.post(other).status == 200
+        env = daemon_env(temp_root, state_dir, collector.url)
+        settings = tmp_path / "usagestatsd.toml"
+        settings.write_text(
+            f'[[endpoints]]\nurl = "{collector.url}"\ndeletion_url = "{collector.url}delete"\n'
+        )
+        with running_daemon(env, settings_file=settings):
+            await until(lambda: collector.get("/api/fleet").json()["reports_stored"] >= 3)
+        fleet = collector.get("/api/fleet").json()
+        sid = next(
+            s["session_id"]
+            for s in fleet["recent_sessions"]
+            if s["session_id"] != other["session_id"]
+        )
+        assert collector.get(f"/sessions/{sid}").status == 200
+        code, out, err = await run_cli(
+            ["forget", "--session", sid, "--config", str(settings)],
+            {k: v for k, v in env.items() if k != "RAY_USAGE_STATS_REPORT_URL"},
+        )
+        assert code == 0, (out, err)
+        assert "deleted" in out and "purged" in out
+        # Gone from every view, and a second request is told there is nothing (404).
+        assert collector.get(f"/sessions/{sid}").status == 404
+        assert collector.get(f"/api/sessions/{sid}").status == 404
+        after = collector.get("/api/fleet").json()
+        assert [s["session_id"] for s in after["recent_sessions"]] == [other["session_id"]]
+        assert after["reports_stored"] == 1
+        again = collector.post(
+            json.dumps({"protocol": PROTOCOL, "session_ids": [sid]}).encode(), "delete"
+        )
+        assert again.status == 404
+        metrics = collector.get("/metrics").body.decode()
+        assert "usagestatsd_collector_sessions_deleted_total 1" in metrics
+        assert collector.stop() == 0
+    db = tmp_path / "collector" / "collector.sqlite3"
+    assert _rows_mentioning(db, sid) == 0
+    assert _rows_mentioning(db, other["session_id"]) > 0
+    # Not even in freed pages or the write-ahead log (secure_delete, checkpointed at close).
+    raw = b"".join(p.read_bytes() for p in db.parent.iterdir() if p.is_file())
+    assert sid.encode() not in raw
+
+
+def test_deletion_requests_are_checked(collector: CollectorProcess) -> None:
+    """Wrong protocol, bad ids, too many ids: 400, and nothing is deleted."""
+    sid = "0123456789abcdef0123456789abcdef"
+    assert collector.post(sample_report(sid, 0)).status == 200
+    bad = [
+        {"protocol": "usagestatsd-deletion/2", "session_ids": [sid]},
+        {"protocol": PROTOCOL, "session_ids": []},
+        {"protocol": PROTOCOL, "session_ids": ["../etc/passwd"]},
+        {"protocol": PROTOCOL, "session_ids": [sid] * 1001},
+        {"protocol": PROTOCOL, "session_ids": sid},
+    ]
+    for body in bad:
+        assert collector.post(body, "delete").status == 400, body
+    assert collector.post(b"{", "delete").status == 400
+    assert collector.get("/api/fleet").json()["reports_stored"] == 1
+    ok = collector.post({"protocol": PROTOCOL, "session_ids": [sid, "ffffffffffff"]}, "delete")
+    assert ok.json() == {"deleted_sessions": 1, "deleted_reports": 1}

@@ -1,0 +1,232 @@
+"""The HTTP side: ingest, deletion, the page, JSON, metrics, health.
+
+Nothing here reads the peer's address or any header other than Authorization,
+Content-Length and Content-Type, and aiohttp's access log is off: the sender's address and
+identifying headers are never stored or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from usagestatsd.collector import page
+from usagestatsd.collector.fleet import fleet
+from usagestatsd.collector.metrics import Metrics
+from usagestatsd.collector.settings import CollectorSettings
+from usagestatsd.collector.store import SqlStore
+from usagestatsd.collector.validate import Rejected, validate
+from usagestatsd.collector.writer import Writer
+
+DELETION_PROTOCOL = "usagestatsd-deletion/1"
+MAX_DELETION_IDS = 1000
+MAX_DELETION_BYTES = 256 << 10
+RETRY_AFTER_S = 5
+SESSION_ID = re.compile(r"^[0-9a-f-]{8,128}$")
+_HTML_HEADERS = {
+    # No script may run, nothing is fetched from elsewhere: the page is self-contained.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+log = structlog.get_logger()
+
+
+def _authorised(request: web.Request, tokens: Sequence[str]) -> bool:
+    """No tokens configured: open. Else `Bearer T`, or Basic auth whose password is T (so a
+    sender that only knows URLs can use http://collector:T@host/)."""
+    if not tokens:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    offered = ""
+    if scheme.lower() == "bearer":
+        offered = value.strip()
+    elif scheme.lower() == "basic":
+        try:
+            offered = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            offered = ""
+    # Compare against every token so the time taken says nothing about which one matched.
+    matches = [hmac.compare_digest(offered.encode(), t.encode()) for t in tokens]
+    return bool(offered) and any(matches)
+
+
+def _unauthorised(metrics: Metrics, where: str) -> web.Response:
+    metrics.rejected["unauthorized"] += 1
+    log.warning(f"{where}.unauthorized", reason="missing or wrong bearer token")
+    return web.json_response(
+        {"error": "a valid bearer token is required"},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="usagestatsd-collector"'},
+    )
+
+
+def _throttled(metrics: Metrics, reason: str) -> web.Response:
+    metrics.throttled += 1
+    return web.json_response(
+        {"error": reason}, status=429, headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
+
+
+def _deletion_ids(raw: bytes) -> list[str] | str:
+    """The session ids of a deletion request, or what is wrong with it."""
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return "body is not UTF-8 JSON"
+    if not isinstance(body, dict) or body.get("protocol") != DELETION_PROTOCOL:
+        return f"protocol must be {DELETION_PROTOCOL}"
+    ids = body.get("session_ids")
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_DELETION_IDS:
+        return f"session_ids must be a list of 1 to {MAX_DELETION_IDS} ids"
+    if not all(isinstance(i, str) and SESSION_ID.match(i) for i in ids):
+        return "session_ids holds a value that is not a session id"
+    return sorted(set(ids))
+
+
+class Collector:
+    """The request handlers and what they share: settings, store, writer, counters."""
+
+    def __init__(self, settings: CollectorSettings, store: SqlStore, writer: Writer) -> None:
+        self.settings = settings
+        self.store = store
+        self.writer = writer
+        self.metrics = Metrics()
+
+    async def ingest(self, request: web.Request) -> web.Response:
+        """POST /: one schema-0.1 report."""
+        settings, metrics = self.settings, self.metrics
+        writer = self.writer
+        if not _authorised(request, settings.ingest_tokens):
+            return _unauthorised(metrics, "ingest")
+        if writer.pending >= settings.max_pending:
+            return _throttled(metrics, "busy; retry later")
+        length = request.content_length
+        if length is not None and length > settings.max_report_bytes:
+            result: Any = Rejected(
+                "too_large", f"body larger than {settings.max_report_bytes} bytes"
+            )
+        else:
+            raw = await request.read()  # bounded by client_max_size
+            result = validate(raw, settings.max_report_bytes)
+        if isinstance(result, Rejected):
+            metrics.rejected[result.reason] += 1
+            log.warning("ingest.rejected", reason=result.reason, detail=result.detail)
+            status = 413 if result.reason == "too_large" else 400
+            return web.json_response({"error": result.detail}, status=status)
+        if result.redactions:
+            metrics.redacted_values += len(result.redactions)
+            log.info(
+                "ingest.redacted",
+                session_id=result.session_id,
+                fields=sorted({r.field for r in result.redactions}),
+                reasons=sorted({r.reason for r in result.redactions}),
+            )
+        try:
+            new = await writer.ingest(result)
+        except Exception:
+            return web.json_response(
+                {"error": "storage unavailable; retry later"},
+                status=503,
+                headers={"Retry-After": str(RETRY_AFTER_S * 6)},
+            )
+        if new:
+            metrics.ingested += 1
+        else:
+            metrics.duplicates += 1
+        return web.json_response({"stored": True, "duplicate": not new})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        """POST /delete: usagestatsd-deletion/1."""
+        settings, metrics = self.settings, self.metrics
+        if not _authorised(request, settings.deletion_tokens or settings.ingest_tokens):
+            return _unauthorised(metrics, "deletion")
+        ids = _deletion_ids(await request.read())
+        if isinstance(ids, str):
+            log.warning("deletion.rejected", detail=ids)
+            return web.json_response({"error": ids}, status=400)
+        metrics.deletion_requests += 1
+        try:
+            known, removed = await self.writer.call(lambda s: s.delete_sessions(ids))
+        except Exception:
+            return _throttled(metrics, "storage unavailable; retry later")
+        metrics.deleted_sessions += known
+        metrics.deleted_reports += removed
+        log.info("deletion.done", sessions=len(ids), sessions_found=known, reports_deleted=removed)
+        if known == 0 and removed == 0:
+            return web.json_response({"error": "no data held for these session ids"}, status=404)
+        return web.json_response({"deleted_sessions": known, "deleted_reports": removed})
+
+    async def fleet_page(self, request: web.Request) -> web.Response:
+        """GET /: the fleet page."""
+        data = await asyncio.to_thread(fleet, self.store, int(time.time() * 1000))
+        return web.Response(
+            text=page.fleet_html(data), content_type="text/html", headers=_HTML_HEADERS
+        )
+
+    async def fleet_json(self, request: web.Request) -> web.Response:
+        """GET /api/fleet: the same aggregates as JSON."""
+        data = await asyncio.to_thread(fleet, self.store, int(time.time() * 1000))
+        return web.json_response(data)
+
+    async def _session_reports(self, request: web.Request) -> tuple[str, list[Any]]:
+        sid = request.match_info["session_id"]
+        if not SESSION_ID.match(sid):
+            raise web.HTTPNotFound(text="no such session")
+        reports = await asyncio.to_thread(self.store.session_reports, sid)
+        if not reports:
+            raise web.HTTPNotFound(text="no reports stored for this session")
+        return sid, reports
+
+    async def session_page(self, request: web.Request) -> web.Response:
+        """GET /sessions/<id>: the exact stored reports of one session."""
+        sid, reports = await self._session_reports(request)
+        return web.Response(
+            text=page.session_html(sid, reports), content_type="text/html", headers=_HTML_HEADERS
+        )
+
+    async def session_json(self, request: web.Request) -> web.Response:
+        """GET /api/sessions/<id>: the stored bodies, exactly as kept."""
+        sid, reports = await self._session_reports(request)
+        body = ",".join(
+            f'{{"seq_number": {r.seq_number}, "received_ms": {r.received_ms}, "report": {r.body}}}'
+            for r in reports
+        )
+        return web.Response(
+            text=f'{{"session_id": "{sid}", "reports": [{body}]}}', content_type="application/json"
+        )
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        """GET /metrics."""
+        reports, sessions = await asyncio.to_thread(self.store.counts)
+        text = self.metrics.render(reports, sessions, self.writer.pending)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """GET /healthz."""
+        return web.Response(text="ok\n")
+
+    def app(self) -> web.Application:
+        """The aiohttp application with every route."""
+        limit = max(self.settings.max_report_bytes, MAX_DELETION_BYTES) + 1
+        app = web.Application(client_max_size=limit)
+        app.router.add_post("/", self.ingest)
+        app.router.add_post("/delete", self.delete)
+        app.router.add_get("/", self.fleet_page)
+        app.router.add_get("/api/fleet", self.fleet_json)
+        app.router.add_get("/sessions/{session_id}", self.session_page)
+        app.router.add_get("/api/sessions/{session_id}", self.session_json)
+        app.router.add_get("/metrics", self.metrics_text)
+        app.router.add_get("/healthz", self.healthz)
+        return app

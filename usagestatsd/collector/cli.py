@@ -1,0 +1,171 @@
+"""`usagestatsd-collector serve`: settings, logs, storage, then the HTTP server until SIGTERM.
+
+Exit codes: 0 clean stop; 1 runtime failure (port taken, database unreachable); 2 bad usage;
+78 invalid configuration (one message naming the setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from usagestatsd import __version__, logs
+from usagestatsd.collector.app import Collector
+from usagestatsd.collector.migrations import SchemaTooNew
+from usagestatsd.collector.settings import CollectorSettings, load_settings
+from usagestatsd.collector.store import DAY_MS, SqlStore
+from usagestatsd.settings import LOG_FORMATS, SettingsError
+from usagestatsd.systemd import Notifier
+
+EXIT_CONFIG = 78
+RETENTION_EVERY_S = 3600.0
+log = structlog.get_logger()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="usagestatsd-collector",
+        description="Receive Ray usage reports, honour deletion requests, show the fleet.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the collector (HTTP on --listen)")
+    serve.add_argument("--config", type=Path, help="settings file (TOML)")
+    serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:18924)")
+    serve.add_argument("--state-dir", help="directory of the SQLite database")
+    serve.add_argument("--database-url", help="postgresql:// DSN, or sqlite:///PATH")
+    serve.add_argument("--retention-days", help="keep reports this many days")
+    serve.add_argument("--log-format", choices=LOG_FORMATS)
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def open_store(settings: CollectorSettings) -> SqlStore:
+    """The configured backend, migrated to the latest schema."""
+    store: SqlStore
+    if settings.backend == "sqlite":
+        from usagestatsd.collector.store_sqlite import SqliteStore
+
+        store = SqliteStore(settings.sqlite_path)
+    else:
+        from usagestatsd.collector.store_postgres import PostgresStore
+
+        store = PostgresStore(settings.database)
+    try:
+        store.migrate()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+async def _retention(collector: Collector, days: int) -> None:
+    while True:
+        cutoff = int(time.time() * 1000) - days * DAY_MS
+        try:
+            removed = await collector.writer.call(
+                functools.partial(SqlStore.expire, cutoff_ms=cutoff)
+            )
+        except Exception as exc:
+            log.error("retention.failed", error=type(exc).__name__)
+        else:
+            collector.metrics.expired_reports += removed
+            if removed:
+                log.info("retention.expired", reports=removed, retention_days=days)
+        await asyncio.sleep(RETENTION_EVERY_S)
+
+
+async def serve(settings: CollectorSettings, store: SqlStore) -> int:
+    """Serve until SIGTERM or SIGINT; returns the exit status."""
+    from usagestatsd.collector.writer import Writer
+
+    loop = asyncio.get_running_loop()
+    writer = Writer(store, loop)
+    collector = Collector(settings, store, writer)
+    runner = web.AppRunner(collector.app(), access_log=None)  # no access log: no addresses
+    await runner.setup()
+    host, port = settings.listen
+    notifier = Notifier(settings.notify_socket)
+    try:
+        try:
+            await web.TCPSite(runner, host, port, backlog=1024).start()
+        except OSError as exc:
+            log.error("collector.listen_failed", listen=f"{host}:{port}", error=exc.strerror)
+            return 1
+        bound = runner.addresses[0][1] if runner.addresses else port
+        where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        retention = asyncio.create_task(_retention(collector, settings.retention_days))
+        log.info(
+            "collector.listening",
+            url=f"http://{where}/",
+            backend=store.backend,
+            retention_days=settings.retention_days,
+            tokens=bool(settings.ingest_tokens),
+        )
+        notifier.ready(f"Listening on {where}, storing in {store.backend}")
+        await stop.wait()
+        notifier.stopping()
+        retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention
+        log.info("collector.stopping")
+        return 0
+    finally:
+        await runner.cleanup()
+        await asyncio.to_thread(writer.stop)
+        notifier.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script entry point."""
+    args = _parser().parse_args(argv)
+    cli = {
+        "listen": args.listen,
+        "state_dir": args.state_dir,
+        "database_url": args.database_url,
+        "retention_days": args.retention_days,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+    }
+    try:
+        settings = load_settings(os.environ, cli, args.config)
+    except SettingsError as exc:
+        print(f"usagestatsd-collector: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(settings.log_format, settings.log_level, settings.journal_stream)
+    try:
+        store = open_store(settings)
+    except SchemaTooNew as exc:
+        log.error("store.schema_too_new", error=str(exc))
+        return 1
+    except Exception as exc:
+        # The message of a driver error can hold the DSN's host; name the kind only.
+        log.error(
+            "store.open_failed",
+            backend=settings.backend,
+            error=type(exc).__name__,
+            detail=str(exc) if settings.backend == "sqlite" else None,
+        )
+        return 1
+    try:
+        return asyncio.run(serve(settings, store))
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The storage both backends share: ingest with rollups, deletion, retention, the aggregates.
+
+The SQL is written once with `?` placeholders; a backend converts them if its driver wants
+another style. One writer (the collector's writer thread) calls the write methods; reads
+go through a second connection so the page never waits behind a batch of inserts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from usagestatsd.collector.migrations import CREATE_VERSIONS, pending
+from usagestatsd.collector.validate import Accepted
+
+DAY_MS = 86_400_000
+_ROWS_PER_INSERT = 200
+# Reports carry at most this many rows in their rollups' facet lists (validate limits lists).
+_FACETS = (("library", "library_usages"), ("hardware", "hardware_usages"))
+
+_INSERT_REPORTS = (
+    "INSERT INTO reports (session_id, seq_number, received_ms, collect_ms, body) VALUES {rows} "
+    "ON CONFLICT (session_id, seq_number) DO NOTHING RETURNING session_id, seq_number"
+)
+_LATEST = (
+    "ray_version",
+    "python_version",
+    "os",
+    "source",
+    "cloud_provider",
+    "head_node_instance_type",
+    "total_num_nodes",
+    "total_num_cpus",
+    "total_num_gpus",
+    "total_memory_gb",
+)
+# The newest report of a session (highest seq_number) sets its facts; any report extends
+# its seen-range. CASE instead of MAX/GREATEST: the same text runs on both backends.
+_UPSERT_SESSION = (
+    "INSERT INTO sessions (session_id, first_ms, last_ms, reports, seq_number, "
+    + ", ".join(_LATEST)
+    + ") VALUES (?, ?, ?, 1, ?, "
+    + ", ".join("?" for _ in _LATEST)
+    + ") ON CONFLICT (session_id) DO UPDATE SET "
+    "last_ms = CASE WHEN excluded.last_ms > sessions.last_ms "
+    "THEN excluded.last_ms ELSE sessions.last_ms END, "
+    "reports = sessions.reports + 1, "
+    + ", ".join(
+        f"{name} = CASE WHEN excluded.seq_number >= sessions.seq_number "
+        f"THEN excluded.{name} ELSE sessions.{name} END"
+        for name in (*_LATEST, "seq_number")
+    )
+)
+_INSERT_FACET = (
+    "INSERT INTO session_facets (session_id, facet, value) VALUES (?, ?, ?) "
+    "ON CONFLICT (session_id, facet, value) DO NOTHING"
+)
+_INSERT_DAY = (
+    "INSERT INTO session_days (session_id, day, ray_version) VALUES (?, ?, ?) "
+    "ON CONFLICT (session_id, day) DO NOTHING"
+)
+
+
+class Cursor(Protocol):
+    """What both drivers' cursors offer and this module uses."""
+
+    rowcount: int
+
+    def fetchall(self) -> list[Any]: ...
+
+    def fetchone(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    """One stored report as the session page shows it."""
+
+    seq_number: int
+    received_ms: int
+    body: str
+
+
+class SqlStore:
+    """The shared logic; a backend supplies connections, transactions and placeholders."""
+
+    backend = "sql"
+
+    def __init__(self, write_conn: Any, read_conn: Any) -> None:
+        self._w = write_conn
+        self._r = read_conn
+        self._read_lock = threading.Lock()
+
+    # -- hooks a backend provides -------------------------------------------------------
+    def sql(self, text: str) -> str:
+        """The statement in the driver's placeholder style."""
+        return text
+
+    def transaction(self, conn: Any) -> AbstractContextManager[None]:
+        """A transaction on `conn` that commits on success and rolls back on error."""
+        raise NotImplementedError
+
+    def run(self, conn: Any, text: str, params: Sequence[Any] = ()) -> Cursor:
+        """Execute one statement."""
+        cursor: Cursor = conn.execute(self.sql(text), params)
+        return cursor
+
+    def run_many(self, conn: Any, text: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Execute one statement for each row."""
+        if rows:
+            conn.cursor().executemany(self.sql(text), rows)
+
+    def close(self) -> None:
+        """Close both connections."""
+        self._w.close()
+        self._r.close()
+
+    # -- schema ------------------------------------------------------------------------
+    def migrate(self) -> int:
+        """Apply pending migrations; returns the schema version now in force."""
+        with self.transaction(self._w):
+            self.run(self._w, CREATE_VERSIONS)
+            row = self.run(self._w, "SELECT MAX(version) FROM schema_migrations").fetchone()
+            applied = int(row[0] or 0)
+            for version, description, statements in pending(applied):
+                for statement in statements:
+                    self.run(self._w, statement)
+                self.run(
+                    self._w,
+                    "INSERT INTO schema_migrations (version, description, applied_ms) "
+                    "VALUES (?, ?, ?)",
+                    (version, description, int(time.time() * 1000)),
+                )
+                applied = version
+        return applied
+
+    # -- writes (one writer thread) ----------------------------------------------------
+    def ingest(self, items: Sequence[Accepted], now_ms: int) -> list[bool]:
+        """Store a batch in one transaction; True for each new report, False for a repeat."""
+        first: dict[tuple[str, int], int] = {}
+        for index, item in enumerate(items):
+            first.setdefault((item.session_id, item.seq_number), index)
+        unique = [items[i] for i in sorted(first.values())]
+        new: set[tuple[str, int]] = set()
+        with self.transaction(self._w):
+            for start in range(0, len(unique), _ROWS_PER_INSERT):
+                chunk = unique[start : start + _ROWS_PER_INSERT]
+                rows = ", ".join("(?, ?, ?, ?, ?)" for _ in chunk)
+                params: list[Any] = []
+                for item in chunk:
+                    params += [item.session_id, item.seq_number, now_ms, item.collect_ms]
+                    params.append(item.body.decode("utf-8"))
+                cursor = self.run(self._w, _INSERT_REPORTS.format(rows=rows), params)
+                new.update((str(sid), int(seq)) for sid, seq in cursor.fetchall())
+            fresh = [i for i in unique if (i.session_id, i.seq_number) in new]
+            self._rollups(fresh, now_ms)
+            if fresh:
+                self.run(
+                    self._w,
+                    "UPDATE totals SET value = value + ? WHERE name = 'reports'",
+                    (len(fresh),),
+                )
+        return [
+            first[(item.session_id, item.seq_number)] == index
+            and (item.session_id, item.seq_number) in new
+            for index, item in enumerate(items)
+        ]
+
+    def _rollups(self, fresh: Sequence[Accepted], now_ms: int) -> None:
+        sessions: list[list[Any]] = []
+        facets: set[tuple[str, str, str]] = set()
+        days: set[tuple[str, int, str]] = set()
+        for item in fresh:
+            r = item.report
+            sessions.append(
+                [item.session_id, now_ms, now_ms, item.seq_number]
+                + [getattr(r, name) for name in _LATEST]
+            )
+            for facet, name in _FACETS:
+                facets.update((item.session_id, facet, v) for v in getattr(r, name))
+            types = [r.head_node_instance_type, *(r.worker_node_instance_types or ())]
+            facets.update((item.session_id, "instance_type", t) for t in types if t)
+            days.add((item.session_id, now_ms // DAY_MS, r.ray_version or "unknown"))
+        self.run_many(self._w, _UPSERT_SESSION, sessions)
+        self.run_many(self._w, _INSERT_FACET, sorted(facets))
+        self.run_many(self._w, _INSERT_DAY, sorted(days))
+
+    def delete_sessions(self, session_ids: Sequence[str]) -> tuple[int, int]:
+        """Delete every stored trace of these sessions; (sessions known, reports deleted)."""
+        known = removed = 0
+        with self.transaction(self._w):
+            for sid in session_ids:
+                removed += max(
+                    0,
+                    self.run(self._w, "DELETE FROM reports WHERE session_id = ?", (sid,)).rowcount,
+                )
+                cursor = self.run(self._w, "DELETE FROM sessions WHERE session_id = ?", (sid,))
+                known += 1 if cursor.rowcount > 0 else 0
+                self.run(self._w, "DELETE FROM session_facets WHERE session_id = ?", (sid,))
+                self.run(self._w, "DELETE FROM session_days WHERE session_id = ?", (sid,))
+            self._count_removed(removed)
+        return known, removed
+
+    def expire(self, cutoff_ms: int) -> int:
+        """Retention: drop reports received before `cutoff_ms`, and sessions with none left."""
+        with self.transaction(self._w):
+            removed = max(
+                0,
+                self.run(
+                    self._w, "DELETE FROM reports WHERE received_ms < ?", (cutoff_ms,)
+                ).rowcount,
+            )
+            gone = "SELECT session_id FROM sessions WHERE last_ms < ?"
+            for table in ("session_facets", "session_days"):
+                self.run(self._w, f"DELETE FROM {table} WHERE session_id IN ({gone})", (cutoff_ms,))
+            self.run(self._w, "DELETE FROM sessions WHERE last_ms < ?", (cutoff_ms,))
+            self.run(self._w, "DELETE FROM session_days WHERE day < ?", (cutoff_ms // DAY_MS,))
+            # Long-lived sessions lost their oldest reports: recount only those.
+            self.run(
+                self._w,
+                "UPDATE sessions SET first_ms = ?, reports = (SELECT COUNT(*) FROM reports "
+                "WHERE reports.session_id = sessions.session_id) WHERE first_ms < ?",
+                (cutoff_ms, cutoff_ms),
+            )
+            self._count_removed(removed)
+        return removed
+
+    def _count_removed(self, removed: int) -> None:
+        if removed:
+            self.run(
+                self._w, "UPDATE totals SET value = value - ? WHERE name = 'reports'", (removed,)
+            )
+
+    # -- reads (any thread) ------------------------------------------------------------
+    def read(self, work: Callable[[Callable[..., Cursor]], Any]) -> Any:
+        """Run read-only queries on the read connection, one caller at a time."""
+        with self._read_lock, self.transaction(self._r):
+            return work(lambda text, params=(): self.run(self._r, text, params))
+
+    def session_reports(self, session_id: str, limit: int = 1000) -> list[StoredReport]:
+        """The newest `limit` stored reports of one session, newest first."""
+
+        def query(q: Callable[..., Cursor]) -> list[StoredReport]:
+            rows = q(
+                "SELECT seq_number, received_ms, body FROM reports WHERE session_id = ? "
+                "ORDER BY seq_number DESC LIMIT ?",
+                (session_id, limit),
+            ).fetchall()
+            return [StoredReport(int(s), int(r), str(b)) for s, r, b in rows]
+
+        result: list[StoredReport] = self.read(query)
+        return result
+
+    def counts(self) -> tuple[int, int]:
+        """(reports stored, sessions stored)."""
+
+        def query(q: Callable[..., Cursor]) -> tuple[int, int]:
+            reports = q("SELECT value FROM totals WHERE name = 'reports'").fetchone()[0]
+            sessions = q("SELECT COUNT(*) FROM sessions").fetchone()[0]
+            return int(reports), int(sessions)
+
+        result: tuple[int, int] = self.read(query)
+        return result

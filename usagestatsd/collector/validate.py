@@ -1,0 +1,120 @@
+"""A received body becomes a stored report, or a rejection with a reason. Pure.
+
+Order: size, JSON (depth, NaN), schema 0.1 (the daemon's own check), size and count limits
+on strings and lists, then the daemon's privacy guard. The guard nulls an identifying or
+malformed scalar and drops an offending list item or tag; only a `session_id` that fails it
+rejects the whole report (without a trustworthy id the report cannot be deleted on request).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
+from usagestatsd.report import REPORT_FIELDS, Report, SchemaError, check_schema, serialise
+
+MAX_STRING_CHARS = 1024
+MAX_LIST_ITEMS = 256
+MAX_TAGS = 256
+MAX_DEPTH = 4
+MAX_INTEGER = 2**53  # stored as BIGINT; JSON readers lose precision beyond this
+_NOBODY = KnownIdentifiers()
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A report to store: its identity, times and the exact bytes kept."""
+
+    session_id: str
+    seq_number: int
+    collect_ms: int
+    body: bytes
+    report: Report
+    redactions: tuple[Redaction, ...]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Why a body was refused: a metric label, and a message naming the field (never a value)."""
+
+    reason: str
+    detail: str
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _limits(body: dict[str, Any]) -> str | None:
+    """The first field over a size or count limit, or None."""
+    for name in REPORT_FIELDS:
+        value = body[name]
+        if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+            return name
+        if isinstance(value, int) and value > MAX_INTEGER:
+            return name
+        too_many = isinstance(value, list) and len(value) > MAX_LIST_ITEMS
+        if too_many or (isinstance(value, list) and any(len(v) > MAX_STRING_CHARS for v in value)):
+            return name
+        if isinstance(value, dict):
+            too_long = any(len(k) > 64 or len(v) > MAX_STRING_CHARS for k, v in value.items())
+            if len(value) > MAX_TAGS or too_long:
+                return name
+    return None
+
+
+def to_report(body: dict[str, Any]) -> Report:
+    """A schema-checked body as a Report value (lists become tuples)."""
+    values: dict[str, Any] = {
+        name: tuple(body[name]) if isinstance(body[name], list) else body[name]
+        for name in REPORT_FIELDS
+    }
+    return Report(**values)
+
+
+def validate(raw: bytes, max_bytes: int) -> Accepted | Rejected:
+    """Check one received body; never raises."""
+    if len(raw) > max_bytes:
+        return Rejected("too_large", f"body larger than {max_bytes} bytes")
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return Rejected("not_json", "body is not UTF-8 JSON")
+    if not isinstance(body, dict):
+        return Rejected("schema", "body is not a JSON object")
+    if _depth(body) > MAX_DEPTH:
+        return Rejected("schema", "body nests deeper than schema 0.1 allows")
+    try:
+        check_schema(body)
+    except SchemaError as exc:
+        return Rejected("schema", str(exc))
+    over = _limits(body)
+    if over is not None:
+        return Rejected("limits", f"report field {over} is over the size or count limit")
+    try:
+        clean, redactions = guard(to_report(body), _NOBODY)
+    except ValueError:
+        return Rejected("privacy", "report field session_id failed the privacy guard")
+    try:
+        # The guard nulls an out-of-range collect_timestamp_ms, which schema 0.1 forbids.
+        stored = serialise(clean)
+    except SchemaError:
+        return Rejected("limits", "report field collect_timestamp_ms is out of range")
+    return Accepted(
+        session_id=clean.session_id,
+        seq_number=clean.seq_number,
+        collect_ms=clean.collect_timestamp_ms,
+        body=stored,
+        report=clean,
+        redactions=tuple(redactions),
+    )

@@ -1,0 +1,117 @@
+"""The one writer: a thread that drains a queue of jobs in batches against the store.
+
+Reports that arrive together are stored in one transaction (group commit): a handler waits
+for its batch, so a 2xx always means "stored", and one commit serves many senders. The
+queue is bounded by the caller (`pending`): beyond it the collector answers 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from usagestatsd.collector.store import SqlStore
+from usagestatsd.collector.validate import Accepted
+
+MAX_BATCH = 500
+log = structlog.get_logger()
+
+
+@dataclass
+class _Job:
+    kind: str  # "ingest" or "call"
+    payload: Any
+    future: asyncio.Future[Any]
+
+
+class Writer:
+    """Serialises every write; `ingest` and `call` are awaited from the event loop."""
+
+    def __init__(self, store: SqlStore, loop: asyncio.AbstractEventLoop) -> None:
+        self._store = store
+        self._loop = loop
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._thread = threading.Thread(target=self._run, name="collector-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Reports queued and not yet stored."""
+        return self._pending
+
+    async def ingest(self, item: Accepted) -> bool:
+        """Store one report; True when new, False when it was stored before."""
+        future: asyncio.Future[bool] = self._loop.create_future()
+        self._pending += 1
+        self._queue.put(_Job("ingest", item, future))
+        try:
+            return await future
+        finally:
+            self._pending -= 1
+
+    async def call(self, work: Callable[[SqlStore], Any]) -> Any:
+        """Run another write (deletion, retention) on the writer thread, in queue order."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put(_Job("call", work, future))
+        return await future
+
+    def stop(self) -> None:
+        """Finish queued jobs, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join(30)
+
+    def _settle(self, future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+        def apply() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+        self._loop.call_soon_threadsafe(apply)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            job = self._queue.get()
+            jobs: list[_Job] = []
+            while job is not None:
+                jobs.append(job)
+                if len(jobs) >= MAX_BATCH:
+                    break
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                stopping = True
+            self._process(jobs)
+
+    def _process(self, jobs: list[_Job]) -> None:
+        batch = [j for j in jobs if j.kind == "ingest"]
+        if batch:
+            try:
+                now_ms = int(time.time() * 1000)
+                new = self._store.ingest([j.payload for j in batch], now_ms)
+                for j, is_new in zip(batch, new, strict=True):
+                    self._settle(j.future, is_new, None)
+            except Exception as exc:
+                log.error("store.write_failed", error=type(exc).__name__, reports=len(batch))
+                for j in batch:
+                    self._settle(j.future, None, exc)
+        for j in jobs:
+            if j.kind == "call":
+                try:
+                    self._settle(j.future, j.payload(self._store), None)
+                except Exception as exc:
+                    log.error("store.write_failed", error=type(exc).__name__)
+                    self._settle(j.future, None, exc)
