@@ -116,12 +116,15 @@ sid=$(in_c python3 -c '
 import json
 print(json.load(open("/tmp/ray/session_latest/usage_stats.json"))["usage_stats"]["session_id"])')
 [ -n "$sid" ]; check "the daemon's session_id (usage_stats.json)" $? "$sid"
-wait_for 20 page_has / "$sid"
-check "GET / (the fleet page) shows the cluster's session" $?
+wait_for 20 page_has / "href=\"/sessions/$sid\""
+check "GET / (the fleet page) lists the cluster's session, linked to its reports" $?
 get / >"$wd/page.html"
-grep -qF "2.60" "$wd/page.html"; check "the fleet page shows its Ray version (2.60)" $?
-echo "  page: $(sed 's/<[^>]*>/ /g' "$wd/page.html" | tr -s ' \n' ' ' | cut -c1-200)"
-page_has "/sessions/$sid" "$sid"; check "GET /sessions/<id> shows the stored reports" $?
+grep -qF "<h1>Ray fleet usage</h1>" "$wd/page.html"; check "the page is the fleet page (heading)" $?
+grep -qF "2.60.0" "$wd/page.html"; check "the fleet page shows the cluster's Ray version (2.60.0)" $?
+# What a person reads there, roughly: the text without markup or style.
+echo "  page text: $(sed -e 's#<style>.*</style>##' -e 's/<[^>]*>/ /g' "$wd/page.html" | tr -s ' \n' ' ' | cut -c1-300)"
+page_has "/sessions/$sid" "<h1>Session $sid</h1>" && page_has "/sessions/$sid" "stored report(s)"
+check "GET /sessions/<id> shows the stored reports" $? "$(get "/sessions/$sid" | grep -o "[0-9]* stored report(s)")"
 page_has /api/fleet "{"; check "GET /api/fleet answers JSON" $?
 page_has /metrics "# "; check "GET /metrics answers Prometheus text" $?
 n=$(stored_reports "$sid"); [ "${n:-0}" -ge 1 ]
