@@ -122,7 +122,10 @@ get / >"$wd/page.html"
 grep -qF "<h1>Ray fleet usage</h1>" "$wd/page.html"; check "the page is the fleet page (heading)" $?
 grep -qF "2.60.0" "$wd/page.html"; check "the fleet page shows the cluster's Ray version (2.60.0)" $?
 # What a person reads there, roughly: the text without markup or style.
-echo "  page text: $(sed -e 's#<style>.*</style>##' -e 's/<[^>]*>/ /g' "$wd/page.html" | tr -s ' \n' ' ' | cut -c1-300)"
+python3 -c '
+import re, sys
+text = re.sub(r"<style>.*?</style>|<[^>]+>", " ", open(sys.argv[1]).read(), flags=re.S)
+print("  page text:", " ".join(text.split())[:400])' "$wd/page.html"
 page_has "/sessions/$sid" "<h1>Session $sid</h1>" && page_has "/sessions/$sid" "stored report(s)"
 check "GET /sessions/<id> shows the stored reports" $? "$(get "/sessions/$sid" | grep -o "[0-9]* stored report(s)")"
 page_has /api/fleet "{"; check "GET /api/fleet answers JSON" $?
@@ -136,6 +139,23 @@ out=$(in_c usagestatsd forget --session "$sid" 2>&1); rc=$?
 check "usagestatsd forget --session <id>: confirmed by the collector (exit 0)" "$rc" "$(tail -n1 <<<"$out")"
 n=$(stored_reports "$sid"); [ "$n" = 0 ]; check "nothing of that session is left in the database" $? "$n row(s)"
 ! page_has / "$sid"; check "the fleet page no longer shows it" $?
+
+# ---------------------------------------------------------------- secrets through collector.env
+# The settings file must be readable by the transient user; tokens go in collector.env (0600
+# root), which systemd reads before the service starts.
+in_c sh -ec 'mkdir -p -m 0755 /etc/usagestatsd-collector; umask 077
+    echo "USAGESTATSD_COLLECTOR_INGEST_TOKENS=e2e-token-0123456789abcdef" >/etc/usagestatsd-collector/collector.env'
+in_c systemctl restart usagestatsd-collector; rc=$?
+code=$(in_c python3 -c '
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=b"{}", method="POST"), timeout=10)
+    print(200)
+except urllib.error.HTTPError as e:
+    print(e.code)' "$URL/")
+[ "$rc" = 0 ] && [ "$code" = 401 ]
+check "collector.env (0600, root) sets an ingest token: a POST without it gets 401" $? "restart $rc, HTTP $code"
+in_c rm -rf /etc/usagestatsd-collector
 
 # ---------------------------------------------------------------- restart, remove, purge
 t=$(now_ms)
