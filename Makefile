@@ -37,7 +37,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) collector-deps
 	$(VPY) -m pytest -q tests --ignore=tests/e2e --ignore=tests/ray
 
 ## make bench: memory, start-up, CPU per report and idle cost, each beside its reference
@@ -57,12 +57,14 @@ $(DEBVENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(DEBVENV)
 	$(DEBVENV)/bin/python -m pip install -q --upgrade pip
 	$(DEBVENV)/bin/python -m pip install -q "aiohttp==3.8.4" "tenacity==8.2.1" "structlog==22.3.0" \
-		"python-daemon==2.3.2" "PyYAML==6.0.1" "pytest>=7.2" "pytest-asyncio>=0.20" "hypothesis>=6.60"
+		"python-daemon==2.3.2" "PyYAML==6.0.1" "pytest>=7.2" "pytest-asyncio>=0.20" "hypothesis>=6.60" \
+		"psycopg[binary]>=3.1,<3.2"
 	$(DEBVENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
-test-debian-libs: $(DEBVENV)/.installed
+test-debian-libs: $(DEBVENV)/.installed collector-deps
 	$(DEBVENV)/bin/python -m pytest -q tests --ignore=tests/e2e --ignore=tests/ray
 
 include mk/packaging.mk
+include mk/collector.mk
 include mk/ray.mk

@@ -226,8 +226,11 @@ class PostgresServer:
         )
 
 
-def start_postgres() -> PostgresServer | str:
-    """Start a throwaway PostgreSQL, or say why it cannot be had."""
+def start_postgres(durable: bool = False) -> PostgresServer | str:
+    """Start a throwaway PostgreSQL, or say why it cannot be had.
+
+    Tests run it without fsync (fast, disposable); the bench keeps the defaults (durable).
+    """
     bindir = postgres_bin()
     if bindir is None:
         return (
@@ -260,10 +263,9 @@ def start_postgres() -> PostgresServer | str:
                 "--no-sync",
             ]
         )
-        options = (
-            f"-p {server.port} -c listen_addresses=127.0.0.1 -k {directory} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
+        options = f"-p {server.port} -c listen_addresses=127.0.0.1 -k {directory}"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         server._as_user(
             [
                 str(bindir / "pg_ctl"),
@@ -282,3 +284,84 @@ def start_postgres() -> PostgresServer | str:
         detail = getattr(exc, "stderr", "") or str(exc)
         return f"PostgreSQL would not start: {detail.strip()[:300]}"
     return server
+
+
+# ---------------------------------------------------------------------------
+# A small fleet over the last days, stored directly, for the page's tests and screenshots.
+
+FLEET_VERSIONS = ("2.60.0", "2.47.1", "2.44.1", "2.40.0")
+FLEET_LIBRARIES = ("train", "tune", "serve", "data", "rllib")
+FLEET_CLOUDS = (
+    ("aws", "m5.2xlarge", "g5.12xlarge"),
+    ("gcp", "n2-standard-8", "a2-highgpu-1g"),
+    ("kubernetes", None, None),
+    ("unknown", None, None),
+)
+
+
+def populate(state_dir: Path, sessions: int = 40, days: int = 14) -> list[str]:
+    """Store a varied fleet in the SQLite database of `state_dir`; returns the session ids."""
+    from usagestatsd.collector.store import DAY_MS
+    from usagestatsd.collector.store_sqlite import SqliteStore
+    from usagestatsd.collector.validate import Accepted, validate
+
+    store = SqliteStore(state_dir / "collector.sqlite3")
+    store.migrate()
+    now = int(time.time() * 1000)
+    ids = []
+    for n in range(sessions):
+        sid = f"{n:04x}" + "c0ffee" * 5
+        ids.append(sid)
+        cloud, head, worker = FLEET_CLOUDS[n % len(FLEET_CLOUDS)]
+        nodes = (1, 2, 4, 8, 32, 100)[n % 6]
+        changes: dict[str, Any] = {
+            "ray_version": FLEET_VERSIONS[min(n % 7, 3)],
+            "library_usages": sorted({FLEET_LIBRARIES[n % 5], FLEET_LIBRARIES[(n * 3) % 4]}),
+            "cloud_provider": cloud,
+            "head_node_instance_type": head,
+            "worker_node_instance_types": [worker] if worker else None,
+            "total_num_nodes": nodes,
+            "total_num_cpus": nodes * 8,
+            "total_num_gpus": nodes * (n % 3) or None,
+        }
+        start = n % days
+        for day in range(start, min(days, start + 1 + n % 5)):
+            seq = day - start
+            body = json.dumps(sample_report(sid, seq, **changes)).encode()
+            result = validate(body, 1 << 16)
+            assert isinstance(result, Accepted)
+            store.ingest([result], now - (days - 1 - day) * DAY_MS)
+    store.close()
+    return ids
+
+
+def chromium() -> str | None:
+    """Debian's chromium, if installed."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium_run(url: str, profile: Path, *how: str) -> subprocess.CompletedProcess[str]:
+    """Headless chromium on a 127.0.0.1 URL (no sandbox: tests run as root)."""
+    browser = chromium()
+    assert browser is not None
+    return subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            *how,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )

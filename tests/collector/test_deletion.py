@@ -34,17 +34,24 @@ def _rows_mentioning(db: Path, session_id: str) -> int:
 async def test_daemon_reports_then_forget_leaves_nothing(
     demo_session: DemoCluster, temp_root: Path, state_dir: Path, tmp_path: Path
 ) -> None:
-    """usagestatsd run -> collector; usagestatsd forget -> every trace of the session is gone."""
-    with running_collector(tmp_path / "collector") as collector:
+    """usagestatsd run -> collector; usagestatsd forget -> every trace of the session is gone.
+
+    The collector requires a token, which usagestatsd sends as the password of its endpoint
+    URL (Basic auth): no daemon change is needed to use tokens.
+    """
+    token = "fleet-token-0123456789abcdef"
+    tokens = {"USAGESTATSD_COLLECTOR_INGEST_TOKENS": token}
+    with running_collector(tmp_path / "collector", env=tokens) as collector:
         other = sample_report("feedfacefeedfacefeedfacefeedface", 0)
-        assert collector.post(other).status == 200
-        env = daemon_env(temp_root, state_dir, collector.url)
+        auth = {"Authorization": f"Bearer {token}"}
+        assert collector.post(other, headers=auth).status == 200
+        url = collector.url.replace("http://", f"http://collector:{token}@")
+        env = daemon_env(temp_root, state_dir, url)
         settings = tmp_path / "usagestatsd.toml"
-        settings.write_text(
-            f'[[endpoints]]\nurl = "{collector.url}"\ndeletion_url = "{collector.url}delete"\n'
-        )
-        with running_daemon(env, settings_file=settings):
+        settings.write_text(f'[[endpoints]]\nurl = "{url}"\ndeletion_url = "{url}delete"\n')
+        with running_daemon(env, settings_file=settings) as daemon:
             await until(lambda: collector.get("/api/fleet").json()["reports_stored"] >= 3)
+        assert token not in "\n".join(daemon.lines)
         fleet = collector.get("/api/fleet").json()
         sid = next(
             s["session_id"]
@@ -65,7 +72,7 @@ async def test_daemon_reports_then_forget_leaves_nothing(
         assert [s["session_id"] for s in after["recent_sessions"]] == [other["session_id"]]
         assert after["reports_stored"] == 1
         again = collector.post(
-            json.dumps({"protocol": PROTOCOL, "session_ids": [sid]}).encode(), "delete"
+            json.dumps({"protocol": PROTOCOL, "session_ids": [sid]}).encode(), "delete", auth
         )
         assert again.status == 404
         metrics = collector.get("/metrics").body.decode()

@@ -1,0 +1,44 @@
+"""Screenshots of the collector's pages for docs/collector.md (headless chromium).
+
+Run: .venv/bin/python bench/collector_screens.py   (writes docs/collector-*.png)
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from tests.collector.harness import chromium, chromium_run, populate, running_collector
+
+DOCS = Path(__file__).parents[1] / "docs"
+
+
+def main() -> int:
+    """Populate a demo fleet, serve it, and screenshot the fleet page and one session."""
+    if chromium() is None:
+        print("chromium is not installed: apt-get install -y chromium", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "state"
+        ids = populate(state)
+        with running_collector(state) as collector:
+            shots = {
+                "collector-fleet.png": (collector.url, "1100,2000"),
+                "collector-session.png": (f"{collector.url}sessions/{ids[3]}", "1100,900"),
+            }
+            for name, (url, size) in shots.items():
+                result = chromium_run(
+                    url,
+                    Path(tmp) / "profile",
+                    f"--screenshot={DOCS / name}",
+                    f"--window-size={size}",
+                )
+                print(f"{name}: exit {result.returncode}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Both backends, one behaviour: rollups, aggregates, deletion, retention, migrations."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.collector.harness import PostgresServer, running_collector, sample_report
+from usagestatsd.collector.fleet import fleet
+from usagestatsd.collector.migrations import LATEST, SchemaTooNew
+from usagestatsd.collector.store import DAY_MS, SqlStore
+from usagestatsd.collector.store_sqlite import SqliteStore
+from usagestatsd.collector.validate import Accepted, validate
+
+NOW = 1_795_900_000_000
+
+
+def accepted(sid: str, seq: int, **changes: object) -> Accepted:
+    """A report through the same validation the collector runs."""
+    result = validate(json.dumps(sample_report(sid, seq, **changes)).encode(), 1 << 16)
+    assert isinstance(result, Accepted), result
+    return result
+
+
+def _fresh_database(server: PostgresServer) -> str:
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.dsn.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    """A migrated, empty store of each backend."""
+    opened: SqlStore
+    if request.param == "sqlite":
+        opened = SqliteStore(tmp_path / "c.sqlite3")
+    else:
+        from usagestatsd.collector.store_postgres import PostgresStore
+
+        opened = PostgresStore(_fresh_database(request.getfixturevalue("postgres")))
+    assert opened.migrate() == LATEST
+    yield opened
+    opened.close()
+
+
+def test_ingest_is_idempotent_and_rolls_up(store: SqlStore) -> None:
+    """Repeats in one batch and across batches are stored once; rollups follow the newest."""
+    a, b = "aa" * 16, "bb" * 16
+    batch = [
+        accepted(a, 0, library_usages=["train"], total_num_nodes=1),
+        accepted(a, 0, library_usages=["train"], total_num_nodes=1),
+        accepted(a, 2, library_usages=["serve"], total_num_nodes=8, total_num_gpus=4),
+        accepted(
+            b,
+            0,
+            ray_version="2.9.3",
+            cloud_provider="aws",
+            head_node_instance_type="m5.xlarge",
+            worker_node_instance_types=["g5.2xlarge"],
+        ),
+    ]
+    assert store.ingest(batch, NOW) == [True, False, True, True]
+    assert store.ingest([accepted(a, 1, total_num_nodes=2), batch[0]], NOW + 1) == [True, False]
+    assert store.counts() == (4, 2)
+    data = fleet(store, NOW + 2)
+    assert data["clusters"] == {"stored": 2, "seen_24h": 2, "seen_7d": 2}
+    a_row = next(s for s in data["recent_sessions"] if s["session_id"] == a)
+    assert (a_row["reports"], a_row["nodes"], a_row["gpus"]) == (3, 8, 4)  # seq 2 is newest
+    assert {r["name"]: r["share"] for r in data["libraries"]} == {"serve": 0.5, "train": 0.5}
+    assert {r["name"] for r in data["instance_types"]} == {"m5.xlarge", "g5.2xlarge"}
+    assert {r["name"]: r["clusters"] for r in data["clouds"]} == {"aws": 1, "unknown": 1}
+    nodes = {r["label"]: r["clusters"] for r in data["sizes"]["nodes"]}
+    assert nodes["5-16"] == 1 and nodes["1"] == 1
+    today = data["ray_versions_by_day"][-1]
+    assert today["day_ms"] == NOW // DAY_MS * DAY_MS
+    assert today["versions"] == {"2.60.0": 1, "2.9.3": 1}
+    assert [r.seq_number for r in store.session_reports(a)] == [2, 1, 0]
+
+
+def test_delete_and_retention(store: SqlStore) -> None:
+    """Deletion removes every row of a session; retention drops old reports and sessions."""
+    a, b, c = "aa" * 16, "bb" * 16, "cc" * 16
+    store.ingest([accepted(a, 0), accepted(b, 0)], NOW - 40 * DAY_MS)
+    store.ingest([accepted(b, 1), accepted(c, 0)], NOW)
+    assert store.delete_sessions([c, "dd" * 16]) == (1, 1)
+    assert store.delete_sessions([c]) == (0, 0)
+    assert store.expire(NOW - 30 * DAY_MS) == 2
+    data = fleet(store, NOW)
+    assert [s["session_id"] for s in data["recent_sessions"]] == [b]
+    assert data["recent_sessions"][0]["reports"] == 1
+    assert store.counts() == (1, 1)
+    assert [r.seq_number for r in store.session_reports(b)] == [1]
+    assert store.session_reports(a) == []
+
+
+def test_migrations_apply_once_and_refuse_newer(store: SqlStore) -> None:
+    """A second migrate is a no-op; a database from a newer collector is refused."""
+    assert store.migrate() == LATEST
+    store.read(lambda q: None)
+    with store.transaction(store._w):
+        store.run(store._w, "INSERT INTO schema_migrations VALUES (?, ?, ?)", (LATEST + 1, "x", 0))
+    with pytest.raises(SchemaTooNew):
+        store.migrate()
+
+
+@pytest.mark.postgres
+def test_collector_process_on_postgres(postgres: PostgresServer, tmp_path: Path) -> None:
+    """The real collector with a DSN: ingest, duplicate, page data, deletion."""
+    dsn = _fresh_database(postgres)
+    sid = "ab" * 16
+    with running_collector(tmp_path / "state", ["--database-url", dsn]) as c:
+        listening = next(e for e in c.events() if e["event"] == "collector.listening")
+        assert listening["backend"] == "postgresql"
+        assert c.post(sample_report(sid, 0)).json()["duplicate"] is False
+        assert c.post(sample_report(sid, 0)).json()["duplicate"] is True
+        assert c.get("/api/fleet").json()["clusters"]["seen_24h"] == 1
+        assert "Ray fleet usage" in c.get("/").body.decode()
+        body = {"protocol": "usagestatsd-deletion/1", "session_ids": [sid]}
+        assert c.post(body, "delete").status == 200
+        assert c.get(f"/api/sessions/{sid}").status == 404
+        logs = "\n".join(c.lines)
+    assert not (tmp_path / "state" / "collector.sqlite3").exists()
+    assert dsn not in logs
