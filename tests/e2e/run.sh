@@ -72,7 +72,7 @@ fi
 if [ "${USAGESTATSD_E2E_RPM:-1}" = 0 ]; then
     results+=("$(printf 'SKIP %-16s %8s  %s' rpm-systemd - 'USAGESTATSD_E2E_RPM=0')")
 elif [ $rpm_ok = 0 ]; then
-    step rpm-systemd "$here/rpm-systemd.sh" "$rpm"
+    step rpm-systemd "$here/rpm-systemd.sh" "$rpm" "$collector_rpm"
     grep -E '^rpm-systemd: (PASS|FAIL)' "$logs/rpm-systemd.log" | sed 's/^/    /'
 else
     skip rpm-systemd "needs the .rpm"
