@@ -145,9 +145,11 @@ async def run(root: Path, interval_s: float, port: int, stopping: asyncio.Event)
             f"127.0.0.1:{port}",
             "--state-dir",
             str(collector_state),
-            # No settings file of this machine's packaged collector.
+            # Not the settings file of this machine's packaged collector, if there is one.
             "--config",
-            str(root / "collector.toml"),
+            os.devnull,
+            "--log-format",
+            "console",
             env=env,
         )
         children.append(collector)
@@ -231,7 +233,8 @@ async def main_async(interval_s: float, port: int) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stopping.set)
-    root = Path(tempfile.mkdtemp(prefix="usagestatsd-run-collector-"))
+    # Short: Unix socket paths under it (the demo session's) must stay within 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="usd-run-collector-"))
     try:
         return await run(root, interval_s, port or free_port(), stopping)
     finally:
