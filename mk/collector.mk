@@ -1,9 +1,10 @@
 # usagestatsd-collector: test and bench targets (included from the Makefile).
 .PHONY: collector-deps test-collector bench-collector collector-screenshots
 
-## collector-deps: Debian's postgresql (initdb/pg_ctl, no service started) and headless
-## chromium, which the collector's tests use; installed with apt when missing. Without apt
-## (or offline) the tests that need them skip loudly, naming what is missing.
+## collector-deps: Debian's postgresql (for initdb/pg_ctl; the "main" cluster the package
+## creates is dropped again: the tests run their own throwaway cluster) and headless
+## chromium, installed with apt when missing. Without apt (or offline) the tests that need
+## them skip loudly, naming what is missing.
 collector-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
@@ -14,8 +15,9 @@ collector-deps:
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 				--no-install-recommends $$missing >/dev/null) \
 			|| echo "make: WARNING: could not install$$missing; those tests will be skipped"; \
-			if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
-				systemctl stop postgresql >/dev/null 2>&1 || true; fi; \
+			case "$$missing" in *postgresql*) \
+				for v in $$(ls /etc/postgresql 2>/dev/null); do \
+					pg_dropcluster --stop "$$v" main >/dev/null 2>&1 || true; done;; esac; \
 		else echo "make: WARNING: cannot install$$missing (not root or no apt-get)"; fi; \
 	fi
 

@@ -62,6 +62,7 @@ class CollectorProcess:
     lines: list[str]
     url: str
     state_dir: Path
+    pump: threading.Thread
 
     def post(self, report: Any, path: str = "", headers: Mapping[str, str] | None = None) -> Answer:
         """POST a report (dict, or raw bytes) to the collector."""
@@ -72,23 +73,32 @@ class CollectorProcess:
         """GET a path."""
         return http(self.url + path.lstrip("/"))
 
-    def events(self) -> list[dict[str, Any]]:
-        """The JSON log events so far."""
-        out = []
-        for line in list(self.lines):
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
+    def events(self, name: str | None = None, at_least: int = 0) -> list[dict[str, Any]]:
+        """The JSON log events so far (only `name`, when given), waiting up to 10 s until
+        there are `at_least` of them: a line is written after the answer is sent."""
+        deadline = time.monotonic() + 10
+        while True:
+            out = []
+            for line in list(self.lines):
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if name is None or event.get("event") == name:
+                        out.append(event)
+            if len(out) >= at_least or time.monotonic() > deadline:
+                return out
+            time.sleep(0.02)
 
     def stop(self) -> int:
-        """SIGTERM and wait; the exit status."""
+        """SIGTERM and wait; the exit status (every log line has been read by then)."""
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
-            return self.proc.wait(10)
+            code = self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            code = self.proc.wait()
+        self.pump.join(10)
+        return code
 
 
 def run_collector(
@@ -135,13 +145,14 @@ def start_collector(
         for raw in proc.stdout:
             lines.append(raw.decode(errors="replace").rstrip("\n"))
 
-    threading.Thread(target=pump, daemon=True).start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for line in list(lines):
             if '"collector.listening"' in line:
                 url = json.loads(line)["url"]
-                return CollectorProcess(proc, lines, url, state_dir)
+                return CollectorProcess(proc, lines, url, state_dir, reader)
         if proc.poll() is not None:
             time.sleep(0.2)
             break
@@ -194,6 +205,14 @@ class PostgresServer:
     def dsn(self) -> str:
         """Where the collector connects (trust authentication, loopback only)."""
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    def restart(self) -> None:
+        """Restart the server (every client connection is cut)."""
+        data = str(self.directory / "data")
+        log = str(self.directory / "log")
+        self._as_user(
+            [str(self.bindir / "pg_ctl"), "-D", data, "-l", log, "-m", "fast", "-w", "restart"]
+        )
 
     def stop(self) -> None:
         """Stop fast and remove the directory."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,7 +117,7 @@ def test_collector_process_on_postgres(postgres: PostgresServer, tmp_path: Path)
     dsn = _fresh_database(postgres)
     sid = "ab" * 16
     with running_collector(tmp_path / "state", ["--database-url", dsn]) as c:
-        listening = next(e for e in c.events() if e["event"] == "collector.listening")
+        listening = c.events("collector.listening", at_least=1)[0]
         assert listening["backend"] == "postgresql"
         assert c.post(sample_report(sid, 0)).json()["duplicate"] is False
         assert c.post(sample_report(sid, 0)).json()["duplicate"] is True
@@ -125,6 +126,41 @@ def test_collector_process_on_postgres(postgres: PostgresServer, tmp_path: Path)
         body = {"protocol": "usagestatsd-deletion/1", "session_ids": [sid]}
         assert c.post(body, "delete").status == 200
         assert c.get(f"/api/sessions/{sid}").status == 404
+        c.stop()
         logs = "\n".join(c.lines)
     assert not (tmp_path / "state" / "collector.sqlite3").exists()
     assert dsn not in logs
+
+
+@pytest.mark.postgres
+def test_collector_survives_a_postgres_restart(postgres: PostgresServer, tmp_path: Path) -> None:
+    """The server restarts: at most a 503 (Retry-After) for the batch that hit it, then 200s."""
+    dsn = _fresh_database(postgres)
+    with running_collector(tmp_path / "state", ["--database-url", dsn]) as c:
+        assert c.post(sample_report("ab" * 16, 0)).status == 200
+        postgres.restart()
+        answers = [c.post(sample_report("ab" * 16, seq)) for seq in range(1, 4)]
+        assert [a.status for a in answers[1:]] == [200, 200]
+        assert answers[0].status in (200, 503)
+        if answers[0].status == 503:
+            assert answers[0].headers["Retry-After"].isdigit()
+        assert c.get("/api/fleet").status in (200, 500)  # the reader reconnects on failure
+        assert c.get("/api/fleet").json()["reports_stored"] >= 3
+        assert c.events("store.reconnected", at_least=1)
+
+
+def test_retention_setting_expires_old_reports_at_start(tmp_path: Path) -> None:
+    """--retention-days 1: a report received two days ago is gone once the collector runs."""
+    state = tmp_path / "state"
+    store = SqliteStore(state / "collector.sqlite3")
+    store.migrate()
+    now = int(time.time() * 1000)
+    store.ingest([accepted("aa" * 16, 0)], now - 2 * DAY_MS)
+    store.ingest([accepted("bb" * 16, 0)], now)
+    store.close()
+    with running_collector(state, ["--retention-days", "1"]) as c:
+        expired = c.events("retention.expired", at_least=1)
+        assert expired[0]["reports"] == 1 and expired[0]["retention_days"] == 1
+        assert c.get(f"/api/sessions/{'aa' * 16}").status == 404
+        assert c.get("/api/fleet").json()["reports_stored"] == 1
+        assert "reports_expired_total 1" in c.get("/metrics").body.decode()

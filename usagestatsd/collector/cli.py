@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import signal
 import sys
@@ -31,6 +32,27 @@ from usagestatsd.systemd import Notifier
 EXIT_CONFIG = 78
 RETENTION_EVERY_S = 3600.0
 log = structlog.get_logger()
+
+
+class _WithholdAddresses(logging.Filter):
+    """aiohttp logs a failed request with the peer's address (and the exception's text can
+    quote its headers). Those records are replaced by one event naming the error kind only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiohttp"):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        log.error(
+            "http.request_failed",
+            error=type(error).__name__ if error else record.levelname.lower(),
+            detail="address, headers and body withheld",
+        )
+        return False
+
+
+def _withhold_addresses() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WithholdAddresses())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"usagestatsd-collector: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(settings.log_format, settings.log_level, settings.journal_stream)
+    _withhold_addresses()
     try:
         store = open_store(settings)
     except SchemaTooNew as exc:

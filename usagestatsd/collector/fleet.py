@@ -73,11 +73,17 @@ def _query(q: Callable[..., Cursor], now_ms: int) -> dict[str, Any]:
     ).fetchall():
         by_day.setdefault(int(day), {})[str(version)] = int(count)
 
-    def grouped(column: str) -> list[tuple[Any, Any]]:
-        rows: list[tuple[Any, Any]] = q(
-            f"SELECT {column}, COUNT(*) FROM sessions GROUP BY {column}"
-        ).fetchall()
-        return rows
+    # One pass over the sessions for every per-cluster breakdown (sizes and clouds).
+    shapes = q(
+        "SELECT total_num_nodes, total_num_cpus, total_num_gpus, cloud_provider, COUNT(*) "
+        "FROM sessions GROUP BY total_num_nodes, total_num_cpus, total_num_gpus, cloud_provider"
+    ).fetchall()
+
+    def grouped(index: int) -> list[tuple[Any, Any]]:
+        counts: dict[Any, int] = {}
+        for row in shapes:
+            counts[row[index]] = counts.get(row[index], 0) + int(row[4])
+        return list(counts.items())
 
     def facet(name: str) -> list[tuple[Any, Any]]:
         rows: list[tuple[Any, Any]] = q(
@@ -87,7 +93,7 @@ def _query(q: Callable[..., Cursor], now_ms: int) -> dict[str, Any]:
         ).fetchall()
         return rows
 
-    clouds = sorted(grouped("cloud_provider"), key=lambda r: (-int(r[1]), str(r[0])))[:TOP]
+    clouds = sorted(grouped(3), key=lambda r: (-int(r[1]), str(r[0])))[:TOP]
     recent = q(
         "SELECT session_id, first_ms, last_ms, reports, ray_version, cloud_provider, "
         "total_num_nodes, total_num_cpus, total_num_gpus FROM sessions "
@@ -104,9 +110,9 @@ def _query(q: Callable[..., Cursor], now_ms: int) -> dict[str, Any]:
         "libraries": _top(facet("library"), total),
         "hardware": _top(facet("hardware"), total),
         "sizes": {
-            "nodes": _bucket(grouped("total_num_nodes")),
-            "cpus": _bucket(grouped("total_num_cpus")),
-            "gpus": _bucket(grouped("total_num_gpus")),
+            "nodes": _bucket(grouped(0)),
+            "cpus": _bucket(grouped(1)),
+            "gpus": _bucket(grouped(2)),
         },
         "clouds": _top(clouds, total),
         "instance_types": _top(facet("instance_type"), total),

@@ -113,6 +113,9 @@ class SqlStore:
         if rows:
             conn.cursor().executemany(self.sql(text), rows)
 
+    def recover(self, which: str) -> None:
+        """After a failed statement: replace a broken connection ('write' or 'read')."""
+
     def close(self) -> None:
         """Close both connections."""
         self._w.close()
@@ -237,8 +240,13 @@ class SqlStore:
     # -- reads (any thread) ------------------------------------------------------------
     def read(self, work: Callable[[Callable[..., Cursor]], Any]) -> Any:
         """Run read-only queries on the read connection, one caller at a time."""
-        with self._read_lock, self.transaction(self._r):
-            return work(lambda text, params=(): self.run(self._r, text, params))
+        with self._read_lock:
+            try:
+                with self.transaction(self._r):
+                    return work(lambda text, params=(): self.run(self._r, text, params))
+            except Exception:
+                self.recover("read")
+                raise
 
     def session_reports(self, session_id: str, limit: int = 1000) -> list[StoredReport]:
         """The newest `limit` stored reports of one session, newest first."""

@@ -6,7 +6,11 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import structlog
+
 from usagestatsd.collector.store import SqlStore
+
+log = structlog.get_logger()
 
 
 class DriverMissing(Exception):
@@ -31,7 +35,27 @@ class PostgresStore(SqlStore):
     backend = "postgresql"
 
     def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
         super().__init__(_connect(dsn), _connect(dsn))
+
+    def recover(self, which: str) -> None:
+        """A restarted or unreachable server breaks the connection: open a new one (once;
+        if that fails too, the next failed statement tries again)."""
+        conn = self._w if which == "write" else self._r
+        if not (conn.closed or conn.broken):
+            return
+        with contextlib.suppress(Exception):
+            conn.close()
+        try:
+            fresh = _connect(self._dsn)
+        except Exception as exc:
+            log.warning("store.reconnect_failed", error=type(exc).__name__)
+            return
+        log.info("store.reconnected", connection=which)
+        if which == "write":
+            self._w = fresh
+        else:
+            self._r = fresh
 
     def sql(self, text: str) -> str:
         """psycopg's placeholders are %s (the shared SQL never holds a literal ? or %)."""

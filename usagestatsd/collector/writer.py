@@ -108,6 +108,7 @@ class Writer:
                 log.error("store.write_failed", error=type(exc).__name__, reports=len(batch))
                 for j in batch:
                     self._settle(j.future, None, exc)
+                self._store.recover("write")
         for j in jobs:
             if j.kind == "call":
                 try:
@@ -115,3 +116,4 @@ class Writer:
                 except Exception as exc:
                     log.error("store.write_failed", error=type(exc).__name__)
                     self._settle(j.future, None, exc)
+                    self._store.recover("write")
