@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from usagestatsd.settings import SettingsError
 
 def test_defaults_and_layers(tmp_path: Path) -> None:
     """Loopback by default; file < environment (STATE_DIRECTORY) < command line."""
-    absent = load_settings({}, {}, None)  # the default file is absent on a test machine
+    absent = load_settings({}, {}, Path(os.devnull))  # no settings file at all
     assert absent.listen == ("127.0.0.1", 18924)
     assert absent.database == "sqlite:////var/lib/usagestatsd-collector/collector.sqlite3"
     config = tmp_path / "collector.toml"
@@ -95,3 +96,12 @@ def test_ready_under_systemd(tmp_path: Path) -> None:
             assert "READY=1" in ready and "STATUS=Listening on 127.0.0.1:" in ready
             assert c.stop() == 0
         assert "STOPPING=1" in sock.recv(4096).decode()
+
+
+def test_absent_default_file_is_fine_but_a_named_one_must_exist(tmp_path: Path) -> None:
+    """The default /etc file may be missing; a --config that names a missing file may not."""
+    from usagestatsd.collector.settings import read_settings_file
+
+    assert read_settings_file(tmp_path / "missing.toml", explicit=False) == {}
+    with pytest.raises(SettingsError, match="invalid setting config"):
+        read_settings_file(tmp_path / "missing.toml", explicit=True)

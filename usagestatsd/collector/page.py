@@ -20,7 +20,8 @@ h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; }
 .grid { display: flex; flex-wrap: wrap; gap: 10px 30px; }
 table { border-collapse: collapse; font-size: 13px; }
 td, th { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; }
-pre { background: #f6f6f6; padding: 8px; overflow-x: auto; font-size: 12px; }
+pre { background: #f6f6f6; padding: 8px; font-size: 12px;
+      white-space: pre-wrap; overflow-wrap: anywhere; }
 .muted { color: #666; font-size: 13px; }
 """
 
