@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit venv clean bench soak test-ray test-debian-libs
+.PHONY: run run-collector test lint typecheck unit venv clean bench soak test-ray test-debian-libs
 
 $(STAMP): pyproject.toml
 	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
@@ -23,12 +23,16 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/usagestatsd demo
 
+## make run-collector: the demo session, the daemon reporting into a usagestatsd-collector, the fleet page at a printed 127.0.0.1 URL. Ctrl-C stops.
+run-collector: $(STAMP)
+	$(VPY) tools/run_collector.py
+
 ## make test: ruff, mypy --strict, pytest
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check usagestatsd tests bench
-	$(VENV)/bin/ruff format --check usagestatsd tests bench
+	$(VENV)/bin/ruff check usagestatsd tests bench tools
+	$(VENV)/bin/ruff format --check usagestatsd tests bench tools
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -2,13 +2,15 @@
 #   make deb               dist/usagestatsd_<version>_all.deb (dpkg-buildpackage; lintian clean)
 #   make rpm               dist/usagestatsd-<version>-1.noarch.rpm (rpmbuild; rpmlint clean)
 #   make compare-packages  the two install the same files in the same places
-#   make e2e               all of the above, then both packages under real systemd (root; < 10 min)
+#   make e2e               all of the above, then the packages under real systemd (root; < 10 min)
+#   make newcomer          the README's `make test` and `make run` in a fresh Debian 12 container,
+#                          from a `git clone` of HEAD, as root and as an unprivileged user (root)
 # Build dependencies are installed with apt when missing. See docs/packaging.md.
 
 # Including this file must not change the Makefile's default goal.
 _packaging_default_goal := $(.DEFAULT_GOAL)
 
-.PHONY: deb rpm compare-packages e2e
+.PHONY: deb rpm compare-packages e2e newcomer
 
 deb:
 	packaging/build-deb.sh dist
@@ -21,5 +23,9 @@ compare-packages:
 
 e2e:
 	tests/e2e/run.sh
+
+## make newcomer: a fresh Debian 12 container, `git clone` of HEAD, the README's make test and make run, as root and as a user
+newcomer:
+	tests/e2e/newcomer.sh
 
 .DEFAULT_GOAL := $(_packaging_default_goal)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build usagestatsd_<version>_all.deb (and its native source package) with Debian's own
-# tooling from packaging/debian/, then check both with lintian (no errors, no warnings).
+# Build usagestatsd_<version>_all.deb and usagestatsd-collector_<version>_all.deb (and their
+# native source package) with Debian's own tooling from packaging/debian/, then check them
+# with lintian (no errors, no warnings).
 #   packaging/build-deb.sh [OUTDIR]      (default: dist/ in the checkout)
 # Installs the build dependencies with apt when they are missing (needs root then).
 set -euo pipefail
@@ -60,16 +61,27 @@ say "dpkg-buildpackage in $src"
 arch=$(dpkg --print-architecture)
 changes=$work/usagestatsd_${version}_${arch}.changes
 deb=$work/usagestatsd_${version}_all.deb
-[ -f "$deb" ] && [ -f "$changes" ] || { say "FAIL: no $deb or $changes"; exit 1; }
+collector_deb=$work/usagestatsd-collector_${version}_all.deb
+for f in "$deb" "$collector_deb" "$changes"; do
+    [ -f "$f" ] || { say "FAIL: no $f"; exit 1; }
+done
+# One source tree, two binary packages: the daemon's must not carry the collector.
+if dpkg-deb -c "$deb" | grep -E '/usagestatsd/collector/|usagestatsd-collector' >&2; then
+    say "FAIL: $(basename "$deb") holds collector files (above)"
+    exit 1
+fi
 
-say "lintian --fail-on error,warning $(basename "$deb") $(basename "$changes")"
+say "lintian --fail-on error,warning $(basename "$deb") $(basename "$collector_deb") $(basename "$changes")"
 # --pedantic would add style opinions; errors and warnings are what must be clean.
 lintian --fail-on error,warning --display-info --tag-display-limit 0 "$deb" | tee "$work/lintian-deb.log" >&2
+lintian --fail-on error,warning --display-info --tag-display-limit 0 "$collector_deb" \
+    | tee "$work/lintian-collector-deb.log" >&2
 lintian --fail-on error,warning --display-info --tag-display-limit 0 "$changes" | tee "$work/lintian-changes.log" >&2
 
-for f in "$deb" "$changes" "$work"/usagestatsd_"$version".dsc "$work"/usagestatsd_"$version".tar.* \
+for f in "$deb" "$collector_deb" "$changes" "$work"/usagestatsd_"$version".dsc "$work"/usagestatsd_"$version".tar.* \
     "$work"/usagestatsd_"${version}"_"$arch".buildinfo; do
     cp "$f" "$out/"
 done
-say "built $out/$(basename "$deb")"
+say "built $out/$(basename "$deb") and $out/$(basename "$collector_deb")"
 dpkg-deb --info "$deb" | sed -n '/Package:/,$p' >&2
+dpkg-deb --info "$collector_deb" | sed -n '/Package:/,/^ Description/p' >&2

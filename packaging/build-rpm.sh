@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build usagestatsd-<version>-1.noarch.rpm with rpmbuild from packaging/rpm/usagestatsd.spec,
-# then show `rpm -qp --requires --scripts -l` and run rpmlint when it is installed.
+# Build usagestatsd-<version>-1.noarch.rpm and its subpackage
+# usagestatsd-collector-<version>-1.noarch.rpm with rpmbuild from packaging/rpm/usagestatsd.spec,
+# then show `rpm -qp --requires` and run rpmlint when it is installed.
 #   packaging/build-rpm.sh [OUTDIR]      (default: dist/ in the checkout)
 # On Debian, installs rpm and the Python build tools with apt when missing (needs root then).
 set -euo pipefail
@@ -47,25 +48,40 @@ rpmbuild -bb --nodeps --define "_topdir $work" "$spec" >"$work/build.log" 2>&1 |
     exit 1
 }
 rpm=$work/RPMS/noarch/usagestatsd-$version-1.noarch.rpm
-[ -f "$rpm" ] || { say "FAIL: no $rpm"; exit 1; }
-cp "$rpm" "$out/"
+collector_rpm=$work/RPMS/noarch/usagestatsd-collector-$version-1.noarch.rpm
+for f in "$rpm" "$collector_rpm"; do
+    [ -f "$f" ] || { say "FAIL: no $f"; exit 1; }
+done
+# One source tree, two binary packages: the daemon's must not carry the collector.
+if rpm -qp -l "$rpm" | grep -E '/usagestatsd/collector/|usagestatsd-collector' >&2; then
+    say "FAIL: $(basename "$rpm") holds collector files (above)"
+    exit 1
+fi
+cp "$rpm" "$collector_rpm" "$out/"
 
-{
-    echo "== rpm -qp --info"; rpm -qp --info "$rpm"
-    echo "== rpm -qp --requires"; rpm -qp --requires "$rpm"
-    echo "== rpm -qp --provides"; rpm -qp --provides "$rpm"
-    echo "== rpm -qp --scripts"; rpm -qp --scripts "$rpm"
-    echo "== rpm -qp -l"; rpm -qp -l "$rpm"
-    echo "== rpm -qp --configfiles"; rpm -qp --configfiles "$rpm"
-} >"$work/rpm-query.log" 2>&1
-sed -n '/== rpm -qp --requires/,/== rpm -qp --provides/p' "$work/rpm-query.log" | sed '$d' >&2
+for r in "$rpm" "$collector_rpm"; do
+    echo "==== $(basename "$r")"
+    echo "== rpm -qp --info"; rpm -qp --info "$r"
+    echo "== rpm -qp --requires"; rpm -qp --requires "$r"
+    echo "== rpm -qp --provides"; rpm -qp --provides "$r"
+    echo "== rpm -qp --scripts"; rpm -qp --scripts "$r"
+    echo "== rpm -qp -l"; rpm -qp -l "$r"
+    echo "== rpm -qp --configfiles"; rpm -qp --configfiles "$r"
+done >"$work/rpm-query.log" 2>&1
+awk '/^==== /{print} /^== rpm -qp --requires/{on=1} /^== rpm -qp --provides/{on=0} on' \
+    "$work/rpm-query.log" >&2
 if command -v rpmlint >/dev/null; then
-    say "rpmlint $(basename "$rpm") $(basename "$spec")"
-    rpmlint -c "$top/packaging/rpm/rpmlint.toml" "$rpm" "$spec" 2>&1 | tee "$work/rpmlint.log" >&2 || {
+    say "rpmlint $(basename "$rpm") $(basename "$collector_rpm") $(basename "$spec")"
+    rpmlint -c "$top/packaging/rpm/rpmlint.toml" "$rpm" "$collector_rpm" "$spec" 2>&1 \
+        | tee "$work/rpmlint.log" >&2 || {
         say "FAIL: rpmlint reports errors (log: $work/rpmlint.log)"
+        exit 1
+    }
+    grep -q ' 0 errors, 0 warnings' "$work/rpmlint.log" || {
+        say "FAIL: rpmlint reports warnings (log: $work/rpmlint.log)"
         exit 1
     }
 else
     say "rpmlint is not installed (apt-get install rpmlint): skipped"
 fi
-say "built $out/$(basename "$rpm") (queries: $work/rpm-query.log)"
+say "built $out/$(basename "$rpm") and $out/$(basename "$collector_rpm") (queries: $work/rpm-query.log)"

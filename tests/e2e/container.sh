@@ -115,15 +115,20 @@ cmd_root() {
     need_root
     ensure_host_tools
     mkdir -p "$CACHE"
+    # The lock guards the build only. It is released (fd 9 closed) before returning: `boot`
+    # would otherwise hand the open, locked fd to systemd-nspawn, and every other boot on
+    # the machine would wait until that container stopped.
     exec 9>"$CACHE/lock"
     flock 9
     if [ -d "$PRISTINE" ] && [ "$(cat "$PRISTINE/.usagestatsd-e2e-recipe" 2>/dev/null)" = "$RECIPE" ]; then
+        exec 9>&-
         echo "$PRISTINE"
         return 0
     fi
     build_root "$PRISTINE.new"
     rm -rf "$PRISTINE"
     mv "$PRISTINE.new" "$PRISTINE"
+    exec 9>&-
     say "pristine root ready"
     echo "$PRISTINE"
 }

@@ -4,15 +4,21 @@
 # can fetch rpm): `rpm -i --nodeps` (Debian's python3-* packages stand in for the RPM
 # requirements; a .pth file puts the RPM's site-packages on Debian's Python path), then
 # checks %post (notice, preset, enabled, started), an upgrade (try-restart), and erasure
-# (%preun disable --now, %postun state removal, %ghost consent file). Needs root.
-#   tests/e2e/rpm-systemd.sh [RPM]      (default: dist/usagestatsd-<version>-1.noarch.rpm)
+# (%preun disable --now, %postun state removal, %ghost consent file); and the collector's
+# subpackage (%post collector: preset, started; erasure: stopped, disabled, database kept).
+# Needs root.
+#   tests/e2e/rpm-systemd.sh [RPM [COLLECTOR_RPM]]
+#   (default: dist/usagestatsd-<version>-1.noarch.rpm, dist/usagestatsd-collector-<version>-1.noarch.rpm)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 C=$here/container.sh
 version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$top/pyproject.toml" | head -n1)
 rpm=$(realpath "${1:-$top/dist/usagestatsd-${version}-1.noarch.rpm}")
-[ -f "$rpm" ] || { echo "rpm-systemd: FAIL: $rpm is not built (make rpm)" >&2; exit 1; }
+crpm=$(realpath "${2:-$(dirname "$rpm")/usagestatsd-collector-${version}-1.noarch.rpm}")
+for f in "$rpm" "$crpm"; do
+    [ -f "$f" ] || { echo "rpm-systemd: FAIL: $f is not built (make rpm)" >&2; exit 1; }
+done
 wd=$(mktemp -d /tmp/usagestatsd-e2e-rpm.XXXXXX)
 trap '"$C" stop "$wd" >/dev/null 2>&1 || true; rm -rf "$wd"' EXIT
 
@@ -32,7 +38,7 @@ wait_active() {
 "$C" boot "$wd" --network=host >/dev/null
 in_c sh -ec 'apt-get update -qq && apt-get install -y -qq --no-install-recommends rpm >/dev/null' \
     || { echo "rpm-systemd: FAIL: cannot install rpm in the container (network?)" >&2; exit 1; }
-"$C" push "$wd" "$rpm" /root
+"$C" push "$wd" "$rpm" "$crpm" /root
 name=$(basename "$rpm")
 set +e
 pyver=$(in_c python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -59,6 +65,33 @@ sleep 0.5
 [ "$rc" = 0 ] && [ "$(prop ActiveState)" = active ] && [ "$(prop MainPID)" != "$pid" ]
 check "upgrade (rpm -U --replacepkgs): try-restart ran the new files" $? "pid $pid -> $(prop MainPID)"
 ! grep -q 'ENABLED by default' <<<"$out"; check "no notice on upgrade" $?
+
+# The collector's subpackage, beside the daemon.
+cname=$(basename "$crpm")
+cprop() { in_c systemctl show -p "$1" --value usagestatsd-collector; }
+# This container shares the host's network (for apt): a free port, not 18924, which the host
+# or another run may be using; set in the settings file, as an operator would.
+cport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+in_c sh -ec "mkdir -p /etc/usagestatsd-collector
+    echo 'listen = \"127.0.0.1:$cport\"' >/etc/usagestatsd-collector/collector.toml"
+out=$(in_c rpm -i --nodeps "/root/$cname" 2>&1); rc=$?
+check "rpm -i $cname" "$rc" "$(tail -n1 <<<"$out")"
+[ "$(cprop UnitFileState)" = enabled ]; check "collector: enabled through systemctl preset" $? "$(cprop UnitFileState)"
+for _ in $(seq 100); do [ "$(cprop ActiveState)" = active ] && break; sleep 0.1; done
+[ "$(cprop ActiveState)" = active ]; check "collector: started (Type=notify)" $? "$(cprop ActiveState)/$(cprop SubState)"
+in_c python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)' \
+    "http://127.0.0.1:$cport/healthz"
+check "collector: GET /healthz on 127.0.0.1:$cport (listen in /etc/usagestatsd-collector/collector.toml)" $?
+in_c test -f /var/lib/private/usagestatsd-collector/collector.sqlite3
+check "collector: its database in /var/lib/private/usagestatsd-collector (DynamicUser=)" $?
+out=$(in_c rpm -e usagestatsd-collector 2>&1); rc=$?
+check "rpm -e usagestatsd-collector" "$rc" "$(tail -n1 <<<"$out")"
+in_c test -e /etc/systemd/system/multi-user.target.wants/usagestatsd-collector.service; r=$?
+[ "$(cprop ActiveState)" = inactive ] && [ "$r" != 0 ] && ! in_c test -e /usr/bin/usagestatsd-collector
+check "collector: erasure stopped and disabled it and removed the program" $? "$(cprop ActiveState)"
+in_c test -f /var/lib/private/usagestatsd-collector/collector.sqlite3
+check "collector: erasure keeps the database (the fleet's reports)" $?
+in_c usagestatsd --version >/dev/null; check "the daemon still works after the collector's erasure" $?
 
 in_c sh -c 'echo "# changed" >>/etc/usagestatsd/usagestatsd.toml'
 in_c systemctl enable usagestatsd-provider@root.service >/dev/null 2>&1

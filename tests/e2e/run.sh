@@ -6,7 +6,9 @@
 #      against the daemon's settings (check-settings-file.sh), the container harness (smoke.sh)
 #   4. the unit's sandbox under real systemd with a stand-in daemon (sandbox.sh)
 #   5. the .deb installed with apt under real systemd, used, opted out of and purged (deb-systemd.sh)
-#   6. the .rpm's scriptlets under real systemd (rpm-systemd.sh; USAGESTATSD_E2E_RPM=0 skips it)
+#   6. both .debs installed together under real systemd: the daemon reports into the collector
+#      on the same machine and the fleet page shows the cluster (collector-systemd.sh)
+#   7. the .rpm's scriptlets under real systemd (rpm-systemd.sh; USAGESTATSD_E2E_RPM=0 skips it)
 # Prints one PASS/FAIL line per step with its time, then a summary; exits 1 if any failed.
 # Every step's output is in build/e2e/<step>.log.
 set -uo pipefail
@@ -18,6 +20,8 @@ mkdir -p "$logs"
 version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$top/pyproject.toml" | head -n1)
 deb=$top/dist/usagestatsd_${version}_all.deb
 rpm=$top/dist/usagestatsd-${version}-1.noarch.rpm
+collector_deb=$top/dist/usagestatsd-collector_${version}_all.deb
+collector_rpm=$top/dist/usagestatsd-collector-${version}-1.noarch.rpm
 
 now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
 results=() failed=0 start=$(now_ms)
@@ -42,7 +46,7 @@ skip() { results+=("$(printf 'FAIL %-16s %8s  %s' "$1" skipped "$2")"); failed=$
 step deb "$top/packaging/build-deb.sh" "$top/dist"; deb_ok=$?
 step rpm "$top/packaging/build-rpm.sh" "$top/dist"; rpm_ok=$?
 if [ $deb_ok = 0 ] && [ $rpm_ok = 0 ]; then
-    step compare-packages "$here/compare-packages.sh" --require "$deb" "$rpm"
+    step compare-packages "$here/compare-packages.sh" --require "$deb" "$rpm" "$collector_deb" "$collector_rpm"
 else
     skip compare-packages "needs both packages"
 fi
@@ -56,13 +60,19 @@ if [ $deb_ok = 0 ]; then
 else
     skip deb-systemd "needs the .deb"
 fi
+if [ $deb_ok = 0 ]; then
+    step collector-systemd "$here/collector-systemd.sh" "$deb" "$collector_deb"
+    grep -E '^collector-systemd: (PASS|FAIL)' "$logs/collector-systemd.log" | sed 's/^/    /'
+else
+    skip collector-systemd "needs the .debs"
+fi
 
 # The RPM's scriptlets under systemd (needs apt to fetch rpm into the container; set
 # USAGESTATSD_E2E_RPM=0 to leave it out where the machine has no Debian mirror).
 if [ "${USAGESTATSD_E2E_RPM:-1}" = 0 ]; then
     results+=("$(printf 'SKIP %-16s %8s  %s' rpm-systemd - 'USAGESTATSD_E2E_RPM=0')")
 elif [ $rpm_ok = 0 ]; then
-    step rpm-systemd "$here/rpm-systemd.sh" "$rpm"
+    step rpm-systemd "$here/rpm-systemd.sh" "$rpm" "$collector_rpm"
     grep -E '^rpm-systemd: (PASS|FAIL)' "$logs/rpm-systemd.log" | sed 's/^/    /'
 else
     skip rpm-systemd "needs the .rpm"
