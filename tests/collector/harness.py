@@ -48,7 +48,7 @@ def http(url: str, body: bytes | None = None, headers: Mapping[str, str] | None 
     """One request with urllib (GET without a body, POST with one); never raises on 4xx/5xx."""
     request = urllib.request.Request(url, data=body, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return Answer(response.status, dict(response.headers), response.read())
     except urllib.error.HTTPError as exc:
         return Answer(exc.code, dict(exc.headers), exc.read())
@@ -329,7 +329,7 @@ def populate(state_dir: Path, sessions: int = 40, days: int = 14) -> list[str]:
     now = int(time.time() * 1000)
     ids = []
     for n in range(sessions):
-        sid = f"{n:04x}" + "c0ffee" * 5
+        sid = f"{n:04x}" + "c0ffee" * 4 + "beef"  # 32 hex digits, as a uuid4 session_id
         ids.append(sid)
         cloud, head, worker = FLEET_CLOUDS[n % len(FLEET_CLOUDS)]
         nodes = (1, 2, 4, 8, 32, 100)[n % 6]

@@ -255,6 +255,7 @@ async def test_row5_rays_own_uid_is_still_counted(
         state_dir,
         endpoint.url,
         USAGESTATSD_RAY_INTAKE="127.0.0.1:0",
+        USAGESTATSD_RAY_USER=str(RAY_UID),  # a session owned by another uid needs this
         RAY_USAGE_STATS_REPORT_INTERVAL_S="5",  # the first cycle comes after the POST
     )
     with running_daemon(env) as daemon:
@@ -372,6 +373,7 @@ async def test_row15_report_in_two_segments_is_read_whole(
         state_dir,
         endpoint.url,
         USAGESTATSD_RAY_INTAKE="127.0.0.1:0",
+        USAGESTATSD_RAY_USER=str(RAY_UID),  # a session owned by another uid needs this
         RAY_USAGE_STATS_REPORT_INTERVAL_S="5",  # the first cycle comes after the POST
     )
     body = ray_report()
