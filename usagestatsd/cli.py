@@ -334,4 +334,8 @@ def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
 
 def entry_point() -> None:
     """Console-script entry."""
-    sys.exit(main(sys.argv[1:]))
+    status = main(sys.argv[1:])
+    # The exit status is the daemon's, not the interpreter's: a failing final flush (the
+    # reader of stdout or stderr went away) would otherwise turn it into 120.
+    logs.flush_standard_streams()
+    sys.exit(status)
