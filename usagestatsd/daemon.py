@@ -357,9 +357,10 @@ class Daemon:
         )
         new_session = SessionState(
             session.key,
-            remembered.session_id,
+            prepared.session_id,  # kept for the rest of the session (pipeline.choose_session_id)
             remembered.counters.after(success),
             copy_digest or remembered.local_copy_sha256,
+            prepared.id_source,
         )
         self.state = replace(self.state, session=new_session, last_report=last)
         self.dirty = True

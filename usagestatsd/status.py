@@ -28,14 +28,14 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
     if found.session:
         s = found.session
         same = state.session is not None and state.session.key == s.key
-        # The id really reported (the cluster id when the provider gave it) is the last
-        # report's: the remembered one is only the fallback used without a provider.
-        reported_id = last.session_id if last else None
+        # The remembered id is the one the session's reports carry, once one was sent.
+        remembered = state.session if same else None
         session = {
             "dir": str(s.path),
-            "session_id": (reported_id or state.session.session_id)
-            if same and state.session
+            "session_id": remembered.session_id
+            if remembered is not None and remembered.id_fixed
             else None,
+            "session_id_source": remembered.id_source if remembered is not None else None,
             "usage_stats_json": str(s.usage_stats_path),
             "usage_stats_json_exists": s.usage_stats_path.exists(),
             "provider": "present" if (s.sockets_dir / PROVIDER_SOCKET).exists() else "absent",
