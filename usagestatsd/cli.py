@@ -177,12 +177,24 @@ def _decision(settings: Settings, allow_prompt: bool) -> Decision:
 
         return ask(sys.stdin.fileno(), sys.stderr.fileno())
 
-    return decide(settings, read_consent_file(settings.consent_file), interactive, prompt)
+    from usagestatsd.ray_consent import read_ray_configs
+
+    consent_file = read_consent_file(settings.consent_file)
+    return decide(settings, consent_file, interactive, prompt, read_ray_configs(settings))
 
 
 def _log_decision(decision: Decision) -> None:
     if decision.error:
         log.error("consent.invalid", problem=decision.error)
+    for c in decision.consulted:
+        if c.layer.startswith("Ray config file") and (c.value or "").startswith("unusable"):
+            log.warning(
+                "consent.ray_config_unreadable",
+                whose=c.layer.removeprefix("Ray config file "),
+                problem=c.value,
+                detail="a 'ray disable-usage-stats' recorded there cannot be seen",
+                fix="run the service as that user, or opt out with 'usagestatsd disable'",
+            )
     if decision.enabled:
         if decision.layer == "default":
             log.warning(
