@@ -619,3 +619,19 @@ def _watchdog_usec(env: Mapping[str, str]) -> int | None:
 def setting_names() -> list[str]:
     """Every setting name, for documentation and tests."""
     return [spec.name for spec in _SPECS]
+
+
+# Read by load_settings beside the table: the consent inputs, Ray's temp dir, the homes.
+_OTHER_VARIABLES = (
+    "RAY_TMPDIR",
+    "RAY_USAGE_STATS_ENABLED",
+    "DO_NOT_TRACK",
+    "RAY_USAGE_STATS_PROMPT_ENABLED",
+    "HOME",
+    "XDG_STATE_HOME",
+)
+
+
+def read_variables() -> frozenset[str]:
+    """Every environment variable a setting or the consent decision is read from."""
+    return frozenset(var for spec in _SPECS for var in spec.env) | frozenset(_OTHER_VARIABLES)
