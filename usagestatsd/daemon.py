@@ -1,8 +1,9 @@
 """The imperative shell: owns the event loop, the report cycle, signals and shutdown.
 
-One loop waits on events (stop, report-now, the running cycle) with a timeout to the next
-due report or tick; a tick feeds the watchdog and looks for a new session. Nothing polls
-faster than that. A cycle runs as a task so the watchdog keeps being fed during long
+One loop waits on events (stop, report-now, a change in Ray's temp root seen by inotify,
+the running cycle) with a timeout to the next due report or tick; a tick feeds the
+watchdog and looks for a new session too (the only way where inotify is unavailable).
+Nothing polls faster than that. A cycle runs as a task so the watchdog keeps being fed during long
 retries, and so SIGTERM can cancel it at once.
 """
 
@@ -51,6 +52,7 @@ from usagestatsd.state import (
     StateStore,
 )
 from usagestatsd.systemd import Notifier, watchdog_interval
+from usagestatsd.watch import SessionWatch
 
 log = structlog.get_logger()
 SESSION_POLL_S = 60.0
@@ -138,6 +140,8 @@ class Daemon:
         self.dirty = False
         self.neighbour = Neighbour(settings.beside_ray)
         self.ray_seen = asyncio.Event()  # set on every report Ray's reporter POSTs to the intake
+        self.nudge = asyncio.Event()  # look at the temp root now (a session appeared, see watch.py)
+        self.watch: SessionWatch | None = None
         self.intake: RayIntake | None = None
 
     def _load_state(self) -> State:
@@ -224,15 +228,41 @@ class Daemon:
         self.notifier.ready(waiting)
         self.track.last_status = waiting
         self._set_status(waiting)
+        self._watch_sessions(loop)
         try:
             await self._loop()
         finally:
+            if self.watch is not None:
+                self.watch.close()
             self.notifier.stopping()
             if self.intake is not None:
                 await self.intake.stop()
-            self._record(stopped_ms=int(self.clock.time() * 1000), next_report_ms=None)
+            stopped = int(self.clock.time() * 1000)
+            self._record(stopped_ms=stopped, next_report_ms=None, status_line="Stopped")
             log.info("daemon.stopped")
         return 0
+
+    def _watch_sessions(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Notice a new session when Ray creates it (inotify), not at the next tick."""
+        self.watch = SessionWatch(self.settings.temp_root, self.nudge.set)
+        problem = self.watch.start(loop)
+        if problem is not None:
+            self.watch = None
+            log.info(
+                "session_watch.unavailable",
+                problem=problem,
+                fallback=f"the temp root is looked at every {self._tick_s():g} s",
+            )
+
+    def _pull_first_report(self) -> None:
+        """Ray's reporter reached the intake before our first report: send ours right away."""
+        slot = self.track.slot
+        if self.track.session is None or slot is None or slot.index != 0:
+            return
+        now = self.clock.monotonic()
+        if slot.due > now:
+            self.track.slot = Slot(now, 0)
+            self.nudge.set()
 
     def _record_intake(self, intake: RayIntake) -> None:
         if self.keeper is None or self.keeper.record.intake is None:
@@ -249,6 +279,9 @@ class Daemon:
         watchdog = watchdog_interval(self.settings.watchdog_usec, self.settings.watchdog_pid)
         while not self.stop_requested.is_set():
             now = self.clock.monotonic()
+            if cycle is None and self.nudge.is_set():
+                self.nudge.clear()
+                self._follow_session(now)
             if now >= next_tick:
                 if watchdog:
                     self.notifier.watchdog()
@@ -281,6 +314,7 @@ class Daemon:
         if cycle is None:
             # While a cycle runs, a report request waits for it (no busy loop on a set event).
             waiters.add(asyncio.ensure_future(self.report_now.wait()))
+            waiters.add(asyncio.ensure_future(self.nudge.wait()))
         pending: set[asyncio.Future[Any]] = set(waiters)
         if cycle is not None:
             pending.add(cycle)
@@ -508,6 +542,7 @@ class Daemon:
     def _on_sighting(self, sighting: RaySighting) -> None:
         self.neighbour.saw(sighting)
         self.ray_seen.set()
+        self._pull_first_report()
         session = self.track.session
         if session is not None and self.neighbour.last_copy is not None:
             # Ray writes its own usage_stats.json right after its POST returns: put back
