@@ -184,10 +184,13 @@ class Daemon:
         if text != self.track.last_status:
             self.track.last_status = text
             self.notifier.status(text)
-        self._record(status_line=text)
 
     def _record(self, **changes: Any) -> None:
-        """Update the service record (running.py) that `status` reads; failures logged once."""
+        """Update the service record (running.py) that `status` reads; failures logged once.
+
+        Only decisions go there (consent, intake, session, stand-down), not each report's
+        times: state.json has those. The file is rewritten only when a decision changes.
+        """
         if self.keeper is None:
             return
         self.keeper.update(**changes)
@@ -199,7 +202,9 @@ class Daemon:
         """The current session gets no report now: say why, and plan no report."""
         self.track.held = why
         self._set_status(status)
-        self._record(session=session.name, not_reporting=why, next_report_ms=None)
+        self._record(
+            session=session.name, not_reporting=why, next_report_ms=None, status_line=status
+        )
 
     def _tick_s(self) -> float:
         ping = watchdog_interval(self.settings.watchdog_usec, self.settings.watchdog_pid)
@@ -227,7 +232,7 @@ class Daemon:
                 waiting += f" (intake {host}:{port} not listening: Ray cannot be routed here)"
         self.notifier.ready(waiting)
         self.track.last_status = waiting
-        self._set_status(waiting)
+        self._record(status_line=waiting)
         self._watch_sessions(loop)
         try:
             await self._loop()
@@ -339,8 +344,9 @@ class Daemon:
                 )
                 self.track.missing_logged = True
             self.track.session, self.track.slot = None, None
-            self._set_status(f"Waiting for a Ray session under {self.settings.temp_root}")
-            self._record(session=None, not_reporting=None, next_report_ms=None)
+            waiting = f"Waiting for a Ray session under {self.settings.temp_root}"
+            self._set_status(waiting)
+            self._record(session=None, not_reporting=None, next_report_ms=None, status_line=waiting)
             return
         if current is not None and current.key == found.session.key:
             return
@@ -360,7 +366,10 @@ class Daemon:
         self.track.held = None
         self._set_status(f"Session {found.session.name} found; first report {_clock_text(first)}")
         self._record(
-            session=found.session.name, not_reporting=None, next_report_ms=int(first * 1000)
+            session=found.session.name,
+            not_reporting=None,
+            next_report_ms=int(first * 1000),  # later ones: state.json's next_report_ms
+            status_line=None,
         )
 
     async def _cycle(self, session: Session, advance: bool) -> None:
@@ -381,7 +390,7 @@ class Daemon:
             return  # a held session keeps its STATUS= line: no report is planned
         next_wall = self.clock.time() + (slot.due - self.clock.monotonic())
         self.state = replace(self.state, next_report_ms=int(next_wall * 1000))
-        self._record(not_reporting=None, next_report_ms=int(next_wall * 1000))
+        self._record(not_reporting=None, status_line=None)
         last = self.state.last_report
         if last is None:
             return

@@ -77,8 +77,10 @@ class ServiceRecord:
     beside: Beside = Beside("auto")
     session: str | None = None  # the session being followed, by name
     not_reporting: str | None = None  # why the current session gets no report, if it does not
-    next_report_ms: int | None = None  # only while a report is really planned
-    status_line: str = ""  # the last STATUS= sent to systemd
+    next_report_ms: int | None = None  # the session's first report (later: state.json's)
+    # The STATUS= line that explains a standing decision (waiting without an intake, held,
+    # disabled, stopped); None while reports flow (then systemctl shows each one).
+    status_line: str | None = None
     stopped_ms: int | None = None
 
 

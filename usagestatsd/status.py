@@ -154,8 +154,10 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
             "success": last.success,
             "error": last.error,
         }
-    if running and record is not None and in_effect.enabled and holding is None:
-        info["next_report"] = _when(record.next_report_ms)
+    if running and record is not None and in_effect.enabled and holding is None and found:
+        # The first report of a session is in the record; each later one in state.json.
+        planned = [ms for ms in (record.next_report_ms, state.next_report_ms) if ms is not None]
+        info["next_report"] = _when(max(planned)) if planned else None
     return info
 
 
