@@ -112,9 +112,13 @@ class SessionWatch:
         relevant, rearm = False, False
         offset = 0
         while offset + _EVENT.size <= len(data):
-            _, mask, _, length = _EVENT.unpack_from(data, offset)
+            wd, mask, _, length = _EVENT.unpack_from(data, offset)
             name = data[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
             offset += _EVENT.size + length
+            if wd != self._wd:
+                # A watch removed by _arm (its IN_IGNORED comes afterwards): nothing to do.
+                # Re-arming on it would remove the current watch, and so on, forever.
+                continue
             if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
                 rearm = relevant = True
             elif self._watching_root:
