@@ -3,8 +3,8 @@
 One loop waits on events (stop, report-now, a change in Ray's temp root seen by inotify,
 the running cycle) with a timeout to the next due report or tick; a tick feeds the
 watchdog and looks for a new session too (the only way where inotify is unavailable).
-Nothing polls faster than that. A cycle runs as a task so the watchdog keeps being fed during long
-retries, and so SIGTERM can cancel it at once.
+Nothing polls faster than that. A cycle runs as a task so the watchdog keeps being fed
+during long retries, and so SIGTERM can cancel it at once.
 """
 
 from __future__ import annotations
@@ -521,8 +521,9 @@ class Daemon:
         start_ms = _session_start_ms(prepared)
         local = read_usage_stats(session)
         arrangement = self.neighbour.arrangement(start_ms, local)
-        self._note_arrangement(session, arrangement)
-        if not self.neighbour.should_stand_down(arrangement):
+        standing_down = self.neighbour.should_stand_down(arrangement)
+        self._note_arrangement(session, arrangement, standing_down)
+        if not standing_down:
             return False
         fix = _routing_fix(self.intake)
         if session.key not in self.neighbour.warned:
@@ -533,7 +534,6 @@ class Daemon:
                 reason="Ray's own reporter is sending this session's reports itself",
                 fix=fix + ' so that only usagestatsd sends, or set beside_ray = "report"',
             )
-        self._note_arrangement(session, arrangement, standing_down=True)
         self._hold(
             session,
             "standing down: Ray's own reporter sends this session's reports itself",
@@ -542,7 +542,7 @@ class Daemon:
         return True
 
     def _note_arrangement(
-        self, session: Session, arrangement: Arrangement, standing_down: bool = False
+        self, session: Session, arrangement: Arrangement, standing_down: bool
     ) -> None:
         last = self.neighbour.sightings[-1].received_ms if self.neighbour.sightings else None
         beside = Beside(self.neighbour.mode, session.name, arrangement.value, last, standing_down)
