@@ -233,7 +233,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from usagestatsd.running import RecordStore, inputs_of, new_record
     from usagestatsd.systemd import Notifier
 
-    inputs = inputs_of(args.environment, _cli_overrides(args), settings)
+    inputs = inputs_of(args.environment, _cli_overrides(args), args.config)
     record = new_record(settings, decision, inputs)
     if not decision.enabled:
         line = disabled_line(decision)

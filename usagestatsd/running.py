@@ -104,13 +104,16 @@ def is_running(record: ServiceRecord) -> bool:
     return now is not None and now == record.proc_start
 
 
-def inputs_of(environ: dict[str, str], cli: dict[str, object], settings: Settings) -> Inputs:
-    """The inputs of this start's decision: only the variables settings are read from."""
+def inputs_of(environ: dict[str, str], cli: dict[str, object], config: Path | None) -> Inputs:
+    """The inputs of this start's decision: only the variables settings are read from.
+
+    `config` is the --config given, if any (the default file is looked for again).
+    """
     names = read_variables()
     return Inputs(
         {k: v for k, v in environ.items() if k in names},
         {k: str(v) for k, v in cli.items() if v is not None},
-        str(settings.settings_file) if settings.settings_file else None,
+        str(config) if config is not None else None,
     )
 
 
