@@ -12,15 +12,19 @@ _packaging_default_goal := $(.DEFAULT_GOAL)
 
 .PHONY: deb rpm compare-packages e2e newcomer
 
+## make deb: dist/usagestatsd_<version>_all.deb (dpkg-buildpackage, lintian; root for apt)
 deb:
 	packaging/build-deb.sh dist
 
+## make rpm: dist/usagestatsd-<version>-1.noarch.rpm (rpmbuild, rpmlint; root for apt)
 rpm:
 	packaging/build-rpm.sh dist
 
+## make compare-packages: the .deb and the .rpm install the same files in the same places
 compare-packages:
 	tests/e2e/compare-packages.sh --require
 
+## make e2e: both packages under real systemd in a Debian 12 container (root; < 10 min)
 e2e:
 	tests/e2e/run.sh
 

@@ -139,6 +139,7 @@ class RayIntake:
         self._throttles = {name: Throttle() for name in ("accept", "refused", "bad")}
         # Ray reports hourly, so every real report is logged; a loop is not.
         self._throttles["absorbed"] = Throttle(burst=ABSORBED_BURST)
+        self.problem: str | None = None  # why it does not listen, after a failed start()
 
     # -- listening ----------------------------------------------------------------
 
@@ -151,10 +152,11 @@ class RayIntake:
                 backlog=64,
             )
         except OSError as exc:
+            self.problem = exc.strerror or str(exc)
             log.warning(
                 "beside_ray.intake_unavailable",
                 address=f"{self.host}:{self.port}",
-                problem=exc.strerror or str(exc),
+                problem=self.problem,
             )
             return False
         self._sock.setblocking(False)

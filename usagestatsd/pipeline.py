@@ -18,7 +18,7 @@ from usagestatsd.ray_tags import RAY_TAG_KEYS
 from usagestatsd.report import Report, build_report, nulls_for, serialise
 from usagestatsd.session import Session, trusted_uids
 from usagestatsd.settings import Settings
-from usagestatsd.state import SessionState, State
+from usagestatsd.state import ID_FROM_CLUSTER, ID_RANDOM, SessionState, State
 
 RAY_CLUSTER_ID = re.compile(r"[0-9a-f]{56}")
 
@@ -47,16 +47,25 @@ class Prepared:
     session_id: str
     remembered: SessionState
     blanked: dict[str, str]  # field -> why it is sent as null (redaction, pending consent)
+    id_source: str = ID_RANDOM  # where session_id came from (state.ID_FROM_CLUSTER/ID_RANDOM)
 
 
-def choose_session_id(facts: ClusterFacts, remembered: str) -> str:
-    """The cluster id when it is exactly Ray's form, else our random id."""
+def choose_session_id(facts: ClusterFacts, remembered: SessionState) -> tuple[str, str]:
+    """The session's id and where it came from.
+
+    Once a report of the session carried an id, that id is kept: a provider outage, a
+    restart or a retry never changes it (a report without the provider's fields carries
+    them empty, under the same identity). Before that: the cluster id when it is exactly
+    Ray's form, else our random id.
+    """
+    if remembered.id_fixed and remembered.id_source is not None:
+        return remembered.session_id, remembered.id_source
     cid = facts.provider.cluster_id if facts.provider else None
-    # Ray's ClusterID is 28 bytes, sent as 56 lower-case hex digits (ray-2.60 spec,
+    # Ray's ClusterID is 28 bytes, sent as 56 lower-case hex digits (recorded 2.60
     # report_payload.json). Any other hex (a MAC, a key, an account id) is not taken.
     if cid is not None and RAY_CLUSTER_ID.fullmatch(cid):
-        return cid
-    return remembered
+        return cid, ID_FROM_CLUSTER
+    return remembered.session_id, ID_RANDOM
 
 
 def provider_checked(facts: ClusterFacts) -> tuple[ClusterFacts, list[Redaction]]:
@@ -103,7 +112,7 @@ async def prepare_report(
     )
     facts, refused = provider_checked(facts)
     remembered = state.for_session(session.key)
-    session_id = choose_session_id(facts, remembered.session_id)
+    session_id, id_source = choose_session_id(facts, remembered)
     report = build_report(
         source=settings.source,
         now_ms=now_ms,
@@ -121,7 +130,9 @@ async def prepare_report(
     blanked = {name: f"redacted by {settings.source_of('redact')}" for name in settings.redact}
     blanked.update({name: "newer than the field set consent was given for" for name in withheld})
     final = clean.with_fields(**nulls_for(list(blanked)))
-    return Prepared(final, serialise(final), redactions, facts, session_id, remembered, blanked)
+    return Prepared(
+        final, serialise(final), redactions, facts, session_id, remembered, blanked, id_source
+    )
 
 
 NOT_RUNNING = "the cluster is not running (its dashboard sockets are absent or refuse)"
