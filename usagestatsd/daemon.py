@@ -270,9 +270,8 @@ class Daemon:
         if session is None or slot is None or slot.index != 0:
             return
         remembered = self.state.session
-        if remembered is not None and remembered.key == session.key:
-            if remembered.counters.seq_number > 0:
-                return  # this session was reported already (e.g. on SIGUSR1): nothing to pull
+        if remembered and remembered.key == session.key and remembered.counters.seq_number:
+            return  # this session was reported already (e.g. on SIGUSR1): nothing to pull
         now = self.clock.monotonic()
         if slot.due > now:
             self.track.slot = Slot(now, 0)
