@@ -3,12 +3,14 @@
 #   make rpm               dist/usagestatsd-<version>-1.noarch.rpm (rpmbuild; rpmlint clean)
 #   make compare-packages  the two install the same files in the same places
 #   make e2e               all of the above, then both packages under real systemd (root; < 10 min)
+#   make e2e-journey       the .deb, a real Ray 2.60 and `usagestatsd setup` under real systemd:
+#                          install -> setup -> first report -> every opt-out (root; ~5 min)
 # Build dependencies are installed with apt when missing. See docs/packaging.md.
 
 # Including this file must not change the Makefile's default goal.
 _packaging_default_goal := $(.DEFAULT_GOAL)
 
-.PHONY: deb rpm compare-packages e2e
+.PHONY: deb rpm compare-packages e2e e2e-journey
 
 deb:
 	packaging/build-deb.sh dist
@@ -21,5 +23,10 @@ compare-packages:
 
 e2e:
 	tests/e2e/run.sh
+
+# The Ray venv it copies into the container: $(RAY_VENV_JOURNEY) (make test-ray RAY_VENV=... builds one).
+RAY_VENV_JOURNEY ?= /var/cache/usagestatsd-ray/2.60.0/venv
+e2e-journey: deb
+	RAY_VENV=$(RAY_VENV_JOURNEY) tests/e2e/journey.sh
 
 .DEFAULT_GOAL := $(_packaging_default_goal)
