@@ -163,6 +163,8 @@ echo "$st" >"$wd/status-on.txt"
 [ $rc = 0 ] && grep -qi 'enabled' <<<"$st"; check "usagestatsd status: enabled (exit 0)" $? "exit $rc"
 grep -q "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["session_id"])' "$wd/ours.json")" <<<"$st"
 check "usagestatsd status: the session id that was reported" $?
+grep -q "only usagestatsd reports" <<<"$st"; check "usagestatsd status: Ray's reporter is routed to the intake" $? \
+    "$(grep -m1 "Ray's reporter" <<<"$st" | sed 's/^ *//')"
 sys_st=$(in_c systemctl status usagestatsd --no-pager 2>&1)
 grep -qE 'Status: "Last report [0-9:]+ ok' <<<"$sys_st"; check "systemctl status: Last report ... ok" $? "$(grep -o 'Status: .*' <<<"$sys_st")"
 log=$(invocation_log)
@@ -179,6 +181,8 @@ off_views() {
     wait_for 10 sh -c "[ \"\$('$C' exec '$wd' -- systemctl show -p ActiveState --value usagestatsd)\" = inactive ]"
     state="$(prop ActiveState)/$(prop SubState)/$(prop Result)"
     check "$name: systemctl: the service stopped itself ($state)" "$([ "$state" = inactive/dead/success ] && echo 0 || echo 1)"
+    in_c systemctl status usagestatsd --no-pager 2>&1 | grep -q 'Active: inactive (dead)'
+    check "$name: systemctl status: Active: inactive (dead)" $?
     log=$(invocation_log)
     grep -q '^consent.disabled' <<<"$log"; check "$name: journal: consent.disabled" $? "$(grep -m1 '^consent.disabled' <<<"$log" | cut -c1-140)"
     st=$(in_c usagestatsd status 2>&1); rc=$?

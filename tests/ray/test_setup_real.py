@@ -33,9 +33,9 @@ def head() -> Iterator[RayHead]:
         set_subreaper(False)
 
 
-def setup(head: RayHead) -> tuple[int, str]:
-    settings = head.base / "empty.toml"
-    settings.write_text("")
+def setup(head: RayHead, settings_text: str = "") -> tuple[int, str]:
+    settings = head.base / "settings.toml"
+    settings.write_text(settings_text)
     done = subprocess.run(
         [
             sys.executable,
@@ -85,3 +85,16 @@ def test_setup_sees_the_provider_once_it_serves(head: RayHead) -> None:
     assert "No provider serves this session" not in out
     assert "; serving" in out
     head.stop_provider()
+
+
+def test_unrouted_shell_started_head_gets_the_ray_start_line(head: RayHead) -> None:
+    # The head's reporter sends to 127.0.0.1:18922; an intake elsewhere makes it unrouted.
+    _, out = setup(head, 'ray_intake = "127.0.0.1:18923"\n')
+    assert "started by:    a shell (no systemd unit)" in out
+    assert "not to usagestatsd's intake http://127.0.0.1:18923/" in out
+    ray_cli = head.python.rsplit("/", 1)[0] + "/ray"
+    assert (
+        f"RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:18923/ {ray_cli} start --head "
+        f"--temp-dir={head.root} <your usual options>" in out
+    )
+    assert "Stop it by your usual means" in out
