@@ -306,3 +306,11 @@ def test_no_ray_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_cli_has_setup_with_apply() -> None:
     args = build_parser().parse_args(["setup", "--apply", "--temp-root", "/x"])
     assert args.command == "setup" and args.apply and args.temp_root == "/x"
+
+
+def test_without_systemd_the_unit_state_is_not_a_fault() -> None:
+    head = head_as()
+    f = found(head, systemd=False, daemon=Unit("usagestatsd.service"))
+    text = render(head, f, plan(f))
+    assert "service:       no systemd here" in text
+    assert "usagestatsd.service is inactive" not in text

@@ -217,7 +217,7 @@ def plan(found: Found) -> Plan:
     """Compare what was found with what a routed head with a provider needs."""
     result = Plan()
     restart_daemon = _daemon_fix(found, result)
-    if found.daemon.active != "active":
+    if found.systemd and found.daemon.active != "active":
         result.missing.append(
             f"usagestatsd.service is {found.daemon.active}. If you opted out, that is "
             "expected (`usagestatsd status` says why)."
@@ -269,9 +269,10 @@ def describe(head: RayHead, found: Found | None) -> list[str]:
     if found is not None:
         s, d, p = found.daemon_settings, found.daemon, found.provider
         intake = intake_url(s.ray_intake) or "off"
+        service = f"{d.active}, runs as {d.runs_as}" if found.systemd else "no systemd here"
         lines += [
             "usagestatsd:",
-            f"  service:       {d.active}, runs as {d.runs_as}",
+            f"  service:       {service}",
             f"  temp root:     {s.temp_root}",
             f"  intake:        {intake} ({'listening' if found.intake_up else 'not listening'})",
             f"  provider:      {p.name} {p.enabled or 'not enabled'}, {p.active}; "
