@@ -181,8 +181,9 @@ off_views() {
     wait_for 10 sh -c "[ \"\$('$C' exec '$wd' -- systemctl show -p ActiveState --value usagestatsd)\" = inactive ]"
     state="$(prop ActiveState)/$(prop SubState)/$(prop Result)"
     check "$name: systemctl: the service stopped itself ($state)" "$([ "$state" = inactive/dead/success ] && echo 0 || echo 1)"
-    in_c systemctl status usagestatsd --no-pager 2>&1 | grep -q 'Active: inactive (dead)'
-    check "$name: systemctl status: Active: inactive (dead)" $?
+    st=$(in_c systemctl status usagestatsd --no-pager 2>&1)  # exits 3 when inactive
+    grep -q 'Active: inactive (dead)' <<<"$st"
+    check "$name: systemctl status: Active: inactive (dead)" $? "$(grep -m1 -o 'Status: .*' <<<"$st")"
     log=$(invocation_log)
     grep -q '^consent.disabled' <<<"$log"; check "$name: journal: consent.disabled" $? "$(grep -m1 '^consent.disabled' <<<"$log" | cut -c1-140)"
     st=$(in_c usagestatsd status 2>&1); rc=$?
