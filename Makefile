@@ -5,34 +5,60 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit venv clean bench soak test-ray test-debian-libs
+.PHONY: help run test lint typecheck unit venv clean bench soak test-ray test-debian-libs
+
+## make help: list the targets, one line each
+help:
+	@grep -hE '^## make [a-z0-9-]+:' $(MAKEFILE_LIST) | sed -E 's/^## make ([a-z0-9-]+): */\1\t/' \
+		| awk -F '\t' '{ printf "  make %-18s %s\n", $$1, $$2 }'
+
+# Debian's python3 has no venv/ensurepip without python3-venv: install it as root (or via
+# sudo), else say exactly what to run. Nothing else here needs root.
+define need_venv
+	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+		apt="apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv"; \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "make: $(PYTHON) lacks venv/ensurepip; installing python3-venv with apt"; \
+			sh -c "$$apt"; \
+		elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+			echo "make: $(PYTHON) lacks venv/ensurepip; installing python3-venv with sudo apt-get"; \
+			sudo sh -c "$$apt"; \
+		else \
+			echo "make: $(PYTHON) lacks venv/ensurepip (Debian: package python3-venv)." >&2; \
+			echo "make: installing it needs root; run:  sudo apt-get install python3-venv" >&2; \
+			echo "make: (or as root: apt-get install python3-venv), then run make again." >&2; \
+			exit 1; \
+		fi; \
+	fi
+endef
 
 $(STAMP): pyproject.toml
-	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
-		echo "make: $(PYTHON) lacks venv/ensurepip; installing python3-venv with apt"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
-	fi
+	$(need_venv)
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+## make venv: build .venv with the project and its development tools (the other targets do it too)
 venv: $(STAMP)
 
 ## make run: a demo Ray session and a local receiver on 127.0.0.1; reports flow every few seconds. Ctrl-C stops.
 run: $(STAMP)
 	$(VENV)/bin/usagestatsd demo
 
-## make test: ruff, mypy --strict, pytest
+## make test: ruff, ruff format --check, mypy --strict, pytest (the unit and fault suites)
 test: lint typecheck unit
 
+## make lint: ruff check and ruff format --check
 lint: $(STAMP)
 	$(VENV)/bin/ruff check usagestatsd tests bench
 	$(VENV)/bin/ruff format --check usagestatsd tests bench
 
+## make typecheck: mypy --strict
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+## make unit: pytest only (one test: .venv/bin/python -m pytest -q tests/FILE.py::NAME)
 unit: $(STAMP)
 	$(VPY) -m pytest -q tests --ignore=tests/e2e --ignore=tests/ray
 
@@ -44,12 +70,14 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(VPY) tests/faults/soak.py
 
+## make clean: remove the virtual environments, builds and caches
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache
 
 ## make test-debian-libs: the unit tests against Debian 12's library versions
 DEBVENV := .venv-debian
 $(DEBVENV)/.installed: pyproject.toml
+	$(need_venv)
 	$(PYTHON) -m venv $(DEBVENV)
 	$(DEBVENV)/bin/python -m pip install -q --upgrade pip
 	$(DEBVENV)/bin/python -m pip install -q "aiohttp==3.8.4" "tenacity==8.2.1" "structlog==22.3.0" \

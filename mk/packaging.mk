@@ -12,19 +12,24 @@ _packaging_default_goal := $(.DEFAULT_GOAL)
 
 .PHONY: deb rpm compare-packages e2e e2e-journey
 
+## make deb: dist/usagestatsd_<version>_all.deb (dpkg-buildpackage, lintian; root for apt)
 deb:
 	packaging/build-deb.sh dist
 
+## make rpm: dist/usagestatsd-<version>-1.noarch.rpm (rpmbuild, rpmlint; root for apt)
 rpm:
 	packaging/build-rpm.sh dist
 
+## make compare-packages: the .deb and the .rpm install the same files in the same places
 compare-packages:
 	tests/e2e/compare-packages.sh --require
 
+## make e2e: both packages under real systemd in a Debian 12 container (root; < 10 min)
 e2e:
 	tests/e2e/run.sh
 
-# The Ray venv it copies into the container: $(RAY_VENV_JOURNEY) (make test-ray RAY_VENV=... builds one).
+## make e2e-journey: an operator's path with a real Ray 2.60 under real systemd: install, setup, first report, every opt-out (root; ~4 min)
+# The Ray venv it copies into the container (make test-ray RAY_VENV=... builds one).
 RAY_VENV_JOURNEY ?= /var/cache/usagestatsd-ray/2.60.0/venv
 e2e-journey: deb
 	RAY_VENV=$(RAY_VENV_JOURNEY) tests/e2e/journey.sh

@@ -24,5 +24,6 @@ ray-venv:
 		fi; \
 	fi
 
+## make test-ray: the real-Ray suite against a real Ray head (ray[default] 2.60.0 by default, its own cached venv)
 test-ray: $(STAMP) ray-venv
 	RAY_PYTHON=$(RAY_PY) $(VPY) -m pytest -q tests/ray

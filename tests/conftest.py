@@ -73,6 +73,8 @@ def make_settings(
             "USAGESTATSD_TEMP_ROOT": str(temp_root),
             "USAGESTATSD_STATE_DIR": str(state_dir),
             "HOME": str(temp_root.parent / "home"),
+            # Never the machine's own users' ~/.ray/config.json (ray_consent.py).
+            "USAGESTATSD_RAY_CONFIG_FILES": str(temp_root.parent / "ray-users" / "config.json"),
         }
         base.update(env or {})
         return load_settings(base, cli, empty_settings_file)
@@ -92,6 +94,7 @@ def daemon_env(temp_root: Path, state_dir: Path, url: str, **extra: str) -> dict
         "USAGESTATSD_RETRY_MAX_DELAY_S": "0.2",
         "USAGESTATSD_RAY_INTAKE": "off",
         "HOME": str(temp_root.parent / "home"),
+        "USAGESTATSD_RAY_CONFIG_FILES": str(temp_root.parent / "ray-users" / "config.json"),
     }
     env.update(extra)
     return env

@@ -309,8 +309,12 @@ async def test_stopped_cluster_is_one_info_line(
 
 
 def test_sigterm_stops_even_when_stderr_is_gone(temp_root: Path, state_dir: Path) -> None:
-    """With its log pipe's reader gone (EPIPE on every write), SIGTERM still stops the daemon."""
+    """With its log pipe's reader gone (EPIPE on every write), SIGTERM still stops the daemon.
+
+    Without PYTHONUNBUFFERED (a fresh machine lacks it), as the daemon runs under systemd.
+    """
     env = {**os.environ, **daemon_env(temp_root, state_dir, "http://127.0.0.1:9/")}
+    env.pop("PYTHONUNBUFFERED", None)
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -47,3 +47,16 @@ def test_broken_file_raises_and_is_set_aside(tmp_path: Path, content: bytes) -> 
     aside = store.set_aside()
     assert aside is not None and aside.read_bytes() == content
     assert store.load() == State()
+
+
+def test_state_from_1_0_keeps_the_id_its_reports_carried(tmp_path: Path) -> None:
+    """A 1.0 file (no id_source): the last report's id (the cluster id) is the session's."""
+    store = StateStore(tmp_path)
+    store.path.write_text(
+        '{"format": 1, "session": {"key": "k", "session_id": "random1",'
+        ' "counters": {"seq_number": 2, "total_success": 2, "total_failed": 0}},'
+        ' "last_report": {"time_ms": 1, "session_id": "cluster1", "seq_number": 1,'
+        ' "success": true, "error": null}}'
+    )
+    session = store.load().for_session("k")
+    assert (session.session_id, session.id_source) == ("cluster1", "cluster_id")

@@ -88,6 +88,7 @@ class RayIntake:
         self.port = port
         self.on_sighting = on_sighting
         self._runner: web.AppRunner | None = None
+        self.problem: str | None = None  # why it does not listen, after a failed start()
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.content.read(MAX_INTAKE_BODY)
@@ -105,6 +106,7 @@ class RayIntake:
         try:
             await web.TCPSite(self._runner, self.host, self.port).start()
         except OSError as exc:
+            self.problem = exc.strerror or str(exc)
             log.warning(
                 "beside_ray.intake_unavailable",
                 address=f"{self.host}:{self.port}",

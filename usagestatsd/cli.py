@@ -12,7 +12,9 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -25,6 +27,9 @@ from usagestatsd.consent import (
     write_consent_file,
 )
 from usagestatsd.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from usagestatsd.running import ServiceRecord
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -160,6 +165,7 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
         from usagestatsd.demo import serve_receiver
 
         return asyncio.run(serve_receiver(args.port))
+    args.environment = environ  # for the service record (running.py): the decision's inputs
     try:
         settings = load(args, environ)
     except SettingsError as exc:
@@ -186,12 +192,24 @@ def _decision(settings: Settings, allow_prompt: bool) -> Decision:
 
         return ask(sys.stdin.fileno(), sys.stderr.fileno())
 
-    return decide(settings, read_consent_file(settings.consent_file), interactive, prompt)
+    from usagestatsd.ray_consent import read_ray_configs
+
+    consent_file = read_consent_file(settings.consent_file)
+    return decide(settings, consent_file, interactive, prompt, read_ray_configs(settings))
 
 
 def _log_decision(decision: Decision) -> None:
     if decision.error:
         log.error("consent.invalid", problem=decision.error)
+    for c in decision.consulted:
+        if c.layer.startswith("Ray config file") and (c.value or "").startswith("unusable"):
+            log.warning(
+                "consent.ray_config_unreadable",
+                whose=c.layer.removeprefix("Ray config file "),
+                problem=c.value,
+                detail="a 'ray disable-usage-stats' recorded there cannot be seen",
+                fix="run the service as that user, or opt out with 'usagestatsd disable'",
+            )
     if decision.enabled:
         if decision.layer == "default":
             log.warning(
@@ -221,20 +239,35 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         except (OSError, ConsentFileError) as exc:
             log.warning("consent.save_failed", path=str(settings.consent_file), problem=str(exc))
     _log_decision(decision)
+    from usagestatsd.running import RecordStore, inputs_of, new_record
     from usagestatsd.systemd import Notifier
 
+    inputs = inputs_of(args.environment, _cli_overrides(args), settings)
+    record = new_record(settings, decision, inputs)
     if not decision.enabled:
+        line = disabled_line(decision)
         notifier = Notifier(settings.notify_socket)
-        notifier.ready(f"Disabled by {decision.where}; not collecting")
-        notifier.stopping(f"Disabled by {decision.where}; not collecting")
+        notifier.ready(line)
+        notifier.stopping(line)
         notifier.close()
+        stopped = replace(record, status_line=line, stopped_ms=record.started_ms, intake=None)
+        try:  # only into an existing state directory: disabled, the daemon creates nothing
+            RecordStore(settings.state_dir).save(stopped, create=False)
+        except OSError as exc:
+            log.warning("service_record.write_failed", problem=exc.strerror or str(exc))
         return EXIT_OK
     from usagestatsd.daemon import run_daemon
 
     withheld = _withheld(decision)
     if args.daemonize:
-        return _daemonized(settings, args.pidfile, withheld)
-    return run_daemon(settings, withheld=withheld)
+        return _daemonized(settings, args.pidfile, withheld, record)
+    return run_daemon(settings, withheld=withheld, record=record)
+
+
+def disabled_line(decision: Decision) -> str:
+    """The STATUS= line of a disabled service: what disabled it, by name and value."""
+    reason = decision.reason[:1].upper() + decision.reason[1:]
+    return f"{reason}; not collecting"
 
 
 def _withheld(decision: Decision) -> tuple[str, ...]:
@@ -255,7 +288,9 @@ def _withheld(decision: Decision) -> tuple[str, ...]:
     return fields
 
 
-def _daemonized(settings: Settings, pidfile: Path | None, withheld: tuple[str, ...]) -> int:
+def _daemonized(
+    settings: Settings, pidfile: Path | None, withheld: tuple[str, ...], record: ServiceRecord
+) -> int:
     import daemon  # python-daemon, only for init systems without Type=notify
     import daemon.pidfile
 
@@ -269,7 +304,10 @@ def _daemonized(settings: Settings, pidfile: Path | None, withheld: tuple[str, .
         umask=0o022,
     )
     with context:
-        return run_daemon(settings, withheld=withheld)
+        # Detached, the daemon has another pid: record the one that serves.
+        from usagestatsd.running import restamped
+
+        return run_daemon(settings, withheld=withheld, record=restamped(record))
 
 
 def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
@@ -292,7 +330,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(info, indent=2))
     else:
         print(render(info))
-    return EXIT_OK if decision.enabled else EXIT_DISABLED
+    # The exit status follows what is in effect: the running service's own decision.
+    return EXIT_OK if info["enabled"] else EXIT_DISABLED
 
 
 def _set_consent(settings: Settings, enabled: bool) -> int:
@@ -350,4 +389,8 @@ def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
 
 def entry_point() -> None:
     """Console-script entry."""
-    sys.exit(main(sys.argv[1:]))
+    status = main(sys.argv[1:])
+    # The exit status is the daemon's, not the interpreter's: a failing final flush (the
+    # reader of stdout or stderr went away) would otherwise turn it into 120.
+    logs.flush_standard_streams()
+    sys.exit(status)

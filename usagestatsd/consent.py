@@ -4,8 +4,9 @@ Layers, first that decides wins:
 1. --disable-usage-stats (command line) or disable_usage_stats = true (settings file);
 2. RAY_USAGE_STATS_ENABLED: 1 or 0; anything else disables, with an error;
 3. DO_NOT_TRACK set to a true value;
-4. the global config file in Ray's format, key usage_stats (true/false); a broken file
-   disables, with an error, and is never rewritten by the daemon;
+4. the global config file in Ray's format, key usage_stats (true/false), and beside it
+   Ray's own ~/.ray/config.json of Ray's users (ray_consent.py): any false disables; a
+   broken file disables, with an error; none is ever rewritten by the daemon;
 5. an interactive prompt (saved to the config file so it is asked once);
 6. otherwise enabled by default, with a notice (not saved).
 Also here: reading and writing that config file, keeping its other keys.
@@ -14,14 +15,17 @@ Also here: reading and writing that config file, keeping its other keys.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from usagestatsd.fieldsets import CURRENT_VERSION
 from usagestatsd.fileio import UnsafeFileError, atomic_write, read_regular_file
 from usagestatsd.settings import Settings
+
+if TYPE_CHECKING:
+    from usagestatsd.ray_consent import RayConfig
 
 # Our own key beside Ray's "usage_stats": the field-set version consent was given for.
 FIELDS_VERSION_KEY = "usage_stats_fields_version"
@@ -44,6 +48,9 @@ class ConsentFile:
     value: bool | None
     problem: str | None = None
     content: dict[str, Any] | None = None
+    # Permission denied: nothing can be known of what it says (only Ray users' files, read
+    # by a daemon running as another user, are ever skipped for this: see _ray_layer).
+    unreadable: bool = False
 
     @property
     def fields_version(self) -> int:
@@ -85,6 +92,8 @@ def read_consent_file(path: Path) -> ConsentFile:
         return ConsentFile(path, False, None)
     except UnsafeFileError as exc:
         return ConsentFile(path, True, None, f"{exc.strerror}")
+    except PermissionError as exc:
+        return ConsentFile(path, True, None, f"cannot be read ({exc.strerror})", unreadable=True)
     except OSError as exc:
         return ConsentFile(path, True, None, f"cannot be read ({exc.strerror})")
     if not raw.strip():
@@ -130,8 +139,13 @@ def decide(
     consent_file: ConsentFile,
     interactive: bool,
     prompt: Callable[[], bool] | None = None,
+    ray_configs: Sequence[RayConfig] = (),
 ) -> Decision:
-    """Apply the layers in order and return the first that decides."""
+    """Apply the layers in order and return the first that decides.
+
+    `ray_configs` are Ray's own config files of Ray's users (ray_consent.py), consulted
+    beside the consent file: any of them saying no means no.
+    """
     env = settings.usage_stats_enabled_env
     dnt = settings.do_not_track_env
     consulted = (
@@ -143,6 +157,10 @@ def decide(
         Consulted("RAY_USAGE_STATS_ENABLED", "environment", env),
         Consulted("DO_NOT_TRACK", "environment", dnt),
         Consulted("config file", str(consent_file.path), _file_value(consent_file)),
+        *(
+            Consulted(f"Ray config file ({r.whose})", str(r.file.path), _file_value(r.file))
+            for r in ray_configs
+        ),
     )
 
     def made(
@@ -222,6 +240,9 @@ def decide(
             f"fix or remove {consent_file.path} and restart the service",
             error,
         )
+    ray_no = _ray_layer(ray_configs, consent_file, made)
+    if ray_no is not None:
+        return ray_no
     if consent_file.value is not None:
         word = "enabled" if consent_file.value else "disabled"
         other = "disable" if consent_file.value else "enable"
@@ -236,6 +257,18 @@ def decide(
         # A fleet may accept a newer field set in the settings file for every head at once.
         accepted = max(consent_file.fields_version, settings.accept_fields_version or 1)
         return replace(decision, accepted_fields_version=min(accepted, CURRENT_VERSION))
+    ray_yes = next((r for r in ray_configs if r.file.value is True), None)
+    if ray_yes is not None:  # `ray enable-usage-stats`: consent to Ray's field set (version 1)
+        decision = made(
+            True,
+            "Ray config file",
+            f"~/.ray/config.json of {ray_yes.whose}",
+            "true",
+            f"enabled by Ray's ~/.ray/config.json of {ray_yes.whose}",
+            f"run 'ray disable-usage-stats' as {ray_yes.whose} (or 'usagestatsd disable') "
+            "and restart the service",
+        )
+        return replace(decision, accepted_fields_version=ray_yes.file.fields_version)
     prompt_allowed = settings.prompt_enabled_env != "0"
     if interactive and prompt_allowed and prompt is not None:
         answer = prompt()
@@ -257,6 +290,54 @@ def decide(
         "run 'usagestatsd disable' (or set RAY_USAGE_STATS_ENABLED=0 or DO_NOT_TRACK=1)"
         " and restart the service",
     )
+
+
+class _Made(Protocol):
+    def __call__(
+        self,
+        enabled: bool,
+        layer: str,
+        where: str,
+        value: str | None,
+        reason: str,
+        how: str,
+        error: str | None = None,
+        save: bool = False,
+    ) -> Decision: ...
+
+
+def _ray_layer(
+    ray_configs: Sequence[RayConfig], consent_file: ConsentFile, made: _Made
+) -> Decision | None:
+    """A no from the consent file or any Ray config file; a broken Ray config file is a no.
+
+    A file the daemon may not read (root's home, for a daemon running as Ray's user) says
+    nothing: `status` lists it as unreadable.
+    """
+    if consent_file.value is False:
+        return None  # the consent file's own no, below, names it
+    for ray in ray_configs:
+        where = f"~/.ray/config.json of {ray.whose}"
+        if ray.file.problem and not ray.file.unreadable:
+            return made(
+                False,
+                "Ray config file",
+                where,
+                None,
+                f"disabled because Ray's config file of {ray.whose} is broken",
+                f"fix or remove {ray.file.path} and restart the service",
+                f"Ray's config file {where} {ray.file.problem}; usage stats are disabled",
+            )
+        if ray.file.value is False:
+            return made(
+                False,
+                "Ray config file",
+                where,
+                "false",
+                f"disabled by 'ray disable-usage-stats' ({where})",
+                f"run 'ray enable-usage-stats' as {ray.whose} and restart the service",
+            )
+    return None
 
 
 def _file_value(consent_file: ConsentFile) -> str | None:

@@ -1,8 +1,9 @@
 """The imperative shell: owns the event loop, the report cycle, signals and shutdown.
 
-One loop waits on events (stop, report-now, the running cycle) with a timeout to the next
-due report or tick; a tick feeds the watchdog and looks for a new session. Nothing polls
-faster than that. A cycle runs as a task so the watchdog keeps being fed during long
+One loop waits on events (stop, report-now, a change in Ray's temp root seen by inotify,
+the running cycle) with a timeout to the next due report or tick; a tick feeds the
+watchdog and looks for a new session too (the only way where inotify is unavailable).
+Nothing polls faster than that. A cycle runs as a task so the watchdog keeps being fed during long
 retries, and so SIGTERM can cancel it at once.
 """
 
@@ -30,6 +31,7 @@ from usagestatsd.pipeline import (
 )
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.report import local_copy
+from usagestatsd.running import Beside, Intake, Keeper, RecordStore, ServiceRecord
 from usagestatsd.schedule import Schedule, Slot
 from usagestatsd.sender import send_report
 from usagestatsd.session import (
@@ -50,6 +52,7 @@ from usagestatsd.state import (
     StateStore,
 )
 from usagestatsd.systemd import Notifier, watchdog_interval
+from usagestatsd.watch import SessionWatch
 
 log = structlog.get_logger()
 SESSION_POLL_S = 60.0
@@ -87,6 +90,13 @@ def _clock_text(epoch_s: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch_s))
 
 
+def _routing_fix(intake: RayIntake | None) -> str:
+    """What makes Ray's reporter send to this daemon instead (only when the intake listens)."""
+    if intake is None:
+        return "turn on and free this daemon's intake (ray_intake), then route Ray to it"
+    return f"restart Ray with RAY_USAGE_STATS_REPORT_URL={intake.url}"
+
+
 @dataclass
 class _Tracking:
     """What the loop knows between cycles."""
@@ -96,6 +106,7 @@ class _Tracking:
     missing_logged: bool = False
     refused_logged: set[str] = field(default_factory=set)
     last_status: str = ""
+    held: str | None = None  # why the current session gets no report (stand-down, refusal)
 
 
 class Daemon:
@@ -109,8 +120,11 @@ class Daemon:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         withheld: tuple[str, ...] = (),
+        record: ServiceRecord | None = None,
     ) -> None:
         self.settings = settings
+        # What this daemon decided and why, for `usagestatsd status` (running.py).
+        self.keeper = Keeper(RecordStore(settings.state_dir), record) if record else None
         self.withheld = withheld
         self.history = history_of(settings)
         self.notifier = notifier
@@ -126,6 +140,8 @@ class Daemon:
         self.dirty = False
         self.neighbour = Neighbour(settings.beside_ray)
         self.ray_seen = asyncio.Event()  # set on every report Ray's reporter POSTs to the intake
+        self.nudge = asyncio.Event()  # look at the temp root now (a session appeared, see watch.py)
+        self.watch: SessionWatch | None = None
         self.intake: RayIntake | None = None
 
     def _load_state(self) -> State:
@@ -168,6 +184,22 @@ class Daemon:
         if text != self.track.last_status:
             self.track.last_status = text
             self.notifier.status(text)
+        self._record(status_line=text)
+
+    def _record(self, **changes: Any) -> None:
+        """Update the service record (running.py) that `status` reads; failures logged once."""
+        if self.keeper is None:
+            return
+        self.keeper.update(**changes)
+        if self.keeper.problems:
+            log.warning("service_record.write_failed", problem=self.keeper.problems[-1])
+            self.keeper.problems.clear()
+
+    def _hold(self, session: Session, why: str, status: str) -> None:
+        """The current session gets no report now: say why, and plan no report."""
+        self.track.held = why
+        self._set_status(status)
+        self._record(session=session.name, not_reporting=why, next_report_ms=None)
 
     def _tick_s(self) -> float:
         ping = watchdog_interval(self.settings.watchdog_usec, self.settings.watchdog_pid)
@@ -179,8 +211,6 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.install_signal_handlers(loop)
         waiting = f"Waiting for a Ray session under {self.settings.temp_root}"
-        self.notifier.ready(waiting)
-        self.track.last_status = waiting
         log.info(
             "daemon.started",
             temp_root=str(self.settings.temp_root),
@@ -190,16 +220,58 @@ class Daemon:
         if self.settings.ray_intake is not None:
             host, port = self.settings.ray_intake
             self.intake = RayIntake(host, port, self._on_sighting)
-            if not await self.intake.start():
+            listening = await self.intake.start()
+            self._record_intake(self.intake)
+            if not listening:
                 self.intake = None
+                waiting += f" (intake {host}:{port} not listening: Ray cannot be routed here)"
+        self.notifier.ready(waiting)
+        self.track.last_status = waiting
+        self._set_status(waiting)
+        self._watch_sessions(loop)
         try:
             await self._loop()
         finally:
+            if self.watch is not None:
+                self.watch.close()
             self.notifier.stopping()
             if self.intake is not None:
                 await self.intake.stop()
+            stopped = int(self.clock.time() * 1000)
+            self._record(stopped_ms=stopped, next_report_ms=None, status_line="Stopped")
             log.info("daemon.stopped")
         return 0
+
+    def _watch_sessions(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Notice a new session when Ray creates it (inotify), not at the next tick."""
+        self.watch = SessionWatch(self.settings.temp_root, self.nudge.set)
+        problem = self.watch.start(loop)
+        if problem is not None:
+            self.watch = None
+            log.info(
+                "session_watch.unavailable",
+                problem=problem,
+                fallback=f"the temp root is looked at every {self._tick_s():g} s",
+            )
+
+    def _pull_first_report(self) -> None:
+        """Ray's reporter reached the intake before our first report: send ours right away."""
+        slot = self.track.slot
+        if self.track.session is None or slot is None or slot.index != 0:
+            return
+        now = self.clock.monotonic()
+        if slot.due > now:
+            self.track.slot = Slot(now, 0)
+            self.nudge.set()
+
+    def _record_intake(self, intake: RayIntake) -> None:
+        if self.keeper is None or self.keeper.record.intake is None:
+            return
+        asked = self.keeper.record.intake.address
+        if intake.problem is None:
+            self._record(intake=Intake(asked, True, intake.url))
+        else:
+            self._record(intake=Intake(asked, False, None, intake.problem))
 
     async def _loop(self) -> None:
         cycle: asyncio.Task[None] | None = None
@@ -207,6 +279,9 @@ class Daemon:
         watchdog = watchdog_interval(self.settings.watchdog_usec, self.settings.watchdog_pid)
         while not self.stop_requested.is_set():
             now = self.clock.monotonic()
+            if cycle is None and self.nudge.is_set():
+                self.nudge.clear()
+                self._follow_session(now)
             if now >= next_tick:
                 if watchdog:
                     self.notifier.watchdog()
@@ -239,6 +314,7 @@ class Daemon:
         if cycle is None:
             # While a cycle runs, a report request waits for it (no busy loop on a set event).
             waiters.add(asyncio.ensure_future(self.report_now.wait()))
+            waiters.add(asyncio.ensure_future(self.nudge.wait()))
         pending: set[asyncio.Future[Any]] = set(waiters)
         if cycle is not None:
             pending.add(cycle)
@@ -264,6 +340,7 @@ class Daemon:
                 self.track.missing_logged = True
             self.track.session, self.track.slot = None, None
             self._set_status(f"Waiting for a Ray session under {self.settings.temp_root}")
+            self._record(session=None, not_reporting=None, next_report_ms=None)
             return
         if current is not None and current.key == found.session.key:
             return
@@ -280,10 +357,15 @@ class Daemon:
         self.track.missing_logged = False
         log.info("session.found", session_dir=str(found.session.path), **_refused(found))
         first = self.clock.time() + (self.track.slot.due - now)
+        self.track.held = None
         self._set_status(f"Session {found.session.name} found; first report {_clock_text(first)}")
+        self._record(
+            session=found.session.name, not_reporting=None, next_report_ms=int(first * 1000)
+        )
 
     async def _cycle(self, session: Session, advance: bool) -> None:
         self.dirty = False
+        self.track.held = None  # set again by this cycle if it still may not report
         try:
             await self.report_once(session)
         finally:
@@ -295,10 +377,11 @@ class Daemon:
 
     def _announce_next(self) -> None:
         slot = self.track.slot
-        if slot is None:
-            return
+        if slot is None or self.track.held is not None:
+            return  # a held session keeps its STATUS= line: no report is planned
         next_wall = self.clock.time() + (slot.due - self.clock.monotonic())
         self.state = replace(self.state, next_report_ms=int(next_wall * 1000))
+        self._record(not_reporting=None, next_report_ms=int(next_wall * 1000))
         last = self.state.last_report
         if last is None:
             return
@@ -357,9 +440,10 @@ class Daemon:
         )
         new_session = SessionState(
             session.key,
-            remembered.session_id,
+            prepared.session_id,  # kept for the rest of the session (pipeline.choose_session_id)
             remembered.counters.after(success),
             copy_digest or remembered.local_copy_sha256,
+            prepared.id_source,
         )
         self.state = replace(self.state, session=new_session, last_report=last)
         self.dirty = True
@@ -431,36 +515,34 @@ class Daemon:
         self._note_arrangement(session, arrangement)
         if not self.neighbour.should_stand_down(arrangement):
             return False
+        fix = _routing_fix(self.intake)
         if session.key not in self.neighbour.warned:
             self.neighbour.warned.add(session.key)
             log.warning(
                 "beside_ray.standing_down",
                 session_dir=str(session.path),
                 reason="Ray's own reporter is sending this session's reports itself",
-                fix="start Ray with RAY_USAGE_STATS_REPORT_URL="
-                + (self.intake.url if self.intake else "<this daemon's intake>")
-                + ' so that only usagestatsd sends, or set beside_ray = "report"',
+                fix=fix + ' so that only usagestatsd sends, or set beside_ray = "report"',
             )
-        self._set_status(f"Standing down: Ray's own reporter reports session {session.name}")
+        self._note_arrangement(session, arrangement, standing_down=True)
+        self._hold(
+            session,
+            "standing down: Ray's own reporter sends this session's reports itself",
+            f"Standing down: Ray's own reporter sends this session's reports; to report, {fix}",
+        )
         return True
 
-    def _note_arrangement(self, session: Session, arrangement: Arrangement) -> None:
+    def _note_arrangement(
+        self, session: Session, arrangement: Arrangement, standing_down: bool = False
+    ) -> None:
         last = self.neighbour.sightings[-1].received_ms if self.neighbour.sightings else None
-        extra = dict(self.state.extra)
-        extra["beside_ray"] = {
-            "session": session.name,
-            "arrangement": arrangement.value,
-            "mode": self.neighbour.mode,
-            "intake": self.intake.url if self.intake else None,
-            "last_ray_report_ms": last,
-        }
-        if extra != self.state.extra:
-            self.dirty = True
-        self.state = replace(self.state, extra=extra)
+        beside = Beside(self.neighbour.mode, session.name, arrangement.value, last, standing_down)
+        self._record(beside=beside)
 
     def _on_sighting(self, sighting: RaySighting) -> None:
         self.neighbour.saw(sighting)
         self.ray_seen.set()
+        self._pull_first_report()
         session = self.track.session
         if session is not None and self.neighbour.last_copy is not None:
             # Ray writes its own usage_stats.json right after its POST returns: put back
@@ -474,13 +556,13 @@ class Daemon:
                 write_usage_stats(session, data)
 
     def _refuse(self, session: Session, refusal: str) -> None:
+        self._hold(session, refusal, f"Not reporting session {session.name}: {refusal}")
         if session.key in self.track.refused_logged:
             return
         self.track.refused_logged.add(session.key)
         # Only an unreadable metadata answer is trouble; the other reasons are normal states.
         level = log.warning if refusal.startswith("cluster metadata") else log.info
         level("session.not_reported", session_dir=str(session.path), reason=refusal)
-        self._set_status(f"Not reporting session {session.name}: {refusal}")
 
     def _write_local_copy(
         self, session: Session, body: bytes, success: bool, error: str | None
@@ -512,13 +594,17 @@ class Daemon:
 
 
 def run_daemon(
-    settings: Settings, known: KnownIdentifiers | None = None, withheld: tuple[str, ...] = ()
+    settings: Settings,
+    known: KnownIdentifiers | None = None,
+    withheld: tuple[str, ...] = (),
+    record: ServiceRecord | None = None,
 ) -> int:
     """Build the daemon and run its loop to completion."""
     notifier = Notifier(settings.notify_socket)
 
     async def main() -> int:
-        daemon = Daemon(settings, notifier, known or collect_known_identifiers(), withheld=withheld)
+        known_ids = known or collect_known_identifiers()
+        daemon = Daemon(settings, notifier, known_ids, withheld=withheld, record=record)
         return await daemon.serve()
 
     # Start-up objects live as long as the process: keep the collector from rescanning them.

@@ -8,6 +8,7 @@ lines, or a readable console format on a terminal. Everything goes to stderr.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -86,11 +87,48 @@ class _Tolerant:
         try:
             return self._stream.write(text)
         except (OSError, ValueError):
+            silence(self._stream)
             return 0
 
     def flush(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
+        try:
             self._stream.flush()
+        except (OSError, ValueError):
+            silence(self._stream)
+
+
+def silence(stream: TextIO) -> None:
+    """Point a stream whose reader is gone at /dev/null, keeping its file descriptor.
+
+    A failed write leaves its text in the stream's buffer, and Python flushes that buffer
+    again at exit: failing there, the interpreter exits 120 instead of the daemon's own
+    status (unless PYTHONUNBUFFERED happened to be set). With the descriptor on /dev/null
+    the pending text drains harmlessly, now and at exit.
+    """
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return
+    try:
+        os.dup2(null, fd, inheritable=fd <= 2)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()
+
+
+def flush_standard_streams() -> None:
+    """Flush stdout and stderr before exit; a stream whose reader is gone is silenced."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            silence(stream)
 
 
 def configure(

@@ -16,7 +16,7 @@ from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
 from usagestatsd.report import Report, build_report, nulls_for, serialise
 from usagestatsd.session import Session
 from usagestatsd.settings import Settings
-from usagestatsd.state import SessionState, State
+from usagestatsd.state import ID_FROM_CLUSTER, ID_RANDOM, SessionState, State
 
 _HEX_ID = frozenset("0123456789abcdef")
 
@@ -45,16 +45,25 @@ class Prepared:
     session_id: str
     remembered: SessionState
     blanked: dict[str, str]  # field -> why it is sent as null (redaction, pending consent)
+    id_source: str = ID_RANDOM  # where session_id came from (state.ID_FROM_CLUSTER/ID_RANDOM)
 
 
-def choose_session_id(facts: ClusterFacts, remembered: str) -> str:
-    """The cluster id when the provider gives a sane one (as Ray 2.60), else our random id."""
+def choose_session_id(facts: ClusterFacts, remembered: SessionState) -> tuple[str, str]:
+    """The session's id and where it came from.
+
+    Once a report of the session carried an id, that id is kept: a provider outage, a
+    restart or a retry never changes it (a report without the provider's fields carries
+    them empty, under the same identity). Before that: the cluster id when the provider
+    gives a sane one (as Ray 2.60 does), else our random id.
+    """
+    if remembered.id_fixed and remembered.id_source is not None:
+        return remembered.session_id, remembered.id_source
     cid = facts.provider.cluster_id if facts.provider else None
     # Ray's cluster id is 28 bytes (56 hex digits); 32 at least keeps out short hex values
     # such as a MAC address written without separators.
     if cid and 32 <= len(cid) <= 128 and set(cid) <= _HEX_ID:
-        return cid
-    return remembered
+        return cid, ID_FROM_CLUSTER
+    return remembered.session_id, ID_RANDOM
 
 
 async def prepare_report(
@@ -77,7 +86,7 @@ async def prepare_report(
         settings.kubernetes_in_use,
     )
     remembered = state.for_session(session.key)
-    session_id = choose_session_id(facts, remembered.session_id)
+    session_id, id_source = choose_session_id(facts, remembered)
     report = build_report(
         source=settings.source,
         now_ms=now_ms,
@@ -94,7 +103,9 @@ async def prepare_report(
     blanked = {name: f"redacted by {settings.source_of('redact')}" for name in settings.redact}
     blanked.update({name: "newer than the field set consent was given for" for name in withheld})
     final = clean.with_fields(**nulls_for(list(blanked)))
-    return Prepared(final, serialise(final), redactions, facts, session_id, remembered, blanked)
+    return Prepared(
+        final, serialise(final), redactions, facts, session_id, remembered, blanked, id_source
+    )
 
 
 NOT_RUNNING = "the cluster is not running (its dashboard sockets are absent or refuse)"

@@ -108,6 +108,9 @@ class Settings:
     usage_stats_enabled_env: str | None = None
     do_not_track_env: str | None = None
     consent_file: Path = Path("~/.ray/config.json")
+    # Ray's own config files consulted beside consent_file; None: ~/.ray/config.json of
+    # root, of the daemon's user and of the Ray temp root's owner (consent.ray_config_files).
+    ray_config_files: tuple[Path, ...] | None = None
     prompt_enabled_env: str | None = None
     # What systemd hands the process.
     notify_socket: str | None = None
@@ -319,6 +322,19 @@ def _field_names(raw: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def _ray_config_files(raw: object) -> tuple[Path, ...] | None:
+    accepted = "'auto', or a list of absolute paths of Ray config files (~/.ray/config.json)"
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return None
+    items = [p for p in re.split(r"[\s,]+", raw.strip()) if p] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(accepted)
+    paths = tuple(Path(i) for i in items)
+    if not all(p.is_absolute() for p in paths):
+        raise ValueError(accepted)
+    return tuple(dict.fromkeys(paths))
+
+
 def parse_extra_tags(raw: object) -> dict[str, str]:
     """Ray's ``k=v;k2=v2`` form (or a TOML table); a bad pair is named, not silently dropped."""
     accepted = (
@@ -456,6 +472,12 @@ _SPECS: tuple[_Spec, ...] = (
         _number(0.001, 36500, "days"),
     ),
     _Spec("consent_file", "consent_file", ("RAY_USAGE_STATS_CONFIG_PATH",), _path),
+    _Spec(
+        "ray_config_files",
+        "ray_config_files",
+        ("USAGESTATSD_RAY_CONFIG_FILES",),
+        _ray_config_files,
+    ),
 )
 _SPEC_BY_NAME = {spec.name: spec for spec in _SPECS}
 _FILE_KEYS = {spec.file_key for spec in _SPECS if spec.file_key}
@@ -597,3 +619,19 @@ def _watchdog_usec(env: Mapping[str, str]) -> int | None:
 def setting_names() -> list[str]:
     """Every setting name, for documentation and tests."""
     return [spec.name for spec in _SPECS]
+
+
+# Read by load_settings beside the table: the consent inputs, Ray's temp dir, the homes.
+_OTHER_VARIABLES = (
+    "RAY_TMPDIR",
+    "RAY_USAGE_STATS_ENABLED",
+    "DO_NOT_TRACK",
+    "RAY_USAGE_STATS_PROMPT_ENABLED",
+    "HOME",
+    "XDG_STATE_HOME",
+)
+
+
+def read_variables() -> frozenset[str]:
+    """Every environment variable a setting or the consent decision is read from."""
+    return frozenset(var for spec in _SPECS for var in spec.env) | frozenset(_OTHER_VARIABLES)

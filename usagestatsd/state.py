@@ -11,7 +11,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from usagestatsd.report import Counters
 
 STATE_FILE = "state.json"
 FORMAT = 1
+ID_FROM_CLUSTER = "cluster_id"  # Ray's cluster id, from the provider
+ID_RANDOM = "random"  # this daemon's random id (no provider at the first report)
 
 
 class StateError(Exception):
@@ -58,6 +60,14 @@ class SessionState:
     counters: Counters = Counters()
     # SHA-256 of the usage_stats.json we last wrote: tells our writes from Ray's.
     local_copy_sha256: str | None = None
+    # Where session_id came from once a report carried it (ID_FROM_CLUSTER or ID_RANDOM);
+    # None until then. From the first report on, the id never changes for the session.
+    id_source: str | None = None
+
+    @property
+    def id_fixed(self) -> bool:
+        """True once a report carried session_id: it is the session's identity from then on."""
+        return self.id_source is not None
 
 
 @dataclass(frozen=True)
@@ -106,14 +116,21 @@ def _from_json(data: dict[str, Any]) -> State:
         if not isinstance(s["key"], str) or not isinstance(s["session_id"], str):
             raise ValueError("session key or id is not text")
         digest = s.get("local_copy_sha256")
+        source = s.get("id_source")
         session = SessionState(
-            s["key"], s["session_id"], counters, digest if isinstance(digest, str) else None
+            s["key"],
+            s["session_id"],
+            counters,
+            digest if isinstance(digest, str) else None,
+            source if source in (ID_FROM_CLUSTER, ID_RANDOM) else None,
         )
     last = None
     if data.get("last_report"):
         lr = dict(data["last_report"])
         lr["endpoints"] = tuple(EndpointResult(**e) for e in lr.get("endpoints", ()))
         last = LastReport(**lr)
+    if session is not None and "id_source" not in data["session"]:
+        session = _fixed_by_last_report(session, last)
     nxt = data.get("next_report_ms")
     extra = {
         k: v
@@ -121,6 +138,15 @@ def _from_json(data: dict[str, Any]) -> State:
         if k not in ("format", "session", "last_report", "next_report_ms")
     }
     return State(session, last, nxt if isinstance(nxt, int) else None, extra)
+
+
+def _fixed_by_last_report(session: SessionState, last: LastReport | None) -> SessionState:
+    """A 1.0 state file: the id its reports carried is the last report's (saved together)."""
+    if session.counters.seq_number == 0 or last is None:
+        return session
+    if last.session_id != session.session_id:
+        return replace(session, session_id=last.session_id, id_source=ID_FROM_CLUSTER)
+    return replace(session, id_source=ID_RANDOM)
 
 
 class StateStore:

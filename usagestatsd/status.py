@@ -1,16 +1,26 @@
-"""`usagestatsd status`: the decision and why, the session, and the last and next report."""
+"""`usagestatsd status`: what the running service decided and why, and what a restart changes.
+
+The service writes its decisions down (running.py): `status` shows those, not what this
+command would decide with its own environment, which is not the service's. From the
+record's inputs and the current files it recomputes what a restart would decide and
+lists the differences. A next report is shown only while one is really planned.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from usagestatsd.cluster import PROVIDER_SOCKET
-from usagestatsd.consent import Decision
+from usagestatsd.consent import Decision, decide, read_consent_file
 from usagestatsd.fieldsets import CURRENT_VERSION, withheld
-from usagestatsd.session import find_session
-from usagestatsd.settings import Settings
-from usagestatsd.state import State, StateStore
+from usagestatsd.ray_consent import read_ray_configs
+from usagestatsd.running import RecordStore, ServiceRecord, is_running
+from usagestatsd.session import Session, find_session
+from usagestatsd.settings import Settings, SettingsError, load_settings
+from usagestatsd.state import StateStore
 
 
 def _when(ms: int | None) -> str | None:
@@ -19,76 +29,178 @@ def _when(ms: int | None) -> str | None:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ms / 1000))
 
 
-def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
-    """Everything `status` shows, as JSON-ready values."""
-    state, state_problem = StateStore(settings.state_dir).peek()
-    found = find_session(settings.temp_root)
-    session: dict[str, Any] | None = None
-    last = state.last_report
-    if found.session:
-        s = found.session
-        same = state.session is not None and state.session.key == s.key
-        # The id really reported (the cluster id when the provider gave it) is the last
-        # report's: the remembered one is only the fallback used without a provider.
-        reported_id = last.session_id if last else None
-        session = {
-            "dir": str(s.path),
-            "session_id": (reported_id or state.session.session_id)
-            if same and state.session
-            else None,
-            "usage_stats_json": str(s.usage_stats_path),
-            "usage_stats_json_exists": s.usage_stats_path.exists(),
-            "provider": "present" if (s.sockets_dir / PROVIDER_SOCKET).exists() else "absent",
-            "counters": (vars(state.session.counters) if same and state.session else None),
-        }
+def _decision_json(decision: Decision) -> dict[str, Any]:
     return {
         "enabled": decision.enabled,
         "decided_by": {"layer": decision.layer, "where": decision.where, "value": decision.value},
         "reason": decision.reason,
         "how_to_change": decision.how_to_change,
         "error": decision.error,
-        "consulted": [vars(c) for c in decision.consulted],
+        "consulted": [asdict(c) for c in decision.consulted],
+    }
+
+
+def restart_view(record: ServiceRecord) -> tuple[Settings | None, Decision | None, str | None]:
+    """What a restart would decide: the service's inputs, with the files as they are now."""
+    inputs = record.inputs
+    config = None if inputs.settings_file is None else Path(inputs.settings_file)
+    try:
+        settings = load_settings(inputs.environment, inputs.command_line, config)
+    except SettingsError as exc:
+        return None, None, f"a restart would fail (exit 78): {exc}"
+    consent_file = read_consent_file(settings.consent_file)
+    return settings, decide(settings, consent_file, False, None, read_ray_configs(settings)), None
+
+
+def restart_changes(record: ServiceRecord, settings: Settings, decision: Decision) -> list[str]:
+    """In words: what differs between the running decision and the one a restart would take."""
+    changes = []
+    old = record.consent
+    if (old.enabled, old.layer, old.where, old.value) != (
+        decision.enabled,
+        decision.layer,
+        decision.where,
+        decision.value,
+    ):
+        word = "enabled" if decision.enabled else "disabled"
+        changes.append(f"collection: {word} ({decision.reason}; now: {old.reason})")
+    endpoints = tuple(e.display for e in settings.endpoints)
+    if decision.enabled and endpoints != record.endpoints:
+        changes.append(f"endpoints: {', '.join(endpoints)} (now: {', '.join(record.endpoints)})")
+    if decision.enabled and str(settings.temp_root) != record.temp_root:
+        changes.append(f"Ray temp root: {settings.temp_root} (now: {record.temp_root})")
+    if decision.enabled and settings.report_interval_s != record.interval_s:
+        changes.append(f"interval: {settings.report_interval_s:g} s (now: {record.interval_s:g} s)")
+    intake = settings.ray_intake
+    asked = None if intake is None else f"{intake[0]}:{intake[1]}"
+    was = None if record.intake is None else record.intake.address.replace("[", "").replace("]", "")
+    if decision.enabled and asked != was:
+        changes.append(f"intake: {asked or 'off'} (now: {was or 'off'})")
+    return changes
+
+
+def _service(record: ServiceRecord | None, running: bool, problem: str | None) -> dict[str, Any]:
+    if record is None:
+        state = "unknown" if problem else "no record (never started with this state directory)"
+        return {"state": state, "problem": problem}
+    if running:
+        state = "running"
+    elif not record.consent.enabled:
+        state = "exited at start: collection disabled"
+    elif record.stopped_ms is not None:
+        state = "stopped"
+    else:
+        state = "not running (it ended without stopping cleanly)"
+    return {
+        "state": state,
+        "running": running,
+        "pid": record.pid if running else None,
+        "started": _when(record.started_ms),
+        "stopped": _when(record.stopped_ms),
+        "status_line": record.status_line,
+        "problem": problem,
+    }
+
+
+def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
+    """Everything `status` shows, as JSON-ready values (`decision`: this command's own)."""
+    state, state_problem = StateStore(settings.state_dir).peek()
+    record, record_problem = RecordStore(settings.state_dir).load()
+    running = record is not None and is_running(record)
+    found = find_session(settings.temp_root).session
+    after: dict[str, Any] | None = None
+    in_effect = decision
+    if record is not None:
+        new_settings, new_decision, error = restart_view(record)
+        if new_settings is None or new_decision is None:
+            after = {"error": error, "changes": []}
+        else:
+            after = {
+                **_decision_json(new_decision),
+                "changes": restart_changes(record, new_settings, new_decision),
+            }
+        # Running: what it decided. Stopped: what the service would decide at its next start.
+        in_effect = record.consent if running or new_decision is None else new_decision
+    holding = _holding(record, running, found)
+    info: dict[str, Any] = {
+        **_decision_json(in_effect),
+        "service": _service(record, running, record_problem),
+        "after_restart": after,
         "settings_file": str(settings.settings_file) if settings.settings_file else None,
         "consent_file": str(settings.consent_file),
         "temp_root": str(settings.temp_root),
         "state_dir": str(settings.state_dir),
         "state_problem": state_problem,
-        "endpoints": [e.display for e in settings.endpoints],
-        "session": session,
-        "last_report": None
-        if last is None
-        else {
+        "endpoints": list(record.endpoints) if record else [e.display for e in settings.endpoints],
+        "session": _session(found, state),
+        "last_report": None,
+        "standing_down": holding if holding and holding.startswith("standing down") else None,
+        "not_reporting": holding,
+        "next_report": None,
+        "beside_ray": _beside_ray(settings, record, running, found),
+        "fields": {
+            "accepted_version": in_effect.accepted_fields_version,
+            "current_version": CURRENT_VERSION,
+            "pending": list(withheld(in_effect.accepted_fields_version)),
+            "redacted": {name: f"by {settings.source_of('redact')}" for name in settings.redact},
+        },
+    }
+    last = state.last_report
+    if last is not None:
+        info["last_report"] = {
             "time": _when(last.time_ms),
             "session_id": last.session_id,
             "seq_number": last.seq_number,
             "success": last.success,
             "error": last.error,
-        },
-        "next_report": _when(state.next_report_ms),
-        "beside_ray": _beside_ray(settings, state, found.session.name if found.session else None),
-        "fields": {
-            "accepted_version": decision.accepted_fields_version,
-            "current_version": CURRENT_VERSION,
-            "pending": list(withheld(decision.accepted_fields_version)),
-            "redacted": {name: f"by {settings.source_of('redact')}" for name in settings.redact},
-        },
+        }
+    if running and record is not None and in_effect.enabled and holding is None:
+        info["next_report"] = _when(record.next_report_ms)
+    return info
+
+
+def _holding(record: ServiceRecord | None, running: bool, found: Session | None) -> str | None:
+    """Why the running service reports nothing for the current session, if it does not."""
+    if record is None or not running or found is None or record.session != found.name:
+        return None
+    return record.not_reporting
+
+
+def _session(found: Session | None, state: Any) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    remembered = state.session if state.session and state.session.key == found.key else None
+    return {
+        "dir": str(found.path),
+        "session_id": remembered.session_id if remembered and remembered.id_fixed else None,
+        "session_id_source": remembered.id_source if remembered else None,
+        "usage_stats_json": str(found.usage_stats_path),
+        "usage_stats_json_exists": found.usage_stats_path.exists(),
+        "provider": "present" if (found.sockets_dir / PROVIDER_SOCKET).exists() else "absent",
+        "counters": vars(remembered.counters) if remembered else None,
     }
 
 
-def _beside_ray(settings: Settings, state: State, session_name: str | None) -> dict[str, Any]:
-    """How this daemon shares the session with Ray's own reporter (docs/beside-ray.md)."""
-    seen = state.extra.get("beside_ray")
-    intake = settings.ray_intake
+def _beside_ray(
+    settings: Settings, record: ServiceRecord | None, running: bool, found: Session | None
+) -> dict[str, Any]:
+    """How the service shares the session with Ray's own reporter (docs/beside-ray.md)."""
+    intake = record.intake if record else None
     info: dict[str, Any] = {
-        "mode": settings.beside_ray,
-        "intake": f"http://{intake[0]}:{intake[1]}/" if intake else None,
+        "mode": record.beside.mode if record else settings.beside_ray,
+        "intake": intake.url if running and intake and intake.listening else None,
+        "intake_address": intake.address if intake else None,
+        "intake_listening": bool(running and intake and intake.listening),
+        "intake_problem": intake.problem if running and intake else None,
         "arrangement": "unknown",
         "last_ray_report": None,
     }
-    if isinstance(seen, dict) and seen.get("session") == session_name:
-        info["arrangement"] = seen.get("arrangement", "unknown")
-        last = seen.get("last_ray_report_ms")
-        info["last_ray_report"] = _when(last) if isinstance(last, int) else None
+    if record is None:
+        asked = settings.ray_intake
+        info["intake_address"] = f"{asked[0]}:{asked[1]}" if asked else None
+    elif running and found is not None and record.beside.session == found.name:
+        info["arrangement"] = record.beside.arrangement
+        info["last_ray_report"] = _when(record.beside.last_ray_report_ms)
     return info
 
 
@@ -96,6 +208,7 @@ def render(info: dict[str, Any]) -> str:
     """The human-readable form of `describe`."""
     word = "enabled" if info["enabled"] else "disabled"
     by = info["decided_by"]
+    service = info["service"]
     lines = [
         f"Usage stats collection: {word}",
         f"  decided by:   {by['layer']} ({by['where']})"
@@ -108,6 +221,7 @@ def render(info: dict[str, Any]) -> str:
     lines.append("  consulted:")
     for c in info["consulted"]:
         lines.append(f"    - {c['layer']:<24} {c['where']}: {c['value']}")
+    lines += _service_lines(service, info["after_restart"])
     lines += [
         f"Settings file:  {info['settings_file'] or '(none; defaults)'}",
         f"Consent file:   {info['consent_file']}",
@@ -131,7 +245,7 @@ def render(info: dict[str, Any]) -> str:
     else:
         outcome = "ok" if last["success"] else f"FAILED: {last['error']}"
         lines.append(f"Last report:    {last['time']} seq {last['seq_number']} {outcome}")
-    lines.append(f"Next report:    {info['next_report'] or 'not scheduled'}")
+    lines.append(f"Next report:    {info['next_report'] or _no_next(info)}")
     f = info["fields"]
     lines.append(
         f"Field set:      accepted version {f['accepted_version']}, current {f['current_version']}"
@@ -142,16 +256,65 @@ def render(info: dict[str, Any]) -> str:
         )
     for name, why in f["redacted"].items():
         lines.append(f"  redacted {name} ({why})")
-    b = info["beside_ray"]
+    lines += _beside_lines(info["beside_ray"], service.get("running", False))
+    if info["state_problem"]:
+        lines.append(f"State:          unreadable ({info['state_problem']})")
+    return "\n".join(lines)
+
+
+def _service_lines(service: dict[str, Any], after: dict[str, Any] | None) -> list[str]:
+    lines = [f"Service:        {service['state']}"]
+    if service.get("running"):
+        lines[0] += f" since {service['started']} (pid {service['pid']})"
+    elif service.get("stopped"):
+        lines[0] += f" at {service['stopped']}"
+    if service.get("status_line"):
+        lines.append(f"  its status:   {service['status_line']}")
+    if service.get("problem"):
+        lines.append(f"  record:       unreadable ({service['problem']})")
+    if after is None:
+        return lines
+    if after.get("error"):
+        lines.append(f"  after restart: {after['error']}")
+    elif after["changes"]:
+        lines.append("  a restart ('systemctl restart usagestatsd') would change:")
+        lines += [f"    - {change}" for change in after["changes"]]
+    else:
+        lines.append("  a restart would change nothing")
+    return lines
+
+
+def _no_next(info: dict[str, Any]) -> str:
+    """Why no report is planned: never a time that will not come."""
+    if not info["service"].get("running"):
+        return "none (the service is not running)"
+    if not info["enabled"]:
+        return "none (collection is disabled)"
+    if info["not_reporting"]:
+        return f"none ({info['not_reporting']})"
+    if info["session"] is None:
+        return "none (waiting for a Ray session)"
+    return "not scheduled"
+
+
+def _beside_lines(b: dict[str, Any], running: bool) -> list[str]:
     explain = {
         "routed": "Ray's reporter sends to this daemon's intake; only usagestatsd reports",
         "direct": "Ray's own reporter sends this session's reports itself"
         + ("; usagestatsd stands down" if b["mode"] == "auto" else "; both report"),
         "unknown": "Ray's own reporter not seen yet",
     }[b["arrangement"]]
-    lines.append(f"Ray's reporter: {explain}")
-    if b["intake"] and b["arrangement"] != "routed":
+    lines = [f"Ray's reporter: {explain}"]
+    if b["intake_listening"] and b["arrangement"] != "routed":
         lines.append(f"  to route it here, start Ray with RAY_USAGE_STATS_REPORT_URL={b['intake']}")
-    if info["state_problem"]:
-        lines.append(f"State:          unreadable ({info['state_problem']})")
-    return "\n".join(lines)
+    elif b["intake_problem"]:
+        lines.append(
+            f"  intake {b['intake_address']} is NOT listening ({b['intake_problem']}): Ray's "
+            "reporter cannot be routed here; free the port or choose another with ray_intake, "
+            "then restart the service"
+        )
+    elif b["intake_address"] and not running:
+        lines.append(f"  intake {b['intake_address']}: not listening (the service is not running)")
+    elif b["intake_address"] is None:
+        lines.append('  intake: off (ray_intake = "off")')
+    return lines

@@ -154,13 +154,23 @@ def _print_report(body: bytes, agent: str) -> None:
         )
     except ValueError:
         summary = "(not JSON)"
-    print(f"receiver: got a report from {agent}: {summary}", flush=True)
-    print("receiver: " + body.decode(errors="replace"), flush=True)
+    say(f"receiver: got a report from {agent}: {summary}")
+    say("receiver: " + body.decode(errors="replace"))
+
+
+def say(text: str) -> None:
+    """Print a line; once the terminal is gone (closed window: EIO), print nothing."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, flush=True)
+
+
+# A closed terminal sends SIGHUP: it stops the demo (and cleans up) exactly like Ctrl-C.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def _serve_forever(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
@@ -170,7 +180,7 @@ async def serve_cluster(temp_root: Path) -> int:
     session = make_session_dir(temp_root)
     cluster = DemoCluster(session)
     await cluster.start()
-    print(f"demo-cluster: serving recorded Ray 2.60 responses in {session}/sockets", flush=True)
+    say(f"demo-cluster: serving recorded Ray 2.60 responses in {session}/sockets")
     await _serve_forever(asyncio.Event())
     await cluster.stop()
     return 0
@@ -180,7 +190,7 @@ async def serve_receiver(port: int) -> int:
     """`usagestatsd demo-receiver`: print reports POSTed to 127.0.0.1:port until stopped."""
     receiver = Receiver(port)
     await receiver.start()
-    print(f"demo-receiver: listening on {receiver.url}", flush=True)
+    say(f"demo-receiver: listening on {receiver.url}")
     await _serve_forever(asyncio.Event())
     await receiver.stop()
     return 0
@@ -197,11 +207,8 @@ async def run_demo(interval_s: float = 5.0) -> int:
         receiver = Receiver()
         await cluster.start()
         await receiver.start()
-        print(f"demo: Ray 2.60 session (recorded) under {temp_root}", flush=True)
-        print(
-            f"demo: receiver on {receiver.url}; a report every {interval_s:g}s; Ctrl-C stops",
-            flush=True,
-        )
+        say(f"demo: Ray 2.60 session (recorded) under {temp_root}")
+        say(f"demo: receiver on {receiver.url}; a report every {interval_s:g}s; Ctrl-C stops")
         env = dict(os.environ)
         env.update(
             {
@@ -225,11 +232,15 @@ async def run_demo(interval_s: float = 5.0) -> int:
             "--log-format",
             "console",
             env=env,
+            # Its own session: terminal signals (Ctrl-C, a closed window's SIGHUP, which the
+            # daemon would take for "reload") reach only the demo, which stops it below.
+            start_new_session=True,
         )
+        say(f"demo: daemon pid {daemon.pid}")
         stop = asyncio.Event()
         waiter = asyncio.ensure_future(daemon.wait())
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, stop.set)
         await asyncio.wait(
             [asyncio.ensure_future(stop.wait()), waiter], return_when=asyncio.FIRST_COMPLETED
@@ -239,5 +250,5 @@ async def run_demo(interval_s: float = 5.0) -> int:
             await daemon.wait()
         await cluster.stop()
         await receiver.stop()
-        print(f"demo: stopped; the receiver got {len(receiver.received)} report(s)", flush=True)
+        say(f"demo: stopped; the receiver got {len(receiver.received)} report(s)")
         return 0 if daemon.returncode in (0, -signal.SIGTERM) else 1

@@ -1,0 +1,180 @@
+"""`status` and the STATUS= line tell what the running service decided, and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import consent_file_env, daemon_env
+from tests.servers import ScriptedEndpoint, await_line, run_cli, running_daemon, until
+from tests.test_beside_ray import ray_style_copy
+from usagestatsd.demo import DemoCluster
+
+
+class NotifySocket:
+    """A bound sd_notify datagram socket, like systemd's, collecting messages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    def statuses(self) -> list[str]:
+        """Every STATUS= value received so far."""
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                break
+        return [
+            line.removeprefix("STATUS=")
+            for m in self.messages
+            for line in m.splitlines()
+            if line.startswith("STATUS=")
+        ]
+
+
+@pytest.fixture
+def notify(temp_root: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(temp_root.parent / "notify")
+    yield sock
+    sock.sock.close()
+
+
+async def status(env: dict[str, str]) -> tuple[int, dict[str, Any], str]:
+    """`status --json` and `status`, as an operator runs them: without the service's env."""
+    mine = {k: v for k, v in env.items() if k in ("USAGESTATSD_STATE_DIR", "HOME")}
+    mine["USAGESTATSD_TEMP_ROOT"] = env["USAGESTATSD_TEMP_ROOT"]
+    code, out, _ = await run_cli(["status", "--json", "--config", "/dev/null"], mine)
+    _, text, _ = await run_cli(["status", "--config", "/dev/null"], mine)
+    return code, json.loads(out), text
+
+
+async def test_disabled_by_the_service_environment(
+    demo_session: DemoCluster,
+    endpoint: ScriptedEndpoint,
+    temp_root: Path,
+    state_dir: Path,
+    notify: NotifySocket,
+) -> None:
+    """Environment=RAY_USAGE_STATS_ENABLED=0 (a drop-in): status says disabled, and by what."""
+    state_dir.mkdir()  # systemd's StateDirectory=
+    env = daemon_env(
+        temp_root,
+        state_dir,
+        endpoint.url,
+        RAY_USAGE_STATS_ENABLED="0",
+        NOTIFY_SOCKET=str(notify.path),
+    )
+    with running_daemon(env) as daemon:
+        assert daemon.proc.wait(20) == 0
+    assert notify.statuses()[0] == "Disabled by RAY_USAGE_STATS_ENABLED=0; not collecting"
+    code, info, text = await status(env)
+    assert code == 3 and info["enabled"] is False
+    assert info["decided_by"]["layer"] == "RAY_USAGE_STATS_ENABLED"
+    assert info["service"]["state"] == "exited at start: collection disabled"
+    assert info["after_restart"]["changes"] == [] and info["next_report"] is None
+    assert "Next report:    none (the service is not running)" in text
+    assert endpoint.received == []
+
+
+async def test_disable_then_restart(
+    demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
+) -> None:
+    """After `disable`: the running daemon still reports, and status says so and what a
+    restart changes; after the restart: disabled, and no next report is shown."""
+    consent = temp_root.parent / "consent.json"
+    env = consent_file_env(temp_root, state_dir, endpoint.url, consent, '{"usage_stats": true}')
+    env["RAY_USAGE_STATS_REPORT_INTERVAL_S"] = "3"
+    with running_daemon(env) as daemon:
+        await until(lambda: len(endpoint.received) >= 1)
+        await await_line(daemon, "report.sent")
+        code, _, _ = await run_cli(["disable", "--config", "/dev/null"], env)
+        assert code == 0
+        code, info, text = await status(env)
+        assert code == 0 and info["enabled"] is True
+        assert info["service"]["running"] is True and info["next_report"] is not None
+        assert info["after_restart"]["enabled"] is False
+        assert any(c.startswith("collection: disabled") for c in info["after_restart"]["changes"])
+        assert "a restart ('systemctl restart usagestatsd') would change:" in text
+        assert daemon.stop() == 0
+    code, info, text = await status(env)
+    assert code == 3 and info["next_report"] is None
+    assert info["service"]["state"] == "stopped"
+    with running_daemon(env) as daemon:  # the restart
+        assert daemon.proc.wait(20) == 0
+    code, info, text = await status(env)
+    assert code == 3 and info["enabled"] is False and info["next_report"] is None
+    assert "Next report:    none" in text and "consent.json" in info["decided_by"]["where"]
+
+
+async def test_standing_down_after_a_report_shows_in_both_views(
+    demo_session: DemoCluster,
+    endpoint: ScriptedEndpoint,
+    temp_root: Path,
+    state_dir: Path,
+    notify: NotifySocket,
+) -> None:
+    """Reported once, then Ray's own reporter writes the copy: STATUS= and status say
+    'Standing down' (never 'Last report ... ok'), with the fix; no next report."""
+    env = daemon_env(
+        temp_root,
+        state_dir,
+        endpoint.url,
+        USAGESTATSD_RAY_INTAKE="127.0.0.1:0",
+        NOTIFY_SOCKET=str(notify.path),
+    )
+    with running_daemon(env) as daemon:
+        await until(lambda: len(endpoint.received) >= 1)
+        await await_line(daemon, "report.sent")
+        (demo_session.session_dir / "usage_stats.json").write_bytes(ray_style_copy(7))
+        await await_line(daemon, "beside_ray.standing_down")
+        await until(lambda: notify.statuses()[-1].startswith("Standing down"))
+        assert "RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:" in notify.statuses()[-1]
+        code, info, text = await status(env)
+        assert code == 0 and info["standing_down"] and info["next_report"] is None
+        assert info["service"]["status_line"].startswith("Standing down")
+        assert "Next report:    none (standing down" in text
+        await asyncio.sleep(1.5)  # more cycles (interval 0.5 s): the line stays
+        assert notify.statuses()[-1].startswith("Standing down")
+
+
+async def test_intake_port_taken_means_no_routing_advice(
+    demo_session: DemoCluster,
+    endpoint: ScriptedEndpoint,
+    temp_root: Path,
+    state_dir: Path,
+    notify: NotifySocket,
+) -> None:
+    """The intake's port is in use: status says so, and never tells to route Ray there."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        env = daemon_env(
+            temp_root,
+            state_dir,
+            endpoint.url,
+            USAGESTATSD_RAY_INTAKE=f"127.0.0.1:{port}",
+            NOTIFY_SOCKET=str(notify.path),
+        )
+        with running_daemon(env) as daemon:
+            await await_line(daemon, "beside_ray.intake_unavailable")
+            await until(lambda: len(endpoint.received) >= 1)
+            _, info, text = await status(env)
+    finally:
+        taken.close()
+    assert "not listening" in notify.statuses()[0]
+    assert info["beside_ray"]["intake_listening"] is False
+    assert "in use" in info["beside_ray"]["intake_problem"]
+    assert "RAY_USAGE_STATS_REPORT_URL" not in text
+    assert f"intake 127.0.0.1:{port} is NOT listening" in text
