@@ -1,4 +1,4 @@
-"""Command line: `usagestatsd run|preview|status|enable|disable|demo ...`; exit codes.
+"""Command line: `usagestatsd run|preview|status|setup|enable|disable|demo ...`; exit codes.
 
 Exit status: 0 success (also: collection disabled, daemon exited as asked); 1 a runtime
 failure; 2 bad usage; 3 `status`: collection is disabled; 78 invalid configuration.
@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = commands.add_parser(name, help=f"{word} collection (takes effect on restart)")
         _common(cmd)
 
+    setup = commands.add_parser(
+        "setup", help="find the running Ray; say what is missing and how to fix it"
+    )
+    _common(setup)
+    setup.add_argument(
+        "--apply", action="store_true", help="write the systemd drop-ins and start the provider"
+    )
+
     demo = commands.add_parser("demo", help="show reports flowing from a demo Ray session")
     demo.add_argument("--interval", type=float, default=5.0, metavar="SECONDS")
     cluster = commands.add_parser("demo-cluster", help="serve a demo Ray session (recorded)")
@@ -171,6 +179,7 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
         "disable": cmd_disable,
         "history": cmd_history,
         "forget": cmd_forget,
+        "setup": cmd_setup,
     }[command]
     return handler(args, settings)
 
@@ -369,6 +378,13 @@ def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
         return list_sessions(settings)
     logs.configure("console" if sys.stderr.isatty() else "json", "info", settings.journal_stream)
     return asyncio.run(forget(settings, args.session, args.all))
+
+
+def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
+    """`usagestatsd setup [--apply]`: usagestatsd/setup.py."""
+    from usagestatsd.setup import run_setup
+
+    return run_setup(settings, args.apply)
 
 
 def entry_point() -> None:
