@@ -1,5 +1,9 @@
 """Gather the cluster's facts over local Unix sockets and the cluster config file.
 
+The dashboard's `dash_*` Unix sockets are the first choice; a Ray version without them
+(before 2.47) is asked over its dashboard's TCP port instead, checked to be the session's
+own dashboard (`dashboard.py`).
+
 Read-only towards the cluster: only endpoints that record nothing in Ray are used (Ray's
 state API records a usage tag per call, so it is avoided).
 
@@ -16,13 +20,14 @@ import errno
 import os
 import pwd
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 
+from usagestatsd import dashboard
 from usagestatsd.fileio import read_regular_file
 from usagestatsd.report import (
     ClusterConfigFacts,
@@ -44,6 +49,10 @@ from usagestatsd.sources import (
 CLUSTER_CONFIG_NAME = "ray_bootstrap_config.yaml"
 MAX_CONFIG_BYTES = 1 << 20
 PROVIDER_SOCKET = "usagestatsd_provider"
+METADATA_PATH = "/api/v0/cluster_metadata"
+SOCKETS = "sockets"
+DASHBOARD_HTTP = "dashboard HTTP"
+PROVIDER = "provider"
 
 T = TypeVar("T")
 
@@ -59,6 +68,22 @@ class ClusterFacts:
     provider: ProviderFacts | None
     problems: tuple[SourceError, ...]
     provider_present: bool
+    origins: Origins | None = None
+    # Whether a process of this session runs (asked only when no dashboard answered).
+    session_running: bool | None = None
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Where this cycle's facts came from, group by group, and the cluster's Ray version."""
+
+    ray_version: str | None
+    dashboard: str  # SOCKETS, or DASHBOARD_HTTP plus the address and how it was found
+    metadata: str | None  # versions, git commit, os, libc, session start
+    resources: str | None  # CPUs, GPUs, memory, object store
+    nodes: str | None
+    running_jobs: str | None
+    gcs: str | None  # library usages, hardware usages, extra tags, cluster id
 
 
 @dataclass(frozen=True)
@@ -122,21 +147,51 @@ async def _get(socket_path: Path, url_path: str, source: str, limits: Limits) ->
     return decode_json(source, body)
 
 
+Fetch = Callable[[str, str], Awaitable[Any]]
+
+
 async def _ask(
-    session: Session,
+    fetch: Fetch,
     socket_name: str,
     url_path: str,
     parse: Callable[[Any], T],
-    limits: Limits,
     problems: list[SourceError],
 ) -> T | None:
-    source = f"{socket_name} {url_path.split('?')[0]}"
     try:
-        doc = await fetch_unix_json(session.sockets_dir / socket_name, url_path, source, limits)
-        return parse(doc)
+        return parse(await fetch(socket_name, url_path))
     except SourceError as exc:
         problems.append(exc)
         return None
+
+
+def _unix(session: Session, limits: Limits) -> Fetch:
+    async def fetch(socket_name: str, url_path: str) -> Any:
+        source = f"{socket_name} {url_path.split('?')[0]}"
+        path = session.sockets_dir / socket_name
+        return await fetch_unix_json(path, url_path, source, limits)
+
+    return fetch
+
+
+def _tcp(session: Session, limits: Limits, address: tuple[str, int], how: str) -> Fetch:
+    async def fetch(_socket_name: str, url_path: str) -> Any:
+        host, port = address
+        source = f"dashboard {host}:{port} ({how}) {url_path.split('?')[0]}"
+        return await dashboard.fetch_tcp_json(
+            session, address, url_path, source, limits.timeout_s, limits.max_bytes
+        )
+
+    return fetch
+
+
+def dashboard_route(
+    session: Session, limits: Limits, configured: tuple[str, int] | None
+) -> tuple[Fetch, str]:
+    """How to reach the dashboard: its Unix sockets where Ray has them, else HTTP on TCP."""
+    if any(os.path.lexists(session.sockets_dir / n) for n in ("dash_ReportHead", "dash_JobHead")):
+        return _unix(session, limits), SOCKETS
+    host, port, how = dashboard.address_for(session, configured)
+    return _tcp(session, limits, (host, port), how), f"{DASHBOARD_HTTP} {host}:{port} ({how})"
 
 
 def cluster_config_path(session: Session, configured: Path | None) -> Path | None:
@@ -192,44 +247,68 @@ async def gather(
     config_path: Path | None = None,
     kuberay: bool = False,
     kubernetes: bool = False,
+    dashboard_address: tuple[str, int] | None = None,
 ) -> ClusterFacts:
     """Ask every source at once; never raises for a misbehaving source."""
     problems: list[SourceError] = []
     provider_socket = session.sockets_dir / PROVIDER_SOCKET
     provider_present = os.path.lexists(provider_socket)
+    fetch, route = dashboard_route(session, limits, dashboard_address)
     metadata, totals, jobs, provider = await asyncio.gather(
-        _ask(
-            session,
-            "dash_ReportHead",
-            "/api/v0/cluster_metadata",
-            parse_cluster_metadata,
-            limits,
-            problems,
-        ),
-        _ask(
-            session,
-            "dash_ReportHead",
-            "/api/cluster_status",
-            parse_cluster_status,
-            limits,
-            problems,
-        ),
-        _ask(session, "dash_JobHead", "/api/jobs/", parse_job_list, limits, problems),
-        _ask(session, PROVIDER_SOCKET, "/v1/usage", parse_provider, limits, problems)
+        _ask(fetch, "dash_ReportHead", METADATA_PATH, parse_cluster_metadata, problems),
+        _ask(fetch, "dash_ReportHead", "/api/cluster_status", parse_cluster_status, problems),
+        _ask(fetch, "dash_JobHead", "/api/jobs/", parse_job_list, problems),
+        _ask(_unix(session, limits), PROVIDER_SOCKET, "/v1/usage", parse_provider, problems)
         if provider_present
         else _none(),
     )
     config = read_cluster_config(
         cluster_config_path(session, config_path), kuberay, kubernetes, problems
     )
+    totals = totals or ResourceTotals()
+    running = None
+    if metadata is None and totals.total_num_nodes is None and jobs is None:
+        running = dashboard.session_running(session)
     return ClusterFacts(
         metadata=metadata,
-        totals=totals or ResourceTotals(),
+        totals=totals,
         running_jobs=jobs,
         config=config,
         provider=provider,
         problems=tuple(problems),
         provider_present=provider_present,
+        origins=_origins(session, route, metadata, totals, jobs, provider),
+        session_running=running,
+    )
+
+
+def _origins(
+    session: Session,
+    route: str,
+    metadata: ClusterMetadata | None,
+    totals: ResourceTotals,
+    jobs: int | None,
+    provider: ProviderFacts | None,
+) -> Origins:
+    where = SOCKETS if route == SOCKETS else DASHBOARD_HTTP
+    version = metadata.ray_version if metadata else None
+    if version is None:
+        found = dashboard.find_dashboard(session)
+        version = dashboard.ray_version_of(found) if found else None
+
+    def exact_or(exact: int | None, fallback: int | None) -> str | None:
+        if exact is not None:
+            return PROVIDER
+        return where if fallback is not None else None
+
+    return Origins(
+        ray_version=version,
+        dashboard=route,
+        metadata=where if metadata else None,
+        resources=where if totals.total_num_cpus is not None else None,
+        nodes=exact_or(provider.total_num_nodes if provider else None, totals.total_num_nodes),
+        running_jobs=exact_or(provider.total_num_running_jobs if provider else None, jobs),
+        gcs=PROVIDER if provider is not None else None,
     )
 
 

@@ -22,6 +22,7 @@ import structlog
 from usagestatsd.beside_ray import Arrangement, Neighbour, RayIntake, RaySighting, digest
 from usagestatsd.history import Record, history_of
 from usagestatsd.pipeline import (
+    CANNOT_READ,
     NOT_RUNNING,
     Prepared,
     cluster_refusal,
@@ -320,7 +321,8 @@ class Daemon:
             self.settings, session, self.state, self.known, now_ms, self.withheld
         )
         refusal = cluster_refusal(prepared.facts)
-        if refusal != NOT_RUNNING:  # a stopped head is one info line, not a warning per socket
+        # A stopped head is one info line, an unreadable one one warning: not one per socket.
+        if refusal != NOT_RUNNING and not (refusal or "").startswith(CANNOT_READ):
             for problem in prepared.facts.problems:
                 log.warning("cluster.source_failed", source=problem.source, problem=problem.problem)
         if refusal:
@@ -478,7 +480,7 @@ class Daemon:
             return
         self.track.refused_logged.add(session.key)
         # Only an unreadable metadata answer is trouble; the other reasons are normal states.
-        level = log.warning if refusal.startswith("cluster metadata") else log.info
+        level = log.warning if refusal.startswith(("cluster metadata", CANNOT_READ)) else log.info
         level("session.not_reported", session_dir=str(session.path), reason=refusal)
         self._set_status(f"Not reporting session {session.name}: {refusal}")
 

@@ -11,7 +11,7 @@ import pwd
 import socket
 from dataclasses import dataclass
 
-from usagestatsd.cluster import ClusterFacts, Limits, gather
+from usagestatsd.cluster import PROVIDER_SOCKET, SOCKETS, ClusterFacts, Limits, gather
 from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
 from usagestatsd.report import Report, build_report, nulls_for, serialise
 from usagestatsd.session import Session
@@ -48,7 +48,13 @@ class Prepared:
 
 
 def choose_session_id(facts: ClusterFacts, remembered: str) -> str:
-    """The cluster id when the provider gives a sane one (as Ray 2.60), else our random id."""
+    """Ray's own session id for this version, else our random id.
+
+    Ray up to 2.20 reports the UUID its metadata keeps; later versions the cluster id,
+    which only the provider can read.
+    """
+    if facts.metadata is not None and facts.metadata.session_id is not None:
+        return facts.metadata.session_id
     cid = facts.provider.cluster_id if facts.provider else None
     # Ray's cluster id is 28 bytes (56 hex digits); 32 at least keeps out short hex values
     # such as a MAC address written without separators.
@@ -75,6 +81,7 @@ async def prepare_report(
         settings.cluster_config,
         settings.kuberay_in_use,
         settings.kubernetes_in_use,
+        settings.dashboard_address,
     )
     remembered = state.for_session(session.key)
     session_id = choose_session_id(facts, remembered.session_id)
@@ -97,7 +104,11 @@ async def prepare_report(
     return Prepared(final, serialise(final), redactions, facts, session_id, remembered, blanked)
 
 
-NOT_RUNNING = "the cluster is not running (its dashboard sockets are absent or refuse)"
+NOT_RUNNING = (
+    "the cluster is not running (its dashboard is absent or refuses, "
+    "and no process of its session runs)"
+)
+CANNOT_READ = "the cluster runs but its facts cannot be read"
 
 
 def cluster_refusal(facts: ClusterFacts) -> str | None:
@@ -105,6 +116,8 @@ def cluster_refusal(facts: ClusterFacts) -> str | None:
     md = facts.metadata
     if md is None and cluster_not_running(facts):
         return NOT_RUNNING
+    if md is None and facts.session_running:
+        return cannot_read(facts)
     if md is None:
         return "cluster metadata unavailable, so the cluster's consent cannot be confirmed"
     if md.ray_init_cluster:
@@ -115,10 +128,31 @@ def cluster_refusal(facts: ClusterFacts) -> str | None:
 
 
 def cluster_not_running(facts: ClusterFacts) -> bool:
-    """True when no dashboard socket exists or accepts: a stopped (or dashboard-less) head."""
-    if facts.running_jobs is not None or facts.totals.total_num_nodes is not None:
-        return False  # some dashboard socket answered: the head runs, partly broken
+    """True when no dashboard answers and nothing says the head runs."""
+    if facts.metadata is not None or facts.session_running is not False:
+        return False  # a dashboard answered, or a process of the session runs
+    if facts.origins is not None and facts.origins.dashboard != SOCKETS:
+        return True  # no dash_* sockets, and no process names the session
     dashboard = [p for p in facts.problems if p.source.startswith("dash_")]
     return bool(dashboard) and all(
         "absent" in p.problem or "Connection refused" in p.problem for p in dashboard
+    )
+
+
+def cannot_read(facts: ClusterFacts) -> str:
+    """One message for a running cluster whose dashboard cannot be read: version, tries, fix."""
+    origins = facts.origins
+    version = origins.ray_version if origins and origins.ray_version else "(version unknown)"
+    route = origins.dashboard if origins else SOCKETS
+    seen: dict[str, None] = {}
+    for problem in facts.problems:
+        if not problem.source.startswith(PROVIDER_SOCKET):
+            seen.setdefault(problem.problem, None)
+    tried = "; ".join(seen) or "no answer"
+    return (
+        f"{CANNOT_READ}: Ray {version}, dashboard tried over {route}: {tried}. "
+        "To fix: run usagestatsd as the user that started Ray (or root); if Ray was "
+        "started with --dashboard-host/--dashboard-port, set dashboard_address "
+        "(USAGESTATSD_DASHBOARD_ADDRESS) to that HOST:PORT; a head started with "
+        "--include-dashboard=false cannot be reported"
     )

@@ -1,0 +1,264 @@
+"""Ray's dashboard over HTTP on TCP, for Ray versions without `dash_*` Unix sockets.
+
+Ray before 2.47 serves its dashboard API only on a TCP port (default 127.0.0.1:8265).
+Any local user can listen on a loopback port first, and several clusters can run on one
+host, so the port is never trusted by its number: each connection is checked, before a
+byte is sent on it, to be served by the discovered session's own dashboard:
+
+1. the listening socket at the other end belongs to the uid that owns the session
+   directory (`/proc/net/tcp{,6}`, via `peers.tcp_peer`);
+2. a process holding that socket is a Ray dashboard (`.../ray/dashboard/dashboard.py`)
+   whose command line names this session's directory (`--session-dir=<session>`), and
+   runs as that same uid.
+
+Where to connect is found without configuration from the same command line (`--host`,
+`--port`); a configured `dashboard_address` replaces it; without either, Ray's default
+127.0.0.1:8265 is tried (and still checked). See docs/design.md.
+
+The request is a plain HTTP/1.0 GET on the checked socket (HTTP/1.0: the reply is never
+chunked and ends when the server closes), read with the same time and size caps as the
+Unix sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from usagestatsd.peers import PROC, cmdline, pids_holding, tcp_peer
+from usagestatsd.session import Session
+from usagestatsd.sources import SourceError, decode_json
+
+DEFAULT_ADDRESS = ("127.0.0.1", 8265)
+_DASHBOARD_SCRIPT = "dashboard/dashboard.py"
+_VERSION_RE = re.compile(rb"""^version\s*=\s*["']([0-9A-Za-z.+\-]{1,40})["']""", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class DashboardProcess:
+    """A running Ray dashboard of one session, as its command line says."""
+
+    pid: int
+    host: str | None
+    port: int | None
+    script: str
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of `--name=value` or `--name value` in an argument list."""
+    for i, arg in enumerate(args):
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1 :]
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def _script(args: list[str]) -> str | None:
+    return next((a for a in args[:3] if a.endswith(_DASHBOARD_SCRIPT)), None)
+
+
+def _owner(pid: int, proc: Path) -> int | None:
+    try:
+        return os.stat(proc / str(pid)).st_uid
+    except OSError:
+        return None
+
+
+def _same_dir(named: str | None, session: Session) -> bool:
+    if not named:
+        return False
+    try:
+        return os.path.realpath(named) == os.path.realpath(session.path)
+    except (OSError, ValueError):
+        return False
+
+
+def as_dashboard_of(pid: int, session: Session, proc: Path = PROC) -> DashboardProcess | None:
+    """`pid` as the session's dashboard: run by the session's owner, naming its directory."""
+    args = cmdline(pid, proc)
+    script = _script(args)
+    if script is None or not _same_dir(_option(args, "--session-dir"), session):
+        return None
+    if _owner(pid, proc) != session.owner_uid:
+        return None
+    port_text = _option(args, "--port")
+    port = int(port_text) if port_text and port_text.isdigit() else None
+    return DashboardProcess(pid, _option(args, "--host"), port, script)
+
+
+def find_dashboard(session: Session, proc: Path = PROC) -> DashboardProcess | None:
+    """The session's dashboard process, found by its command line (None if not seen)."""
+    try:
+        entries = [e.name for e in os.scandir(proc) if e.name.isdigit()]
+    except OSError:
+        return None
+    for name in entries:
+        found = as_dashboard_of(int(name), session, proc)
+        if found is not None:
+            return found
+    return None
+
+
+def session_running(session: Session, proc: Path = PROC) -> bool:
+    """Whether any process of the session's owner names the session directory (Ray's do)."""
+    marker = str(session.path)
+    try:
+        entries = [e.name for e in os.scandir(proc) if e.name.isdigit()]
+    except OSError:
+        return False
+    for name in entries:
+        if _owner(int(name), proc) != session.owner_uid:
+            continue
+        if any(marker in arg for arg in cmdline(int(name), proc)):
+            return True
+    return False
+
+
+def ray_version_of(dashboard: DashboardProcess) -> str | None:
+    """The Ray version installed where the dashboard runs from (ray/_version.py), unimported."""
+    version_file = Path(dashboard.script).parent.parent / "_version.py"
+    try:
+        with open(version_file, "rb") as f:
+            match = _VERSION_RE.search(f.read(4096))
+    except OSError:
+        return None
+    return match.group(1).decode() if match else None
+
+
+def connect_host(host: str | None) -> str:
+    """Where to connect for a dashboard bound to `host`: wildcards and names mean loopback."""
+    if not host or host == "localhost":
+        return "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return "127.0.0.1"  # a host name: not resolved (no DNS); Ray binds it locally
+    if ip.is_unspecified:
+        return "::1" if ip.version == 6 else "127.0.0.1"
+    return str(ip)
+
+
+def address_for(session: Session, configured: tuple[str, int] | None) -> tuple[str, int, str]:
+    """(host, port, how it was found): configured, else Ray's command line, else default."""
+    if configured is not None:
+        return connect_host(configured[0]), configured[1], "configured dashboard_address"
+    found = find_dashboard(session)
+    if found is not None and found.port is not None:
+        return connect_host(found.host), found.port, "the dashboard's command line"
+    return DEFAULT_ADDRESS[0], DEFAULT_ADDRESS[1], "Ray's default"
+
+
+def verify_listener(sock: socket.socket, session: Session, proc: Path = PROC) -> None:
+    """Raise unless the other end of `sock` is this session's dashboard (see the module doc)."""
+    host, port = sock.getpeername()[:2]
+    where = f"{host}:{port}"
+    peer = tcp_peer(sock, proc)
+    if peer is None or peer.inode is None:
+        raise PermissionError(f"{where} is not a listening socket of this host")
+    if peer.uid != session.owner_uid:
+        raise PermissionError(
+            f"{where} is held by uid {peer.uid}, not by the session's owner "
+            f"(uid {session.owner_uid}): not this cluster's dashboard"
+        )
+    holders = pids_holding(peer.inode, proc)
+    if not holders:
+        raise PermissionError(
+            f"cannot see which process holds {where}: run usagestatsd as the user that "
+            "started Ray, or as root"
+        )
+    if not any(as_dashboard_of(pid, session, proc) for pid in holders):
+        raise PermissionError(
+            f"{where} is not served by the dashboard of {session.name} "
+            "(another cluster's dashboard, or another program)"
+        )
+
+
+async def fetch_tcp_json(
+    session: Session,
+    address: tuple[str, int],
+    url_path: str,
+    source: str,
+    timeout_s: float,
+    max_bytes: int,
+) -> Any:
+    """GET `url_path` from the session's dashboard at `address`, checked; strict JSON."""
+    try:
+        return await asyncio.wait_for(
+            _get(session, address, url_path, source, max_bytes), timeout_s
+        )
+    except TimeoutError:
+        raise SourceError(source, f"no complete answer within {timeout_s:g}s") from None
+
+
+async def _get(
+    session: Session, address: tuple[str, int], url_path: str, source: str, max_bytes: int
+) -> Any:
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        try:
+            await loop.sock_connect(sock, (host, port))
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise SourceError(source, f"connection to {host}:{port} failed ({reason})") from None
+        try:
+            verify_listener(sock, session)
+        except PermissionError as exc:
+            raise SourceError(source, f"refused: {exc}") from None
+        request = (
+            f"GET {url_path} HTTP/1.0\r\nHost: {host}:{port}\r\n"
+            # Ray 2.9's dashboard answers 500 to a request without a User-Agent.
+            "User-Agent: usagestatsd\r\nAccept: application/json\r\n\r\n"
+        )
+        await loop.sock_sendall(sock, request.encode("ascii"))
+        raw = await _read_all(loop, sock, max_bytes + 64 * 1024, source)
+    finally:
+        sock.close()
+    return decode_json(source, _body(raw, source, max_bytes))
+
+
+async def _read_all(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, cap: int, source: str
+) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await loop.sock_recv(sock, min(1 << 16, cap + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            raise SourceError(source, f"reply larger than {cap} bytes")
+
+
+def _body(raw: bytes, source: str, max_bytes: int) -> bytes:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise SourceError(source, "bad HTTP reply (no end of headers)")
+    lines = head.split(b"\r\n")
+    status = lines[0].split(b" ", 2)
+    if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
+        raise SourceError(source, "bad HTTP reply (no status line)")
+    if status[1] != b"200":
+        raise SourceError(source, f"HTTP status {int(status[1])}")
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length" and (not value.strip().isdigit() or int(value) != len(body)):
+            raise SourceError(source, "bad HTTP reply (body shorter or longer than said)")
+        if name == b"transfer-encoding":
+            raise SourceError(source, "bad HTTP reply (transfer-encoding on HTTP/1.0)")
+    if len(body) > max_bytes:
+        raise SourceError(source, f"reply larger than {max_bytes} bytes")
+    return body
