@@ -32,6 +32,7 @@ from usagestatsd.fileio import read_regular_file
 from usagestatsd.report import (
     ClusterConfigFacts,
     ClusterMetadata,
+    Origins,
     ProviderFacts,
     ResourceTotals,
 )
@@ -71,19 +72,6 @@ class ClusterFacts:
     origins: Origins | None = None
     # Whether a process of this session runs (asked only when no dashboard answered).
     session_running: bool | None = None
-
-
-@dataclass(frozen=True)
-class Origins:
-    """Where this cycle's facts came from, group by group, and the cluster's Ray version."""
-
-    ray_version: str | None
-    dashboard: str  # SOCKETS, or DASHBOARD_HTTP plus the address and how it was found
-    metadata: str | None  # versions, git commit, os, libc, session start
-    resources: str | None  # CPUs, GPUs, memory, object store
-    nodes: str | None
-    running_jobs: str | None
-    gcs: str | None  # library usages, hardware usages, extra tags, cluster id
 
 
 @dataclass(frozen=True)
@@ -302,6 +290,7 @@ def _origins(
         return where if fallback is not None else None
 
     return Origins(
+        session_key=session.key,
         ray_version=version,
         dashboard=route,
         metadata=where if metadata else None,

@@ -320,6 +320,9 @@ class Daemon:
         prepared = await prepare_report(
             self.settings, session, self.state, self.known, now_ms, self.withheld
         )
+        if prepared.facts.origins != self.state.origins:
+            self.state = replace(self.state, origins=prepared.facts.origins)
+            self.dirty = True
         refusal = cluster_refusal(prepared.facts)
         # A stopped head is one info line, an unreadable one one warning: not one per socket.
         if refusal != NOT_RUNNING and not (refusal or "").startswith(CANNOT_READ):

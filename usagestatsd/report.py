@@ -70,6 +70,24 @@ class ResourceTotals:
 
 
 @dataclass(frozen=True)
+class Origins:
+    """Where a cycle's facts came from, group by group, and the cluster's Ray version.
+
+    Each group is "sockets" (the dashboard's dash_* Unix sockets), "dashboard HTTP" (its
+    TCP port, for Ray before 2.47), "provider", or None when no source gave it.
+    """
+
+    session_key: str
+    ray_version: str | None
+    dashboard: str  # SOCKETS, or DASHBOARD_HTTP plus the address and how it was found
+    metadata: str | None  # versions, git commit, os, libc, session start
+    resources: str | None  # CPUs, GPUs, memory, object store
+    nodes: str | None
+    running_jobs: str | None
+    gcs: str | None  # library usages, hardware usages, extra tags, cluster id
+
+
+@dataclass(frozen=True)
 class Counters:
     """Per-session report counters; the report carries the values before this attempt."""
 

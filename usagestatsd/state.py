@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from usagestatsd.fileio import UnsafeFileError, atomic_write, read_regular_file
-from usagestatsd.report import Counters
+from usagestatsd.report import Counters, Origins
 
 STATE_FILE = "state.json"
 FORMAT = 1
@@ -68,6 +68,8 @@ class State:
     last_report: LastReport | None = None
     next_report_ms: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where the last cycle's facts came from, and the cluster's Ray version (for status).
+    origins: Origins | None = None
 
     def for_session(self, key: str) -> SessionState:
         """The remembered state of session `key`, or a fresh one with a random session_id."""
@@ -82,6 +84,7 @@ def _to_json(state: State) -> bytes:
         "session": asdict(state.session) if state.session else None,
         "last_report": asdict(state.last_report) if state.last_report else None,
         "next_report_ms": state.next_report_ms,
+        "origins": asdict(state.origins) if state.origins else None,
         **state.extra,
     }
     return json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
@@ -118,9 +121,19 @@ def _from_json(data: dict[str, Any]) -> State:
     extra = {
         k: v
         for k, v in data.items()
-        if k not in ("format", "session", "last_report", "next_report_ms")
+        if k not in ("format", "session", "last_report", "next_report_ms", "origins")
     }
-    return State(session, last, nxt if isinstance(nxt, int) else None, extra)
+    return State(session, last, nxt if isinstance(nxt, int) else None, extra, _origins(data))
+
+
+def _origins(data: dict[str, Any]) -> Origins | None:
+    raw = data.get("origins")
+    if raw is None:
+        return None
+    origins = Origins(**raw)  # a missing or unknown key is a TypeError: the file is bad
+    if not all(isinstance(v, (str, type(None))) for v in vars(origins).values()):
+        raise ValueError("origins hold something other than text")
+    return origins
 
 
 class StateStore:

@@ -40,6 +40,7 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
             "usage_stats_json_exists": s.usage_stats_path.exists(),
             "provider": "present" if (s.sockets_dir / PROVIDER_SOCKET).exists() else "absent",
             "counters": (vars(state.session.counters) if same and state.session else None),
+            **_origins(state, s.key),
         }
     return {
         "enabled": decision.enabled,
@@ -75,6 +76,18 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
     }
 
 
+def _origins(state: State, session_key: str) -> dict[str, Any]:
+    """The session's Ray version and where each group of fields came from (last cycle)."""
+    o = state.origins
+    if o is None or o.session_key != session_key:
+        return {"ray_version": None, "facts_from": None}
+    groups = ("metadata", "resources", "nodes", "running_jobs", "gcs")
+    return {
+        "ray_version": o.ray_version,
+        "facts_from": {"dashboard": o.dashboard, **{g: getattr(o, g) for g in groups}},
+    }
+
+
 def _beside_ray(settings: Settings, state: State, session_name: str | None) -> dict[str, Any]:
     """How this daemon shares the session with Ray's own reporter (docs/beside-ray.md)."""
     seen = state.extra.get("beside_ray")
@@ -90,6 +103,24 @@ def _beside_ray(settings: Settings, state: State, session_name: str | None) -> d
         last = seen.get("last_ray_report_ms")
         info["last_ray_report"] = _when(last) if isinstance(last, int) else None
     return info
+
+
+_GROUP_TITLES = {
+    "metadata": "versions, commit, os, libc, start",
+    "resources": "CPUs, GPUs, memory, object store",
+    "nodes": "nodes",
+    "running_jobs": "running jobs",
+    "gcs": "libraries, hardware, tags, id",
+}
+
+
+def _render_origins(facts_from: dict[str, Any] | None) -> list[str]:
+    if facts_from is None:
+        return []
+    lines = [f"  dashboard:    {facts_from['dashboard']}", "  fields from:"]
+    for group, title in _GROUP_TITLES.items():
+        lines.append(f"    - {title:<34} {facts_from[group] or 'nowhere (null)'}")
+    return lines
 
 
 def render(info: dict[str, Any]) -> str:
@@ -124,7 +155,9 @@ def render(info: dict[str, Any]) -> str:
             f"  local copy:   {s['usage_stats_json']}"
             + ("" if s["usage_stats_json_exists"] else " (not written yet)"),
             f"  provider:     {s['provider']}",
+            f"  Ray version:  {s['ray_version'] or '(known after the first cycle)'}",
         ]
+        lines += _render_origins(s["facts_from"])
     last = info["last_report"]
     if last is None:
         lines.append("Last report:    none")

@@ -142,7 +142,9 @@ def main() -> int:
         for name, sock, path in PATHS:
             docs[name] = dashboard_get(head, session, sock, path)
         provider = session / "sockets" / "usagestatsd_provider"
-        wait_until(provider.exists, 30, "the provider socket", lambda: "\n".join(head.provider_lines))
+        wait_until(
+            provider.exists, 30, "the provider socket", lambda: "\n".join(head.provider_lines)
+        )
         docs["provider_usage.json"] = get(_Unix(str(provider)), "/v1/usage")
         docs["report_payload.json"] = receiver.bodies()[-1]
         docs["layout.json"] = layout
