@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit venv clean bench soak test-ray test-debian-libs
+.PHONY: run test lint typecheck unit venv clean bench soak test-ray test-debian-libs test-ray-matrix test-ray-ci
 
 $(STAMP): pyproject.toml
 	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
