@@ -8,8 +8,10 @@ Read-only towards the cluster: only endpoints that record nothing in Ray are use
 state API records a usage tag per call, so it is avoided).
 
 Each source is asked independently, with a timeout and a response-size cap; a source
-that is absent, refuses, hangs or answers garbage yields None for its fields and one
-`SourceError` in `ClusterFacts.problems`. Only compact endpoints are used, so the cost of
+that is absent, refuses, hangs, answers garbage or is served by a process that is not
+Ray's (a uid outside `Limits.trusted_uids`, or a socket bound elsewhere than the path
+asked for: docs/security.md) yields None for its fields and one `SourceError` in
+`ClusterFacts.problems`. Only compact endpoints are used, so the cost of
 a cycle does not grow with per-node detail the report does not need.
 """
 
@@ -19,16 +21,20 @@ import asyncio
 import errno
 import os
 import pwd
+import socket
 import stat
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.tracing import Trace
 
 from usagestatsd import dashboard
 from usagestatsd.fileio import read_regular_file
+from usagestatsd.peers import unix_peer, unix_peer_path
 from usagestatsd.report import (
     ClusterConfigFacts,
     ClusterMetadata,
@@ -36,7 +42,7 @@ from usagestatsd.report import (
     ProviderFacts,
     ResourceTotals,
 )
-from usagestatsd.session import Session
+from usagestatsd.session import Session, trusted_uids
 from usagestatsd.sources import (
     SourceError,
     decode_json,
@@ -76,34 +82,183 @@ class ClusterFacts:
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request bounds for local sources."""
+    """Per-request bounds for local sources, and the uids allowed to serve them."""
 
     timeout_s: float = 5.0
     max_bytes: int = 32 << 20
+    trusted_uids: frozenset[int] = field(default_factory=trusted_uids)
 
 
-async def fetch_unix_json(socket_path: Path, url_path: str, source: str, limits: Limits) -> Any:
-    """GET `url_path` over the Unix socket, read at most `max_bytes`, decode strict JSON."""
+PeerCheck = Callable[[socket.socket | None], None]
+
+
+def unix_peer_check(
+    socket_path: Path, source: str, trusted_uids: Collection[int], aliases: Collection[str] = ()
+) -> PeerCheck:
+    """The check run on a connected Unix socket before a byte is sent or trusted.
+
+    The kernel's word only: `SO_PEERCRED` names the uid that listens (rows 1 and 2: any
+    local user can bind a name in Ray's 0777 `sockets/`), and the peer's bound path must be
+    the one asked for (row 12: a symlink swapped in before the connect leads elsewhere).
+    `aliases` are other spellings of the same path (the temp root as configured, before
+    symlinks in it were resolved), which is how Ray names its sockets.
+    """
+    expected = {str(socket_path), *aliases}
+
+    def check(sock: socket.socket | None) -> None:
+        if sock is None:
+            raise SourceError(source, "refused: no socket to check the peer of")
+        peer = unix_peer(sock)
+        if peer.uid not in trusted_uids:
+            raise SourceError(
+                source,
+                f"refused: served by uid {peer.uid}, not by Ray's user (trusted uids: "
+                f"{', '.join(map(str, sorted(trusted_uids)))}; see ray_user in "
+                "docs/configuration.md)",
+            )
+        bound = unix_peer_path(sock)
+        if bound not in expected:
+            raise SourceError(source, "refused: the socket answering is bound at another path")
+
+    return check
+
+
+class _CheckedUnixConnector(aiohttp.UnixConnector):
+    """A Unix connector that vets each new connection's peer before the request is sent."""
+
+    def __init__(self, path: str, check: PeerCheck) -> None:
+        super().__init__(path=path)
+        self._check = check
+
+    async def connect(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.connector.Connection:
+        conn = await super().connect(req, traces, timeout)
+        transport = conn.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        try:
+            self._check(sock)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+
+class _CheckedTCPConnector(aiohttp.TCPConnector):
+    """The TCP twin of `_CheckedUnixConnector`: vets each connection before the request."""
+
+    def __init__(self, check: PeerCheck) -> None:
+        super().__init__(force_close=True)
+        self._check = check
+
+    async def connect(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.connector.Connection:
+        conn = await super().connect(req, traces, timeout)
+        transport = conn.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        try:
+            self._check(sock)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+
+async def fetch_tcp_json(
+    address: tuple[str, int], url_path: str, source: str, limits: Limits, check: PeerCheck
+) -> Any:
+    """GET `url_path` from the loopback HTTP server at `address` once `check` accepts its
+    listener (for the dashboard: dashboard.verify_listener), strict JSON, same caps."""
+    host, port = address
+    base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     try:
-        st = os.lstat(socket_path)
-    except FileNotFoundError:
-        raise SourceError(source, f"socket {socket_path} is absent") from None
-    except OSError as exc:
-        raise SourceError(source, f"cannot look at {socket_path}: {exc.strerror}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SourceError(source, f"{socket_path} is not a socket")
-    try:
-        return await asyncio.wait_for(_get(socket_path, url_path, source, limits), limits.timeout_s)
+        return await asyncio.wait_for(
+            _get(
+                Path(base),  # names a socket file only in the EACCES hint, never for TCP
+                url_path,
+                source,
+                limits,
+                check,
+                connector=_CheckedTCPConnector(check),
+                base_url=base,
+            ),
+            limits.timeout_s,
+        )
     except TimeoutError:
         raise SourceError(source, f"no complete answer within {limits.timeout_s:g}s") from None
 
 
-async def _get(socket_path: Path, url_path: str, source: str, limits: Limits) -> Any:
-    connector = aiohttp.UnixConnector(path=str(socket_path))
+async def fetch_unix_json(
+    socket_path: Path, url_path: str, source: str, limits: Limits, aliases: Collection[str] = ()
+) -> Any:
+    """GET `url_path` over the Unix socket from a trusted peer, read at most `max_bytes`,
+    decode strict JSON."""
+    try:
+        fd = pin_socket_file(socket_path)
+    except FileNotFoundError:
+        raise SourceError(source, f"socket {socket_path} is absent") from None
+    except OSError as exc:
+        raise SourceError(source, f"cannot look at {socket_path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise SourceError(source, f"{socket_path} is not a socket")
+        check = unix_peer_check(socket_path, source, limits.trusted_uids, aliases)
+        # Connecting through the pinned descriptor reaches exactly the socket file that was
+        # checked: a name swapped meanwhile is not followed (row 12).
+        return await asyncio.wait_for(
+            _get(socket_path, url_path, source, limits, check, via=f"/proc/self/fd/{fd}"),
+            limits.timeout_s,
+        )
+    except TimeoutError:
+        raise SourceError(source, f"no complete answer within {limits.timeout_s:g}s") from None
+    finally:
+        os.close(fd)
+
+
+def pin_socket_file(socket_path: Path) -> int:
+    """An O_PATH descriptor on `socket_path`, reached without following any symlink.
+
+    Every component is opened relative to the one before with O_NOFOLLOW, so a symlink
+    anywhere on the way (Ray's directories are 0777: anyone can plant one) is refused with
+    ELOOP or ENOTDIR instead of being followed. Callers pass resolved paths.
+    """
+    if not socket_path.is_absolute():
+        raise OSError(errno.EINVAL, "not an absolute path")
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        parts = socket_path.parts[1:]
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = os.O_PATH | os.O_NOFOLLOW | (0 if last else os.O_DIRECTORY)
+            nxt = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise OSError(errno.ELOOP, "a symbolic link, not a socket")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+async def _get(
+    socket_path: Path,
+    url_path: str,
+    source: str,
+    limits: Limits,
+    check: PeerCheck,
+    via: str | None = None,
+    connector: aiohttp.BaseConnector | None = None,
+    base_url: str = "http://localhost",
+) -> Any:
+    # The peer is checked right after the connect, before the request is sent: nothing
+    # goes to, and nothing is read from, a process that is not Ray's (docs/security.md).
+    connector = connector or _CheckedUnixConnector(via or str(socket_path), check)
     try:
         async with (
             aiohttp.ClientSession(connector=connector) as http,
-            http.get(f"http://localhost{url_path}", allow_redirects=False) as response,
+            http.get(f"{base_url}{url_path}", allow_redirects=False) as response,
         ):
             if response.status != 200:
                 raise SourceError(source, f"HTTP status {response.status}")
@@ -156,7 +311,9 @@ def _unix(session: Session, limits: Limits) -> Fetch:
     async def fetch(socket_name: str, url_path: str) -> Any:
         source = f"{socket_name} {url_path.split('?')[0]}"
         path = session.sockets_dir / socket_name
-        return await fetch_unix_json(path, url_path, source, limits)
+        return await fetch_unix_json(
+            path, url_path, source, limits, session.socket_aliases(socket_name)
+        )
 
     return fetch
 
@@ -165,9 +322,16 @@ def _tcp(session: Session, limits: Limits, address: tuple[str, int], how: str) -
     async def fetch(_socket_name: str, url_path: str) -> Any:
         host, port = address
         source = f"dashboard {host}:{port} ({how}) {url_path.split('?')[0]}"
-        return await dashboard.fetch_tcp_json(
-            session, address, url_path, source, limits.timeout_s, limits.max_bytes
-        )
+
+        def check(sock: socket.socket | None) -> None:
+            if sock is None:
+                raise SourceError(source, "refused: no socket to check the peer of")
+            try:
+                dashboard.verify_listener(sock, session)
+            except PermissionError as exc:
+                raise SourceError(source, f"refused: {exc}") from None
+
+        return await fetch_tcp_json(address, url_path, source, limits, check)
 
     return fetch
 

@@ -39,6 +39,7 @@ from usagestatsd.session import (
     find_session,
     read_usage_stats,
     still_there,
+    trusted_uids,
     write_usage_stats,
 )
 from usagestatsd.settings import Settings
@@ -255,7 +256,9 @@ class Daemon:
             log.error("cycle.crashed", error=f"{type(exc).__name__}: {exc}")
 
     def _follow_session(self, now: float) -> None:
-        found: Discovery = find_session(self.settings.temp_root)
+        found: Discovery = find_session(
+            self.settings.temp_root, trusted_uids(self.settings.ray_user)
+        )
         current = self.track.session
         if found.session is None:
             if current is not None or not self.track.missing_logged:

@@ -15,25 +15,22 @@ Where to connect is found without configuration from the same command line (`--h
 `--port`); a configured `dashboard_address` replaces it; without either, Ray's default
 127.0.0.1:8265 is tried (and still checked). See docs/design.md.
 
-The request is a plain HTTP/1.0 GET on the checked socket (HTTP/1.0: the reply is never
-chunked and ends when the server closes), read with the same time and size caps as the
-Unix sockets.
+The check runs in the connector (`cluster._CheckedTCPConnector`, the twin of the Unix
+sockets' peer check) on the connection's own socket; the reply is then read with the
+same time and size caps as the Unix sockets.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from usagestatsd.peers import PROC, cmdline, pids_holding, tcp_peer
 from usagestatsd.session import Session
-from usagestatsd.sources import SourceError, decode_json
 
 DEFAULT_ADDRESS = ("127.0.0.1", 8265)
 _DASHBOARD_SCRIPT = "dashboard/dashboard.py"
@@ -178,87 +175,3 @@ def verify_listener(sock: socket.socket, session: Session, proc: Path = PROC) ->
             f"{where} is not served by the dashboard of {session.name} "
             "(another cluster's dashboard, or another program)"
         )
-
-
-async def fetch_tcp_json(
-    session: Session,
-    address: tuple[str, int],
-    url_path: str,
-    source: str,
-    timeout_s: float,
-    max_bytes: int,
-) -> Any:
-    """GET `url_path` from the session's dashboard at `address`, checked; strict JSON."""
-    try:
-        return await asyncio.wait_for(
-            _get(session, address, url_path, source, max_bytes), timeout_s
-        )
-    except TimeoutError:
-        raise SourceError(source, f"no complete answer within {timeout_s:g}s") from None
-
-
-async def _get(
-    session: Session, address: tuple[str, int], url_path: str, source: str, max_bytes: int
-) -> Any:
-    host, port = address
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    try:
-        try:
-            await loop.sock_connect(sock, (host, port))
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise SourceError(source, f"connection to {host}:{port} failed ({reason})") from None
-        try:
-            verify_listener(sock, session)
-        except PermissionError as exc:
-            raise SourceError(source, f"refused: {exc}") from None
-        request = (
-            f"GET {url_path} HTTP/1.0\r\nHost: {host}:{port}\r\n"
-            # Ray 2.9's dashboard answers 500 to a request without a User-Agent.
-            "User-Agent: usagestatsd\r\nAccept: application/json\r\n\r\n"
-        )
-        await loop.sock_sendall(sock, request.encode("ascii"))
-        raw = await _read_all(loop, sock, max_bytes + 64 * 1024, source)
-    finally:
-        sock.close()
-    return decode_json(source, _body(raw, source, max_bytes))
-
-
-async def _read_all(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, cap: int, source: str
-) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await loop.sock_recv(sock, min(1 << 16, cap + 1 - size))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > cap:
-            raise SourceError(source, f"reply larger than {cap} bytes")
-
-
-def _body(raw: bytes, source: str, max_bytes: int) -> bytes:
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        raise SourceError(source, "bad HTTP reply (no end of headers)")
-    lines = head.split(b"\r\n")
-    status = lines[0].split(b" ", 2)
-    if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
-        raise SourceError(source, "bad HTTP reply (no status line)")
-    if status[1] != b"200":
-        raise SourceError(source, f"HTTP status {int(status[1])}")
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length" and (not value.strip().isdigit() or int(value) != len(body)):
-            raise SourceError(source, "bad HTTP reply (body shorter or longer than said)")
-        if name == b"transfer-encoding":
-            raise SourceError(source, "bad HTTP reply (transfer-encoding on HTTP/1.0)")
-    if len(body) > max_bytes:
-        raise SourceError(source, f"reply larger than {max_bytes} bytes")
-    return body

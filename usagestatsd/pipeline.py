@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from usagestatsd.cluster import PROVIDER_SOCKET, SOCKETS, ClusterFacts, Limits, gather
 from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
 from usagestatsd.report import Report, build_report, nulls_for, serialise
-from usagestatsd.session import Session
+from usagestatsd.session import Session, trusted_uids
 from usagestatsd.settings import Settings
 from usagestatsd.state import SessionState, State
 
@@ -77,7 +77,9 @@ async def prepare_report(
     """
     facts = await gather(
         session,
-        Limits(settings.socket_timeout_s, settings.socket_max_bytes),
+        Limits(
+            settings.socket_timeout_s, settings.socket_max_bytes, trusted_uids(settings.ray_user)
+        ),
         settings.cluster_config,
         settings.kuberay_in_use,
         settings.kubernetes_in_use,

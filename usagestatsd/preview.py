@@ -6,7 +6,7 @@ import sys
 import time
 
 from usagestatsd.pipeline import cluster_refusal, collect_known_identifiers, prepare_report
-from usagestatsd.session import find_session
+from usagestatsd.session import find_session, trusted_uids
 from usagestatsd.settings import Settings
 from usagestatsd.state import StateStore
 
@@ -17,7 +17,7 @@ def _note(text: str) -> None:
 
 async def preview(settings: Settings, withheld: tuple[str, ...] = ()) -> int:
     """Print the report body on stdout (notes on stderr); 1 when nothing would be sent."""
-    found = find_session(settings.temp_root)
+    found = find_session(settings.temp_root, trusted_uids(settings.ray_user))
     if found.session is None:
         _note(f"no Ray session under {settings.temp_root}: nothing would be sent")
         return 1

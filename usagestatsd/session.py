@@ -1,14 +1,24 @@
 """Find the Ray session to report on, and write its `usage_stats.json`.
 
-The temp root (/tmp/ray) is shared and world-writable, so everything found there is
-untrusted: `session_latest` is accepted only when it resolves to a real `session_*`
-directory directly inside the temp root and owned by the temp root's owner (or root).
+The temp root (/tmp/ray) is shared, and Ray makes it and every session directory 0777
+without the sticky bit, so anything found there may be another local user's doing
+(docs/security.md). What is trusted is who *owns* it: the temp root, the
+`session_latest` link and a session directory are used only when owned by a trusted uid
+(root, this daemon's user, or the configured `ray_user`), and a session only directly
+inside the temp root.
+
+`session_latest` is Ray's word for the newest session, but any user can re-point it. A
+session is *live* when a process of a trusted uid runs with `--session-name=<its name>`
+on its command line (every Ray version's gcs_server and raylet do; read from /proc, which
+nobody can forge for another uid). When the link's target is not live and another trusted
+session is, the newest live one is followed.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +26,16 @@ from usagestatsd.fileio import atomic_write, read_regular_file
 
 LATEST_LINK = "session_latest"
 USAGE_STATS_FILE = "usage_stats.json"
+PROC = Path("/proc")
+_SESSION_ARG = b"--session-name="
+
+
+def trusted_uids(ray_user: int | None = None) -> frozenset[int]:
+    """Who may own Ray's directories and serve its sockets: root, us, and Ray's user."""
+    uids = {0, os.geteuid()}
+    if ray_user is not None:
+        uids.add(ray_user)
+    return frozenset(uids)
 
 
 @dataclass(frozen=True)
@@ -27,6 +47,9 @@ class Session:
     device: int
     inode: int
     owner_uid: int
+    # The same directory under the temp root as configured (symlinks unresolved): the
+    # path Ray itself uses, so the one its sockets are bound at.
+    alias: Path | None = None
 
     @property
     def key(self) -> str:
@@ -43,6 +66,10 @@ class Session:
         """The local copy of the last report, where Ray's users look for it."""
         return self.path / USAGE_STATS_FILE
 
+    def socket_aliases(self, name: str) -> tuple[str, ...]:
+        """Other spellings of socket `name`'s path that Ray may have bound it at."""
+        return (str(self.alias / "sockets" / name),) if self.alias else ()
+
 
 @dataclass(frozen=True)
 class Discovery:
@@ -52,20 +79,60 @@ class Discovery:
     refused: str | None = None
 
 
-def _as_session(root: Path, root_uid: int, candidate: Path) -> Session | None:
+def _as_session(
+    root: Path, trusted: Collection[int], candidate: Path, alias_root: Path
+) -> Session | None:
     try:
         st = candidate.lstat()
     except OSError:
         return None
     if not stat.S_ISDIR(st.st_mode) or not candidate.name.startswith("session_"):
         return None
-    if candidate.parent != root or st.st_uid not in (root_uid, 0):
+    if candidate.parent != root or st.st_uid not in trusted:
         return None
-    return Session(candidate, candidate.name, st.st_dev, st.st_ino, st.st_uid)
+    alias = alias_root / candidate.name
+    return Session(
+        candidate,
+        candidate.name,
+        st.st_dev,
+        st.st_ino,
+        st.st_uid,
+        alias if alias != candidate else None,
+    )
 
 
-def find_session(temp_root: Path) -> Discovery:
-    """The current session: `session_latest` if trustworthy, else the newest `session_*`."""
+def live_session_names(trusted: Collection[int], proc: Path = PROC) -> frozenset[str]:
+    """Session names that a process of a trusted uid runs for (`--session-name=NAME`)."""
+    names: set[str] = set()
+    try:
+        entries = list(os.scandir(proc))
+    except OSError:
+        return frozenset()
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid not in trusted:  # /proc/<pid> is owned by its euid
+                continue
+            with open(os.path.join(entry.path, "cmdline"), "rb") as f:
+                raw = f.read(1 << 16)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        for arg in raw.split(b"\0"):
+            if arg.startswith(_SESSION_ARG):
+                names.add(arg[len(_SESSION_ARG) :].decode("utf-8", "replace"))
+    return frozenset(names)
+
+
+def find_session(
+    temp_root: Path, trusted: Collection[int] | None = None, proc: Path = PROC
+) -> Discovery:
+    """The current session: `session_latest` if trusted and live, else the newest live one.
+
+    With no live session at all (Ray stopped), a trusted `session_latest`, else the newest
+    trusted `session_*`: the last session is still the one to speak of.
+    """
+    trusted = trusted_uids() if trusted is None else trusted
     try:
         root = temp_root.resolve(strict=True)
         root_st = root.stat()
@@ -73,21 +140,53 @@ def find_session(temp_root: Path) -> Discovery:
         return Discovery(None)
     if not stat.S_ISDIR(root_st.st_mode):
         return Discovery(None, f"{temp_root} is not a directory")
-    refused = None
+    if root_st.st_uid not in trusted:
+        # Whoever owns the temp root can swap anything in it: nothing there is Ray's word.
+        return Discovery(None, f"{temp_root} is owned by uid {root_st.st_uid}, not by Ray's user")
+    alias_root = Path(os.path.abspath(temp_root))
+    latest, refused = _latest(root, trusted, alias_root)
+    live = live_session_names(trusted, proc)
+    if latest is not None and latest.name in live:
+        return Discovery(latest)
+    # Only names a trusted process runs for are looked at: the directory itself may hold
+    # any number of entries another user made.
+    for name in sorted(live, reverse=True):
+        session = _as_session(root, trusted, root / name, alias_root)
+        if session is not None:
+            if latest is not None:
+                refused = f"{root / LATEST_LINK} points at {latest.name}, which no Ray process runs"
+            return Discovery(session, refused)
+    if latest is not None:
+        return Discovery(latest)
+    return Discovery(_newest(root, trusted, alias_root), refused)
+
+
+def _latest(
+    root: Path, trusted: Collection[int], alias_root: Path
+) -> tuple[Session | None, str | None]:
     link = root / LATEST_LINK
-    if link.is_symlink():
-        try:
-            target = link.resolve(strict=True)
-        except (OSError, RuntimeError):
-            target = None  # dangling or looping
-        session = _as_session(root, root_st.st_uid, target) if target else None
-        if session:
-            return Discovery(session)
-        refused = f"{link} does not point to a session directory inside {root}"
-    return Discovery(_newest(root, root_st.st_uid), refused)
+    try:
+        link_st = link.lstat()
+    except OSError:
+        return None, None
+    if not stat.S_ISLNK(link_st.st_mode):
+        return None, f"{link} is not a symlink"
+    if link_st.st_uid not in trusted:
+        return None, f"{link} is owned by uid {link_st.st_uid}, not by Ray's user"
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):
+        target = None  # dangling or looping
+    session = _as_session(root, trusted, target, alias_root) if target else None
+    if session is None:
+        return (
+            None,
+            f"{link} does not point to a session directory inside {root} owned by Ray's user",
+        )
+    return session, None
 
 
-def _newest(root: Path, root_uid: int) -> Session | None:
+def _newest(root: Path, trusted: Collection[int], alias_root: Path) -> Session | None:
     # Names are session_<YYYY-MM-DD_HH-MM-SS_micro>_<pid>, so name order is start order.
     try:
         names = sorted(
@@ -98,7 +197,7 @@ def _newest(root: Path, root_uid: int) -> Session | None:
     for name in names:
         if name == LATEST_LINK:
             continue
-        session = _as_session(root, root_uid, root / name)
+        session = _as_session(root, trusted, root / name, alias_root)
         if session:
             return session
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import re
 import stat
 import tomllib
@@ -81,6 +82,8 @@ class Settings:
 
     settings_file: Path | None = None
     temp_root: Path = Path("/tmp/ray")
+    # The uid Ray runs as, besides root and this daemon's own user (docs/security.md).
+    ray_user: int | None = None
     state_dir: Path = Path("/var/lib/usagestatsd")
     endpoints: tuple[Endpoint, ...] = (Endpoint(DEFAULT_ENDPOINT_URL),)
     report_interval_s: float = 3600.0
@@ -193,6 +196,22 @@ def _absolute_path(raw: object) -> Path:
     if not path.is_absolute():
         raise ValueError("an absolute file system path")
     return path
+
+
+def _user(raw: object) -> int:
+    """A user name known to this system, or a uid: resolved once, at start."""
+    accepted = "a user name known to this system, or a uid from 0 to 4294967294"
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+        raise ValueError(accepted)
+    text = str(raw).strip()
+    if text.isascii() and text.isdigit():
+        if int(text) > 4294967294:
+            raise ValueError(accepted)
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except (KeyError, ValueError):
+        raise ValueError(f"{accepted} (no user {text!r} here)") from None
 
 
 def _text(max_chars: int) -> Callable[[object], str]:
@@ -389,6 +408,7 @@ def _ray_tmpdir(raw: object) -> Path:
 
 _SPECS: tuple[_Spec, ...] = (
     _Spec("temp_root", "temp_root", ("USAGESTATSD_TEMP_ROOT",), _absolute_path),
+    _Spec("ray_user", "ray_user", ("USAGESTATSD_RAY_USER",), _user),
     _Spec("state_dir", "state_dir", ("STATE_DIRECTORY", "USAGESTATSD_STATE_DIR"), _absolute_path),
     _Spec(
         "endpoints",

@@ -8,7 +8,7 @@ from typing import Any
 from usagestatsd.cluster import PROVIDER_SOCKET
 from usagestatsd.consent import Decision
 from usagestatsd.fieldsets import CURRENT_VERSION, withheld
-from usagestatsd.session import find_session
+from usagestatsd.session import find_session, trusted_uids
 from usagestatsd.settings import Settings
 from usagestatsd.state import State, StateStore
 
@@ -22,7 +22,7 @@ def _when(ms: int | None) -> str | None:
 def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
     """Everything `status` shows, as JSON-ready values."""
     state, state_problem = StateStore(settings.state_dir).peek()
-    found = find_session(settings.temp_root)
+    found = find_session(settings.temp_root, trusted_uids(settings.ray_user))
     session: dict[str, Any] | None = None
     last = state.last_report
     if found.session:
