@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import daemon_env
 from tests.hostile import NOBODY, needs_root, running_as
+from tests.servers import ScriptedEndpoint, await_line, run_cli, running_daemon
 from usagestatsd.cluster import Limits, gather
 from usagestatsd.demo import make_session_dir
 from usagestatsd.pipeline import CANNOT_READ, NOT_RUNNING, cluster_refusal
@@ -176,3 +178,35 @@ async def test_a_stopped_head_is_not_running(temp_root: Path) -> None:
     facts = await gather(session_of(temp_root), FAST, dashboard_address=("127.0.0.1", 9))
     assert facts.session_running is False
     assert cluster_refusal(facts) == NOT_RUNNING
+
+
+async def test_daemon_reports_over_tcp_and_status_says_so(
+    temp_root: Path,
+    state_dir: Path,
+    dashboards: Dashboards,
+    endpoint: ScriptedEndpoint,
+    empty_settings_file: Path,
+) -> None:
+    """The real daemon on a 2.40-shaped head: reports, and status names version and sources."""
+    session_dir = make_session_dir(temp_root)
+    port = dashboards.start(session_dir)
+    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_BESIDE_RAY="report")
+    with running_daemon(env, settings_file=empty_settings_file) as daemon:
+        await await_line(daemon, "report.sent")
+    body = endpoint.bodies()[0]
+    assert body["ray_version"] == "2.40.0" and body["total_num_running_jobs"] == 1
+    code, out, err = await run_cli(["status", "--json", "--config", str(empty_settings_file)], env)
+    assert code == 0, err
+    session = json.loads(out)["session"]
+    assert session["ray_version"] == "2.40.0"
+    assert session["facts_from"] == {
+        "dashboard": f"dashboard HTTP 127.0.0.1:{port} (the dashboard's command line)",
+        "metadata": "dashboard HTTP",
+        "resources": "dashboard HTTP",
+        "nodes": "dashboard HTTP",
+        "running_jobs": "dashboard HTTP",
+        "gcs": None,  # no provider here
+    }
+    code, out, _ = await run_cli(["status", "--config", str(empty_settings_file)], env)
+    assert "Ray version:  2.40.0" in out
+    assert "libraries, hardware, tags, id" in out and "nowhere (null)" in out

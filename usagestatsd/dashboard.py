@@ -105,7 +105,9 @@ def find_dashboard(session: Session, proc: Path = PROC) -> DashboardProcess | No
 
 def session_running(session: Session, proc: Path = PROC) -> bool:
     """Whether any process of the session's owner names the session directory (Ray's do)."""
-    marker = str(session.path)
+    # Ray spells the directory as it was given (session.alias when the temp root's path
+    # holds a symlink), so both spellings count.
+    markers = [str(session.path)] + ([str(session.alias)] if session.alias else [])
     try:
         entries = [e.name for e in os.scandir(proc) if e.name.isdigit()]
     except OSError:
@@ -113,7 +115,7 @@ def session_running(session: Session, proc: Path = PROC) -> bool:
     for name in entries:
         if _owner(int(name), proc) != session.owner_uid:
             continue
-        if any(marker in arg for arg in cmdline(int(name), proc)):
+        if any(m in arg for arg in cmdline(int(name), proc) for m in markers):
             return True
     return False
 
