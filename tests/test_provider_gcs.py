@@ -6,12 +6,24 @@ shapes measured there (tests/data/ray-*/provider_log.txt) so `make test` covers 
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from usagestatsd.provider import call_accepting, cluster_id_of, make_gcs_client
+from usagestatsd.cluster import Limits, fetch_unix_json
+from usagestatsd.provider import (
+    SOCKET_NAME,
+    ProviderServer,
+    Usage,
+    call_accepting,
+    cluster_id_of,
+    make_gcs_client,
+)
+from usagestatsd.sources import parse_provider
 
 ALIVE, DEAD = 0, 1
 
@@ -89,3 +101,15 @@ def test_the_client_constructor_of_each_version() -> None:
     v260 = SimpleNamespace(InnerGcsClient=maker("Inner"), NewGcsClient=maker("New"))
     assert make_gcs_client(v260, "h:1", 2.0) == "Inner"
     assert made[-1] == ("Inner", ("h:1", None, 2000))
+
+
+async def test_the_daemon_accepts_the_providers_socket() -> None:
+    """The provider binds at its final name, so the daemon's peer check (bound path =
+    connected path) accepts it; bound elsewhere and renamed, it was refused."""
+    path = Path(tempfile.mkdtemp(prefix="usdg-", dir="/tmp")) / SOCKET_NAME
+    try:
+        with ProviderServer(path, lambda: Usage(cluster_id="ab" * 28)):
+            doc = await fetch_unix_json(path, "/v1/usage", "provider", Limits())
+        assert parse_provider(doc).cluster_id == "ab" * 28
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)

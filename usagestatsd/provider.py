@@ -18,7 +18,6 @@ import errno
 import http.server
 import importlib
 import inspect
-import itertools
 import json
 import os
 import signal
@@ -185,15 +184,12 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
     provider: ProviderServer
 
 
-_temp_counter = itertools.count()
-
-
 class ProviderServer:
     """The HTTP/1.1 server on one Unix socket path, answering from ``read_usage``.
 
-    The socket is bound under a temporary name with mode 0666, then renamed into
-    place, so a client never sees a half-made socket. ``close()`` removes it if
-    it is still the one this server made.
+    The socket is bound at its final name with mode 0666 (a client connecting
+    before ``listen()`` is refused and retries at its next cycle). ``close()``
+    removes it if it is still the one this server made.
     """
 
     def __init__(
@@ -224,27 +220,28 @@ class ProviderServer:
             raise
 
     def _bind(self) -> None:
-        directory = os.path.dirname(self.socket_path)
-        # No longer than the final name, so any path that fits (108 bytes) fits here too.
-        temp = os.path.join(directory or ".", f".usp-{os.getpid()}-{next(_temp_counter)}")
+        # Bound at its final name, not bound elsewhere and renamed: usagestatsd refuses a
+        # socket whose bound path (getpeername) is not the path it connected to, which is
+        # how it tells a symlink swapped in by another user (docs/security.md).
+        path = self.socket_path
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                os.unlink(path)  # a stale socket of a crashed provider, or something planted
         # bind() creates the node with 0777 & ~umask; 0o111 gives 0666 without a
         # chmod by path (which would follow a symlink swapped in meanwhile).
         old_umask = os.umask(0o111)
         try:
-            self._httpd.socket.bind(temp)
+            self._httpd.socket.bind(path)
         finally:
             os.umask(old_umask)
         try:
-            self._httpd.socket.listen(self._httpd.request_queue_size)
-            st = os.lstat(temp)
+            st = os.lstat(path)
             if not stat.S_ISSOCK(st.st_mode):
-                raise OSError(errno.EEXIST, "temporary socket was replaced", temp)
-            os.rename(temp, self.socket_path)
+                raise OSError(errno.EEXIST, "the socket was replaced", path)
+            self._httpd.socket.listen(self._httpd.request_queue_size)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(temp)
+                os.unlink(path)
             raise
         self._identity = (st.st_dev, st.st_ino)
 
