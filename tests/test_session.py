@@ -129,3 +129,39 @@ def test_unwritable_directory_leaves_old_file(tmp_path: Path) -> None:
         atomic_write(tmp_path, "f.json", "not bytes")  # type: ignore[arg-type]
     assert (tmp_path / "f.json").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+
+
+def fake_process(proc: Path, pid: int, args: list[str], uid: int = 0) -> None:
+    """A /proc/<pid> with this command line, owned by `uid` (as the kernel shows it)."""
+    (proc / str(pid)).mkdir(parents=True)
+    (proc / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in args) + b"\0")
+    os.chown(proc / str(pid), uid, uid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a fake /proc entry another owner needs root")
+def test_live_session_wins_over_a_dead_latest(temp_root: Path, tmp_path: Path) -> None:
+    """session_latest at a session no Ray process runs: the live one is followed, and only a
+    process of a trusted uid makes a session live."""
+    live = make_session_dir(temp_root, 1_000_000)
+    dead = make_session_dir(temp_root, 2_000_000)  # session_latest points here
+    proc = tmp_path / "proc"
+    fake_process(proc, 4242, ["gcs_server", f"--session-name={dead.name}"], uid=65534)
+    assert find_session(temp_root, {0}, proc).session.path == dead  # type: ignore[union-attr]
+    fake_process(proc, 4343, ["raylet", f"--session-name={live.name}", "--x=1"], uid=0)
+    found = find_session(temp_root, {0}, proc)
+    assert found.session is not None and found.session.path == live
+    assert found.refused is not None and dead.name in found.refused
+    fake_process(proc, 4444, ["gcs_server", f"--session-name={dead.name}"], uid=0)
+    assert find_session(temp_root, {0}, proc).session.path == dead  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory another owner needs root")
+def test_untrusted_owners_are_refused(temp_root: Path) -> None:
+    """A temp root or a session directory owned by an untrusted uid is not used."""
+    session = make_session_dir(temp_root)
+    os.chown(session, 65534, 65534)
+    assert find_session(temp_root, {0}).session is None
+    os.chown(session, 0, 0)
+    os.chown(temp_root, 65534, 65534)
+    found = find_session(temp_root, {0})
+    assert found.session is None and found.refused and "owned by uid 65534" in found.refused

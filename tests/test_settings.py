@@ -110,6 +110,8 @@ proxy = "http://proxy.corp.example:3128"
         ({"USAGESTATSD_RETRY_MAX_ATTEMPTS": "0"}, "retry.max_attempts", "RETRY_MAX"),
         ({"USAGESTATSD_RAY_USER": "no-such-user-here"}, "ray_user", "USAGESTATSD_RAY_USER"),
         ({"USAGESTATSD_RAY_USER": "-5"}, "ray_user", "USAGESTATSD_RAY_USER"),
+        ({"USAGESTATSD_RAY_USER": "nobody"}, "ray_user", "USAGESTATSD_RAY_USER"),
+        ({"USAGESTATSD_RAY_USER": "65534"}, "ray_user", "USAGESTATSD_RAY_USER"),
     ],
 )
 def test_invalid_environment_values(
@@ -176,9 +178,7 @@ def test_endpoint_display_hides_credentials(tmp_path: Path) -> None:
 
 
 def test_ray_user_is_a_name_or_a_uid(tmp_path: Path) -> None:
-    """ray_user: a known user name becomes its uid; a number is taken as a uid; none by default."""
+    """ray_user: a known name becomes its uid, a number is a uid (never nobody); none by default."""
     assert load_settings({}, {}, write(tmp_path, "")).ray_user is None
-    assert load_settings({"USAGESTATSD_RAY_USER": "nobody"}, {}, write(tmp_path, "")).ray_user == (
-        65534
-    )
+    assert load_settings({"USAGESTATSD_RAY_USER": "root"}, {}, write(tmp_path, "")).ray_user == 0
     assert load_settings({}, {}, write(tmp_path, "ray_user = 1234")).ray_user == 1234

@@ -24,7 +24,7 @@ import pwd
 import socket
 import stat
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ from aiohttp.client_reqrep import ClientRequest
 from aiohttp.tracing import Trace
 
 from usagestatsd import dashboard
-from usagestatsd.fileio import read_regular_file
+from usagestatsd.clusterconfig import load_cluster_config
 from usagestatsd.peers import unix_peer, unix_peer_path
 from usagestatsd.report import (
     ClusterConfigFacts,
@@ -46,7 +46,6 @@ from usagestatsd.session import Session, trusted_uids
 from usagestatsd.sources import (
     SourceError,
     decode_json,
-    parse_cluster_config,
     parse_cluster_metadata,
     parse_cluster_status,
     parse_job_list,
@@ -54,12 +53,34 @@ from usagestatsd.sources import (
 )
 
 CLUSTER_CONFIG_NAME = "ray_bootstrap_config.yaml"
-MAX_CONFIG_BYTES = 1 << 20
 PROVIDER_SOCKET = "usagestatsd_provider"
 METADATA_PATH = "/api/v0/cluster_metadata"
-SOCKETS = "sockets"
-DASHBOARD_HTTP = "dashboard HTTP"
-PROVIDER = "provider"
+SOCKETS = dashboard.SOCKETS
+DASHBOARD_HTTP = dashboard.DASHBOARD_HTTP
+
+
+@dataclass(frozen=True)
+class Cap:
+    """What one source may answer: bytes, and the memory its decode may take (estimated
+    before decoding by `sources.decode_cost`).
+
+    Sized from what each serves, measured on Ray 2.60 (docs/security.md, "Bounded"):
+    cluster_status is ~470 bytes and ~2.6 KiB of decode cost per node (10,000 nodes:
+    4.5 MiB, 25 MiB), a job entry ~570 bytes and ~3.8 KiB (10,000 jobs: 5.5 MiB, 37 MiB),
+    the provider a few KB. So 8 MiB and 40 MiB leave room for ~16,000 nodes or ~11,000
+    jobs, and whatever a source sends, one decode stays near 40 MiB.
+    """
+
+    max_bytes: int
+    max_decode_bytes: int
+
+
+CAPS: dict[str, Cap] = {
+    "/api/v0/cluster_metadata": Cap(64 << 10, 1 << 20),
+    "/api/cluster_status": Cap(8 << 20, 40 << 20),
+    "/api/jobs/": Cap(8 << 20, 40 << 20),
+    "/v1/usage": Cap(256 << 10, 4 << 20),
+}
 
 T = TypeVar("T")
 
@@ -86,6 +107,7 @@ class Limits:
 
     timeout_s: float = 5.0
     max_bytes: int = 32 << 20
+    max_decode_bytes: int = 40 << 20
     trusted_uids: frozenset[int] = field(default_factory=trusted_uids)
 
 
@@ -144,27 +166,6 @@ class _CheckedUnixConnector(aiohttp.UnixConnector):
         return conn
 
 
-class _CheckedTCPConnector(aiohttp.TCPConnector):
-    """The TCP twin of `_CheckedUnixConnector`: vets each connection before the request."""
-
-    def __init__(self, check: PeerCheck) -> None:
-        super().__init__(force_close=True)
-        self._check = check
-
-    async def connect(
-        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
-    ) -> aiohttp.connector.Connection:
-        conn = await super().connect(req, traces, timeout)
-        transport = conn.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        try:
-            self._check(sock)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-
 async def fetch_tcp_json(
     address: tuple[str, int], url_path: str, source: str, limits: Limits, check: PeerCheck
 ) -> Any:
@@ -180,7 +181,7 @@ async def fetch_tcp_json(
                 source,
                 limits,
                 check,
-                connector=_CheckedTCPConnector(check),
+                connector=dashboard.CheckedTCPConnector(check),
                 base_url=base,
             ),
             limits.timeout_s,
@@ -275,6 +276,7 @@ async def _get(
             if size > limits.max_bytes:
                 raise SourceError(source, f"reply larger than {limits.max_bytes} bytes")
             body = b"".join(chunks)
+            chunks.clear()  # not twice in memory while it is decoded
     except aiohttp.ClientConnectionError as exc:
         os_error = getattr(exc, "os_error", None)
         reason = getattr(os_error, "strerror", None) or type(exc).__name__
@@ -287,7 +289,7 @@ async def _get(
         raise SourceError(source, f"connection failed ({reason})") from None
     except aiohttp.ClientError as exc:
         raise SourceError(source, f"bad HTTP reply ({type(exc).__name__})") from None
-    return decode_json(source, body)
+    return decode_json(source, body, limits.max_decode_bytes)
 
 
 Fetch = Callable[[str, str], Awaitable[Any]]
@@ -307,12 +309,28 @@ async def _ask(
         return None
 
 
+def _capped(limits: Limits, path: str) -> Limits:
+    """The limits for one source: its own cap, which socket_max_bytes can only lower."""
+    cap = CAPS.get(path)
+    if cap is None:
+        return limits
+    return replace(
+        limits,
+        max_bytes=min(cap.max_bytes, limits.max_bytes),
+        max_decode_bytes=cap.max_decode_bytes,
+    )
+
+
 def _unix(session: Session, limits: Limits) -> Fetch:
     async def fetch(socket_name: str, url_path: str) -> Any:
-        source = f"{socket_name} {url_path.split('?')[0]}"
-        path = session.sockets_dir / socket_name
+        path = url_path.split("?")[0]
+        source = f"{socket_name} {path}"
         return await fetch_unix_json(
-            path, url_path, source, limits, session.socket_aliases(socket_name)
+            session.sockets_dir / socket_name,
+            url_path,
+            source,
+            _capped(limits, path),
+            session.socket_aliases(socket_name),
         )
 
     return fetch
@@ -321,17 +339,11 @@ def _unix(session: Session, limits: Limits) -> Fetch:
 def _tcp(session: Session, limits: Limits, address: tuple[str, int], how: str) -> Fetch:
     async def fetch(_socket_name: str, url_path: str) -> Any:
         host, port = address
-        source = f"dashboard {host}:{port} ({how}) {url_path.split('?')[0]}"
+        path = url_path.split("?")[0]
+        source = f"dashboard {host}:{port} ({how}) {path}"
 
-        def check(sock: socket.socket | None) -> None:
-            if sock is None:
-                raise SourceError(source, "refused: no socket to check the peer of")
-            try:
-                dashboard.verify_listener(sock, session)
-            except PermissionError as exc:
-                raise SourceError(source, f"refused: {exc}") from None
-
-        return await fetch_tcp_json(address, url_path, source, limits, check)
+        check = dashboard.listener_check(session, source)
+        return await fetch_tcp_json(address, url_path, source, _capped(limits, path), check)
 
     return fetch
 
@@ -356,28 +368,18 @@ def cluster_config_path(session: Session, configured: Path | None) -> Path | Non
         return None
 
 
-def read_cluster_config(
+async def read_cluster_config(
     path: Path | None, kuberay: bool, kubernetes: bool, problems: list[SourceError]
 ) -> ClusterConfigFacts:
     """Cloud provider, worker bounds and instance types; 'unknown' provider without a file."""
     facts = ClusterConfigFacts(cloud_provider="unknown")
     if path is not None:
         try:
-            raw = read_regular_file(path, MAX_CONFIG_BYTES)
-            import yaml  # only when a config file exists: keeps the idle daemon small
-
-            facts = parse_cluster_config(yaml.safe_load(raw))
+            facts = await load_cluster_config(path)
         except FileNotFoundError:
             pass
         except SourceError as exc:
-            problems.append(SourceError(f"cluster config file {path}", exc.problem))
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "strerror", None) or f"not valid YAML ({type(exc).__name__})"
-            problems.append(SourceError(f"cluster config file {path}", reason))
-        except Exception as exc:  # yaml.YAMLError and friends: the file is garbage
-            problems.append(
-                SourceError(f"cluster config file {path}", f"unreadable ({type(exc).__name__})")
-            )
+            problems.append(exc)
     if kuberay:
         return ClusterConfigFacts(cloud_provider="kuberay")
     if kubernetes and facts.cloud_provider in (None, "unknown"):
@@ -414,7 +416,7 @@ async def gather(
         if provider_present
         else _none(),
     )
-    config = read_cluster_config(
+    config = await read_cluster_config(
         cluster_config_path(session, config_path), kuberay, kubernetes, problems
     )
     totals = totals or ResourceTotals()
@@ -429,39 +431,8 @@ async def gather(
         provider=provider,
         problems=tuple(problems),
         provider_present=provider_present,
-        origins=_origins(session, route, metadata, totals, jobs, provider),
+        origins=dashboard.origins_of(session, route, metadata, totals, jobs, provider),
         session_running=running,
-    )
-
-
-def _origins(
-    session: Session,
-    route: str,
-    metadata: ClusterMetadata | None,
-    totals: ResourceTotals,
-    jobs: int | None,
-    provider: ProviderFacts | None,
-) -> Origins:
-    where = SOCKETS if route == SOCKETS else DASHBOARD_HTTP
-    version = metadata.ray_version if metadata else None
-    if version is None:
-        found = dashboard.find_dashboard(session)
-        version = dashboard.ray_version_of(found) if found else None
-
-    def exact_or(exact: int | None, fallback: int | None) -> str | None:
-        if exact is not None:
-            return PROVIDER
-        return where if fallback is not None else None
-
-    return Origins(
-        session_key=session.key,
-        ray_version=version,
-        dashboard=route,
-        metadata=where if metadata else None,
-        resources=where if totals.total_num_cpus is not None else None,
-        nodes=exact_or(provider.total_num_nodes if provider else None, totals.total_num_nodes),
-        running_jobs=exact_or(provider.total_num_running_jobs if provider else None, jobs),
-        gcs=PROVIDER if provider is not None else None,
     )
 
 

@@ -26,13 +26,23 @@ import ipaddress
 import os
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.tracing import Trace
+
 from usagestatsd.peers import PROC, cmdline, pids_holding, tcp_peer
+from usagestatsd.report import ClusterMetadata, Origins, ProviderFacts, ResourceTotals
 from usagestatsd.session import Session
+from usagestatsd.sources import SourceError
 
 DEFAULT_ADDRESS = ("127.0.0.1", 8265)
+SOCKETS = "sockets"
+DASHBOARD_HTTP = "dashboard HTTP"
+PROVIDER = "provider"
 _DASHBOARD_SCRIPT = "dashboard/dashboard.py"
 _VERSION_RE = re.compile(rb"""^version\s*=\s*["']([0-9A-Za-z.+\-]{1,40})["']""", re.MULTILINE)
 
@@ -177,3 +187,71 @@ def verify_listener(sock: socket.socket, session: Session, proc: Path = PROC) ->
             f"{where} is not served by the dashboard of {session.name} "
             "(another cluster's dashboard, or another program)"
         )
+
+
+def listener_check(session: Session, source: str) -> Callable[[socket.socket | None], None]:
+    """The connector's check for `session`'s dashboard; a refusal is a SourceError."""
+
+    def check(sock: socket.socket | None) -> None:
+        if sock is None:
+            raise SourceError(source, "refused: no socket to check the peer of")
+        try:
+            verify_listener(sock, session)
+        except PermissionError as exc:
+            raise SourceError(source, f"refused: {exc}") from None
+
+    return check
+
+
+class CheckedTCPConnector(aiohttp.TCPConnector):
+    """The TCP twin of `cluster._CheckedUnixConnector`: vets each connection before the request
+    is sent (with `listener_check`)."""
+
+    def __init__(self, check: Callable[[socket.socket | None], None]) -> None:
+        super().__init__(force_close=True)
+        self._check = check
+
+    async def connect(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.connector.Connection:
+        conn = await super().connect(req, traces, timeout)
+        transport = conn.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        try:
+            self._check(sock)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+
+def origins_of(
+    session: Session,
+    route: str,
+    metadata: ClusterMetadata | None,
+    totals: ResourceTotals,
+    jobs: int | None,
+    provider: ProviderFacts | None,
+) -> Origins:
+    """Where this cycle's facts came from, group by group, and the cluster's Ray version."""
+    where = SOCKETS if route == SOCKETS else DASHBOARD_HTTP
+    version = metadata.ray_version if metadata else None
+    if version is None:
+        found = find_dashboard(session)
+        version = ray_version_of(found) if found else None
+
+    def exact_or(exact: int | None, fallback: int | None) -> str | None:
+        if exact is not None:
+            return PROVIDER
+        return where if fallback is not None else None
+
+    return Origins(
+        session_key=session.key,
+        ray_version=version,
+        dashboard=route,
+        metadata=where if metadata else None,
+        resources=where if totals.total_num_cpus is not None else None,
+        nodes=exact_or(provider.total_num_nodes if provider else None, totals.total_num_nodes),
+        running_jobs=exact_or(provider.total_num_running_jobs if provider else None, jobs),
+        gcs=PROVIDER if provider is not None else None,
+    )

@@ -78,7 +78,9 @@ async def prepare_report(
     facts = await gather(
         session,
         Limits(
-            settings.socket_timeout_s, settings.socket_max_bytes, trusted_uids(settings.ray_user)
+            settings.socket_timeout_s,
+            settings.socket_max_bytes,
+            trusted_uids=trusted_uids(settings.ray_user),
         ),
         settings.cluster_config,
         settings.kuberay_in_use,

@@ -198,20 +198,29 @@ def _absolute_path(raw: object) -> Path:
     return path
 
 
+_OVERFLOW_UID = 65534  # nobody; also how a user namespace shows every unmapped uid
+
+
 def _user(raw: object) -> int:
     """A user name known to this system, or a uid: resolved once, at start."""
-    accepted = "a user name known to this system, or a uid from 0 to 4294967294"
+    accepted = "a user name known to this system, or a uid from 0 to 4294967294, not nobody"
     if isinstance(raw, bool) or not isinstance(raw, (int, str)):
         raise ValueError(accepted)
     text = str(raw).strip()
     if text.isascii() and text.isdigit():
-        if int(text) > 4294967294:
+        uid = int(text)
+        if uid > 4294967294:
             raise ValueError(accepted)
-        return int(text)
-    try:
-        return pwd.getpwnam(text).pw_uid
-    except (KeyError, ValueError):
-        raise ValueError(f"{accepted} (no user {text!r} here)") from None
+    else:
+        try:
+            uid = pwd.getpwnam(text).pw_uid
+        except (KeyError, ValueError):
+            raise ValueError(f"{accepted} (no user {text!r} here)") from None
+    if uid == _OVERFLOW_UID:
+        # Under the unit's PrivateUsers=yes every other user's uid reads as 65534:
+        # trusting it would trust them all.
+        raise ValueError(accepted)
+    return uid
 
 
 def _text(max_chars: int) -> Callable[[object], str]:

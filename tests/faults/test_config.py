@@ -215,7 +215,7 @@ CLUSTER_CONFIG_CASES = {
 
 
 @pytest.mark.parametrize("kind", list(CLUSTER_CONFIG_CASES))
-def test_bad_cluster_config_is_one_named_problem(tmp_path: Path, kind: str) -> None:
+async def test_bad_cluster_config_is_one_named_problem(tmp_path: Path, kind: str) -> None:
     """A broken ~/ray_bootstrap_config.yaml is one problem naming the file; nothing runs."""
     path = tmp_path / "ray_bootstrap_config.yaml"
     canary = tmp_path / "canary"
@@ -225,7 +225,7 @@ def test_bad_cluster_config_is_one_named_problem(tmp_path: Path, kind: str) -> N
     else:
         plant(path, kind, tmp_path / "target.yaml")
     problems: list[SourceError] = []
-    facts = read_cluster_config(path, False, False, problems)
+    facts = await read_cluster_config(path, False, False, problems)
     if kind == "dangling symlink":
         # Absent is normal (no autoscaler); a dangling link is treated as absent too.
         assert problems == [] or problems[0].source == f"cluster config file {path}"

@@ -321,3 +321,96 @@ async def test_row10_session_latest_repointed_at_a_dead_session_follows_the_live
         await cluster.stop()
     assert live.name in found and old.name not in found.split("refused")[0]
     assert all(b["total_num_nodes"] == 1 for b in endpoint.bodies())
+
+
+def reports_after(endpoint: ScriptedEndpoint, more: int) -> Callable[[], bool]:
+    """True once `more` reports beyond those received so far have arrived."""
+    target = len(endpoint.received) + more
+    return lambda: len(endpoint.received) >= target
+
+
+def vm_kib(pid: int, field: str) -> int:
+    """A memory figure of a process from /proc (VmRSS, VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+# Row 3's body, and the costliest bodies still within the job list's caps (docs/security.md).
+EMPTY_OBJECTS = b"[" + b",".join([b"{}"] * ((32 << 20) // 3 - 1)) + b"]"  # 32 MiB of [{},{},...]
+ONE_KEY_OBJECTS = b"[" + b",".join([b'{"a":1}'] * 85_000) + b"]"  # decode cost just under 40 MiB
+LONG_STRING = b'["' + b"x" * ((8 << 20) - 8) + b'"]'  # just under 8 MiB
+
+
+@pytest.mark.slow
+async def test_row3_huge_answers_cost_little_memory_and_time(
+    endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
+) -> None:
+    """Row 3: dash_JobHead answers 32 MiB of [{},{},...] (as nobody, then as root), then
+    the costliest bodies within its caps: the daemon's peak RSS grows by < 100 MB, and it
+    keeps reporting on schedule."""
+    session_dir = make_session_dir(temp_root)
+    cluster = DemoCluster(session_dir, responses_with(drop=["dash_JobHead"]))
+    await cluster.start()
+    open_like_ray(temp_root, session_dir)
+    jobs = session_dir / "sockets" / "dash_JobHead"
+    env = daemon_env(temp_root, state_dir, endpoint.url)
+    attacks = [(NOBODY, EMPTY_OBJECTS), (0, EMPTY_OBJECTS), (0, ONE_KEY_OBJECTS), (0, LONG_STRING)]
+    try:
+        with running_daemon(env) as daemon:
+            with running_as(fake_dashboard(jobs, recorded("dash_job_list.json")), uid=0):
+                await until(lambda: len(endpoint.received) >= 2)
+            baseline = vm_kib(daemon.proc.pid, "VmHWM")
+            for uid, body in attacks:
+                jobs.unlink()
+                with running_as(fake_dashboard(jobs, body), uid=uid):
+                    await until(reports_after(endpoint, 2), timeout=60)
+            peak = vm_kib(daemon.proc.pid, "VmHWM")
+            assert daemon.proc.poll() is None
+    finally:
+        await cluster.stop()
+    assert (peak - baseline) < 100 * 1024, f"peak RSS grew by {(peak - baseline) // 1024} MB"
+    assert daemon.count("cycle.crashed") == 0
+    assert all(b["total_num_running_jobs"] is None for b in endpoint.bodies()[2:])
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's own user+system CPU time (children excluded), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+COSTLY_LINE = b"- {a: 1, b: [x, y]}\n"  # ~6 s of CPU per MiB in yaml.safe_load (measured)
+
+
+def write_yaml(path: Path, size: int) -> str:
+    """As nobody: `size` bytes of valid, costly YAML at `path`."""
+    with open(path, "wb") as f:
+        f.write(COSTLY_LINE * (size // len(COSTLY_LINE)))
+    return "written"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [1 << 20, 250 << 10], ids=["1MiB", "250KiB"])
+async def test_row8_costly_cluster_config_never_stalls_the_loop(
+    endpoint: ScriptedEndpoint, ray_session: DemoCluster, state_dir: Path, size: int
+) -> None:
+    """Row 8: nobody fills the cluster config with costly YAML; reports keep coming, and the
+    daemon's own CPU stays low (parsed in a child, once, within a cap and a deadline)."""
+    config = open_dir() / "ray_bootstrap_config.yaml"
+    assert as_user(lambda: write_yaml(config, size)) == "written"
+    temp_root = ray_session.session_dir.parent
+    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_CLUSTER_CONFIG=str(config))
+    try:
+        with running_daemon(env) as daemon:
+            await until(lambda: len(endpoint.received) >= 4, timeout=120)
+            cpu = cpu_seconds(daemon.proc.pid)
+            assert daemon.stop() == 0
+    finally:
+        shutil.rmtree(config.parent, ignore_errors=True)
+    assert cpu < 3.0, f"the daemon itself used {cpu:.1f} s of CPU"
+    assert all(b["cloud_provider"] == "unknown" for b in endpoint.bodies())
+    assert f"cluster config file {config}" in daemon.wait_for("cluster.source_failed")
