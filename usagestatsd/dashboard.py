@@ -15,9 +15,9 @@ Where to connect is found without configuration from the same command line (`--h
 `--port`); a configured `dashboard_address` replaces it; without either, Ray's default
 127.0.0.1:8265 is tried (and still checked). See docs/design.md.
 
-The check runs in the connector (`cluster._CheckedTCPConnector`, the twin of the Unix
-sockets' peer check) on the connection's own socket; the reply is then read with the
-same time and size caps as the Unix sockets.
+The check runs in the connector (`CheckedTCPConnector`, the twin of the Unix sockets'
+`cluster._CheckedUnixConnector`) on the connection's own socket; the reply is then read
+by the same code as the Unix sockets' (`cluster._get`: timeout, size and decode caps).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class Lab:
 
     def explain(self) -> str:
         """The routed daemon's and the provider's recent log lines, for failure messages."""
-        lines = self.routed.lines[-40:] if self.routed else []
+        lines = self.routed.lines[-60:] if self.routed else []
         return "\n".join(["daemon:", *lines, "provider:", *self.head.provider_lines[-20:]])
 
     def close(self) -> None:
@@ -364,7 +364,7 @@ def test_cluster_restart_starts_a_new_session(lab: Lab) -> None:
     assert status["session"]["dir"] == str(session)
     assert status["session"]["session_id"] == cluster_id
     assert status["beside_ray"]["arrangement"] == "routed"
-    assert daemon.count("beside_ray.standing_down") == 0
+    assert daemon.count("beside_ray.standing_down") == 0, lab.explain()
 
 
 def test_cluster_with_usage_stats_disabled_is_not_reported(lab: Lab) -> None:
