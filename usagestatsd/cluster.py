@@ -9,8 +9,8 @@ state API records a usage tag per call, so it is avoided).
 
 Each source is asked independently, with a timeout and a response-size cap; a source
 that is absent, refuses, hangs, answers garbage or is served by a process that is not
-Ray's (a uid outside `Limits.trusted_uids`, or a socket bound elsewhere than the path
-asked for: docs/security.md) yields None for its fields and one `SourceError` in
+Ray's (a uid outside `Limits.trusted_uids`, or a socket bound in another directory than
+the one asked for: docs/security.md) yields None for its fields and one `SourceError` in
 `ClusterFacts.problems`. Only compact endpoints are used, so the cost of
 a cycle does not grow with per-node detail the report does not need.
 """
@@ -120,12 +120,14 @@ def unix_peer_check(
     """The check run on a connected Unix socket before a byte is sent or trusted.
 
     The kernel's word only: `SO_PEERCRED` names the uid that listens (rows 1 and 2: any
-    local user can bind a name in Ray's 0777 `sockets/`), and the peer's bound path must be
-    the one asked for (row 12: a symlink swapped in before the connect leads elsewhere).
+    local user can bind a name in Ray's 0777 `sockets/`), and the peer must have bound its
+    socket in the directory asked for (row 12: a symlink swapped in before the connect
+    leads elsewhere). The directory, not the name: a server may bind a temporary name and
+    rename it into place (the provider does, so the name appears at once and whole).
     `aliases` are other spellings of the same path (the temp root as configured, before
     symlinks in it were resolved), which is how Ray names its sockets.
     """
-    expected = {str(socket_path), *aliases}
+    expected = {os.path.dirname(p) for p in (str(socket_path), *aliases)}
 
     def check(sock: socket.socket | None) -> None:
         if sock is None:
@@ -139,8 +141,10 @@ def unix_peer_check(
                 "docs/configuration.md)",
             )
         bound = unix_peer_path(sock)
-        if bound not in expected:
-            raise SourceError(source, "refused: the socket answering is bound at another path")
+        if os.path.dirname(bound) not in expected:
+            raise SourceError(
+                source, "refused: the socket answering was bound in another directory"
+            )
 
     return check
 

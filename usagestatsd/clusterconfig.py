@@ -120,8 +120,13 @@ def _facts_from(out: bytes) -> ClusterConfigFacts | str:
 
 def _child() -> int:
     """In the child: YAML on stdin, facts (or a problem) as JSON on stdout."""
-    resource.setrlimit(resource.RLIMIT_CPU, (_CHILD_CPU_S, _CHILD_CPU_S))
-    resource.setrlimit(resource.RLIMIT_AS, (_CHILD_MEMORY, _CHILD_MEMORY))
+    try:
+        resource.setrlimit(resource.RLIMIT_CPU, (_CHILD_CPU_S, _CHILD_CPU_S))
+        resource.setrlimit(resource.RLIMIT_AS, (_CHILD_MEMORY, _CHILD_MEMORY))
+    except OSError:
+        # A system call filter may refuse setrlimit: the parent's deadline (and kill) and
+        # the unit's own memory limit still bound this process.
+        pass
     raw = sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
     try:
         import yaml
