@@ -136,7 +136,9 @@ def cluster_not_running(facts: ClusterFacts) -> bool:
     if facts.metadata is not None or facts.session_running is not False:
         return False  # a dashboard answered, or a process of the session runs
     if facts.origins is not None and facts.origins.dashboard != SOCKETS:
-        return True  # no dash_* sockets, and no process names the session
+        # No dash_* sockets and no visible process of the session; but a listener whose
+        # holder cannot be seen (/proc hidden from this user) may well be Ray's: unknown.
+        return not any("cannot see which process" in p.problem for p in facts.problems)
     dashboard = [p for p in facts.problems if p.source.startswith("dash_")]
     return bool(dashboard) and all(
         "absent" in p.problem or "Connection refused" in p.problem for p in dashboard
