@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help run run-collector test lint typecheck unit venv clean bench soak test-ray test-debian-libs
+.PHONY: help run run-collector test lint typecheck unit venv clean bench soak test-ray test-debian-libs test-ray-matrix test-ray-ci
 
 ## make help: list the targets, one line each
 help:

@@ -1,12 +1,21 @@
 # make test-ray: the real-Ray suite (tests/ray, docs/real-ray.md) against ray[default] in
-# its own cached virtualenv. Included by the Makefile (`include mk/ray.mk`); uses its
-# $(STAMP) and $(VPY). If Ray cannot be installed the target fails: it never passes empty.
+# its own cached virtualenv, one per version. Included by the Makefile (`include mk/ray.mk`);
+# uses its $(STAMP) and $(VPY). If Ray cannot be installed the target fails: it never
+# passes empty.
+#
+#   make test-ray RAY_VERSION=2.40.0   one version (default: the newest, 2.60.0)
+#   make test-ray-matrix               every version of RAY_MATRIX, one at a time; writes the
+#                                      compatibility table into docs/real-ray.md and README.md
+#   make test-ray-ci                   the oldest, 2.44.1 and the newest (for .ci/run)
+#   make record-ray RAY_VERSION=X      record X's replies into tests/data/ray-X/
 RAY_VERSION ?= 2.60.0
-RAY_VENV ?= /var/cache/usagestatsd-ray/venv
+RAY_MATRIX ?= 2.9.3 2.20.0 2.30.0 2.40.0 2.44.1 2.47.1 2.60.0
+RAY_CI_VERSIONS ?= 2.9.3 2.44.1 2.60.0
+RAY_VENV ?= /var/cache/usagestatsd-ray/$(RAY_VERSION)/venv
 RAY_BASE_PYTHON ?= /usr/bin/python3
 RAY_PY := $(RAY_VENV)/bin/python
 
-.PHONY: test-ray ray-venv
+.PHONY: test-ray ray-venv test-ray-matrix test-ray-ci record-ray
 
 ray-venv:
 	@set -e; \
@@ -27,3 +36,13 @@ ray-venv:
 ## make test-ray: the real-Ray suite against a real Ray head (ray[default] 2.60.0 by default, its own cached venv)
 test-ray: $(STAMP) ray-venv
 	RAY_PYTHON=$(RAY_PY) $(VPY) -m pytest -q tests/ray
+
+# Each version in turn (never in parallel: the machine's cores are shared), timed.
+test-ray-matrix: $(STAMP)
+	$(VPY) -m tests.ray.matrix --write-docs $(RAY_MATRIX)
+
+test-ray-ci: $(STAMP)
+	$(VPY) -m tests.ray.matrix $(RAY_CI_VERSIONS)
+
+record-ray: $(STAMP) ray-venv
+	RAY_PYTHON=$(RAY_PY) $(VPY) -m tests.ray.record

@@ -150,3 +150,24 @@ def test_tables_are_read_defensively(tmp_path: Path) -> None:
     assert tcp_socket_owner(("127.0.0.1", 8081), ("127.0.0.1", 54321), tmp_path) is None
     assert tcp_socket_owner(("127.0.0.1", 8080), ("127.0.0.1", 1), tmp_path / "absent") is None
     assert cmdline(0, tmp_path) == []
+
+
+def test_a_connection_not_yet_accepted_is_answered_by_its_listener(tmp_path: Path) -> None:
+    """Before accept() the server's end has inode 0 and uid 0: its one listener answers."""
+    (tmp_path / "net").mkdir()
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+    (tmp_path / "net" / "tcp").write_text(
+        header + "   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000"
+        "  65534        0 777 1\n"
+        "   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000"
+        "     0        0 0 1\n"
+    )
+    peer = tcp_socket_owner(("127.0.0.1", 8080), ("127.0.0.1", 54321), tmp_path)
+    assert peer is not None and (peer.uid, peer.inode) == (65534, 777)
+    # Two listeners on the port (SO_REUSEPORT): which one would accept is unknown.
+    with (tmp_path / "net" / "tcp").open("a") as table:
+        table.write(
+            "   2: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000"
+            "      0        0 778 1\n"
+        )
+    assert tcp_socket_owner(("127.0.0.1", 8080), ("127.0.0.1", 54321), tmp_path) is None

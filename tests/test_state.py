@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from usagestatsd.report import Counters
+from usagestatsd.report import Counters, Origins
 from usagestatsd.state import SessionState, State, StateError, StateStore
 
 
@@ -17,6 +17,26 @@ def test_round_trip(tmp_path: Path) -> None:
     store.save(state)
     assert store.load() == state
     assert (tmp_path / "state" / "state.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_origins_round_trip(tmp_path: Path) -> None:
+    """Where the facts came from is kept as a typed value; text only, or the file is bad."""
+    store = StateStore(tmp_path)
+    origins = Origins(
+        "k",
+        "2.40.0",
+        "dashboard HTTP 127.0.0.1:8265",
+        "dashboard HTTP",
+        "dashboard HTTP",
+        "provider",
+        "provider",
+        "provider",
+    )
+    store.save(State(origins=origins))
+    assert store.load().origins == origins
+    store.path.write_text(store.path.read_text().replace('"2.40.0"', "240"))
+    with pytest.raises(StateError):
+        store.load()
 
 
 def test_same_session_keeps_its_id(tmp_path: Path) -> None:

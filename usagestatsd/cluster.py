@@ -1,5 +1,9 @@
 """Gather the cluster's facts over local Unix sockets and the cluster config file.
 
+The dashboard's `dash_*` Unix sockets are the first choice; a Ray version without them
+(before 2.47) is asked over its dashboard's TCP port instead, checked to be the session's
+own dashboard (`dashboard.py`).
+
 Read-only towards the cluster: only endpoints that record nothing in Ray are used (Ray's
 state API records a usage tag per call, so it is avoided).
 
@@ -19,7 +23,7 @@ import os
 import pwd
 import socket
 import stat
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,11 +32,13 @@ import aiohttp
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.tracing import Trace
 
+from usagestatsd import dashboard
 from usagestatsd.clusterconfig import load_cluster_config
 from usagestatsd.peers import unix_peer, unix_peer_path
 from usagestatsd.report import (
     ClusterConfigFacts,
     ClusterMetadata,
+    Origins,
     ProviderFacts,
     ResourceTotals,
 )
@@ -48,6 +54,9 @@ from usagestatsd.sources import (
 
 CLUSTER_CONFIG_NAME = "ray_bootstrap_config.yaml"
 PROVIDER_SOCKET = "usagestatsd_provider"
+METADATA_PATH = "/api/v0/cluster_metadata"
+SOCKETS = dashboard.SOCKETS
+DASHBOARD_HTTP = dashboard.DASHBOARD_HTTP
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,9 @@ class ClusterFacts:
     provider: ProviderFacts | None
     problems: tuple[SourceError, ...]
     provider_present: bool
+    origins: Origins | None = None
+    # Whether a process of this session runs (asked only when no dashboard answered).
+    session_running: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,30 @@ class _CheckedUnixConnector(aiohttp.UnixConnector):
         return conn
 
 
+async def fetch_tcp_json(
+    address: tuple[str, int], url_path: str, source: str, limits: Limits, check: PeerCheck
+) -> Any:
+    """GET `url_path` from the loopback HTTP server at `address` once `check` accepts its
+    listener (for the dashboard: dashboard.verify_listener), strict JSON, same caps."""
+    host, port = address
+    base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    try:
+        return await asyncio.wait_for(
+            _get(
+                Path(base),  # names a socket file only in the EACCES hint, never for TCP
+                url_path,
+                source,
+                limits,
+                check,
+                connector=dashboard.CheckedTCPConnector(check),
+                base_url=base,
+            ),
+            limits.timeout_s,
+        )
+    except TimeoutError:
+        raise SourceError(source, f"no complete answer within {limits.timeout_s:g}s") from None
+
+
 async def fetch_unix_json(
     socket_path: Path, url_path: str, source: str, limits: Limits, aliases: Collection[str] = ()
 ) -> Any:
@@ -218,14 +254,16 @@ async def _get(
     limits: Limits,
     check: PeerCheck,
     via: str | None = None,
+    connector: aiohttp.BaseConnector | None = None,
+    base_url: str = "http://localhost",
 ) -> Any:
     # The peer is checked right after the connect, before the request is sent: nothing
     # goes to, and nothing is read from, a process that is not Ray's (docs/security.md).
-    connector = _CheckedUnixConnector(via or str(socket_path), check)
+    connector = connector or _CheckedUnixConnector(via or str(socket_path), check)
     try:
         async with (
             aiohttp.ClientSession(connector=connector) as http,
-            http.get(f"http://localhost{url_path}", allow_redirects=False) as response,
+            http.get(f"{base_url}{url_path}", allow_redirects=False) as response,
         ):
             if response.status != 200:
                 raise SourceError(source, f"HTTP status {response.status}")
@@ -258,35 +296,70 @@ async def _get(
     return decode_json(source, body, limits.max_decode_bytes)
 
 
+Fetch = Callable[[str, str], Awaitable[Any]]
+
+
 async def _ask(
-    session: Session,
+    fetch: Fetch,
     socket_name: str,
     url_path: str,
     parse: Callable[[Any], T],
-    limits: Limits,
     problems: list[SourceError],
 ) -> T | None:
-    path = url_path.split("?")[0]
-    source = f"{socket_name} {path}"
-    cap = CAPS.get(path)
-    if cap is not None:  # the configured socket_max_bytes can only lower a source's cap
-        limits = replace(
-            limits,
-            max_bytes=min(cap.max_bytes, limits.max_bytes),
-            max_decode_bytes=cap.max_decode_bytes,
-        )
     try:
-        doc = await fetch_unix_json(
-            session.sockets_dir / socket_name,
-            url_path,
-            source,
-            limits,
-            session.socket_aliases(socket_name),
-        )
-        return parse(doc)
+        return parse(await fetch(socket_name, url_path))
     except SourceError as exc:
         problems.append(exc)
         return None
+
+
+def _capped(limits: Limits, path: str) -> Limits:
+    """The limits for one source: its own cap, which socket_max_bytes can only lower."""
+    cap = CAPS.get(path)
+    if cap is None:
+        return limits
+    return replace(
+        limits,
+        max_bytes=min(cap.max_bytes, limits.max_bytes),
+        max_decode_bytes=cap.max_decode_bytes,
+    )
+
+
+def _unix(session: Session, limits: Limits) -> Fetch:
+    async def fetch(socket_name: str, url_path: str) -> Any:
+        path = url_path.split("?")[0]
+        source = f"{socket_name} {path}"
+        return await fetch_unix_json(
+            session.sockets_dir / socket_name,
+            url_path,
+            source,
+            _capped(limits, path),
+            session.socket_aliases(socket_name),
+        )
+
+    return fetch
+
+
+def _tcp(session: Session, limits: Limits, address: tuple[str, int], how: str) -> Fetch:
+    async def fetch(_socket_name: str, url_path: str) -> Any:
+        host, port = address
+        path = url_path.split("?")[0]
+        source = f"dashboard {host}:{port} ({how}) {path}"
+
+        check = dashboard.listener_check(session, source)
+        return await fetch_tcp_json(address, url_path, source, _capped(limits, path), check)
+
+    return fetch
+
+
+def dashboard_route(
+    session: Session, limits: Limits, configured: tuple[str, int] | None
+) -> tuple[Fetch, str]:
+    """How to reach the dashboard: its Unix sockets where Ray has them, else HTTP on TCP."""
+    if any(os.path.lexists(session.sockets_dir / n) for n in ("dash_ReportHead", "dash_JobHead")):
+        return _unix(session, limits), SOCKETS
+    host, port, how = dashboard.address_for(session, configured)
+    return _tcp(session, limits, (host, port), how), f"{DASHBOARD_HTTP} {host}:{port} ({how})"
 
 
 def cluster_config_path(session: Session, configured: Path | None) -> Path | None:
@@ -332,44 +405,38 @@ async def gather(
     config_path: Path | None = None,
     kuberay: bool = False,
     kubernetes: bool = False,
+    dashboard_address: tuple[str, int] | None = None,
 ) -> ClusterFacts:
     """Ask every source at once; never raises for a misbehaving source."""
     problems: list[SourceError] = []
     provider_socket = session.sockets_dir / PROVIDER_SOCKET
     provider_present = os.path.lexists(provider_socket)
+    fetch, route = dashboard_route(session, limits, dashboard_address)
     metadata, totals, jobs, provider = await asyncio.gather(
-        _ask(
-            session,
-            "dash_ReportHead",
-            "/api/v0/cluster_metadata",
-            parse_cluster_metadata,
-            limits,
-            problems,
-        ),
-        _ask(
-            session,
-            "dash_ReportHead",
-            "/api/cluster_status",
-            parse_cluster_status,
-            limits,
-            problems,
-        ),
-        _ask(session, "dash_JobHead", "/api/jobs/", parse_job_list, limits, problems),
-        _ask(session, PROVIDER_SOCKET, "/v1/usage", parse_provider, limits, problems)
+        _ask(fetch, "dash_ReportHead", METADATA_PATH, parse_cluster_metadata, problems),
+        _ask(fetch, "dash_ReportHead", "/api/cluster_status", parse_cluster_status, problems),
+        _ask(fetch, "dash_JobHead", "/api/jobs/", parse_job_list, problems),
+        _ask(_unix(session, limits), PROVIDER_SOCKET, "/v1/usage", parse_provider, problems)
         if provider_present
         else _none(),
     )
     config = await read_cluster_config(
         cluster_config_path(session, config_path), kuberay, kubernetes, problems
     )
+    totals = totals or ResourceTotals()
+    running = None
+    if metadata is None and totals.total_num_nodes is None and jobs is None:
+        running = dashboard.session_running(session)
     return ClusterFacts(
         metadata=metadata,
-        totals=totals or ResourceTotals(),
+        totals=totals,
         running_jobs=jobs,
         config=config,
         provider=provider,
         problems=tuple(problems),
         provider_present=provider_present,
+        origins=dashboard.origins_of(session, route, metadata, totals, jobs, provider),
+        session_running=running,
     )
 
 

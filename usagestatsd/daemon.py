@@ -25,6 +25,7 @@ from usagestatsd.history import Record, history_of
 from usagestatsd.intake import RayIntake
 from usagestatsd.keeper import Keeper
 from usagestatsd.pipeline import (
+    CANNOT_READ,
     NOT_RUNNING,
     Prepared,
     cluster_refusal,
@@ -421,8 +422,12 @@ class Daemon:
         prepared = await prepare_report(
             self.settings, session, self.state, self.known, now_ms, self.withheld
         )
+        if prepared.facts.origins != self.state.origins:
+            self.state = replace(self.state, origins=prepared.facts.origins)
+            self.dirty = True
         refusal = cluster_refusal(prepared.facts)
-        if refusal != NOT_RUNNING:  # a stopped head is one info line, not a warning per socket
+        # A stopped head is one info line, an unreadable one one warning: not one per socket.
+        if refusal != NOT_RUNNING and not (refusal or "").startswith(CANNOT_READ):
             for problem in prepared.facts.problems:
                 log.warning("cluster.source_failed", source=problem.source, problem=problem.problem)
         if refusal:
@@ -622,7 +627,7 @@ class Daemon:
             return
         self.track.refused_logged.add(session.key)
         # Only an unreadable metadata answer is trouble; the other reasons are normal states.
-        level = log.warning if refusal.startswith("cluster metadata") else log.info
+        level = log.warning if refusal.startswith(("cluster metadata", CANNOT_READ)) else log.info
         level("session.not_reported", session_dir=str(session.path), reason=refusal)
 
     def _write_local_copy(self, session: Session, data: bytes) -> str | None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 PROC = Path("/proc")
 _TCP_TABLES = ("tcp", "tcp6")
+_LISTEN = "0A"  # the state column of a listening socket
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -74,13 +75,17 @@ def _normalise(addr: tuple[str, int] | tuple[str, int, int, int]) -> tuple[_IPAd
 
 def _tcp_rows(proc: Path) -> Iterator[list[str]]:
     for table in _TCP_TABLES:
-        try:
-            with open(proc / "net" / table, encoding="ascii") as f:
-                next(f, None)  # the header line
-                for line in f:
-                    yield line.split()
-        except OSError:
-            continue  # no IPv6 in this kernel, or no /proc: nothing to find there
+        # /proc/self/net first: the shipped unit's ProcSubset=pid hides /proc/net, not the
+        # per-process view of the same network namespace.
+        for path in (proc / "self" / "net" / table, proc / "net" / table):
+            try:
+                with open(path, encoding="ascii") as f:
+                    next(f, None)  # the header line
+                    rows = [line.split() for line in f]
+            except OSError:
+                continue  # no IPv6 in this kernel, or no /proc: nothing to find there
+            yield from rows
+            break
 
 
 def tcp_socket_owner(
@@ -93,17 +98,33 @@ def tcp_socket_owner(
     For a connection this daemon made, pass (peername, sockname) to learn who serves it;
     for one it accepted, pass (peername, sockname) too: either way the other end's socket
     is the one bound at our peer's address and connected to ours.
+
+    A connection the server has not accept()ed yet has no file (inode 0, uid 0) in the
+    table: then the one socket listening at `own` answers for it, since only its holder
+    can ever accept it.
     """
     want_own, want_other = _normalise(own), _normalise(other)
+    listeners: list[Peer] = []
     for row in _tcp_rows(proc):
         if len(row) < 10:
             continue
         try:
-            if _address(row[1]) == want_own and _address(row[2]) == want_other:
-                return Peer(uid=int(row[7]), inode=int(row[9]))
+            local, remote = _address(row[1]), _address(row[2])
+            peer = Peer(uid=int(row[7]), inode=int(row[9]))
         except ValueError:
             continue  # a row this parser does not understand is not our peer
-    return None
+        if local == want_own and remote == want_other and peer.inode:
+            return peer
+        if row[3] == _LISTEN and _serves(local, want_own):
+            listeners.append(peer)
+    # Not accepted yet: the listener, if exactly one could accept it (SO_REUSEPORT: none).
+    return listeners[0] if len(listeners) == 1 else None
+
+
+def _serves(listening: tuple[_IPAddress, int], address: tuple[_IPAddress, int]) -> bool:
+    """Whether a socket listening at `listening` accepts connections to `address`."""
+    (ip, port), (want_ip, want_port) = listening, address
+    return port == want_port and (ip == want_ip or ip.is_unspecified)
 
 
 def tcp_peer(sock: socket.socket, proc: Path = PROC) -> Peer | None:

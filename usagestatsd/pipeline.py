@@ -12,13 +12,13 @@ import re
 import socket
 from dataclasses import dataclass, replace
 
-from usagestatsd.cluster import ClusterFacts, Limits, gather
+from usagestatsd.cluster import PROVIDER_SOCKET, SOCKETS, ClusterFacts, Limits, gather
 from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
 from usagestatsd.ray_tags import RAY_TAG_KEYS
 from usagestatsd.report import Report, build_report, nulls_for, serialise
 from usagestatsd.session import Session, trusted_uids
 from usagestatsd.settings import Settings
-from usagestatsd.state import ID_FROM_CLUSTER, ID_RANDOM, SessionState, State
+from usagestatsd.state import ID_FROM_CLUSTER, ID_FROM_METADATA, ID_RANDOM, SessionState, State
 
 RAY_CLUSTER_ID = re.compile(r"[0-9a-f]{56}")
 
@@ -55,11 +55,15 @@ def choose_session_id(facts: ClusterFacts, remembered: SessionState) -> tuple[st
 
     Once a report of the session carried an id, that id is kept: a provider outage, a
     restart or a retry never changes it (a report without the provider's fields carries
-    them empty, under the same identity). Before that: the cluster id when it is exactly
-    Ray's form, else our random id.
+    them empty, under the same identity). Before that: Ray's own id for this version (the
+    metadata's UUID up to Ray 2.20, later the cluster id when it is exactly Ray's form, which
+    only the provider reads), else our random id.
     """
     if remembered.id_fixed and remembered.id_source is not None:
         return remembered.session_id, remembered.id_source
+    if facts.metadata is not None and facts.metadata.session_id is not None:
+        # Ray up to 2.20 reports the UUID its cluster metadata keeps.
+        return facts.metadata.session_id, ID_FROM_METADATA
     cid = facts.provider.cluster_id if facts.provider else None
     # Ray's ClusterID is 28 bytes, sent as 56 lower-case hex digits (recorded 2.60
     # report_payload.json). Any other hex (a MAC, a key, an account id) is not taken.
@@ -109,6 +113,7 @@ async def prepare_report(
         settings.cluster_config,
         settings.kuberay_in_use,
         settings.kubernetes_in_use,
+        settings.dashboard_address,
     )
     facts, refused = provider_checked(facts)
     remembered = state.for_session(session.key)
@@ -135,7 +140,11 @@ async def prepare_report(
     )
 
 
-NOT_RUNNING = "the cluster is not running (its dashboard sockets are absent or refuse)"
+NOT_RUNNING = (
+    "the cluster is not running (its dashboard is absent or refuses, "
+    "and no process of its session runs)"
+)
+CANNOT_READ = "the cluster runs but its facts cannot be read"
 
 
 def cluster_refusal(facts: ClusterFacts) -> str | None:
@@ -143,6 +152,8 @@ def cluster_refusal(facts: ClusterFacts) -> str | None:
     md = facts.metadata
     if md is None and cluster_not_running(facts):
         return NOT_RUNNING
+    if md is None and facts.session_running:
+        return cannot_read(facts)
     if md is None:
         return "cluster metadata unavailable, so the cluster's consent cannot be confirmed"
     if md.ray_init_cluster:
@@ -153,10 +164,33 @@ def cluster_refusal(facts: ClusterFacts) -> str | None:
 
 
 def cluster_not_running(facts: ClusterFacts) -> bool:
-    """True when no dashboard socket exists or accepts: a stopped (or dashboard-less) head."""
-    if facts.running_jobs is not None or facts.totals.total_num_nodes is not None:
-        return False  # some dashboard socket answered: the head runs, partly broken
+    """True when no dashboard answers and nothing says the head runs."""
+    if facts.metadata is not None or facts.session_running is not False:
+        return False  # a dashboard answered, or a process of the session runs
+    if facts.origins is not None and facts.origins.dashboard != SOCKETS:
+        # No dash_* sockets and no visible process of the session; but a listener whose
+        # holder cannot be seen (/proc hidden from this user) may well be Ray's: unknown.
+        return not any("cannot see which process" in p.problem for p in facts.problems)
     dashboard = [p for p in facts.problems if p.source.startswith("dash_")]
     return bool(dashboard) and all(
         "absent" in p.problem or "Connection refused" in p.problem for p in dashboard
+    )
+
+
+def cannot_read(facts: ClusterFacts) -> str:
+    """One message for a running cluster whose dashboard cannot be read: version, tries, fix."""
+    origins = facts.origins
+    version = origins.ray_version if origins and origins.ray_version else "(version unknown)"
+    route = origins.dashboard if origins else SOCKETS
+    seen: dict[str, None] = {}
+    for problem in facts.problems:
+        if not problem.source.startswith(PROVIDER_SOCKET):
+            seen.setdefault(problem.problem, None)
+    tried = "; ".join(seen) or "no answer"
+    return (
+        f"{CANNOT_READ}: Ray {version}, dashboard tried over {route}: {tried}. "
+        "To fix: run usagestatsd as the user that started Ray (or root); if Ray was "
+        "started with --dashboard-host/--dashboard-port, set dashboard_address "
+        "(USAGESTATSD_DASHBOARD_ADDRESS) to that HOST:PORT; a head started with "
+        "--include-dashboard=false cannot be reported"
     )

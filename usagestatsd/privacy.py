@@ -22,10 +22,13 @@ from usagestatsd.report import Report
 
 # Shapes the legitimate values have (Ray's versions, instance types, library names...).
 # Always matched with fullmatch: a `$` anchor also matches before a final newline.
-# session_id: Ray's cluster id (28 bytes, 56 hex digits) or the daemon's own uuid4 hex.
+# session_id: Ray's cluster id (28 bytes, 56 hex digits), the daemon's own uuid4 hex, or (Ray
+# up to 2.20) the session UUID Ray's metadata keeps, in its dashed form.
 _SHAPES: dict[str, re.Pattern[str]] = {
     "source": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
-    "session_id": re.compile(r"[0-9a-f]{32}|[0-9a-f]{56}"),
+    "session_id": re.compile(
+        r"[0-9a-f]{32}|[0-9a-f]{56}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    ),
     "ray_version": re.compile(r"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}[A-Za-z0-9.+-]{0,32}"),
     "python_version": re.compile(r"[0-9]{1,2}\.[0-9]{1,3}\.[0-9]{1,3}[A-Za-z0-9.+]{0,16}"),
     "git_commit": re.compile(r"[0-9a-f]{7,40}"),

@@ -17,7 +17,7 @@ import contextlib
 import errno
 import http.server
 import importlib
-import itertools
+import inspect
 import json
 import os
 import signal
@@ -184,15 +184,12 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
     provider: ProviderServer
 
 
-_temp_counter = itertools.count()
-
-
 class ProviderServer:
     """The HTTP/1.1 server on one Unix socket path, answering from ``read_usage``.
 
-    The socket is bound under a temporary name with mode 0666, then renamed into
-    place, so a client never sees a half-made socket. ``close()`` removes it if
-    it is still the one this server made.
+    The socket is bound at its final name with mode 0666 (a client connecting
+    before ``listen()`` is refused and retries at its next cycle). ``close()``
+    removes it if it is still the one this server made.
     """
 
     def __init__(
@@ -223,27 +220,28 @@ class ProviderServer:
             raise
 
     def _bind(self) -> None:
-        directory = os.path.dirname(self.socket_path)
-        # No longer than the final name, so any path that fits (108 bytes) fits here too.
-        temp = os.path.join(directory or ".", f".usp-{os.getpid()}-{next(_temp_counter)}")
+        # Bound at its final name, not bound elsewhere and renamed: usagestatsd refuses a
+        # socket whose bound path (getpeername) is not the path it connected to, which is
+        # how it tells a symlink swapped in by another user (docs/security.md).
+        path = self.socket_path
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                os.unlink(path)  # a stale socket of a crashed provider, or something planted
         # bind() creates the node with 0777 & ~umask; 0o111 gives 0666 without a
         # chmod by path (which would follow a symlink swapped in meanwhile).
         old_umask = os.umask(0o111)
         try:
-            self._httpd.socket.bind(temp)
+            self._httpd.socket.bind(path)
         finally:
             os.umask(old_umask)
         try:
-            self._httpd.socket.listen(self._httpd.request_queue_size)
-            st = os.lstat(temp)
+            st = os.lstat(path)
             if not stat.S_ISSOCK(st.st_mode):
-                raise OSError(errno.EEXIST, "temporary socket was replaced", temp)
-            os.rename(temp, self.socket_path)
+                raise OSError(errno.EEXIST, "the socket was replaced", path)
+            self._httpd.socket.listen(self._httpd.request_queue_size)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(temp)
+                os.unlink(path)
             raise
         self._identity = (st.st_dev, st.st_ino)
 
@@ -377,6 +375,71 @@ def read_gcs_address(temp_root: str | os.PathLike[str]) -> str:
     return text
 
 
+# ------------------------------------------------- Ray's GCS client, across versions
+#
+# What the client is called and what it takes changed often (measured on 2.9.3 to 2.60.0):
+# `GcsClient(address=...)` up to 2.30, `NewGcsClient.standalone(...)` in 2.40,
+# `InnerGcsClient.standalone(...)` from 2.44; the cluster id is `get_cluster_id()` (a hex
+# string) before 2.20's `cluster_id` property; node infos are dicts before 2.40 and
+# protobuf messages after; `state_filter` exists only from 2.60.
+
+
+def make_gcs_client(raylet: Any, address: str, timeout_s: float) -> Any:
+    """A GCS client for `address` with whichever constructor this Ray version has."""
+    for name in ("InnerGcsClient", "NewGcsClient"):
+        standalone = getattr(getattr(raylet, name, None), "standalone", None)
+        if standalone is not None:
+            return standalone(address, None, int(timeout_s * 1000))
+    return raylet.GcsClient(address=address)
+
+
+def cluster_id_of(client: Any) -> str | None:
+    """The cluster id as hex, from the property or the older method; None if neither."""
+    with contextlib.suppress(AttributeError):
+        value = client.cluster_id
+        return str(value.hex() if hasattr(value, "hex") else value)
+    getter = getattr(client, "get_cluster_id", None)
+    if getter is None:
+        return None
+    value = getter()
+    return str(value.hex() if isinstance(value, bytes) else value)
+
+
+def _accepted_names(fn: Callable[..., Any]) -> set[str] | None:
+    """The keyword names `fn` declares, or None when it cannot say (or takes **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def call_accepting(
+    fn: Callable[..., Any], needed: Mapping[str, Any], optional: Mapping[str, Any]
+) -> Any:
+    """Call `fn` with `needed` and those of `optional` it accepts.
+
+    The signature says which it accepts where Ray declares one; where it does not, the
+    call is tried with them and again without on "unexpected keyword argument".
+    """
+    names = _accepted_names(fn)
+    if names is not None:
+        return fn(**needed, **{k: v for k, v in optional.items() if k in names})
+    try:
+        return fn(**needed, **optional)
+    except TypeError as exc:
+        if "keyword argument" not in str(exc):
+            raise
+        return fn(**needed)
+
+
+def _node_state(info: Any) -> Any:
+    """A node info's state: a dict entry before Ray 2.40, a message field after."""
+    return info["state"] if isinstance(info, dict) else info.state
+
+
 # --------------------------------------------------------------------- the GCS reader
 
 
@@ -420,15 +483,9 @@ class GcsUsageReader:
                     pass
             except OSError as exc:
                 raise UsageUnavailable(f"GCS at {address} is unreachable: {exc}") from None
-            timeout_ms = int(self.gcs_timeout_s * 1000)
-            inner = getattr(self._raylet, "InnerGcsClient", None)
-            standalone = getattr(inner, "standalone", None)
-            if standalone is not None:
-                client = standalone(address, None, timeout_ms)
-            else:  # older Ray
-                client = self._raylet.GcsClient(address=address)
+            client = make_gcs_client(self._raylet, address, self.gcs_timeout_s)
             self._client, self._client_key = client, key
-            log("gcs.connected", address=address, cluster_id=client.cluster_id.hex())
+            log("gcs.connected", address=address, cluster_id=cluster_id_of(client))
             return client, True
 
     def _drop(self, client: Any) -> None:
@@ -491,7 +548,7 @@ class GcsUsageReader:
                 if value is not None:
                     tags[_decode(key[len(EXTRA_USAGE_TAG_PREFIX) :])] = _decode(value)
         return Usage(
-            cluster_id=client.cluster_id.hex(),
+            cluster_id=cluster_id_of(client),
             library_usages=libraries,
             extra_usage_tags=tags,
             hardware_usages=hardware,
@@ -504,21 +561,26 @@ class GcsUsageReader:
         if self._alive_state is None:
             return None
         try:
-            nodes = client.get_all_node_info(
-                timeout=self.gcs_timeout_s, state_filter=self._alive_state
+            # Ray 2.60 filters in the GCS; older clients take no state_filter (2.40 raises
+            # TypeError on it) and return every node, dead ones included: count ALIVE here.
+            nodes = call_accepting(
+                client.get_all_node_info,
+                {"timeout": self.gcs_timeout_s},
+                {"state_filter": self._alive_state},
             )
+            return sum(1 for info in nodes.values() if _node_state(info) == self._alive_state)
         except Exception as exc:
             log("gcs.nodes_failed", error=_describe(exc))
             return None
-        return len(nodes)
 
     def _running_jobs(self, client: Any) -> int | None:
         """Jobs not dead and outside ``_ray_internal*`` namespaces, as Ray counts them."""
         try:
-            jobs = client.get_all_job_info(
-                skip_submission_job_info_field=True,
-                skip_is_running_tasks_field=True,
-                timeout=self.gcs_timeout_s,
+            # The skip_* arguments (Ray 2.40+) only save work; older clients lack them.
+            jobs = call_accepting(
+                client.get_all_job_info,
+                {"timeout": self.gcs_timeout_s},
+                {"skip_submission_job_info_field": True, "skip_is_running_tasks_field": True},
             )
         except Exception as exc:
             log("gcs.jobs_failed", error=_describe(exc))

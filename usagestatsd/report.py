@@ -30,6 +30,8 @@ class ClusterMetadata:
     ray_init_cluster: bool | None
     # Ray stores more than the version fields only when usage stats were enabled at start.
     usage_stats_enabled: bool
+    # Ray up to 2.20 reports a random id it keeps in the metadata as `session_id`.
+    session_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,24 @@ class ResourceTotals:
     total_num_gpus: int | None = None
     total_memory_gb: float | None = None
     total_object_store_memory_gb: float | None = None
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Where a cycle's facts came from, group by group, and the cluster's Ray version.
+
+    Each group is "sockets" (the dashboard's dash_* Unix sockets), "dashboard HTTP" (its
+    TCP port, for Ray before 2.47), "provider", or None when no source gave it.
+    """
+
+    session_key: str
+    ray_version: str | None
+    dashboard: str  # SOCKETS, or DASHBOARD_HTTP plus the address and how it was found
+    metadata: str | None  # versions, git commit, os, libc, session start
+    resources: str | None  # CPUs, GPUs, memory, object store
+    nodes: str | None
+    running_jobs: str | None
+    gcs: str | None  # library usages, hardware usages, extra tags, cluster id
 
 
 @dataclass(frozen=True)
@@ -166,7 +186,7 @@ def build_report(
         git_commit=md.git_commit if md else None,
         os=md.os if md else None,
         session_start_timestamp_ms=md.session_start_timestamp_ms if md else None,
-        cloud_provider=config.cloud_provider,
+        cloud_provider=_cloud_provider(config.cloud_provider, md.ray_version if md else None),
         min_workers=config.min_workers,
         max_workers=config.max_workers,
         head_node_instance_type=config.head_node_instance_type,
@@ -186,6 +206,21 @@ def build_report(
         libc_version=md.libc_version if md else None,
         hardware_usages=tuple(sorted(set(provider.hardware_usages))) if provider else (),
     )
+
+
+# Ray says "unknown" for a head without a cluster config only since it began asking cloud
+# metadata services (measured: 2.60.0 does; 2.9.3 to 2.47.1 report null).
+_UNKNOWN_CLOUD_SINCE = (2, 48)
+
+
+def _cloud_provider(found: str | None, ray_version: str | None) -> str | None:
+    if found != "unknown" or ray_version is None:
+        return found
+    try:
+        major, minor = (int(part) for part in ray_version.split(".")[:2])
+    except ValueError:
+        return found
+    return found if (major, minor) >= _UNKNOWN_CLOUD_SINCE else None
 
 
 def _prefer(exact: int | None, fallback: int | None) -> int | None:

@@ -98,6 +98,7 @@ class Settings:
     kubernetes_in_use: bool = False
     socket_timeout_s: float = 5.0
     socket_max_bytes: int = 32 << 20
+    dashboard_address: tuple[str, int] | None = None
     http_timeout_s: float = 10.0
     http_max_response_bytes: int = 64 << 10
     retry: RetryPolicy = RetryPolicy()
@@ -343,6 +344,23 @@ def parse_intake(raw: object) -> tuple[str, int] | None:
     return host, int(port_text)
 
 
+def parse_dashboard_address(raw: object) -> tuple[str, int]:
+    """Where Ray's dashboard listens (`ray start --dashboard-host/--dashboard-port`)."""
+    accepted = "HOST:PORT with an IP address or localhost as HOST (e.g. 127.0.0.1:8265)"
+    if not isinstance(raw, str):
+        raise ValueError(accepted)
+    host, sep, port_text = raw.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(accepted)
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(accepted) from None
+    return host, int(port_text)
+
+
 def _field_names(raw: object) -> tuple[str, ...]:
     accepted = "a list of report field names (not schema_version, session_id or the counters)"
     items = [p for p in re.split(r"[\s,]+", raw.strip()) if p] if isinstance(raw, str) else raw
@@ -453,6 +471,12 @@ _SPECS: tuple[_Spec, ...] = (
         "socket_max_bytes",
         ("USAGESTATSD_SOCKET_MAX_BYTES",),
         _integer(1024, 1 << 30),
+    ),
+    _Spec(
+        "dashboard_address",
+        "dashboard_address",
+        ("USAGESTATSD_DASHBOARD_ADDRESS",),
+        parse_dashboard_address,
     ),
     _Spec(
         "http_timeout_s",

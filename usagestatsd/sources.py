@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ PROVIDER_PROTOCOL_VERSION = 1
 _MAX_COUNT = 10**9
 _MAX_RESOURCE = 1e18
 _YEAR_2100_MS = 4_102_444_800_000
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class SourceError(Exception):
@@ -125,7 +127,14 @@ def parse_cluster_metadata(doc: Any) -> ClusterMetadata:
         ray_init_cluster=init,
         # With usage stats disabled at start Ray records only the version fields.
         usage_stats_enabled=start_ms is not None,
+        session_id=_session_uuid(source, data),
     )
+
+
+def _session_uuid(source: str, data: Mapping[str, Any]) -> str | None:
+    """Ray <= 2.20's `sessionId` (a random UUID, what its reports carry); None otherwise."""
+    value = _opt_str(source, data, "sessionId")
+    return value if value is not None and _UUID.fullmatch(value) else None
 
 
 def _resource(source: str, resources: Mapping[str, Any], name: str) -> float | None:

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from usagestatsd.fileio import UnsafeFileError, atomic_write, read_regular_file
-from usagestatsd.report import Counters
+from usagestatsd.report import Counters, Origins
 
 STATE_FILE = "state.json"
 FORMAT = 1
 ID_FROM_CLUSTER = "cluster_id"  # Ray's cluster id, from the provider
+ID_FROM_METADATA = "cluster_metadata"  # Ray <= 2.20: the session UUID in its metadata
 ID_RANDOM = "random"  # this daemon's random id (no provider at the first report)
 
 
@@ -60,7 +61,7 @@ class SessionState:
     counters: Counters = Counters()
     # SHA-256 of the usage_stats.json we last wrote: tells our writes from Ray's.
     local_copy_sha256: str | None = None
-    # Where session_id came from once a report carried it (ID_FROM_CLUSTER or ID_RANDOM);
+    # Where session_id came from once a report carried it (one of the ID_* above);
     # None until then. From the first report on, the id never changes for the session.
     id_source: str | None = None
 
@@ -78,6 +79,8 @@ class State:
     last_report: LastReport | None = None
     next_report_ms: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where the last cycle's facts came from, and the cluster's Ray version (for status).
+    origins: Origins | None = None
 
     def for_session(self, key: str) -> SessionState:
         """The remembered state of session `key`, or a fresh one with a random session_id."""
@@ -92,6 +95,7 @@ def _to_json(state: State) -> bytes:
         "session": asdict(state.session) if state.session else None,
         "last_report": asdict(state.last_report) if state.last_report else None,
         "next_report_ms": state.next_report_ms,
+        "origins": asdict(state.origins) if state.origins else None,
         **state.extra,
     }
     return json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
@@ -122,7 +126,7 @@ def _from_json(data: dict[str, Any]) -> State:
             s["session_id"],
             counters,
             digest if isinstance(digest, str) else None,
-            source if source in (ID_FROM_CLUSTER, ID_RANDOM) else None,
+            source if source in (ID_FROM_CLUSTER, ID_FROM_METADATA, ID_RANDOM) else None,
         )
     last = None
     if data.get("last_report"):
@@ -135,9 +139,19 @@ def _from_json(data: dict[str, Any]) -> State:
     extra = {
         k: v
         for k, v in data.items()
-        if k not in ("format", "session", "last_report", "next_report_ms")
+        if k not in ("format", "session", "last_report", "next_report_ms", "origins")
     }
-    return State(session, last, nxt if isinstance(nxt, int) else None, extra)
+    return State(session, last, nxt if isinstance(nxt, int) else None, extra, _origins(data))
+
+
+def _origins(data: dict[str, Any]) -> Origins | None:
+    raw = data.get("origins")
+    if raw is None:
+        return None
+    origins = Origins(**raw)  # a missing or unknown key is a TypeError: the file is bad
+    if not all(isinstance(v, (str, type(None))) for v in vars(origins).values()):
+        raise ValueError("origins hold something other than text")
+    return origins
 
 
 def _fixed_by_last_report(session: SessionState, last: LastReport | None) -> SessionState:

@@ -20,7 +20,7 @@ from usagestatsd.ray_consent import read_ray_configs
 from usagestatsd.running import RecordStore, ServiceRecord, is_running
 from usagestatsd.session import Session, find_session, trusted_uids
 from usagestatsd.settings import Settings, SettingsError, load_settings
-from usagestatsd.state import StateStore
+from usagestatsd.state import State, StateStore
 
 
 def _when(ms: int | None) -> str | None:
@@ -168,7 +168,7 @@ def _holding(record: ServiceRecord | None, running: bool, found: Session | None)
     return record.not_reporting
 
 
-def _session(found: Session | None, state: Any) -> dict[str, Any] | None:
+def _session(found: Session | None, state: State) -> dict[str, Any] | None:
     if found is None:
         return None
     remembered = state.session if state.session and state.session.key == found.key else None
@@ -180,6 +180,19 @@ def _session(found: Session | None, state: Any) -> dict[str, Any] | None:
         "usage_stats_json_exists": found.usage_stats_path.exists(),
         "provider": "present" if (found.sockets_dir / PROVIDER_SOCKET).exists() else "absent",
         "counters": vars(remembered.counters) if remembered else None,
+        **_origins(state, found.key),
+    }
+
+
+def _origins(state: State, session_key: str) -> dict[str, Any]:
+    """The session's Ray version and where each group of fields came from (last cycle)."""
+    o = state.origins
+    if o is None or o.session_key != session_key:
+        return {"ray_version": None, "facts_from": None}
+    groups = ("metadata", "resources", "nodes", "running_jobs", "gcs")
+    return {
+        "ray_version": o.ray_version,
+        "facts_from": {"dashboard": o.dashboard, **{g: getattr(o, g) for g in groups}},
     }
 
 
@@ -204,6 +217,24 @@ def _beside_ray(
         info["arrangement"] = record.beside.arrangement
         info["last_ray_report"] = _when(record.beside.last_ray_report_ms)
     return info
+
+
+_GROUP_TITLES = {
+    "metadata": "versions, commit, os, libc, start",
+    "resources": "CPUs, GPUs, memory, object store",
+    "nodes": "nodes",
+    "running_jobs": "running jobs",
+    "gcs": "libraries, hardware, tags, id",
+}
+
+
+def _render_origins(facts_from: dict[str, Any] | None) -> list[str]:
+    if facts_from is None:
+        return []
+    lines = [f"  dashboard:    {facts_from['dashboard']}", "  fields from:"]
+    for group, title in _GROUP_TITLES.items():
+        lines.append(f"    - {title:<34} {facts_from[group] or 'nowhere (null)'}")
+    return lines
 
 
 def render(info: dict[str, Any]) -> str:
@@ -240,7 +271,9 @@ def render(info: dict[str, Any]) -> str:
             f"  local copy:   {s['usage_stats_json']}"
             + ("" if s["usage_stats_json_exists"] else " (not written yet)"),
             f"  provider:     {s['provider']}",
+            f"  Ray version:  {s['ray_version'] or '(known after the first cycle)'}",
         ]
+        lines += _render_origins(s["facts_from"])
     last = info["last_report"]
     if last is None:
         lines.append("Last report:    none")

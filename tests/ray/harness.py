@@ -339,6 +339,18 @@ class RayHead:
         with urllib.request.urlopen(url, timeout=10) as resp:
             return json.loads(resp.read())
 
+    def ray_session_id(self) -> str:
+        """The session id Ray's own reports carry: the metadata's UUID up to Ray 2.20, the
+        cluster id (GET /cluster_id, Ray 2.30+) after."""
+        metadata = self.dashboard_json("/api/v0/cluster_metadata")["data"]
+        if metadata.get("sessionId"):
+            return str(metadata["sessionId"])
+        return str(self.dashboard_json("/cluster_id")["data"]["clusterId"])
+
+    def ray_version(self) -> str:
+        """The version of Ray this head runs."""
+        return str(self.dashboard_json("/api/v0/cluster_metadata")["data"]["rayVersion"])
+
     # -- the provider -------------------------------------------------------------
 
     def start_provider(self) -> None:

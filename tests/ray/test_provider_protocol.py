@@ -227,12 +227,16 @@ def test_socket_is_world_connectable_and_removed_on_close(short_dir: Path) -> No
 
 
 def test_a_stale_socket_is_replaced(short_dir: Path) -> None:
-    """A socket file left by a crashed provider is replaced atomically."""
+    """A socket file left by a crashed provider is replaced, and usagestatsd's peer check
+    (bound path = connected path) accepts the new one."""
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(short_dir / SOCKET_NAME))
     stale.close()
     with ProviderServer(short_dir / SOCKET_NAME, lambda: SAMPLE) as server:
         assert request(server.socket_path)[0] == 200
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(server.socket_path)
+            assert sock.getpeername() == server.socket_path
 
 
 def test_close_leaves_a_socket_that_is_not_ours(short_dir: Path) -> None:

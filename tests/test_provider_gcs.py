@@ -1,0 +1,115 @@
+"""The provider's GCS calls across Ray versions, against stand-ins shaped like each client.
+
+The real clients are exercised on every version by `make test-ray-matrix`; these pin the
+shapes measured there (tests/data/ray-*/provider_log.txt) so `make test` covers them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from usagestatsd.cluster import Limits, fetch_unix_json
+from usagestatsd.provider import (
+    SOCKET_NAME,
+    ProviderServer,
+    Usage,
+    call_accepting,
+    cluster_id_of,
+    make_gcs_client,
+)
+from usagestatsd.sources import parse_provider
+
+ALIVE, DEAD = 0, 1
+
+
+class Client240:
+    """Ray 2.40's NewGcsClient: no state_filter, message-like node infos."""
+
+    cluster_id = SimpleNamespace(hex=lambda: "ab" * 28)
+
+    def get_all_node_info(self, timeout: float | None = None) -> dict[bytes, Any]:
+        return {b"a": SimpleNamespace(state=ALIVE), b"b": SimpleNamespace(state=DEAD)}
+
+
+class Client293:
+    """Ray 2.9's GcsClient: get_cluster_id() as text, dict node infos, no signature."""
+
+    def get_cluster_id(self) -> str:
+        return "cd" * 28
+
+    def get_all_job_info(self, **kwargs: Any) -> dict[bytes, Any]:
+        unknown = set(kwargs) - {"timeout"}
+        if unknown:
+            raise TypeError(f"get_all_job_info() got an unexpected keyword argument {unknown}")
+        return {b"j": "job"}
+
+
+def test_optional_arguments_are_passed_only_where_accepted() -> None:
+    """2.40 declares no state_filter: it is left out instead of failing the call."""
+    nodes = call_accepting(Client240().get_all_node_info, {"timeout": 1.0}, {"state_filter": ALIVE})
+    assert len(nodes) == 2  # unfiltered: the caller counts ALIVE itself
+
+
+def test_without_a_signature_the_call_is_retried_plainly() -> None:
+    """A client that takes **kwargs and rejects the unknown ones: retried without them."""
+    jobs = call_accepting(
+        Client293().get_all_job_info,
+        {"timeout": 1.0},
+        {"skip_submission_job_info_field": True},
+    )
+    assert jobs == {b"j": "job"}
+
+
+def test_other_type_errors_are_not_swallowed() -> None:
+    """Only "unexpected keyword argument" means an older signature."""
+
+    def broken(**kwargs: Any) -> None:
+        raise TypeError("NoneType is not iterable")
+
+    with pytest.raises(TypeError, match="iterable"):
+        call_accepting(broken, {}, {"x": 1})
+
+
+def test_the_cluster_id_of_each_client_shape() -> None:
+    """Property with .hex() (2.20+) or get_cluster_id() text (2.9); None if neither."""
+    assert cluster_id_of(Client240()) == "ab" * 28
+    assert cluster_id_of(Client293()) == "cd" * 28
+    assert cluster_id_of(object()) is None
+
+
+def test_the_client_constructor_of_each_version() -> None:
+    """InnerGcsClient (2.44+) before NewGcsClient (2.40) before GcsClient(address=)."""
+    made: list[tuple[str, tuple[Any, ...]]] = []
+
+    def maker(name: str) -> Any:
+        def standalone(*args: Any) -> str:
+            made.append((name, args))
+            return name
+
+        return SimpleNamespace(standalone=standalone)
+
+    old = SimpleNamespace(GcsClient=lambda address: ("GcsClient", address))
+    assert make_gcs_client(old, "h:1", 2.0) == ("GcsClient", "h:1")
+    v240 = SimpleNamespace(NewGcsClient=maker("New"), GcsClient=None)
+    assert make_gcs_client(v240, "h:1", 2.0) == "New"
+    v260 = SimpleNamespace(InnerGcsClient=maker("Inner"), NewGcsClient=maker("New"))
+    assert make_gcs_client(v260, "h:1", 2.0) == "Inner"
+    assert made[-1] == ("Inner", ("h:1", None, 2000))
+
+
+async def test_the_daemon_accepts_the_providers_socket() -> None:
+    """The provider binds at its final name, so the daemon's peer check (bound path =
+    connected path) accepts it; bound elsewhere and renamed, it was refused."""
+    path = Path(tempfile.mkdtemp(prefix="usdg-", dir="/tmp")) / SOCKET_NAME
+    try:
+        with ProviderServer(path, lambda: Usage(cluster_id="ab" * 28)):
+            doc = await fetch_unix_json(path, "/v1/usage", "provider", Limits())
+        assert parse_provider(doc).cluster_id == "ab" * 28
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
