@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-from aiohttp.client_reqrep import ClientRequest
-from aiohttp.tracing import Trace
 
 from usagestatsd import dashboard
 from usagestatsd.clusterconfig import load_cluster_config
+from usagestatsd.connectors import CheckedTCPConnector, CheckedUnixConnector, PeerCheck
 from usagestatsd.peers import unix_peer, unix_peer_path
 from usagestatsd.report import (
     ClusterConfigFacts,
@@ -111,9 +110,6 @@ class Limits:
     trusted_uids: frozenset[int] = field(default_factory=trusted_uids)
 
 
-PeerCheck = Callable[[socket.socket | None], None]
-
-
 def unix_peer_check(
     socket_path: Path, source: str, trusted_uids: Collection[int], aliases: Collection[str] = ()
 ) -> PeerCheck:
@@ -149,27 +145,6 @@ def unix_peer_check(
     return check
 
 
-class _CheckedUnixConnector(aiohttp.UnixConnector):
-    """A Unix connector that vets each new connection's peer before the request is sent."""
-
-    def __init__(self, path: str, check: PeerCheck) -> None:
-        super().__init__(path=path)
-        self._check = check
-
-    async def connect(
-        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
-    ) -> aiohttp.connector.Connection:
-        conn = await super().connect(req, traces, timeout)
-        transport = conn.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        try:
-            self._check(sock)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-
 async def fetch_tcp_json(
     address: tuple[str, int], url_path: str, source: str, limits: Limits, check: PeerCheck
 ) -> Any:
@@ -185,7 +160,7 @@ async def fetch_tcp_json(
                 source,
                 limits,
                 check,
-                connector=dashboard.CheckedTCPConnector(check),
+                connector=CheckedTCPConnector(check),
                 base_url=base,
             ),
             limits.timeout_s,
@@ -259,7 +234,7 @@ async def _get(
 ) -> Any:
     # The peer is checked right after the connect, before the request is sent: nothing
     # goes to, and nothing is read from, a process that is not Ray's (docs/security.md).
-    connector = connector or _CheckedUnixConnector(via or str(socket_path), check)
+    connector = connector or CheckedUnixConnector(via or str(socket_path), check)
     try:
         async with (
             aiohttp.ClientSession(connector=connector) as http,

@@ -15,8 +15,8 @@ Where to connect is found without configuration from the same command line (`--h
 `--port`); a configured `dashboard_address` replaces it; without either, Ray's default
 127.0.0.1:8265 is tried (and still checked). See docs/design.md.
 
-The check runs in the connector (`CheckedTCPConnector`, the twin of the Unix sockets'
-`cluster._CheckedUnixConnector`) on the connection's own socket; the reply is then read
+The check runs in the connector (`connectors.CheckedTCPConnector`, the twin of the Unix
+sockets' `CheckedUnixConnector`) on the connection's own socket; the reply is then read
 by the same code as the Unix sockets' (`cluster._get`: timeout, size and decode caps).
 """
 
@@ -26,14 +26,10 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-from aiohttp.client_reqrep import ClientRequest
-from aiohttp.tracing import Trace
-
+from usagestatsd.connectors import PeerCheck
 from usagestatsd.peers import PROC, cmdline, pids_holding, tcp_peer
 from usagestatsd.report import ClusterMetadata, Origins, ProviderFacts, ResourceTotals
 from usagestatsd.session import Session
@@ -189,7 +185,7 @@ def verify_listener(sock: socket.socket, session: Session, proc: Path = PROC) ->
         )
 
 
-def listener_check(session: Session, source: str) -> Callable[[socket.socket | None], None]:
+def listener_check(session: Session, source: str) -> PeerCheck:
     """The connector's check for `session`'s dashboard; a refusal is a SourceError."""
 
     def check(sock: socket.socket | None) -> None:
@@ -201,28 +197,6 @@ def listener_check(session: Session, source: str) -> Callable[[socket.socket | N
             raise SourceError(source, f"refused: {exc}") from None
 
     return check
-
-
-class CheckedTCPConnector(aiohttp.TCPConnector):
-    """The TCP twin of `cluster._CheckedUnixConnector`: vets each connection before the request
-    is sent (with `listener_check`)."""
-
-    def __init__(self, check: Callable[[socket.socket | None], None]) -> None:
-        super().__init__(force_close=True)
-        self._check = check
-
-    async def connect(
-        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
-    ) -> aiohttp.connector.Connection:
-        conn = await super().connect(req, traces, timeout)
-        transport = conn.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        try:
-            self._check(sock)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
 
 def origins_of(
