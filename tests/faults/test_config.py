@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.faults.helpers import named
+from tests.hostile import as_user
 from usagestatsd.cli import EXIT_CONFIG, main
 from usagestatsd.cluster import read_cluster_config
 from usagestatsd.consent import decide, read_consent_file
@@ -266,29 +267,6 @@ def test_unusable_state_file_is_set_aside(tmp_path: Path, kind: str) -> None:
     assert StateStore(state_dir).load().session is None
 
 
-def as_nobody(action: Callable[[], str]) -> str:
-    """Run `action` in a forked child as uid/gid 65534; its result (or exception) as text."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            try:
-                text = action()
-            except Exception as exc:
-                text = f"{type(exc).__name__}: {exc}"
-            os.write(write_end, text.encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    os.waitpid(pid, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        return pipe.read().decode()
-
-
 def test_unreadable_files(tmp_path: Path) -> None:
     """Files the daemon's user may not read: settings stop start-up, consent disables."""
     if os.geteuid() != 0:
@@ -306,10 +284,10 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_settings({}, {}, settings_file)
         return "loaded"
 
-    assert as_nobody(load) == (
+    assert as_user(load) == (
         f"SettingsError: invalid setting config from settings file {settings_file}: "
         "'Permission denied' is not accepted; expected a readable file"
     )
-    assert as_nobody(lambda: str(read_consent_file(consent).problem)) == (
+    assert as_user(lambda: str(read_consent_file(consent).problem)) == (
         "cannot be read (Permission denied)"
     )
