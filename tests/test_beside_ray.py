@@ -11,7 +11,7 @@ import aiohttp
 
 from tests.conftest import daemon_env, recorded_json
 from tests.servers import ScriptedEndpoint, await_line, running_daemon, until
-from usagestatsd.beside_ray import Arrangement, RaySighting, classify, digest
+from usagestatsd.beside_ray import Arrangement, Neighbour, RaySighting, classify, digest
 from usagestatsd.demo import DemoCluster
 
 START_MS = recorded_json("dash_report_cluster_metadata.json")["data"]["sessionStartTimestampMs"]
@@ -21,6 +21,17 @@ def ray_style_copy(seq: int) -> bytes:
     """usage_stats.json as Ray's own reporter writes it."""
     body = dict(recorded_json("report_payload.json"), seq_number=seq)
     return json.dumps({"usage_stats": body, "success": True, "error": None}).encode()
+
+
+def test_a_sighting_before_the_session_switch_still_counts() -> None:
+    """Ray's first report of a new session reaching the intake before the daemon follows the
+    session keeps that session routed (seen once on Ray 2.9.3 after a cluster restart)."""
+    neighbour = Neighbour("auto")
+    neighbour.saw(RaySighting(received_ms=2_000, session_start_ms=1_000, seq_number=0))
+    neighbour.new_session(None)
+    ray_copy = json.dumps({"usage_stats": {"seq_number": 0}, "success": True}).encode()
+    assert neighbour.arrangement(1_000, ray_copy) is Arrangement.ROUTED
+    assert neighbour.arrangement(5_000, ray_copy) is Arrangement.DIRECT  # another session's
 
 
 def test_classify() -> None:

@@ -84,8 +84,12 @@ class Neighbour:
         self.warned: set[str] = set()
 
     def new_session(self, remembered_digest: str | None, pending_digest: str | None = None) -> None:
-        """Forget the previous session; keep the digests of our own last writes, if any."""
-        self.sightings.clear()
+        """Forget the previous session's copies; keep the digests of our own last writes.
+
+        Sightings are kept: each names the session it belongs to (its start time), and
+        Ray's first report of a new session can reach the intake before this daemon has
+        followed the session; forgetting it then made the routed daemon stand down.
+        """
         self.our_digests = {d for d in (remembered_digest, pending_digest) if d}
         self.last_copy = None
 

@@ -311,13 +311,17 @@ async def test_row6_post_loop_is_not_a_write_loop(
         await asyncio.sleep(0.5)
         ours = copy.stat()
         lines_before, wrote_before = len(daemon.lines), written(pid)
-        disk_before = written(pid, "write_bytes")
+        disk_before, reports_before = written(pid, "write_bytes"), len(endpoint.received)
         statuses = await asyncio.to_thread(as_user, post_loop(port, 5000), uid)
         await asyncio.sleep(REWRITE_WAIT_S)  # any put-back still due is done by now
-        lines = daemon.lines[lines_before:]
+        # On a slow machine the daemon's own first scheduled report (60 s after the session
+        # appeared) can fall inside the flood: its lines and its copy are not the attack's.
+        scheduled = len(endpoint.received) - reports_before
+        lines = [ln for ln in daemon.lines[lines_before:] if '"event": "report.' not in ln]
         wrote = written(pid) - wrote_before
         disk = written(pid, "write_bytes") - disk_before
         after = copy.stat()
+        last_sent = endpoint.bodies()[-1]["seq_number"]
         assert daemon.proc.poll() is None
     print(
         f"row 6 ({'nobody' if uid == NOBODY else 'ray uid'}): answers {statuses}; "
@@ -325,8 +329,11 @@ async def test_row6_post_loop_is_not_a_write_loop(
         f"{'rewritten' if after.st_ino != ours.st_ino else 'untouched'}"
     )
     assert len(lines) <= 6  # report_absorbed's burst (5) and its held_back line at most
-    assert (after.st_ino, after.st_mtime_ns) == (ours.st_ino, ours.st_mtime_ns)
-    assert wrote < 100_000
+    if scheduled == 0:
+        assert (after.st_ino, after.st_mtime_ns) == (ours.st_ino, ours.st_mtime_ns)
+    else:  # rewritten by that report only: the copy is of our last report
+        assert json.loads(copy.read_bytes())["usage_stats"]["seq_number"] == last_sent
+    assert wrote < 100_000 * (1 + scheduled)
 
 
 # -- row 7: a request head and no body ---------------------------------------------------------
