@@ -6,8 +6,11 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -319,3 +322,34 @@ def test_provider_follows_a_cluster_restart(short_dir: Path) -> None:
         thread.join(timeout=5)
     assert not thread.is_alive()
     assert not (second / "sockets" / SOCKET_NAME).exists()
+
+
+def test_the_script_looks_under_ray_tmpdir_slash_ray(short_dir: Path) -> None:
+    """Run as Ray runs it, RAY_TMPDIR=/x makes the provider look in /x/ray, as Ray does."""
+    root = short_dir / "ray"
+    root.mkdir()
+    session = make_session(root, "session_1")
+    point_latest(root, session)
+    # Ray's client is needed only once a request comes; an empty module stands in for it.
+    stub = short_dir / "stub" / "ray"
+    stub.mkdir(parents=True)
+    (stub / "_raylet.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "USAGESTATSD_"))}
+    env.update(RAY_TMPDIR=str(short_dir), PYTHONPATH=str(stub.parent))
+    script = Path(__file__).parents[2] / "usagestatsd" / "provider.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--poll-interval", "0.05"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: (session / "sockets" / SOCKET_NAME).exists() or proc.poll() is not None)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+    assert f"provider.started temp_root={root} " in stderr, stderr
+    assert f"provider.session.found session={session} " in stderr, stderr
+    assert proc.returncode == 0, stderr
