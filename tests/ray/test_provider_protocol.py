@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import http.client
 import json
 import os
@@ -31,6 +32,7 @@ from usagestatsd.provider import (
     find_session_dir,
 )
 
+PROVIDER_PY = Path(__file__).parents[2] / "usagestatsd" / "provider.py"
 FIXED_MS = 1_795_823_481_178
 SAMPLE = Usage(
     cluster_id="1c4945d0f5bd56675908afac3a1bf236b34c2c2f2643f2e43079b661",
@@ -336,9 +338,8 @@ def test_the_script_looks_under_ray_tmpdir_slash_ray(short_dir: Path) -> None:
     (stub / "_raylet.py").write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "USAGESTATSD_"))}
     env.update(RAY_TMPDIR=str(short_dir), PYTHONPATH=str(stub.parent))
-    script = Path(__file__).parents[2] / "usagestatsd" / "provider.py"
     proc = subprocess.Popen(
-        [sys.executable, str(script), "--poll-interval", "0.05"],
+        [sys.executable, str(PROVIDER_PY), "--poll-interval", "0.05"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -353,3 +354,34 @@ def test_the_script_looks_under_ray_tmpdir_slash_ray(short_dir: Path) -> None:
     assert f"provider.started temp_root={root} " in stderr, stderr
     assert f"provider.session.found session={session} " in stderr, stderr
     assert proc.returncode == 0, stderr
+
+
+def test_provider_imports_only_the_standard_library() -> None:
+    """provider.py runs under Ray's Python, where usagestatsd and its libraries are absent:
+    every module it imports (at any depth in the file) is in the standard library."""
+    tree = ast.parse(PROVIDER_PY.read_text(), str(PROVIDER_PY))
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and node.module, f"relative import at line {node.lineno}"
+            imported.add(node.module.split(".")[0])
+    assert {"os", "socket", "argparse"} <= imported  # the walk did see the imports
+    assert imported - sys.stdlib_module_names == set()
+
+
+def test_a_copy_of_provider_py_runs_on_its_own(short_dir: Path) -> None:
+    """Installed as /usr/lib/usagestatsd/provider.py and run with `python -I`: a lone copy
+    starts (here: prints its help) without usagestatsd on the path."""
+    copy = short_dir / "provider.py"
+    shutil.copyfile(PROVIDER_PY, copy)
+    result = subprocess.run(
+        [sys.executable, "-I", str(copy), "--help"],
+        cwd=short_dir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--temp-root" in result.stdout
