@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -210,7 +212,7 @@ async def test_session_deleted_mid_run(
     with running_daemon(daemon_env(temp_root, state_dir, endpoint.url)) as daemon:
         await until(lambda: len(endpoint.received) >= 1)
         await demo_session.stop()
-        os.system(f"rm -rf {demo_session.session_dir}")
+        shutil.rmtree(demo_session.session_dir)
         await await_line(daemon, "session.missing")
         assert daemon.proc.poll() is None
 
@@ -250,6 +252,7 @@ def test_daemonize_with_pidfile(temp_root: Path, state_dir: Path, tmp_path: Path
         stderr=(tmp_path / "log").open("wb"),  # the detached child keeps it open
         timeout=30,
     )
+    pid: int | None = None
     try:
         assert result.returncode == 0
         pid = _wait_for_pid(pidfile)
@@ -261,7 +264,24 @@ def test_daemonize_with_pidfile(temp_root: Path, state_dir: Path, tmp_path: Path
         assert not pidfile.exists()
     finally:
         # Never leave a detached daemon behind, whatever failed above.
-        subprocess.run(["pkill", "-f", f"--pidfile {pidfile}"], check=False)
+        _kill_if_still_ours(pid, pidfile)
+
+
+def _kill_if_still_ours(pid: int | None, pidfile: Path) -> None:
+    """SIGKILL the daemon of this test by its pid (from the pid file if not read yet), and
+    only while that pid still runs our command line: never a process that reused it."""
+    if pid is None:
+        text = pidfile.read_text() if pidfile.exists() else ""
+        if not text.strip().isdigit():
+            return
+        pid = int(text)
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return  # gone already
+    if str(pidfile).encode() in cmdline.split(b"\0"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _wait_for_pid(pidfile: Path) -> int:

@@ -38,7 +38,7 @@ def test_layers_file_then_env_then_cli(tmp_path: Path) -> None:
     assert s.report_interval_s == 300
     assert s.source == "env"
     assert s.log_level == "debug"
-    assert s.source_of("report_interval_s") == "command line --report-interval-s"
+    assert s.source_of("report_interval_s") == "command line --interval"
     assert s.source_of("source") == "environment variable RAY_USAGE_STATS_SOURCE"
     assert s.source_of("log_level") == f"settings file {path}"
 

@@ -187,3 +187,28 @@ async def test_intake_port_taken_means_no_routing_advice(
     assert "in use" in info["beside_ray"]["intake_problem"]
     assert "RAY_USAGE_STATS_REPORT_URL" not in text
     assert f"intake 127.0.0.1:{port} is NOT listening" in text
+
+
+async def test_an_ipv6_intake_is_shown_in_brackets(
+    demo_session: DemoCluster,
+    endpoint: ScriptedEndpoint,
+    temp_root: Path,
+    state_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """An intake on ::1: the URL to give Ray, and the address in what a restart changes,
+    are written [::1]:PORT, never ::1:PORT."""
+    settings_file = tmp_path / "usagestatsd.toml"
+    settings_file.write_text('ray_intake = "[::1]:0"\n')
+    env = daemon_env(temp_root, state_dir, endpoint.url)
+    del env["USAGESTATSD_RAY_INTAKE"]  # from the settings file, which is then edited
+    with running_daemon(env, settings_file=settings_file) as daemon:
+        await await_line(daemon, "beside_ray.intake_listening")
+        await until(lambda: len(endpoint.received) >= 1)
+        settings_file.write_text('ray_intake = "[::1]:18922"\n')
+        _, info, text = await status(env)
+    assert info["beside_ray"]["intake"].startswith("http://[::1]:")
+    assert "RAY_USAGE_STATS_REPORT_URL=http://[::1]:" in text
+    assert "intake: [::1]:18922 (now: [::1]:0)" in info["after_restart"]["changes"]
+    assert "intake: [::1]:18922 (now: [::1]:0)" in text
+    assert "http://::1" not in text and " ::1:" not in text

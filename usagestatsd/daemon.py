@@ -114,7 +114,7 @@ class _Tracking:
 
 
 class Daemon:
-    """usagestatsd's main loop; `serve()` returns the process exit status."""
+    """usagestatsd's main loop; `serve()` runs it until SIGTERM/SIGINT."""
 
     def __init__(
         self,
@@ -218,7 +218,11 @@ class Daemon:
         return min(ping, poll) if ping else poll
 
     async def serve(self) -> int:
-        """Run until SIGTERM/SIGINT; returns 0 on a clean stop."""
+        """Run until SIGTERM/SIGINT, then return 0, the only status it returns.
+
+        A fault is raised, never turned into a status: the process then exits non-zero
+        with the traceback, and systemd restarts it.
+        """
         loop = asyncio.get_running_loop()
         self.install_signal_handlers(loop)
         waiting = f"Waiting for a Ray session under {self.settings.temp_root}"

@@ -712,8 +712,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="usagestatsd-provider",
         description="Serve Ray GCS usage facts to usagestatsd over a Unix socket.",
     )
-    default_root = os.environ.get("RAY_TMPDIR") or "/tmp/ray"
-    parser.add_argument("--temp-root", default=default_root, help="Ray temp root (/tmp/ray)")
+    # Ray's own rule: its temp root is $RAY_TMPDIR/ray, not $RAY_TMPDIR itself.
+    ray_tmpdir = os.environ.get("RAY_TMPDIR")
+    default_root = os.path.join(ray_tmpdir, "ray") if ray_tmpdir else "/tmp/ray"
+    parser.add_argument(
+        "--temp-root",
+        default=default_root,
+        help="Ray temp root (default $RAY_TMPDIR/ray, else /tmp/ray)",
+    )
     parser.add_argument(
         "--gcs-timeout", type=float, default=DEFAULT_GCS_TIMEOUT_S, help="seconds per GCS call"
     )

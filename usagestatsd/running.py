@@ -130,7 +130,7 @@ def new_record(settings: Settings, decision: Decision, inputs: Inputs) -> Servic
         endpoints=tuple(e.display for e in settings.endpoints),
         temp_root=str(settings.temp_root),
         interval_s=settings.report_interval_s,
-        intake=None if intake is None else Intake(_address(intake), False),
+        intake=None if intake is None else Intake(intake_address(intake), False),
         beside=Beside(settings.beside_ray),
     )
 
@@ -141,7 +141,8 @@ def restamped(record: ServiceRecord) -> ServiceRecord:
     return replace(record, pid=pid, proc_start=proc_start(pid))
 
 
-def _address(intake: tuple[str, int]) -> str:
+def intake_address(intake: tuple[str, int]) -> str:
+    """host:port as an operator writes it: an IPv6 host in brackets ([::1]:18922)."""
     host, port = intake
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

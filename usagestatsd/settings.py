@@ -417,7 +417,8 @@ def parse_extra_tags(raw: object) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------
 # The table of settings: name, settings-file key, environment variables (later ones
-# win), and the parser. The command line uses the same names.
+# win), the parser, and the command-line flag that sets it, if any (cli.py defines the
+# flags; errors name the flag as the operator typed it, and a test checks they agree).
 
 
 @dataclass(frozen=True)
@@ -427,6 +428,7 @@ class _Spec:
     env: tuple[str, ...]
     parse: Callable[[object], Any]
     env_parse: Callable[[object], Any] | None = None
+    flag: str | None = None
 
 
 def _ray_tmpdir(raw: object) -> Path:
@@ -435,21 +437,29 @@ def _ray_tmpdir(raw: object) -> Path:
 
 
 _SPECS: tuple[_Spec, ...] = (
-    _Spec("temp_root", "temp_root", ("USAGESTATSD_TEMP_ROOT",), _absolute_path),
+    _Spec("temp_root", "temp_root", ("USAGESTATSD_TEMP_ROOT",), _absolute_path, flag="--temp-root"),
     _Spec("ray_user", "ray_user", ("USAGESTATSD_RAY_USER",), _user),
-    _Spec("state_dir", "state_dir", ("STATE_DIRECTORY", "USAGESTATSD_STATE_DIR"), _absolute_path),
+    _Spec(
+        "state_dir",
+        "state_dir",
+        ("STATE_DIRECTORY", "USAGESTATSD_STATE_DIR"),
+        _absolute_path,
+        flag="--state-dir",
+    ),
     _Spec(
         "endpoints",
         "endpoints",
         ("RAY_USAGE_STATS_REPORT_URL", "USAGESTATSD_ENDPOINTS"),
         _endpoint_tables,
         _endpoint_list_from_strings,
+        flag="--endpoint",
     ),
     _Spec(
         "report_interval_s",
         "report_interval_s",
         ("RAY_USAGE_STATS_REPORT_INTERVAL_S", "USAGESTATSD_REPORT_INTERVAL_S"),
         _number(0.05, MAX_INTERVAL_S, "seconds"),
+        flag="--interval",
     ),
     _Spec("extra_tags", "extra_tags", ("RAY_USAGE_STATS_EXTRA_TAGS",), parse_extra_tags),
     _Spec(
@@ -508,9 +518,27 @@ _SPECS: tuple[_Spec, ...] = (
         ("USAGESTATSD_RETRY_BUDGET_S",),
         _number(0.01, 86400, "seconds"),
     ),
-    _Spec("log_format", "log_format", ("USAGESTATSD_LOG_FORMAT",), _choice(LOG_FORMATS)),
-    _Spec("log_level", "log_level", ("USAGESTATSD_LOG_LEVEL",), _choice(LOG_LEVELS)),
-    _Spec("disable_usage_stats", "disable_usage_stats", (), _boolean),
+    _Spec(
+        "log_format",
+        "log_format",
+        ("USAGESTATSD_LOG_FORMAT",),
+        _choice(LOG_FORMATS),
+        flag="--log-format",
+    ),
+    _Spec(
+        "log_level",
+        "log_level",
+        ("USAGESTATSD_LOG_LEVEL",),
+        _choice(LOG_LEVELS),
+        flag="--log-level",
+    ),
+    _Spec(
+        "disable_usage_stats",
+        "disable_usage_stats",
+        (),
+        _boolean,
+        flag="--disable-usage-stats",
+    ),
     _Spec("ray_intake", "ray_intake", ("USAGESTATSD_RAY_INTAKE",), parse_intake),
     _Spec("beside_ray", "beside_ray", ("USAGESTATSD_BESIDE_RAY",), _choice(("auto", "report"))),
     _Spec("redact", "redact", ("USAGESTATSD_REDACT",), _field_names),
@@ -631,7 +659,7 @@ def load_settings(
                 raw: object = env[var].split(":")[0] if var == "STATE_DIRECTORY" else env[var]
                 take(spec.name, raw, f"environment variable {var}", spec.env_parse or spec.parse)
         if spec.name in cli and cli[spec.name] is not None:
-            flag = "--" + spec.name.replace("_", "-").replace(".", "-")
+            flag = spec.flag or spec.name  # every setting cli.py passes declares its flag
             take(spec.name, cli[spec.name], f"command line {flag}", spec.env_parse or spec.parse)
 
     uid = os.geteuid() if euid is None else euid
@@ -675,6 +703,11 @@ def _watchdog_usec(env: Mapping[str, str]) -> int | None:
 def setting_names() -> list[str]:
     """Every setting name, for documentation and tests."""
     return [spec.name for spec in _SPECS]
+
+
+def setting_flags() -> dict[str, str]:
+    """Setting name -> the command-line flag that sets it, for the settings that have one."""
+    return {spec.name: spec.flag for spec in _SPECS if spec.flag}
 
 
 # Read by load_settings beside the table: the consent inputs, Ray's temp dir, the homes.

@@ -17,7 +17,7 @@ from usagestatsd.cluster import PROVIDER_SOCKET
 from usagestatsd.consent import Decision, decide, read_consent_file
 from usagestatsd.fieldsets import CURRENT_VERSION, withheld
 from usagestatsd.ray_consent import read_ray_configs
-from usagestatsd.running import RecordStore, ServiceRecord, is_running
+from usagestatsd.running import RecordStore, ServiceRecord, intake_address, is_running
 from usagestatsd.session import Session, find_session, trusted_uids
 from usagestatsd.settings import Settings, SettingsError, load_settings
 from usagestatsd.state import State, StateStore
@@ -72,8 +72,8 @@ def restart_changes(record: ServiceRecord, settings: Settings, decision: Decisio
     if decision.enabled and settings.report_interval_s != record.interval_s:
         changes.append(f"interval: {settings.report_interval_s:g} s (now: {record.interval_s:g} s)")
     intake = settings.ray_intake
-    asked = None if intake is None else f"{intake[0]}:{intake[1]}"
-    was = None if record.intake is None else record.intake.address.replace("[", "").replace("]", "")
+    asked = None if intake is None else intake_address(intake)
+    was = None if record.intake is None else record.intake.address
     if decision.enabled and asked != was:
         changes.append(f"intake: {asked or 'off'} (now: {was or 'off'})")
     return changes

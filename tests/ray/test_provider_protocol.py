@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,6 +32,7 @@ from usagestatsd.provider import (
     find_session_dir,
 )
 
+PROVIDER_PY = Path(__file__).parents[2] / "usagestatsd" / "provider.py"
 FIXED_MS = 1_795_823_481_178
 SAMPLE = Usage(
     cluster_id="1c4945d0f5bd56675908afac3a1bf236b34c2c2f2643f2e43079b661",
@@ -319,3 +324,64 @@ def test_provider_follows_a_cluster_restart(short_dir: Path) -> None:
         thread.join(timeout=5)
     assert not thread.is_alive()
     assert not (second / "sockets" / SOCKET_NAME).exists()
+
+
+def test_the_script_looks_under_ray_tmpdir_slash_ray(short_dir: Path) -> None:
+    """Run as Ray runs it, RAY_TMPDIR=/x makes the provider look in /x/ray, as Ray does."""
+    root = short_dir / "ray"
+    root.mkdir()
+    session = make_session(root, "session_1")
+    point_latest(root, session)
+    # Ray's client is needed only once a request comes; an empty module stands in for it.
+    stub = short_dir / "stub" / "ray"
+    stub.mkdir(parents=True)
+    (stub / "_raylet.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "USAGESTATSD_"))}
+    env.update(RAY_TMPDIR=str(short_dir), PYTHONPATH=str(stub.parent))
+    proc = subprocess.Popen(
+        [sys.executable, str(PROVIDER_PY), "--poll-interval", "0.05"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: (session / "sockets" / SOCKET_NAME).exists() or proc.poll() is not None)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+    assert f"provider.started temp_root={root} " in stderr, stderr
+    assert f"provider.session.found session={session} " in stderr, stderr
+    assert proc.returncode == 0, stderr
+
+
+def test_provider_imports_only_the_standard_library() -> None:
+    """provider.py runs under Ray's Python, where usagestatsd and its libraries are absent:
+    every module it imports (at any depth in the file) is in the standard library."""
+    tree = ast.parse(PROVIDER_PY.read_text(), str(PROVIDER_PY))
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and node.module, f"relative import at line {node.lineno}"
+            imported.add(node.module.split(".")[0])
+    assert {"os", "socket", "argparse"} <= imported  # the walk did see the imports
+    assert imported - sys.stdlib_module_names == set()
+
+
+def test_a_copy_of_provider_py_runs_on_its_own(short_dir: Path) -> None:
+    """Installed as /usr/lib/usagestatsd/provider.py and run with `python -I`: a lone copy
+    starts (here: prints its help) without usagestatsd on the path."""
+    copy = short_dir / "provider.py"
+    shutil.copyfile(PROVIDER_PY, copy)
+    result = subprocess.run(
+        [sys.executable, "-I", str(copy), "--help"],
+        cwd=short_dir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--temp-root" in result.stdout
