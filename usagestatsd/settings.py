@@ -578,8 +578,12 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def read_settings_file(path: Path, explicit: bool) -> dict[str, Any] | None:
-    """The settings file as flat keys; None when the default file is simply absent."""
+def read_toml_file(path: Path, explicit: bool) -> dict[str, Any] | None:
+    """A settings file's TOML table; None when a default (not `explicit`) file is absent.
+
+    Shared by the daemon's and the collector's settings: at most 1 MiB, a regular file
+    only, UTF-8 TOML; every problem is one SettingsError naming the file.
+    """
     source = f"settings file {path}"
     if str(path) == os.devnull:
         return {}  # `--config /dev/null`: deliberately no settings file
@@ -601,14 +605,24 @@ def read_settings_file(path: Path, explicit: bool) -> dict[str, Any] | None:
     if len(data) > MAX_SETTINGS_FILE_BYTES:
         raise SettingsError("config", source, f"{path} is larger than 1 MiB", "a file under 1 MiB")
     try:
-        table = tomllib.loads(data.decode("utf-8"))
+        return tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError("config", source, str(exc), "valid UTF-8 TOML") from None
+
+
+def read_settings_file(path: Path, explicit: bool) -> dict[str, Any] | None:
+    """The settings file as flat keys; None when the default file is simply absent."""
+    table = read_toml_file(path, explicit)
+    if table is None:
+        return None
     flat = _flatten(table)
     for key in flat:
         if key not in _FILE_KEYS:
             raise SettingsError(
-                key, source, flat[key], "no such setting; see usagestatsd.toml(5) for the names"
+                key,
+                f"settings file {path}",
+                flat[key],
+                "no such setting; see usagestatsd.toml(5) for the names",
             )
     return flat
 

@@ -7,16 +7,13 @@ daemon) naming the setting, where it came from and what is accepted, and the CLI
 from __future__ import annotations
 
 import ipaddress
-import os
-import stat
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from usagestatsd.settings import LOG_FORMATS, LOG_LEVELS, SettingsError
+from usagestatsd.settings import LOG_FORMATS, LOG_LEVELS, SettingsError, read_toml_file
 
 DEFAULT_SETTINGS_FILE = Path("/etc/usagestatsd-collector/collector.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/usagestatsd-collector")
@@ -165,31 +162,10 @@ SETTING_NAMES = tuple(spec.name for spec in _SPECS)
 
 def read_settings_file(path: Path, explicit: bool) -> dict[str, Any]:
     """The TOML settings file; {} when the default file is absent."""
-    source = f"settings file {path}"
-    if str(path) == os.devnull:
-        return {}
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise SettingsError("config", source, f"{path} is not a regular file", "a file")
-            data = handle.read(MAX_SETTINGS_FILE_BYTES + 1)
-    except FileNotFoundError:
-        if explicit:
-            raise SettingsError(
-                "config", "the command line", str(path), "an existing file"
-            ) from None
-        return {}
-    except OSError as exc:
-        raise SettingsError("config", source, exc.strerror or str(exc), "a readable file") from None
-    if len(data) > MAX_SETTINGS_FILE_BYTES:
-        raise SettingsError("config", source, f"{path} is larger than 1 MiB", "a file under 1 MiB")
-    try:
-        table = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError("config", source, str(exc), "valid UTF-8 TOML") from None
+    table = read_toml_file(path, explicit) or {}
     for key in table:
         if key not in SETTING_NAMES:
+            source = f"settings file {path}"
             raise SettingsError(key, source, table[key], "no such setting; see docs/collector.md")
     return table
 
