@@ -290,10 +290,10 @@ def serving_provider(temp_root: Path) -> Iterator[Path]:
 
 
 def test_provider_problem_reads_the_real_socket(serving_provider: Path, tmp_path: Path) -> None:
-    assert provider_problem(serving_provider) is None
-    problem = provider_problem(tmp_path)
+    assert provider_problem(serving_provider, os.geteuid()) is None
+    problem = provider_problem(tmp_path, os.geteuid())
     assert problem is not None and "is absent" in problem
-    assert provider_problem(None) == "Ray has no session directory yet"
+    assert provider_problem(None, os.geteuid()) == "Ray has no session directory yet"
 
 
 def test_no_ray_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

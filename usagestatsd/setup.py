@@ -117,7 +117,9 @@ def _daemon_fix(found: Found, plan: Plan) -> bool:
             f"{head.user} can connect to Ray's dashboard sockets."
         )
     if head.user != "root":
-        lines.append(f"User={head.user}")
+        # Ray's user owns its directories and serves its sockets: trust it by name too, so
+        # the service's trust does not hang on running as that very user (docs/security.md).
+        lines += [f"User={head.user}", f"Environment=USAGESTATSD_RAY_USER={head.user}"]
     seen_root = str(found.daemon_settings.temp_root)
     if seen_root != head.temp_root:
         plan.missing.append(
@@ -324,7 +326,7 @@ def gather(head: RayHead, settings: Settings) -> Found:
         provider=provider,
         daemon_settings=daemon_settings,
         intake_up=intake_listening(daemon_settings.ray_intake),
-        provider_problem=provider_problem(session),
+        provider_problem=provider_problem(session, head.uid),
         systemd=has_systemd(),
     )
 

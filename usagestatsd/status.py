@@ -107,11 +107,15 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
     state, state_problem = StateStore(settings.state_dir).peek()
     record, record_problem = RecordStore(settings.state_dir).load()
     running = record is not None and is_running(record)
-    found = find_session(settings.temp_root, trusted_uids(settings.ray_user)).session
+    new_settings, new_decision, error = restart_view(record) if record else (None, None, None)
+    # The session as the service sees it: its ray_user (often set in its unit's environment,
+    # by `setup --apply`) is trusted here too, beside this command's own settings.
+    service_ray_user = new_settings.ray_user if new_settings else None
+    trusted = trusted_uids(settings.ray_user) | trusted_uids(service_ray_user)
+    found = find_session(settings.temp_root, trusted).session
     after: dict[str, Any] | None = None
     in_effect = decision
     if record is not None:
-        new_settings, new_decision, error = restart_view(record)
         if new_settings is None or new_decision is None:
             after = {"error": error, "changes": []}
         else:

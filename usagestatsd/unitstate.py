@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from usagestatsd.cluster import PROVIDER_SOCKET, Limits, fetch_unix_json
+from usagestatsd.session import trusted_uids
 from usagestatsd.sources import SourceError, parse_provider
 
 DAEMON_UNIT = "usagestatsd.service"
@@ -94,13 +95,18 @@ def intake_listening(address: tuple[str, int] | None, timeout_s: float = 1.0) ->
         return False
 
 
-def provider_problem(session_dir: Path | None) -> str | None:
-    """None if a provider serves this session now, else what is wrong, in plain words."""
+def provider_problem(session_dir: Path | None, ray_uid: int) -> str | None:
+    """None if a provider serves this session now, else what is wrong, in plain words.
+
+    The provider runs as Ray's user (`ray_uid`, found by setup), which is trusted here
+    besides root and this command's own uid.
+    """
     if session_dir is None:
         return "Ray has no session directory yet"
     path = session_dir / "sockets" / PROVIDER_SOCKET
+    limits = Limits(timeout_s=10, trusted_uids=trusted_uids(ray_uid))
     try:
-        doc = asyncio.run(fetch_unix_json(path, "/v1/usage", "provider", Limits(timeout_s=10)))
+        doc = asyncio.run(fetch_unix_json(path, "/v1/usage", "provider", limits))
         parse_provider(doc)
     except SourceError as exc:
         return exc.problem
