@@ -260,7 +260,8 @@ async def test_row5_rays_own_uid_is_still_counted(
     )
     with running_daemon(env) as daemon:
         port = intake_port(daemon)
-        answer = await asyncio.to_thread(as_user, lambda: post(port, ray_report()), RAY_UID)
+        body = ray_report()  # read here: as Ray's uid the checkout may be unreadable (/root)
+        answer = await asyncio.to_thread(as_user, lambda: post(port, body), RAY_UID)
         assert answer == "HTTP/1.1 200 OK"
         await until(lambda: len(endpoint.received) >= 1)
         assert status_json(env)["beside_ray"]["arrangement"] == "routed"  # type: ignore[index]
