@@ -24,9 +24,9 @@ from usagestatsd.discovery import (
     parse_dashboard,
     parse_environ,
     scan,
-    split_nul,
     unit_from_cgroup,
 )
+from usagestatsd.peers import split_nul
 from usagestatsd.settings import load_settings
 from usagestatsd.setup import Found, apply, plan, render, routes_to, run_setup
 from usagestatsd.unitstate import Unit, parse_show, provider_problem

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usagestatsd.connectors import PeerCheck
-from usagestatsd.peers import PROC, cmdline, pids_holding, tcp_peer
+from usagestatsd.peers import PROC, cmdline, pids, pids_holding, tcp_peer
 from usagestatsd.report import ClusterMetadata, Origins, ProviderFacts, ResourceTotals
 from usagestatsd.session import Session
 from usagestatsd.sources import SourceError
@@ -98,12 +98,8 @@ def as_dashboard_of(pid: int, session: Session, proc: Path = PROC) -> DashboardP
 
 def find_dashboard(session: Session, proc: Path = PROC) -> DashboardProcess | None:
     """The session's dashboard process, found by its command line (None if not seen)."""
-    try:
-        entries = [e.name for e in os.scandir(proc) if e.name.isdigit()]
-    except OSError:
-        return None
-    for name in entries:
-        found = as_dashboard_of(int(name), session, proc)
+    for pid in pids(proc):
+        found = as_dashboard_of(pid, session, proc)
         if found is not None:
             return found
     return None
@@ -114,14 +110,10 @@ def session_running(session: Session, proc: Path = PROC) -> bool:
     # Ray spells the directory as it was given (session.alias when the temp root's path
     # holds a symlink), so both spellings count.
     markers = [str(session.path)] + ([str(session.alias)] if session.alias else [])
-    try:
-        entries = [e.name for e in os.scandir(proc) if e.name.isdigit()]
-    except OSError:
-        return False
-    for name in entries:
-        if _owner(int(name), proc) != session.owner_uid:
+    for pid in pids(proc):
+        if _owner(pid, proc) != session.owner_uid:
             continue
-        if any(m in arg for arg in cmdline(int(name), proc) for m in markers):
+        if any(m in arg for arg in cmdline(pid, proc) for m in markers):
             return True
     return False
 

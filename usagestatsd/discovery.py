@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from usagestatsd.peers import pids, split_nul
+
 DASHBOARD_SCRIPT = "dashboard/dashboard.py"
 _MAX_PROC_FILE = 1 << 20  # a command line or environment longer than this is not Ray's
 # The environment variables setup looks at; nothing else of Ray's environment is kept.
@@ -66,16 +68,6 @@ class RayHead:
         """Ray was started with usage stats disabled (--disable-usage-stats or the variable)."""
         value = (self.environ or {}).get("RAY_USAGE_STATS_ENABLED", "").strip().lower()
         return value in ("0", "false", "no", "off")
-
-
-def split_nul(raw: bytes) -> list[str]:
-    """A /proc cmdline: NUL-separated arguments (a trailing NUL ends the last)."""
-    if not raw:
-        return []
-    parts = raw.split(b"\0")
-    if parts[-1] == b"":
-        parts.pop()
-    return [p.decode("utf-8", "surrogateescape") for p in parts]
 
 
 def parse_environ(raw: bytes, keep: tuple[str, ...] = KEPT_ENV) -> dict[str, str]:
@@ -222,11 +214,7 @@ def head_from_proc(pid_dir: Path) -> RayHead | None:
 def scan(proc: Path = Path("/proc")) -> list[RayHead]:
     """Every running Ray head on this machine (one dashboard each), oldest pid first."""
     heads = []
-    try:
-        pids = sorted(int(e.name) for e in os.scandir(proc) if e.name.isdigit())
-    except OSError:
-        return []
-    for pid in pids:
+    for pid in pids(proc):
         head = head_from_proc(proc / str(pid))
         if head is not None:
             heads.append(head)

@@ -158,10 +158,28 @@ def pids_holding(inode: int, proc: Path = PROC) -> list[int]:
     return pids
 
 
+def split_nul(raw: bytes) -> list[str]:
+    """A /proc cmdline or environ: NUL-separated items (a trailing NUL ends the last)."""
+    if not raw:
+        return []
+    parts = raw.split(b"\0")
+    if parts[-1] == b"":
+        parts.pop()
+    return [p.decode("utf-8", "surrogateescape") for p in parts]
+
+
 def cmdline(pid: int, proc: Path = PROC) -> list[str]:
     """A process's command line as its arguments ([] if gone or not ours to read)."""
     try:
         raw = (proc / str(pid) / "cmdline").read_bytes()
     except OSError:
         return []
-    return [arg.decode("utf-8", "surrogateescape") for arg in raw.split(b"\0") if arg]
+    return split_nul(raw)
+
+
+def pids(proc: Path = PROC) -> list[int]:
+    """The processes this user may see, lowest pid first ([] without a /proc)."""
+    try:
+        return sorted(int(e.name) for e in os.scandir(proc) if e.name.isdigit())
+    except OSError:
+        return []
