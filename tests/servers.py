@@ -233,6 +233,16 @@ def running_daemon(
                 daemon.proc.wait()
 
 
+def poll_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Wait (blocking) until `predicate()` is true; False if `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
     """Wait (asynchronously) until `predicate()` is true, or fail."""
     deadline = time.monotonic() + timeout

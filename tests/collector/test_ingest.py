@@ -13,6 +13,7 @@ from tests.collector.harness import (
     running_collector,
     sample_report,
 )
+from tests.servers import poll_until
 
 SID = "0123456789abcdef0123456789abcdef"
 
@@ -159,7 +160,11 @@ def test_bearer_tokens(tmp_path: Path) -> None:
 
 
 def test_busy_writer_answers_429_with_retry_after(tmp_path: Path) -> None:
-    """While the database is locked the queue fills; beyond max_pending: 429 + Retry-After."""
+    """While the database is locked the queue fills; beyond max_pending: 429 + Retry-After.
+
+    Thirty senders at once: exactly max_pending (10) are admitted and wait for the writer,
+    the other twenty are turned away at once, however the requests interleave.
+    """
     state = tmp_path / "state"
     config = tmp_path / "collector.toml"
     config.write_text("max_pending = 10\n")
@@ -167,22 +172,19 @@ def test_busy_writer_answers_429_with_retry_after(tmp_path: Path) -> None:
         blocker = sqlite3.connect(str(state / "collector.sqlite3"), isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the writer waits
         answers: list[int] = []
-        threads = [
-            threading.Thread(
-                target=lambda n=n: answers.append(c.post(sample_report(SID, n)).status)
-            )
-            for n in range(30)
-        ]
+
+        def send(n: int) -> None:
+            answers.append(c.post(sample_report(SID, n)).status)
+
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(30)]
         for t in threads:
             t.start()
-        import time
-
-        deadline = time.monotonic() + 45  # a loaded machine is slow; answers wait up to 60 s
-        while answers.count(429) < 20 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # Well inside SQLite's 30 s busy timeout, after which the admitted ones would fail.
+        turned_away = poll_until(lambda: answers.count(429) >= 20, timeout=20)
         throttled = http(c.url, json.dumps(sample_report(SID, 99)).encode())
         blocker.execute("ROLLBACK")
         for t in threads:
-            t.join(30)
+            t.join(60)
+    assert turned_away, f"only {answers.count(429)} of 20 turned away: {answers}"
     assert throttled.status == 429 and throttled.headers["Retry-After"].isdigit()
-    assert answers.count(429) == 20 and answers.count(200) == 10
+    assert sorted(answers) == [200] * 10 + [429] * 20

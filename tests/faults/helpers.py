@@ -77,7 +77,7 @@ def read_whole_request(conn: socket.socket) -> bytes:
         if not chunk:
             break
         body += chunk
-    return data
+    return head + b"\r\n\r\n" + body
 
 
 def reply(status: str = "200 OK", body: bytes = b'{"ok": true}', extra: str = "") -> Behaviour:

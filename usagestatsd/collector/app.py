@@ -106,12 +106,17 @@ class Collector:
 
     async def ingest(self, request: web.Request) -> web.Response:
         """POST /: one schema-0.1 report."""
+        if not _authorised(request, self.settings.ingest_tokens):
+            return _unauthorised(self.metrics, "ingest")
+        if not self.writer.admit(self.settings.max_pending):
+            return _throttled(self.metrics, "busy; retry later")
+        try:
+            return await self._store_one(request)
+        finally:
+            self.writer.release()
+
+    async def _store_one(self, request: web.Request) -> web.Response:
         settings, metrics = self.settings, self.metrics
-        writer = self.writer
-        if not _authorised(request, settings.ingest_tokens):
-            return _unauthorised(metrics, "ingest")
-        if writer.pending >= settings.max_pending:
-            return _throttled(metrics, "busy; retry later")
         length = request.content_length
         if length is not None and length > settings.max_report_bytes:
             result: Any = Rejected(
@@ -134,7 +139,7 @@ class Collector:
                 reasons=sorted({r.reason for r in result.redactions}),
             )
         try:
-            new = await writer.ingest(result)
+            new = await self.writer.ingest(result)
         except Exception:
             return web.json_response(
                 {"error": "storage unavailable; retry later"},

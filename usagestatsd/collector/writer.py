@@ -2,7 +2,7 @@
 
 Reports that arrive together are stored in one transaction (group commit): a handler waits
 for its batch, so a 2xx always means "stored", and one commit serves many senders. The
-queue is bounded by the caller (`pending`): beyond it the collector answers 429.
+queue is bounded by admission (`admit`): beyond it the collector answers 429.
 """
 
 from __future__ import annotations
@@ -44,18 +44,30 @@ class Writer:
 
     @property
     def pending(self) -> int:
-        """Reports queued and not yet stored."""
+        """Reports admitted and not yet answered."""
         return self._pending
+
+    def admit(self, limit: int) -> bool:
+        """Take a place for one report, or False when `limit` reports already hold one.
+
+        Called before the handler awaits anything (reading the body): a check there and an
+        increment after an await would let every concurrent request past the bound.
+        The caller must `release()` the place when it has answered.
+        """
+        if self._pending >= limit:
+            return False
+        self._pending += 1
+        return True
+
+    def release(self) -> None:
+        """Give back a place taken by `admit`."""
+        self._pending -= 1
 
     async def ingest(self, item: Accepted) -> bool:
         """Store one report; True when new, False when it was stored before."""
         future: asyncio.Future[bool] = self._loop.create_future()
-        self._pending += 1
         self._queue.put(_Job("ingest", item, future))
-        try:
-            return await future
-        finally:
-            self._pending -= 1
+        return await future
 
     async def call(self, work: Callable[[SqlStore], Any]) -> Any:
         """Run another write (deletion, retention) on the writer thread, in queue order."""
