@@ -35,8 +35,8 @@ from tests.faults.test_trust import (
     fake_dashboard,
     vm_kib,
 )
-from tests.hostile import running_as
-from tests.servers import ScriptedEndpoint, start_daemon, until
+from tests.support.hostile import running_as
+from tests.support.servers import ScriptedEndpoint, start_daemon, until
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded, recorded_responses
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import ScriptedEndpoint
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded, recorded_responses
 from usagestatsd.settings import Settings, load_settings
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.collector.harness import CollectorProcess, running_collector, sample_report
 from tests.conftest import daemon_env
-from tests.servers import run_cli, running_daemon, until
+from tests.support.servers import run_cli, running_daemon, until
 from usagestatsd.demo import DemoCluster
 
 PROTOCOL = "usagestatsd-deletion/1"

@@ -13,7 +13,7 @@ from tests.collector.harness import (
     running_collector,
     sample_report,
 )
-from tests.servers import poll_until
+from tests.support.servers import poll_until
 
 SID = "0123456789abcdef0123456789abcdef"
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.servers import RawServer, http_reply, read_request
+from tests.support.servers import RawServer, http_reply, read_request
 from usagestatsd.daemon import Daemon
 from usagestatsd.demo import recorded_responses
 from usagestatsd.privacy import KnownIdentifiers

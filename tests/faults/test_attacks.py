@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.faults.helpers import named, provider_doc, responses_with, the_session
-from tests.servers import ScriptedEndpoint
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd import fileio
 from usagestatsd.daemon import Daemon
 from usagestatsd.demo import DemoCluster

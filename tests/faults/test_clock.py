@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from tests.faults.helpers import FREE_PORT, named
-from tests.servers import ScriptedEndpoint, until
+from tests.support.servers import ScriptedEndpoint, until
 from usagestatsd.daemon import Daemon
 from usagestatsd.demo import DemoCluster
 from usagestatsd.privacy import KnownIdentifiers

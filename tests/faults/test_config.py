@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.faults.helpers import named
-from tests.hostile import as_user
+from tests.support.hostile import as_user
 from usagestatsd.cli import EXIT_CONFIG, main
 from usagestatsd.cluster import read_cluster_config
 from usagestatsd.consent import decide, read_consent_file

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import daemon_env
-from tests.servers import DaemonProcess, ScriptedEndpoint, start_daemon, until
+from tests.support.servers import DaemonProcess, ScriptedEndpoint, start_daemon, until
 from usagestatsd.demo import DemoCluster
 from usagestatsd.fileio import atomic_write
 

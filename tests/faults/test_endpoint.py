@@ -25,7 +25,7 @@ from tests.faults.helpers import (
     server_tls,
     trickle,
 )
-from tests.servers import ScriptedEndpoint, running_daemon, until
+from tests.support.servers import ScriptedEndpoint, running_daemon, until
 from usagestatsd.demo import DemoCluster
 from usagestatsd.sender import send_report
 from usagestatsd.settings import Endpoint, RetryPolicy

@@ -1,6 +1,6 @@
 """Issue 12, rows 4, 5, 6, 7 and 15: a local user against the loopback intake, for real.
 
-Each attack runs in a forked child as uid nobody (tests/hostile.py) against a real
+Each attack runs in a forked child as uid nobody (tests/support/hostile.py) against a real
 `usagestatsd run` process. As nobody nothing more can be imported, so the attacker speaks
 HTTP over a plain socket. Where the defence must hold even for a client of Ray's own uid
 (a deadline, the cap, coalescing), the same attack also runs as root, which is Ray's uid
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import daemon_env, recorded_json
-from tests.hostile import NOBODY, as_user, needs_root, running_as
-from tests.servers import DaemonProcess, ScriptedEndpoint, await_line, running_daemon, until
+from tests.support.hostile import NOBODY, as_user, needs_root, running_as
+from tests.support.servers import DaemonProcess, ScriptedEndpoint, await_line, running_daemon, until
 from usagestatsd.demo import DemoCluster
 
 pytestmark = [needs_root, pytest.mark.slow]

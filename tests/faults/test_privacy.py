@@ -28,7 +28,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import daemon_env
 from tests.faults.helpers import FREE_PORT, named, provider_doc, responses_with, the_session
-from tests.servers import ScriptedEndpoint, running_daemon, until
+from tests.support.servers import ScriptedEndpoint, running_daemon, until
 from usagestatsd.daemon import Daemon
 from usagestatsd.demo import DemoCluster, make_session_dir
 from usagestatsd.privacy import KnownIdentifiers
@@ -364,7 +364,7 @@ def test_new_forms_are_identifying(form: str, decoration: str) -> None:
 @given(st.one_of(*NEW_FORMS, PERSON), st.sampled_from(["{}", "x {} y", "{}-1"]))
 def test_operator_tags_with_new_forms_never_reach_a_report(form: str, decoration: str) -> None:
     """RAY_USAGE_STATS_EXTRA_TAGS carrying a row 14 form: refused at start, or dropped."""
-    from tests.test_report import recorded_report
+    from tests.unit.test_report import recorded_report
     from usagestatsd.privacy import guard
     from usagestatsd.settings import parse_extra_tags
 

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import daemon_env
 from tests.faults.helpers import RawTcpServer, named, read_whole_request
-from tests.servers import ScriptedEndpoint, running_daemon, until
+from tests.support.servers import ScriptedEndpoint, running_daemon, until
 from usagestatsd.demo import DemoCluster
 from usagestatsd.sender import send_report
 from usagestatsd.settings import Endpoint, RetryPolicy

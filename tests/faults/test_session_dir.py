@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import daemon_env
 from tests.faults.helpers import FREE_PORT, fill, named, responses_with, the_session, tmpfs
-from tests.servers import (
+from tests.support.servers import (
     RawUnixServer,
     ScriptedEndpoint,
     await_line,

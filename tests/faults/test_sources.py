@@ -15,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.faults.helpers import named, provider_doc, responses_with, the_session
-from tests.servers import RawUnixServer, ScriptedEndpoint, http_reply, read_request
+from tests.support.servers import RawUnixServer, ScriptedEndpoint, http_reply, read_request
 from usagestatsd.cluster import Limits, gather
 from usagestatsd.daemon import Daemon
 from usagestatsd.demo import DemoCluster, make_session_dir
@@ -35,7 +35,7 @@ FIELDS: dict[tuple[str, str], dict[str, Any]] = {
     STATUS: {"total_num_cpus": 2, "total_num_nodes": 1},
     JOBS: {"total_num_running_jobs": 0},
     # session_id is not here: the first report fixed it, and a provider that comes back
-    # later does not change it (pipeline.choose_session_id; tests/test_session_id.py).
+    # later does not change it (pipeline.choose_session_id; tests/process/test_session_id.py).
     PROVIDER: {"library_usages": ["core", "train"]},
 }
 NULLS: dict[tuple[str, str], dict[str, Any]] = {

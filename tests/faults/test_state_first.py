@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import daemon_env
 from tests.faults.helpers import RawTcpServer, read_whole_request, tmpfs
-from tests.servers import ScriptedEndpoint, http_reply, start_daemon, until
+from tests.support.servers import ScriptedEndpoint, http_reply, start_daemon, until
 from usagestatsd.demo import DemoCluster
 
 FS_BYTES = 192 << 10

@@ -1,6 +1,6 @@
 """Issue 12, the trust rows on the cluster side: another local user serves Ray's sockets.
 
-Each attack runs as the real unprivileged uid `nobody` in a forked child (tests/hostile.py)
+Each attack runs as the real unprivileged uid `nobody` in a forked child (tests/support/hostile.py)
 against Ray-like directories made as Ray makes them (0777, no sticky bit), while the
 daemon's own code runs here as root. docs/security.md lists each row with its test.
 """
@@ -23,8 +23,8 @@ import pytest
 
 from tests.conftest import daemon_env
 from tests.faults.helpers import named, responses_with, run_cycles
-from tests.hostile import NOBODY, as_user, needs_root, open_dir, running_as
-from tests.servers import ScriptedEndpoint, await_line, running_daemon, until
+from tests.support.hostile import NOBODY, as_user, needs_root, open_dir, running_as
+from tests.support.servers import ScriptedEndpoint, await_line, running_daemon, until
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded
 from usagestatsd.settings import Settings
 

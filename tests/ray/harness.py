@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import DaemonProcess, ScriptedEndpoint, start_daemon
+from tests.support.servers import DaemonProcess, ScriptedEndpoint, start_daemon
 
 REPO = Path(__file__).resolve().parents[2]
 PROVIDER = REPO / "usagestatsd" / "provider.py"

@@ -30,7 +30,7 @@ from tests.ray.harness import (
     set_subreaper,
     wait_until,
 )
-from tests.servers import DaemonProcess
+from tests.support.servers import DaemonProcess
 
 pytestmark = pytest.mark.slow
 

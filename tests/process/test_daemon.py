@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import daemon_env
-from tests.servers import (
+from tests.support.servers import (
     ScriptedEndpoint,
     await_line,
     report_then_stop,

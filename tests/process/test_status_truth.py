@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import consent_file_env, daemon_env
-from tests.servers import ScriptedEndpoint, await_line, run_cli, running_daemon, until
-from tests.test_beside_ray import ray_style_copy
+from tests.process.test_beside_ray import ray_style_copy
+from tests.support.servers import ScriptedEndpoint, await_line, run_cli, running_daemon, until
 from usagestatsd.demo import DemoCluster
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
-from tests.servers import Reply, ScriptedEndpoint
+from tests.support.servers import Reply, ScriptedEndpoint
 from usagestatsd.sender import USER_AGENT, parse_retry_after, send_report
 from usagestatsd.settings import Endpoint, RetryPolicy
 

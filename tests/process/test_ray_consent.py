@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import daemon_env
-from tests.servers import ScriptedEndpoint, run_cli
+from tests.support.servers import ScriptedEndpoint, run_cli
 from usagestatsd.consent import ConsentFile, decide, read_consent_file
 from usagestatsd.ray_consent import RayConfig, ray_config_paths, read_ray_configs
 from usagestatsd.settings import Settings

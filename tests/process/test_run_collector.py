@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "run_collector.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "run_collector.py"
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("usagestatsd.collector") is None,

@@ -7,7 +7,7 @@ import socket
 import time
 from pathlib import Path
 
-from tests.servers import RawUnixServer, http_reply, read_request
+from tests.support.servers import RawUnixServer, http_reply, read_request
 from usagestatsd.cluster import Limits, gather
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
 from usagestatsd.session import Session, find_session

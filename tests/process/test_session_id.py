@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.conftest import daemon_env
 from tests.faults.helpers import provider_doc
-from tests.servers import ScriptedEndpoint, report_then_stop, running_daemon, until
+from tests.support.servers import ScriptedEndpoint, report_then_stop, running_daemon, until
 from usagestatsd.cluster import PROVIDER_SOCKET
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile import NOBODY, needs_root, open_dir, running_as
+from tests.support.hostile import NOBODY, needs_root, open_dir, running_as
 from usagestatsd.peers import (
     cmdline,
     pids_holding,

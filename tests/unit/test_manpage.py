@@ -11,7 +11,7 @@ import pytest
 
 from usagestatsd.cli import build_parser
 
-MAN = Path(__file__).parent.parent / "docs" / "usagestatsd.8"
+MAN = Path(__file__).parents[2] / "docs" / "usagestatsd.8"
 ALTERNATING = {"BR", "RB", "IR", "RI", "BI", "IB"}
 # Ray's own options, named where the man page says how to start Ray.
 RAY_OPTIONS = {"--head"}

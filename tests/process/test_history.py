@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import consent_file_env, daemon_env
-from tests.servers import (
+from tests.support.servers import (
     Reply,
     ScriptedEndpoint,
     report_then_stop,

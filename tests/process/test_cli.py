@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import consent_file_env, daemon_env
-from tests.servers import (
+from tests.support.servers import (
     RawUnixServer,
     ScriptedEndpoint,
     await_line,

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import daemon_env
-from tests.hostile import NOBODY, needs_root, running_as
-from tests.servers import ScriptedEndpoint, await_line, run_cli, running_daemon
+from tests.support.hostile import NOBODY, needs_root, running_as
+from tests.support.servers import ScriptedEndpoint, await_line, run_cli, running_daemon
 from usagestatsd.cluster import Limits, gather
 from usagestatsd.demo import make_session_dir
 from usagestatsd.pipeline import CANNOT_READ, NOT_RUNNING, cluster_refusal
 from usagestatsd.session import Session, find_session
 
-REPO = Path(__file__).resolve().parents[1]
-FAKE_DASHBOARD = REPO / "tests" / "fakes" / "ray" / "dashboard" / "dashboard.py"
+REPO = Path(__file__).resolve().parents[2]
+FAKE_DASHBOARD = REPO / "tests" / "support" / "fakes" / "ray" / "dashboard" / "dashboard.py"
 DATA = REPO / "tests" / "data" / "ray-2.40.0"
 FAST = Limits(timeout_s=2.0, max_bytes=1 << 20)
 

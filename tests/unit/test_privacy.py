@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.test_report import recorded_report
+from tests.unit.test_report import recorded_report
 from usagestatsd.privacy import KnownIdentifiers, guard, identifying_reason
 from usagestatsd.report import ClusterConfigFacts, ProviderFacts, serialise
 

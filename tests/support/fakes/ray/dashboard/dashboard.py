@@ -1,6 +1,6 @@
 """A stand-in for Ray's dashboard process: its command line, and its HTTP API on TCP.
 
-Run as `python tests/fakes/ray/dashboard/dashboard.py --host=H --port=P --session-dir=S
+Run as `python tests/support/fakes/ray/dashboard/dashboard.py --host=H --port=P --session-dir=S
 --data=DIR [--no-listen]`, the way Ray runs its own dashboard.py (before Ray 2.47 there
 are no dash_* Unix sockets; the API is on this port only). It answers GET requests with
 the recorded replies in DIR (tests/data/ray-<version>/). With --no-listen it only sleeps:

@@ -25,7 +25,7 @@ from usagestatsd.sources import (
 )
 from usagestatsd.state import SessionState
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 VERSIONS = sorted(
     (p.name.removeprefix("ray-") for p in DATA.glob("ray-*")),
     key=lambda v: tuple(int(x) for x in v.split(".")),

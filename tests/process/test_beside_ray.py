@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import daemon_env, recorded_json
-from tests.servers import ScriptedEndpoint, await_line, running_daemon, until
+from tests.support.servers import ScriptedEndpoint, await_line, running_daemon, until
 from usagestatsd.beside_ray import Arrangement, Neighbour, RaySighting, classify, digest
 from usagestatsd.demo import DemoCluster
 

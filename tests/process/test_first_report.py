@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import daemon_env, recorded_json
-from tests.servers import ScriptedEndpoint, await_line, running_daemon, until
+from tests.support.servers import ScriptedEndpoint, await_line, running_daemon, until
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
 
 HOUR = "3600"  # so that neither the schedule nor the tick (60 s) can explain a quick result

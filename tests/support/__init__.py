@@ -1,0 +1,1 @@
+"""What every test suite shares: test servers, hostile users, stand-ins, waiting."""
