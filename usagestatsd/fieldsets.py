@@ -2,35 +2,20 @@
 
 Consent records the field-set version a person agreed to. A release that adds fields
 adds a version; fields newer than the accepted version are sent as null until the new
-version is accepted. Pure.
+version is accepted. Pure. Each field's version (`since`) and whether it may be redacted
+are declared with the field, in fields.py.
 """
 
 from __future__ import annotations
 
-from usagestatsd.report import REPORT_FIELDS
-
-# Version 1: the fields of Ray's original usage-stats policy (Ray 1.13 to 2.x).
-# Version 2: adds what Ray's reporter learned to collect later, about the machine itself.
-_ADDED_IN: dict[int, tuple[str, ...]] = {
-    2: ("libc_version", "hardware_usages"),
-}
-CURRENT_VERSION = max(_ADDED_IN)
-# Fields a person never has to accept separately: the report cannot exist without them.
-_STRUCTURAL = (
-    "schema_version",
-    "session_id",
-    "collect_timestamp_ms",
-    "seq_number",
-    "total_success",
-    "total_failed",
-    "source",
-)
+from usagestatsd.fields import BASE_VERSION, BY_NAME, FIELDS, REPORT_FIELDS
+from usagestatsd.fields import CURRENT_VERSION as CURRENT_VERSION
 
 
 def fields_of(version: int) -> frozenset[str]:
-    """The report fields covered by consent at `version`."""
-    newer = {f for v, added in _ADDED_IN.items() if v > version for f in added}
-    return frozenset(REPORT_FIELDS) - newer
+    """The report fields covered by consent at `version` (below the base set: the base set)."""
+    covered = max(version, BASE_VERSION)
+    return frozenset(f.name for f in FIELDS if f.since <= covered)
 
 
 def withheld(accepted: int) -> tuple[str, ...]:
@@ -40,4 +25,4 @@ def withheld(accepted: int) -> tuple[str, ...]:
 
 def redactable(name: str) -> bool:
     """True for fields an administrator may blank (not the ones that identify the report)."""
-    return name in REPORT_FIELDS and name not in _STRUCTURAL
+    return name in BY_NAME and BY_NAME[name].redactable

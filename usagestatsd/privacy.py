@@ -17,58 +17,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from usagestatsd.fields import BY_NAME, FIELDS, Field, Json
 from usagestatsd.ray_tags import RAY_TAG_KEYS
 from usagestatsd.report import Report
 
-# Shapes the legitimate values have (Ray's versions, instance types, library names...).
-# Always matched with fullmatch: a `$` anchor also matches before a final newline.
-# session_id: Ray's cluster id (28 bytes, 56 hex digits), the daemon's own uuid4 hex, or (Ray
-# up to 2.20) the session UUID Ray's metadata keeps, in its dashed form.
-_SHAPES: dict[str, re.Pattern[str]] = {
-    "source": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
-    "session_id": re.compile(
-        r"[0-9a-f]{32}|[0-9a-f]{56}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-    ),
-    "ray_version": re.compile(r"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}[A-Za-z0-9.+-]{0,32}"),
-    "python_version": re.compile(r"[0-9]{1,2}\.[0-9]{1,3}\.[0-9]{1,3}[A-Za-z0-9.+]{0,16}"),
-    "git_commit": re.compile(r"[0-9a-f]{7,40}"),
-    "os": re.compile(r"[a-z][a-z0-9]{0,15}"),
-    "libc_version": re.compile(r"[a-z]{1,16}:[0-9]{1,4}(\.[0-9]{1,4}){0,3}"),
-    "cloud_provider": re.compile(r"[a-z0-9_-]{1,32}"),
-    "instance_type": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
-    "library": re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"),
-    "hardware": re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,63}"),
-    "tag_key": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
-    "tag_value": re.compile(r"[A-Za-z0-9 _.,:+=-]{0,256}"),
-}
-
-_STRING_FIELDS = {
-    "source": "source",
-    "session_id": "session_id",
-    "ray_version": "ray_version",
-    "python_version": "python_version",
-    "git_commit": "git_commit",
-    "os": "os",
-    "libc_version": "libc_version",
-    "cloud_provider": "cloud_provider",
-    "head_node_instance_type": "instance_type",
-}
-
-# Upper bounds for counts and sizes: beyond these a value is a lie or an attack.
-_INT_LIMITS: dict[str, int] = {
-    "collect_timestamp_ms": 4_102_444_800_000,  # year 2100
-    "session_start_timestamp_ms": 4_102_444_800_000,
-    "min_workers": 10_000_000,
-    "max_workers": 10_000_000,
-    "total_num_cpus": 1_000_000_000,
-    "total_num_gpus": 100_000_000,
-    "total_num_nodes": 10_000_000,
-    "total_num_running_jobs": 100_000_000,
-}
-_FLOAT_LIMITS: dict[str, float] = {
-    "total_memory_gb": 1e12,
-    "total_object_store_memory_gb": 1e12,
-}
+# Each field's shape (what a legitimate value looks like) or limit is declared with the
+# field (fields.py). The guard checks them by kind, in this order (the order of its findings).
+_STRINGS = tuple(f for f in FIELDS if f.json is Json.STRING and f.shape is not None)
+_LISTS = tuple(f for f in FIELDS if f.json is Json.STRING_LIST)
+_TAGS = BY_NAME["extra_usage_tags"]
+_NUMBERS = tuple(
+    f
+    for kind in (Json.INTEGER, Json.NUMBER)
+    for f in FIELDS
+    if f.json is kind and f.limit is not None
+)
 
 _IPV4 = re.compile(r"(?<![0-9.])(?:[0-9]{1,3}[.\-_]){3}[0-9]{1,3}(?![0-9])")
 _IPV6_CANDIDATE = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
@@ -177,15 +140,15 @@ class _Pass:
     known: KnownIdentifiers
     redactions: list[Redaction] = field(default_factory=list)
 
-    def problem(self, value: str, shape: str) -> str | None:
+    def problem(self, value: str, shape: re.Pattern[str] | None) -> str | None:
         reason = identifying_reason(value, self.known)
         if reason:
             return reason
-        if not _SHAPES[shape].fullmatch(value):
+        if shape is None or not shape.fullmatch(value):  # no declared shape: nothing passes
             return "unexpected characters or length"
         return None
 
-    def scalar(self, name: str, value: str | None, shape: str) -> str | None:
+    def scalar(self, name: str, value: str | None, shape: re.Pattern[str] | None) -> str | None:
         if value is None:
             return None
         reason = self.problem(value, shape)
@@ -194,7 +157,9 @@ class _Pass:
             return None
         return value
 
-    def items(self, name: str, values: Iterable[str], shape: str) -> tuple[str, ...]:
+    def items(
+        self, name: str, values: Iterable[str], shape: re.Pattern[str] | None
+    ) -> tuple[str, ...]:
         kept = []
         for value in values:
             reason = self.problem(value, shape)
@@ -207,7 +172,7 @@ class _Pass:
     def tags(self, tags: Mapping[str, str]) -> dict[str, str]:
         kept: dict[str, str] = {}
         for index, (key, value) in enumerate(tags.items()):
-            key_reason = self.problem(key, "tag_key") or (
+            key_reason = self.problem(key, _TAGS.key_shape) or (
                 "secret" if _SECRET_NAME.search(key) else None
             )
             if key_reason:
@@ -217,7 +182,7 @@ class _Pass:
             if _is_ray_count(key, value):
                 kept[key] = value
                 continue
-            value_reason = self.problem(value, "tag_value") or (
+            value_reason = self.problem(value, _TAGS.shape) or (
                 "personal name" if _FULL_NAME.search(value) else None
             )
             if value_reason:
@@ -226,15 +191,15 @@ class _Pass:
             kept[key] = value
         return kept
 
-    def number(self, name: str, value: float | None) -> Any:
-        if value is None:
-            return None
-        if name in _INT_LIMITS:
-            ok = isinstance(value, int) and 0 <= value <= _INT_LIMITS[name]
+    def number(self, spec: Field, value: float | None) -> Any:
+        if value is None or spec.limit is None:
+            return value
+        if spec.json is Json.INTEGER:
+            ok = isinstance(value, int) and 0 <= value <= spec.limit
         else:
-            ok = math.isfinite(value) and 0 <= value <= _FLOAT_LIMITS[name]
+            ok = math.isfinite(value) and 0 <= value <= spec.limit
         if not ok:
-            self.redactions.append(Redaction(name, "number out of range"))
+            self.redactions.append(Redaction(spec.name, "number out of range"))
             return None
         return value
 
@@ -318,18 +283,14 @@ def guard(report: Report, known: KnownIdentifiers) -> tuple[Report, list[Redacti
     """The report with every identifying or malformed value removed, and what was removed."""
     run = _Pass(known)
     changes: dict[str, Any] = {
-        name: run.scalar(name, getattr(report, name), shape)
-        for name, shape in _STRING_FIELDS.items()
+        f.name: run.scalar(f.name, getattr(report, f.name), f.shape) for f in _STRINGS
     }
-    if report.worker_node_instance_types is not None:
-        changes["worker_node_instance_types"] = run.items(
-            "worker_node_instance_types", report.worker_node_instance_types, "instance_type"
-        )
-    changes["library_usages"] = run.items("library_usages", report.library_usages, "library")
-    changes["hardware_usages"] = run.items("hardware_usages", report.hardware_usages, "hardware")
-    changes["extra_usage_tags"] = run.tags(report.extra_usage_tags)
-    for name in (*_INT_LIMITS, *_FLOAT_LIMITS):
-        changes[name] = run.number(name, getattr(report, name))
+    for f in _LISTS:
+        if getattr(report, f.name) is not None:
+            changes[f.name] = run.items(f.name, getattr(report, f.name), f.shape)
+    changes[_TAGS.name] = run.tags(getattr(report, _TAGS.name))
+    for f in _NUMBERS:
+        changes[f.name] = run.number(f, getattr(report, f.name))
     if changes["session_id"] is None:
         # session_id is never null: a bad one means a bug upstream, so refuse loudly.
         raise ValueError("session_id failed the privacy guard")

@@ -1,8 +1,8 @@
 """The schema-0.1 report: a typed value, how it is built, checked and serialised.
 
 Pure: no I/O. The field names, order and JSON types are exactly Ray's, so Ray's
-endpoint accepts our reports unchanged. Each report is serialised once, by
-`serialise`, and those bytes are what is sent and what is written locally.
+endpoint accepts our reports unchanged; they are declared once, in fields.py. Each report
+is serialised once, by `serialise`, and those bytes are what is sent and written locally.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-SCHEMA_VERSION = "0.1"
+from usagestatsd.fields import BY_NAME, FIELDS, Field, Json
+from usagestatsd.fields import REPORT_FIELDS as REPORT_FIELDS  # re-exported: Ray's key order
+from usagestatsd.fields import SCHEMA_VERSION as SCHEMA_VERSION
+
 GIB = float(2**30)
 
 
@@ -106,7 +109,7 @@ class Counters:
 
 @dataclass(frozen=True)
 class Report:
-    """One usage report, fields in Ray's order with Ray's names and JSON types."""
+    """One usage report: the declared fields (fields.py), spelled out for mypy, same order."""
 
     schema_version: str
     source: str
@@ -139,13 +142,13 @@ class Report:
     def to_json_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values, keys in Ray's order."""
         out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
+        for name in REPORT_FIELDS:
+            value = getattr(self, name)
             if isinstance(value, tuple):
                 value = list(value)
             elif isinstance(value, Mapping):
                 value = dict(value)
-            out[f.name] = value
+            out[name] = value
         return out
 
     def with_fields(self, **changes: Any) -> Report:
@@ -153,7 +156,9 @@ class Report:
         return replace(self, **changes)
 
 
-REPORT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Report))
+if tuple(f.name for f in fields(Report)) != REPORT_FIELDS:
+    # Only mypy needs the names written twice; never let the two lists drift apart.
+    raise ImportError("report.Report does not list the fields of fields.FIELDS in order")
 
 
 def build_report(
@@ -228,47 +233,26 @@ def _prefer(exact: int | None, fallback: int | None) -> int | None:
 
 
 # ---------------------------------------------------------------------------
-# The schema, as JSON Schema (published in docs/) and as the check run before sending.
+# The schema, as JSON Schema (published in docs/) and as the check run before sending,
+# derived from the declaration of each field (fields.py).
 
-_STR = {"type": "string"}
-_INT = {"type": "integer", "minimum": 0}
-_NUM = {"type": "number", "minimum": 0}
-_STR_LIST = {"type": "array", "items": _STR}
-
-
-def _nullable(schema: Mapping[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [dict(schema), {"type": "null"}]}
-
-
-_FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
-    "schema_version": {"const": SCHEMA_VERSION},
-    "source": dict(_STR),
-    "collect_timestamp_ms": dict(_INT),
-    "total_success": dict(_INT),
-    "total_failed": dict(_INT),
-    "seq_number": dict(_INT),
-    "ray_version": _nullable(_STR),
-    "python_version": _nullable(_STR),
-    "session_id": dict(_STR),
-    "git_commit": _nullable(_STR),
-    "os": _nullable(_STR),
-    "session_start_timestamp_ms": _nullable(_INT),
-    "cloud_provider": _nullable(_STR),
-    "min_workers": _nullable(_INT),
-    "max_workers": _nullable(_INT),
-    "head_node_instance_type": _nullable(_STR),
-    "worker_node_instance_types": _nullable(_STR_LIST),
-    "total_num_cpus": _nullable(_INT),
-    "total_num_gpus": _nullable(_INT),
-    "total_memory_gb": _nullable(_NUM),
-    "total_object_store_memory_gb": _nullable(_NUM),
-    "library_usages": dict(_STR_LIST),
-    "extra_usage_tags": {"type": "object", "additionalProperties": _STR},
-    "total_num_nodes": _nullable(_INT),
-    "total_num_running_jobs": _nullable(_INT),
-    "libc_version": _nullable(_STR),
-    "hardware_usages": dict(_STR_LIST),
+_TYPES: dict[Json, dict[str, Any]] = {
+    Json.STRING: {"type": "string"},
+    Json.INTEGER: {"type": "integer", "minimum": 0},
+    Json.NUMBER: {"type": "number", "minimum": 0},
+    Json.STRING_LIST: {"type": "array", "items": {"type": "string"}},
+    Json.STRING_MAP: {"type": "object", "additionalProperties": {"type": "string"}},
 }
+
+
+def _schema_of(field: Field) -> dict[str, Any]:
+    if field.const is not None:
+        return {"const": field.const}
+    schema = dict(_TYPES[field.json])
+    return {"anyOf": [schema, {"type": "null"}]} if field.nullable else schema
+
+
+_FIELD_SCHEMAS: dict[str, dict[str, Any]] = {f.name: _schema_of(f) for f in FIELDS}
 
 REPORT_JSON_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -335,12 +319,4 @@ def local_copy(body: bytes, success: bool, error: str | None) -> bytes:
 
 def nulls_for(names: Sequence[str]) -> dict[str, Any]:
     """Replacement values that blank fields while keeping the report schema-valid."""
-    blank: dict[str, Any] = {}
-    for name in names:
-        if name in ("library_usages", "hardware_usages"):
-            blank[name] = ()
-        elif name == "extra_usage_tags":
-            blank[name] = {}
-        else:
-            blank[name] = None
-    return blank
+    return {name: BY_NAME[name].blank for name in names}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from usagestatsd.fields import TAG_KEY_RE
 from usagestatsd.fieldsets import redactable
 
 DEFAULT_SETTINGS_FILE = Path("/etc/usagestatsd/usagestatsd.toml")
@@ -27,7 +28,6 @@ MAX_SETTINGS_FILE_BYTES = 1 << 20
 MAX_INTERVAL_S = 7 * 24 * 3600.0
 LOG_FORMATS = ("auto", "journal", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-TAG_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # An operator's tag value is one short token (a team code, a version, a flag): never free
 # text, where a person's name could ride along (issue 12 row 14). The privacy guard checks
 # it again for addresses, host names and secrets.

@@ -46,9 +46,10 @@ def test_running_the_daemon_cli_loads_no_collector_module() -> None:
 
 
 def test_collector_imports_only_pure_daemon_modules() -> None:
-    """The collector reuses the schema, the privacy guard, logs, settings errors, sd_notify."""
+    """The collector reuses the fields, schema, privacy guard, logs, settings errors, sd_notify."""
     allowed = {
         "usagestatsd.__version__",
+        "usagestatsd.fields",
         "usagestatsd.report",
         "usagestatsd.privacy",
         "usagestatsd.logs",

@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from usagestatsd.fields import MAX_TAG_KEY_CHARS, REPORT_FIELDS
 from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
-from usagestatsd.report import REPORT_FIELDS, Report, SchemaError, check_schema, serialise
+from usagestatsd.report import Report, SchemaError, check_schema, serialise
 
 MAX_STRING_CHARS = 1024
 MAX_LIST_ITEMS = 256
@@ -67,7 +68,9 @@ def _limits(body: dict[str, Any]) -> str | None:
         if too_many or (isinstance(value, list) and any(len(v) > MAX_STRING_CHARS for v in value)):
             return name
         if isinstance(value, dict):
-            too_long = any(len(k) > 64 or len(v) > MAX_STRING_CHARS for k, v in value.items())
+            too_long = any(
+                len(k) > MAX_TAG_KEY_CHARS or len(v) > MAX_STRING_CHARS for k, v in value.items()
+            )
             if len(value) > MAX_TAGS or too_long:
                 return name
     return None
