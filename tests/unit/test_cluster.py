@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from tests.support.servers import RawUnixServer, http_reply, read_request
-from usagestatsd.cluster import Limits, gather
+from usagestatsd.cluster import gather
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
+from usagestatsd.fetch import Limits
 from usagestatsd.session import Session, find_session
 
 FAST = Limits(timeout_s=1.0, max_bytes=1 << 20)
