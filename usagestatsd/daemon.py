@@ -3,9 +3,10 @@
 One loop waits on events (stop, report-now, a change in Ray's temp root seen by inotify,
 the running cycle) with a timeout to the next due report or tick; a tick feeds the
 watchdog and looks for a new session too (the only way where inotify is unavailable).
-Nothing polls faster than that. A cycle (cycle.py) runs as a task so the watchdog keeps
-being fed during long retries, and so SIGTERM can cancel it at once. Which session is
-followed is follow.py; the policy beside Ray's own reporter is beside_ray.py.
+Nothing polls faster than that. A report cycle (cycle.py) runs as a task so the watchdog
+keeps being fed during long retries, and so SIGTERM can cancel it at once. The session
+followed is follow.py's, the policy beside Ray's own reporter beside_ray.py's, and what
+STATUS= and service.json say is announce.py's.
 """
 
 from __future__ import annotations
@@ -15,18 +16,18 @@ import contextlib
 import gc
 import random
 import signal
-import time
 from typing import Any
 
 import structlog
 
+from usagestatsd.announce import Announcer
 from usagestatsd.beside_ray import BesideRay, RaySighting
 from usagestatsd.cycle import Clock, CycleOutcome, ReportCycle, SystemClock
 from usagestatsd.follow import SessionFollower
 from usagestatsd.intake import RayIntake
 from usagestatsd.pipeline import collect_known_identifiers
 from usagestatsd.privacy import KnownIdentifiers
-from usagestatsd.running import Intake, RecordKeeper, RecordStore, ServiceRecord
+from usagestatsd.running import ServiceRecord
 from usagestatsd.schedule import Schedule
 from usagestatsd.session import Session
 from usagestatsd.settings import Settings
@@ -35,10 +36,6 @@ from usagestatsd.watch import SessionWatch
 
 log = structlog.get_logger()
 SESSION_POLL_S = 60.0
-
-
-def _clock_text(epoch_s: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(epoch_s))
 
 
 class Daemon:
@@ -55,10 +52,8 @@ class Daemon:
         record: ServiceRecord | None = None,
     ) -> None:
         self.settings = settings
-        # What this daemon decided and why, for `usagestatsd status` (running.py).
-        self.service = RecordKeeper(RecordStore(settings.state_dir), record) if record else None
-        self.notifier = notifier
         self.clock = clock or SystemClock()
+        self.announce = Announcer(notifier, settings.temp_root, settings.state_dir, record)
         schedule = Schedule(settings.report_interval_s, rng or random.Random())
         self.follower = SessionFollower(settings, schedule)
         self.beside = BesideRay(settings.beside_ray, lambda: self.follower.session)
@@ -67,9 +62,6 @@ class Daemon:
         self.report_now = asyncio.Event()
         self.nudge = asyncio.Event()  # look at the temp root now (a session appeared, see watch.py)
         self.cycles_completed = 0
-        self.last_status = ""
-        self.held: str | None = None  # why the current session gets no report (stand-down...)
-        self.intake: RayIntake | None = None
 
     # -- signals -------------------------------------------------------------------
 
@@ -95,87 +87,6 @@ class Daemon:
         log.info("report.requested", signal="SIGUSR1")
         self.report_now.set()
 
-    # -- the status line and the service record --------------------------------------
-
-    def _set_status(self, text: str) -> None:
-        if text != self.last_status:
-            self.last_status = text
-            self.notifier.status(text)
-
-    def _record(self, **changes: Any) -> None:
-        """Update the service record (running.py) that `status` reads; failures logged once.
-
-        Only decisions go there (consent, intake, session, stand-down), not each report's
-        times: state.json has those. The file is rewritten only when a decision changes.
-        """
-        if self.service is None:
-            return
-        self.service.update(**changes)
-        if self.service.problems:
-            log.warning("service_record.write_failed", problem=self.service.problems[-1])
-            self.service.problems.clear()
-
-    def _waiting(self) -> str:
-        return f"Waiting for a Ray session under {self.settings.temp_root}"
-
-    def _follow(self, now: float) -> None:
-        change = self.follower.follow(now)
-        if change is None:
-            return
-        session = change.session
-        if session is None or change.first_due is None:
-            self._set_status(self._waiting())
-            self._record(
-                session=None, not_reporting=None, next_report_ms=None, status_line=self._waiting()
-            )
-            return
-        state = self.cycle.state
-        remembered = state.session
-        same = remembered is not None and remembered.key == session.key
-        self.beside.new_session(
-            remembered.local_copy_sha256 if same and remembered else None,
-            state.pending_digest(session.key),
-        )
-        first = self.clock.time() + (change.first_due - now)
-        self.held = None
-        self._set_status(f"Session {session.name} found; first report {_clock_text(first)}")
-        self._record(
-            session=session.name,
-            not_reporting=None,
-            next_report_ms=int(first * 1000),  # later ones: state.json's next_report_ms
-            status_line=None,
-        )
-
-    def _after_cycle(self, session: Session, outcome: CycleOutcome) -> None:
-        """Say what the cycle decided: the arrangement beside Ray, or why no report."""
-        if outcome.beside is not None:
-            self._record(beside=outcome.beside)
-        if outcome.hold is not None:
-            self.held = outcome.hold.why
-            self._set_status(outcome.hold.status)
-            self._record(
-                session=session.name,
-                not_reporting=outcome.hold.why,
-                next_report_ms=None,
-                status_line=outcome.hold.status,
-            )
-
-    def _announce_next(self) -> None:
-        slot = self.follower.slot
-        if slot is None or self.held is not None:
-            return  # a held session keeps its STATUS= line: no report is planned
-        next_wall = self.clock.time() + (slot.due - self.clock.monotonic())
-        self.cycle.plan_next(int(next_wall * 1000))
-        self._record(not_reporting=None, status_line=None)
-        last = self.cycle.state.last_report
-        if last is None:
-            return
-        outcome = "ok" if last.success else "failed"
-        self._set_status(
-            f"Last report {_clock_text(last.time_ms / 1000)} {outcome} (seq {last.seq_number}); "
-            f"next {_clock_text(next_wall)}"
-        )
-
     # -- the loop ------------------------------------------------------------------
 
     def _tick_s(self) -> float:
@@ -190,38 +101,40 @@ class Daemon:
         with the traceback, and systemd restarts it.
         """
         self.install_signal_handlers(asyncio.get_running_loop())
-        waiting = self._waiting()
         log.info(
             "daemon.started",
             temp_root=str(self.settings.temp_root),
             interval_s=self.settings.report_interval_s,
             endpoints=",".join(e.display for e in self.settings.endpoints),
         )
-        if self.settings.ray_intake is not None:
-            host, port = self.settings.ray_intake
-            self.intake = RayIntake(host, port, self._on_sighting, self.follower.ray_uids)
-            listening = await self.intake.start()
-            self._record_intake(self.intake)
-            self.beside.listening_at(self.intake.url if listening else None)
-            if not listening:
-                self.intake = None
-                waiting += f" (intake {host}:{port} not listening: Ray cannot be routed here)"
-        self.notifier.ready(waiting)
-        self.last_status = waiting
-        self._record(status_line=waiting)
+        intake = await self._start_intake()
         watch = self._watch_sessions()
         try:
             await self._loop()
         finally:
             if watch is not None:
                 watch.close()
-            self.notifier.stopping()
-            if self.intake is not None:
-                await self.intake.stop()
-            stopped = int(self.clock.time() * 1000)
-            self._record(stopped_ms=stopped, next_report_ms=None, status_line="Stopped")
+            self.announce.stopping()
+            if intake is not None:
+                await intake.stop()
+            self.announce.stopped(int(self.clock.time() * 1000))
             log.info("daemon.stopped")
         return 0
+
+    async def _start_intake(self) -> RayIntake | None:
+        """Listen for Ray's reporter (docs/beside-ray.md), then say READY=1."""
+        waiting, intake = self.announce.waiting_text(), None
+        if self.settings.ray_intake is not None:
+            host, port = self.settings.ray_intake
+            intake = RayIntake(host, port, self._on_sighting, self.follower.ray_uids)
+            listening = await intake.start()
+            self.announce.intake(intake)
+            self.beside.listening_at(intake.url if listening else None)
+            if not listening:
+                intake = None
+                waiting += f" (intake {host}:{port} not listening: Ray cannot be routed here)"
+        self.announce.ready(waiting)
+        return intake
 
     def _watch_sessions(self) -> SessionWatch | None:
         """Notice a new session when Ray creates it (inotify), not at the next tick."""
@@ -229,21 +142,9 @@ class Daemon:
         problem = watch.start(asyncio.get_running_loop())
         if problem is None:
             return watch
-        log.info(
-            "session_watch.unavailable",
-            problem=problem,
-            fallback=f"the temp root is looked at every {self._tick_s():g} s",
-        )
+        fallback = f"the temp root is looked at every {self._tick_s():g} s"
+        log.info("session_watch.unavailable", problem=problem, fallback=fallback)
         return None
-
-    def _record_intake(self, intake: RayIntake) -> None:
-        if self.service is None or self.service.record.intake is None:
-            return
-        asked = self.service.record.intake.address
-        if intake.problem is None:
-            self._record(intake=Intake(asked, True, intake.url))
-        else:
-            self._record(intake=Intake(asked, False, None, intake.problem))
 
     def _on_sighting(self, sighting: RaySighting) -> None:
         """Ray's reporter reached the intake; before our first report: send ours right away."""
@@ -256,6 +157,21 @@ class Daemon:
         if self.follower.pull_first(self.clock.monotonic()):
             self.nudge.set()
 
+    def _follow(self, now: float) -> None:
+        change = self.follower.follow(now)
+        if change is None:
+            return
+        if change.session is None or change.first_due is None:
+            self.announce.no_session()
+            return
+        state, key = self.cycle.state, change.session.key
+        remembered = state.session if state.session and state.session.key == key else None
+        self.beside.new_session(
+            remembered.local_copy_sha256 if remembered else None, state.pending_digest(key)
+        )
+        first = self.clock.time() + (change.first_due - now)
+        self.announce.session_found(change.session.name, first)
+
     async def _loop(self) -> None:
         cycle: asyncio.Task[None] | None = None
         next_tick = self.clock.monotonic()
@@ -267,7 +183,7 @@ class Daemon:
                 self._follow(now)
             if now >= next_tick:
                 if watchdog:
-                    self.notifier.watchdog()
+                    self.announce.notifier.watchdog()
                 if cycle is None:
                     self._follow(now)
                 next_tick = now + self._tick_s()
@@ -315,15 +231,22 @@ class Daemon:
 
     async def _report(self, session: Session, advance: bool) -> None:
         """One cycle, then the next slot, the status line, and the state saved with the plan."""
-        self.held = None  # set again by this cycle if it still may not report
+        self.announce.held = None  # set again by this cycle if it still may not report
         outcome: CycleOutcome | None = None
         try:
             outcome = await self.cycle.run(session)
-            self._after_cycle(session, outcome)
+            if outcome.beside is not None:
+                self.announce.beside(outcome.beside)
+            if outcome.hold is not None:
+                self.announce.hold(session.name, outcome.hold.why, outcome.hold.status)
         finally:
             if advance:
                 self.follower.advance(session, self.clock.monotonic())
-            self._announce_next()
+            slot = self.follower.slot
+            if slot is not None and self.announce.held is None:  # held: no report planned
+                next_wall = self.clock.time() + (slot.due - self.clock.monotonic())
+                self.cycle.plan_next(int(next_wall * 1000))
+                self.announce.planned(next_wall, self.cycle.state.last_report)
             # Interrupted (SIGTERM, a bug): what it changed so far is saved too.
             if outcome is None or outcome.state_changed:
                 self.cycle.save()
