@@ -37,7 +37,16 @@ class Announcer:
         self.temp_root = temp_root
         self.service = RecordKeeper(RecordStore(state_dir), record) if record else None
         self.last_status = ""
-        self.held: str | None = None  # why the current session gets no report (stand-down...)
+        self._held: str | None = None  # why the current session gets no report (stand-down...)
+
+    @property
+    def holding(self) -> bool:
+        """True while the current session gets no report (no next report is planned)."""
+        return self._held is not None
+
+    def cycle_started(self) -> None:
+        """A cycle decides afresh whether the session is held."""
+        self._held = None
 
     def _status(self, text: str) -> None:
         if text != self.last_status:
@@ -78,7 +87,7 @@ class Announcer:
         self._record(session=None, not_reporting=None, next_report_ms=None, status_line=waiting)
 
     def session_found(self, name: str, first_wall: float) -> None:
-        self.held = None
+        self._held = None
         self._status(f"Session {name} found; first report {clock_text(first_wall)}")
         self._record(
             session=name,
@@ -93,7 +102,7 @@ class Announcer:
 
     def hold(self, name: str, why: str, status: str) -> None:
         """The current session gets no report now: say why, and plan no report."""
-        self.held = why
+        self._held = why
         self._status(status)
         self._record(session=name, not_reporting=why, next_report_ms=None, status_line=status)
 

@@ -92,7 +92,6 @@ class Neighbour:
         self.sightings: list[RaySighting] = []
         self.our_digests: set[str] = set()
         self.last_copy: bytes | None = None
-        self.warned: set[str] = set()
 
     def new_session(self, remembered_digest: str | None, pending_digest: str | None = None) -> None:
         """Forget the previous session's copies; keep the digests of our own last writes.

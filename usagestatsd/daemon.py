@@ -53,6 +53,7 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.notifier = notifier
         self.announce = Announcer(notifier, settings.temp_root, settings.state_dir, record)
         schedule = Schedule(settings.report_interval_s, rng or random.Random())
         self.follower = SessionFollower(settings, schedule)
@@ -183,7 +184,7 @@ class Daemon:
                 self._follow(now)
             if now >= next_tick:
                 if watchdog:
-                    self.announce.notifier.watchdog()
+                    self.notifier.watchdog()
                 if cycle is None:
                     self._follow(now)
                 next_tick = now + self._tick_s()
@@ -231,7 +232,7 @@ class Daemon:
 
     async def _report(self, session: Session, advance: bool) -> None:
         """One cycle, then the next slot, the status line, and the state saved with the plan."""
-        self.announce.held = None  # set again by this cycle if it still may not report
+        self.announce.cycle_started()
         outcome: CycleOutcome | None = None
         try:
             outcome = await self.cycle.run(session)
@@ -243,7 +244,7 @@ class Daemon:
             if advance:
                 self.follower.advance(session, self.clock.monotonic())
             slot = self.follower.slot
-            if slot is not None and self.announce.held is None:  # held: no report planned
+            if slot is not None and not self.announce.holding:  # held: no report planned
                 next_wall = self.clock.time() + (slot.due - self.clock.monotonic())
                 self.cycle.plan_next(int(next_wall * 1000))
                 self.announce.planned(next_wall, self.cycle.state.last_report)
