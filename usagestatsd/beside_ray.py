@@ -12,10 +12,21 @@ enterprise endpoint, so nothing is counted twice). The intake itself is usagesta
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+
+import structlog
+
+from usagestatsd.running import Beside
+from usagestatsd.session import Session, read_usage_stats, still_there, write_usage_stats
+
+log = structlog.get_logger()
+REWRITE_DELAY_S = 1.0
 
 
 class Arrangement(StrEnum):
@@ -81,7 +92,6 @@ class Neighbour:
         self.sightings: list[RaySighting] = []
         self.our_digests: set[str] = set()
         self.last_copy: bytes | None = None
-        self.warned: set[str] = set()
 
     def new_session(self, remembered_digest: str | None, pending_digest: str | None = None) -> None:
         """Forget the previous session's copies; keep the digests of our own last writes.
@@ -120,3 +130,118 @@ class Neighbour:
     def should_stand_down(self, arrangement: Arrangement) -> bool:
         """True when sending now would count this session twice at the same endpoint."""
         return self.mode == "auto" and arrangement is Arrangement.DIRECT
+
+
+@dataclass(frozen=True)
+class StandDown:
+    """This cycle's decision beside Ray's reporter: the record for `status`, and the hold."""
+
+    beside: Beside  # the arrangement as service.json records it
+    status: str | None  # the STATUS= line while standing down; None: report as usual
+
+
+class BesideRay:
+    """The whole policy beside Ray's own reporter for the followed session (docs/beside-ray.md).
+
+    It hears each report Ray's reporter POSTs to the intake (`saw`), waits for Ray's first
+    report early in a session (`wait_for_ray`), decides whether to stand down (`decide`),
+    remembers our own writes of usage_stats.json (`wrote`) and puts our copy back when Ray
+    overwrites it. `current` names the session the daemon follows now.
+    """
+
+    def __init__(
+        self, mode: str, current: Callable[[], Session | None], grace_s: float = 75.0
+    ) -> None:
+        self._neighbour = Neighbour(mode, grace_s)
+        self._current = current
+        self._seen = asyncio.Event()  # set on every report Ray's reporter POSTs to the intake
+        self._warned: set[str] = set()  # sessions whose stand-down was logged already
+        self._rewrite_pending = False  # one put-back of usage_stats.json at a time
+        self._intake_url: str | None = None
+
+    def listening_at(self, url: str | None) -> None:
+        """The intake's URL, for the fix Ray needs (None: the intake does not listen)."""
+        self._intake_url = url
+
+    def routing_fix(self) -> str:
+        """What makes Ray's reporter send to this daemon instead."""
+        if self._intake_url is None:
+            return "turn on and free this daemon's intake (ray_intake), then route Ray to it"
+        return f"restart Ray with RAY_USAGE_STATS_REPORT_URL={self._intake_url}"
+
+    def new_session(self, remembered_digest: str | None, pending_digest: str | None) -> None:
+        """The daemon follows a new session: our writes there are known by these digests."""
+        self._neighbour.new_session(remembered_digest, pending_digest)
+
+    def wrote(self, data: bytes) -> str:
+        """We wrote usage_stats.json with `data`; returns its digest."""
+        return self._neighbour.wrote(data)
+
+    def saw(self, sighting: RaySighting) -> None:
+        """Ray's reporter POSTed to the intake: note it, and put our copy back after Ray's write."""
+        self._neighbour.saw(sighting)
+        self._seen.set()
+        session = self._current()
+        if session is None or self._neighbour.last_copy is None or self._rewrite_pending:
+            return  # coalesced when pending: the put-back already due writes the same bytes
+        # Ray writes its own usage_stats.json right after its POST returns: put back the
+        # copy of what usagestatsd really sent, a moment later.
+        self._rewrite_pending = True
+        asyncio.get_running_loop().call_later(REWRITE_DELAY_S, self._rewrite, session)
+
+    def _rewrite(self, session: Session) -> None:
+        self._rewrite_pending = False
+        data = self._neighbour.last_copy  # the newest copy, if a report was sent meanwhile
+        if data is None or self._current() != session or not still_there(session):
+            return
+        if read_usage_stats(session) == data:
+            return  # nobody replaced our copy: rewriting it would only wear the disk
+        with contextlib.suppress(OSError):
+            write_usage_stats(session, data)
+
+    async def wait_for_ray(self, start_ms: int | None, now_ms: int) -> bool:
+        """Early in a session, wait until Ray's reporter had its chance to show itself.
+
+        True when it waited (the facts are then older than the wait: gather them again).
+        """
+        neighbour = self._neighbour
+        wait = neighbour.grace_left_s(start_ms, now_ms)
+        if wait <= 0 or neighbour.arrangement(start_ms, None) is Arrangement.ROUTED:
+            return False
+        log.info(
+            "beside_ray.waiting",
+            seconds=round(wait, 1),
+            reason="Ray's own reporter sends its first report 60 s after the head starts",
+        )
+        # Ray's reporter may show up at the intake during the wait: then stop waiting.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while neighbour.arrangement(start_ms, None) is not Arrangement.ROUTED:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self._seen.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._seen.wait(), left)
+        return True
+
+    def decide(self, session: Session, start_ms: int | None) -> StandDown:
+        """Report this session now, or stand down (logged once per session)?"""
+        neighbour = self._neighbour
+        arrangement = neighbour.arrangement(start_ms, read_usage_stats(session))
+        standing_down = neighbour.should_stand_down(arrangement)
+        last = neighbour.sightings[-1].received_ms if neighbour.sightings else None
+        beside = Beside(neighbour.mode, session.name, arrangement.value, last, standing_down)
+        if not standing_down:
+            return StandDown(beside, None)
+        fix = self.routing_fix()
+        if session.key not in self._warned:
+            self._warned.add(session.key)
+            log.warning(
+                "beside_ray.standing_down",
+                session_dir=str(session.path),
+                reason="Ray's own reporter is sending this session's reports itself",
+                fix=fix + ' so that only usagestatsd sends, or set beside_ray = "report"',
+            )
+        status = f"Standing down: Ray's own reporter sends this session's reports; to report, {fix}"
+        return StandDown(beside, status)

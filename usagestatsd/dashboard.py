@@ -17,7 +17,7 @@ Where to connect is found without configuration from the same command line (`--h
 
 The check runs in the connector (`connectors.CheckedTCPConnector`, the twin of the Unix
 sockets' `CheckedUnixConnector`) on the connection's own socket; the reply is then read
-by the same code as the Unix sockets' (`cluster._get`: timeout, size and decode caps).
+by the same code as the Unix sockets' (`fetch._get`: timeout, size and decode caps).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from usagestatsd.connectors import PeerCheck
 from usagestatsd.peers import PROC, cmdline, pids, pids_holding, tcp_peer
 from usagestatsd.report import ClusterMetadata, Origins, ProviderFacts, ResourceTotals
 from usagestatsd.session import Session
-from usagestatsd.sources import SourceError
+from usagestatsd.sources import Failure, SourceError
 
 DEFAULT_ADDRESS = ("127.0.0.1", 8265)
 SOCKETS = "sockets"
@@ -152,6 +152,11 @@ def address_for(session: Session, configured: tuple[str, int] | None) -> tuple[s
     return DEFAULT_ADDRESS[0], DEFAULT_ADDRESS[1], "Ray's default"
 
 
+class HolderUnseen(PermissionError):
+    """A listener whose process this user cannot see: it may well be Ray's (not refused as
+    another program's, and not a sign that the cluster is stopped)."""
+
+
 def verify_listener(sock: socket.socket, session: Session, proc: Path = PROC) -> None:
     """Raise unless the other end of `sock` is this session's dashboard (see the module doc)."""
     host, port = sock.getpeername()[:2]
@@ -166,7 +171,7 @@ def verify_listener(sock: socket.socket, session: Session, proc: Path = PROC) ->
         )
     holders = pids_holding(peer.inode, proc)
     if not holders:
-        raise PermissionError(
+        raise HolderUnseen(
             f"cannot see which process holds {where}: run usagestatsd as the user that "
             "started Ray, or as root"
         )
@@ -185,6 +190,8 @@ def listener_check(session: Session, source: str) -> PeerCheck:
             raise SourceError(source, "refused: no socket to check the peer of")
         try:
             verify_listener(sock, session)
+        except HolderUnseen as exc:
+            raise SourceError(source, f"refused: {exc}", Failure.HOLDER_UNSEEN) from None
         except PermissionError as exc:
             raise SourceError(source, f"refused: {exc}") from None
 

@@ -12,7 +12,8 @@ import re
 import socket
 from dataclasses import dataclass, replace
 
-from usagestatsd.cluster import PROVIDER_SOCKET, SOCKETS, ClusterFacts, Limits, gather
+from usagestatsd.cluster import ClusterFacts, gather
+from usagestatsd.fetch import Limits
 from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
 from usagestatsd.ray_tags import RAY_TAG_KEYS
 from usagestatsd.report import Report, build_report, nulls_for, serialise
@@ -137,60 +138,4 @@ async def prepare_report(
     final = clean.with_fields(**nulls_for(list(blanked)))
     return Prepared(
         final, serialise(final), redactions, facts, session_id, remembered, blanked, id_source
-    )
-
-
-NOT_RUNNING = (
-    "the cluster is not running (its dashboard is absent or refuses, "
-    "and no process of its session runs)"
-)
-CANNOT_READ = "the cluster runs but its facts cannot be read"
-
-
-def cluster_refusal(facts: ClusterFacts) -> str | None:
-    """Why this session must not be reported at all, or None when it may be."""
-    md = facts.metadata
-    if md is None and cluster_not_running(facts):
-        return NOT_RUNNING
-    if md is None and facts.session_running:
-        return cannot_read(facts)
-    if md is None:
-        return "cluster metadata unavailable, so the cluster's consent cannot be confirmed"
-    if md.ray_init_cluster:
-        return "a local ray.init() cluster (never reported)"
-    if not md.usage_stats_enabled:
-        return "the cluster was started with usage stats disabled"
-    return None
-
-
-def cluster_not_running(facts: ClusterFacts) -> bool:
-    """True when no dashboard answers and nothing says the head runs."""
-    if facts.metadata is not None or facts.session_running is not False:
-        return False  # a dashboard answered, or a process of the session runs
-    if facts.origins is not None and facts.origins.dashboard != SOCKETS:
-        # No dash_* sockets and no visible process of the session; but a listener whose
-        # holder cannot be seen (/proc hidden from this user) may well be Ray's: unknown.
-        return not any("cannot see which process" in p.problem for p in facts.problems)
-    dashboard = [p for p in facts.problems if p.source.startswith("dash_")]
-    return bool(dashboard) and all(
-        "absent" in p.problem or "Connection refused" in p.problem for p in dashboard
-    )
-
-
-def cannot_read(facts: ClusterFacts) -> str:
-    """One message for a running cluster whose dashboard cannot be read: version, tries, fix."""
-    origins = facts.origins
-    version = origins.ray_version if origins and origins.ray_version else "(version unknown)"
-    route = origins.dashboard if origins else SOCKETS
-    seen: dict[str, None] = {}
-    for problem in facts.problems:
-        if not problem.source.startswith(PROVIDER_SOCKET):
-            seen.setdefault(problem.problem, None)
-    tried = "; ".join(seen) or "no answer"
-    return (
-        f"{CANNOT_READ}: Ray {version}, dashboard tried over {route}: {tried}. "
-        "To fix: run usagestatsd as the user that started Ray (or root); if Ray was "
-        "started with --dashboard-host/--dashboard-port, set dashboard_address "
-        "(USAGESTATSD_DASHBOARD_ADDRESS) to that HOST:PORT; a head started with "
-        "--include-dashboard=false cannot be reported"
     )

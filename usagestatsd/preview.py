@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from usagestatsd.pipeline import cluster_refusal, collect_known_identifiers, prepare_report
+from usagestatsd.pipeline import collect_known_identifiers, prepare_report
+from usagestatsd.refusal import cluster_refusal
 from usagestatsd.session import find_session, trusted_uids
 from usagestatsd.settings import Settings
 from usagestatsd.state import StateStore
@@ -32,7 +33,7 @@ async def preview(settings: Settings, withheld: tuple[str, ...] = ()) -> int:
         _note(f"{problem.source}: {problem.problem} (its fields are null)")
     refusal = cluster_refusal(prepared.facts)
     if refusal:
-        _note(f"session {session.name} would not be reported: {refusal}")
+        _note(f"session {session.name} would not be reported: {refusal.message}")
         return 1
     for redaction in prepared.redactions:
         _note(f"privacy guard removed {redaction.field} ({redaction.reason})")

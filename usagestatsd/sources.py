@@ -12,6 +12,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any
 
 from usagestatsd.report import (
@@ -29,12 +30,22 @@ _YEAR_2100_MS = 4_102_444_800_000
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+class Failure(Enum):
+    """What kind of failure a SourceError is, for decisions (its message is only shown)."""
+
+    OTHER = "other"
+    ABSENT = "absent"  # the socket file is not there
+    NOBODY_LISTENS = "nobody listens"  # the connection was refused (ECONNREFUSED)
+    HOLDER_UNSEEN = "holder unseen"  # a listener whose process this user cannot see
+
+
 class SourceError(Exception):
     """A cluster source could not be used; `source` names it, the message says why."""
 
-    def __init__(self, source: str, problem: str) -> None:
+    def __init__(self, source: str, problem: str, failure: Failure = Failure.OTHER) -> None:
         self.source = source
         self.problem = problem
+        self.failure = failure
         super().__init__(f"{source}: {problem}")
 
 

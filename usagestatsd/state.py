@@ -11,7 +11,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ FORMAT = 1
 ID_FROM_CLUSTER = "cluster_id"  # Ray's cluster id, from the provider
 ID_FROM_METADATA = "cluster_metadata"  # Ray <= 2.20: the session UUID in its metadata
 ID_RANDOM = "random"  # this daemon's random id (no provider at the first report)
+PENDING_COPY_KEY = "local_copy_pending"
 
 
 class StateError(Exception):
@@ -72,15 +73,32 @@ class SessionState:
 
 
 @dataclass(frozen=True)
+class PendingCopy:
+    """The usage_stats.json about to be written, saved before it is (key `local_copy_pending`).
+
+    Killed between that write and the next save, the restarted daemon still knows the file
+    as its own, not as Ray's (beside_ray.py tells the two apart by digest).
+    """
+
+    session: str  # the session's key
+    sha256: str
+
+
+@dataclass(frozen=True)
 class State:
     """Everything in state.json."""
 
     session: SessionState | None = None
     last_report: LastReport | None = None
     next_report_ms: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    local_copy_pending: PendingCopy | None = None
     # Where the last cycle's facts came from, and the cluster's Ray version (for status).
     origins: Origins | None = None
+
+    def pending_digest(self, key: str) -> str | None:
+        """The digest of the copy last about to be written for session `key`, if any."""
+        pending = self.local_copy_pending
+        return pending.sha256 if pending is not None and pending.session == key else None
 
     def for_session(self, key: str) -> SessionState:
         """The remembered state of session `key`, or a fresh one with a random session_id."""
@@ -90,14 +108,15 @@ class State:
 
 
 def _to_json(state: State) -> bytes:
-    data = {
+    data: dict[str, Any] = {
         "format": FORMAT,
         "session": asdict(state.session) if state.session else None,
         "last_report": asdict(state.last_report) if state.last_report else None,
         "next_report_ms": state.next_report_ms,
         "origins": asdict(state.origins) if state.origins else None,
-        **state.extra,
     }
+    if state.local_copy_pending is not None:
+        data[PENDING_COPY_KEY] = asdict(state.local_copy_pending)
     return json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
 
 
@@ -136,12 +155,21 @@ def _from_json(data: dict[str, Any]) -> State:
     if session is not None and "id_source" not in data["session"]:
         session = _fixed_by_last_report(session, last)
     nxt = data.get("next_report_ms")
-    extra = {
-        k: v
-        for k, v in data.items()
-        if k not in ("format", "session", "last_report", "next_report_ms", "origins")
-    }
-    return State(session, last, nxt if isinstance(nxt, int) else None, extra, _origins(data))
+    # Other keys are not read: "beside_ray", which versions up to 1.0 wrote here, is in
+    # service.json now (running.py).
+    return State(
+        session, last, nxt if isinstance(nxt, int) else None, _pending(data), _origins(data)
+    )
+
+
+def _pending(data: dict[str, Any]) -> PendingCopy | None:
+    raw = data.get(PENDING_COPY_KEY)
+    if not isinstance(raw, dict):
+        return None
+    session, sha = raw.get("session"), raw.get("sha256")
+    if not isinstance(session, str) or not isinstance(sha, str):
+        return None  # as before: a copy of unknown digest is simply not recognised as ours
+    return PendingCopy(session, sha)
 
 
 def _origins(data: dict[str, Any]) -> Origins | None:

@@ -13,7 +13,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from usagestatsd.cluster import PROVIDER_SOCKET, Limits, fetch_unix_json
+from usagestatsd.cluster import PROVIDER_SOCKET
+from usagestatsd.fetch import Limits, fetch_unix_json
 from usagestatsd.session import trusted_uids
 from usagestatsd.sources import SourceError, parse_provider
 

@@ -20,12 +20,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.support.servers import RawServer, http_reply, read_request
-from usagestatsd.daemon import Daemon
+from usagestatsd.beside_ray import BesideRay
+from usagestatsd.cycle import ReportCycle
 from usagestatsd.demo import recorded_responses
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.session import Session, find_session
 from usagestatsd.settings import Settings
-from usagestatsd.systemd import Notifier
 
 Behaviour = Callable[[socket.socket], None]
 # Ray's-reporter intake on a free loopback port, so tests never contend for the fixed one.
@@ -205,15 +205,21 @@ def the_session(temp_root: Path) -> Session:
     return found
 
 
+def report_cycle(settings: Settings, known: KnownIdentifiers | None = None) -> ReportCycle:
+    """The daemon's report cycle, built as the daemon builds it (here without an intake)."""
+    beside = BesideRay(settings.beside_ray, lambda: None)
+    return ReportCycle(settings, known or KnownIdentifiers(), beside)
+
+
 async def run_cycles(
     settings: Settings, cycles: int = 1, known: KnownIdentifiers | None = None
-) -> tuple[Daemon, list[MutableMapping[str, Any]]]:
+) -> tuple[ReportCycle, list[MutableMapping[str, Any]]]:
     """Run whole report cycles in this process (the daemon's own code), capturing its events."""
-    daemon = Daemon(settings, Notifier(None), known or KnownIdentifiers())
+    cycle = report_cycle(settings, known)
     with capture_logs() as events:
         for _ in range(cycles):
-            await daemon._cycle(the_session(settings.temp_root), advance=False)
-    return daemon, events
+            await cycle.run(the_session(settings.temp_root))
+    return cycle, events
 
 
 def named(events: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:

@@ -12,14 +12,11 @@ from types import SimpleNamespace
 import pytest
 from structlog.testing import capture_logs
 
-from tests.faults.helpers import named, provider_doc, responses_with, the_session
+from tests.faults.helpers import named, provider_doc, report_cycle, responses_with, the_session
 from tests.support.servers import ScriptedEndpoint
 from usagestatsd import fileio
-from usagestatsd.daemon import Daemon
 from usagestatsd.demo import DemoCluster
-from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.settings import Settings
-from usagestatsd.systemd import Notifier
 
 PRECIOUS = b"root:x:0:0:the attacker wants this overwritten\n"
 
@@ -42,9 +39,9 @@ def victim_file(directory: Path) -> Path:
 
 async def one_cycle(settings: Settings) -> list[object]:
     """One whole report cycle in this process; its events."""
-    daemon = Daemon(settings, Notifier(None), KnownIdentifiers())
+    cycle = report_cycle(settings)
     with capture_logs() as events:
-        await daemon._cycle(the_session(settings.temp_root), advance=False)
+        await cycle.run(the_session(settings.temp_root))
     assert named(events, "cycle.crashed") == []
     return list(events)
 

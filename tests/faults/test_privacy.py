@@ -27,13 +27,18 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from tests.conftest import daemon_env
-from tests.faults.helpers import FREE_PORT, named, provider_doc, responses_with, the_session
+from tests.faults.helpers import (
+    FREE_PORT,
+    named,
+    provider_doc,
+    report_cycle,
+    responses_with,
+    the_session,
+)
 from tests.support.servers import ScriptedEndpoint, running_daemon, until
-from usagestatsd.daemon import Daemon
 from usagestatsd.demo import DemoCluster, make_session_dir
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.settings import Settings, load_settings
-from usagestatsd.systemd import Notifier
 
 # Letters that are not hex digits, so a generated name can never hide inside a session_id.
 NAME = st.text("ghijklmnopqrstuvwxyz", min_size=6, max_size=10)
@@ -251,9 +256,9 @@ async def one_hostile_cycle(
             "RAY_USAGE_STATS_REPORT_URL": endpoint.url,
             "USAGESTATSD_CLUSTER_CONFIG": str(config),
         }
-        daemon = Daemon(load_settings(env, {}, root / "empty.toml"), Notifier(None), known)
+        cycle = report_cycle(load_settings(env, {}, root / "empty.toml"), known)
         with capture_logs() as events:
-            await daemon._cycle(the_session(temp_root), advance=False)
+            await cycle.run(the_session(temp_root))
     finally:
         await cluster.stop()
         await endpoint.stop()
@@ -411,9 +416,9 @@ async def test_only_rays_cluster_id_becomes_session_id(
     await cluster.start()
     try:
         settings = make_settings({"RAY_USAGE_STATS_REPORT_URL": endpoint.url})
-        daemon = Daemon(settings, Notifier(None), KnownIdentifiers())
+        cycle = report_cycle(settings)
         with capture_logs() as events:
-            await daemon._cycle(the_session(temp_root), advance=False)
+            await cycle.run(the_session(temp_root))
     finally:
         await cluster.stop()
     [report] = endpoint.bodies()
@@ -434,9 +439,7 @@ async def test_rays_own_cluster_id_is_the_session_id(
     await cluster.start()
     try:
         settings = make_settings({"RAY_USAGE_STATS_REPORT_URL": endpoint.url})
-        await Daemon(settings, Notifier(None), KnownIdentifiers())._cycle(
-            the_session(temp_root), advance=False
-        )
+        await report_cycle(settings).run(the_session(temp_root))
     finally:
         await cluster.stop()
     assert endpoint.bodies()[0]["session_id"] == ray_id

@@ -16,7 +16,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.conftest import daemon_env
-from tests.faults.helpers import FREE_PORT, fill, named, responses_with, the_session, tmpfs
+from tests.faults.helpers import (
+    FREE_PORT,
+    fill,
+    named,
+    report_cycle,
+    responses_with,
+    the_session,
+    tmpfs,
+)
 from tests.support.servers import (
     RawUnixServer,
     ScriptedEndpoint,
@@ -26,13 +34,11 @@ from tests.support.servers import (
     running_daemon,
     until,
 )
-from usagestatsd.daemon import Daemon
+from usagestatsd.cycle import ReportCycle, Result
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded
-from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.session import Session
 from usagestatsd.settings import Settings
 from usagestatsd.state import StateStore
-from usagestatsd.systemd import Notifier
 
 
 def tmp_files(directory: Path) -> list[str]:
@@ -93,20 +99,20 @@ async def test_session_dir_replaced_mid_cycle(
     victim_dir = tmp_path / "victim"
     victim_dir.mkdir()
     settings = make_settings({"RAY_USAGE_STATS_REPORT_URL": endpoint.url})
-    daemon = Daemon(settings, Notifier(None), KnownIdentifiers())
+    cycle = report_cycle(settings)
     moved = temp_root / "moved-away"
     try:
         with capture_logs() as events:
             session = the_session(temp_root)
-            cycle = asyncio.create_task(daemon._cycle(session, advance=False))
+            running = asyncio.create_task(cycle.run(session))
             await until(lambda: slow.connections > 0, 5)
             session_dir.rename(moved)
             if replacement == "file":
                 session_dir.write_text("not a directory")
             else:
                 session_dir.symlink_to(victim_dir)
-            await cycle
-            await daemon._cycle(session, advance=False)  # the next cycle notices
+            first = await running  # a crash would raise here
+            second = await cycle.run(session)  # the next cycle notices
     finally:
         slow.path = moved / "sockets" / "dash_JobHead"
         slow.close()
@@ -114,7 +120,7 @@ async def test_session_dir_replaced_mid_cycle(
     [failed] = named(events, "usage_stats.write_failed")
     assert failed["path"] == str(session_dir / "usage_stats.json") and failed["problem"]
     assert named(events, "session.vanished")
-    assert named(events, "cycle.crashed") == []
+    assert (first.result, second.result) == (Result.SENT, Result.VANISHED)
     assert list(victim_dir.iterdir()) == []
     assert not (moved / "usage_stats.json").exists()
     if replacement == "file":
@@ -138,28 +144,28 @@ async def tmpfs_daemon(
     endpoint: ScriptedEndpoint,
     temp_root: Path,
     session_on_tmpfs: Path,
-) -> AsyncIterator[tuple[Daemon, Session]]:
+) -> AsyncIterator[tuple[ReportCycle, Session]]:
     """A daemon (driven cycle by cycle) and the served session on the small tmpfs."""
     cluster = DemoCluster(session_on_tmpfs, responses_with())
     await cluster.start()
     settings = make_settings({"RAY_USAGE_STATS_REPORT_URL": endpoint.url})
-    yield Daemon(settings, Notifier(None), KnownIdentifiers()), the_session(temp_root)
+    yield report_cycle(settings), the_session(temp_root)
     await cluster.stop()
 
 
 async def test_session_dir_not_writable(
     endpoint: ScriptedEndpoint,
     session_on_tmpfs: Path,
-    tmpfs_daemon: tuple[Daemon, Session],
+    tmpfs_daemon: tuple[ReportCycle, Session],
 ) -> None:
     """A read-only session dir: the report is still sent, one warning, the next cycle writes."""
-    daemon, session = tmpfs_daemon
+    cycle, session = tmpfs_daemon
     subprocess.run(["mount", "-o", "remount,ro", str(session_on_tmpfs)], check=True)
     with capture_logs() as first:
-        await daemon._cycle(session, advance=False)
+        await cycle.run(session)
     subprocess.run(["mount", "-o", "remount,rw", str(session_on_tmpfs)], check=True)
     with capture_logs() as second:
-        await daemon._cycle(session, advance=False)
+        await cycle.run(session)
     [failed] = named(first, "usage_stats.write_failed")
     assert failed["problem"] == "Read-only file system"
     assert len(endpoint.received) == 2 and named(second, "usage_stats.write_failed") == []
@@ -170,20 +176,20 @@ async def test_session_dir_not_writable(
 async def test_disk_full_keeps_the_old_usage_stats(
     endpoint: ScriptedEndpoint,
     session_on_tmpfs: Path,
-    tmpfs_daemon: tuple[Daemon, Session],
+    tmpfs_daemon: tuple[ReportCycle, Session],
 ) -> None:
     """Disk full: usage_stats.json stays the old complete file, no temp file left; then heals."""
-    daemon, session = tmpfs_daemon
+    cycle, session = tmpfs_daemon
     path = session_on_tmpfs / "usage_stats.json"
     with capture_logs() as events:
-        await daemon._cycle(session, advance=False)
+        await cycle.run(session)
         old = path.read_bytes()
         fill(session_on_tmpfs)
-        await daemon._cycle(session, advance=False)
+        await cycle.run(session)
         during = path.read_bytes()
         leftovers = tmp_files(session_on_tmpfs)
         (session_on_tmpfs / "filler").unlink()
-        await daemon._cycle(session, advance=False)
+        await cycle.run(session)
     [failed] = named(events, "usage_stats.write_failed")
     assert failed["problem"] == "No space left on device"
     assert during == old and json.loads(old)["usage_stats"]["seq_number"] == 0
@@ -209,18 +215,18 @@ async def test_state_dir_full_keeps_counters(
         settings = make_settings(
             {"RAY_USAGE_STATS_REPORT_URL": endpoint.url, "USAGESTATSD_STATE_DIR": str(state_dir)}
         )
-        daemon = Daemon(settings, Notifier(None), KnownIdentifiers())
+        cycle = report_cycle(settings)
         session = the_session(temp_root)
         with capture_logs() as events:
-            await daemon._cycle(session, advance=False)
+            await cycle.run(session)
             old = (state_dir / "state.json").read_bytes()
             fill(state_dir)
-            await daemon._cycle(session, advance=False)
+            await cycle.run(session)
             during = (state_dir / "state.json").read_bytes()
             leftovers = tmp_files(state_dir)
             for name in ("filler", "filler2"):
                 (state_dir / name).unlink(missing_ok=True)
-            await daemon._cycle(session, advance=False)
+            await cycle.run(session)
         saved = StateStore(state_dir).load()
     assert named(events, "state.write_failed") and len(named(events, "report.not_sent")) == 1
     assert during == old and leftovers == []

@@ -14,14 +14,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.faults.helpers import named, provider_doc, responses_with, the_session
+from tests.faults.helpers import named, provider_doc, report_cycle, responses_with, the_session
 from tests.support.servers import RawUnixServer, ScriptedEndpoint, http_reply, read_request
-from usagestatsd.cluster import Limits, gather
-from usagestatsd.daemon import Daemon
+from usagestatsd.cluster import gather
 from usagestatsd.demo import DemoCluster, make_session_dir
-from usagestatsd.privacy import KnownIdentifiers
+from usagestatsd.fetch import Limits
 from usagestatsd.settings import Settings
-from usagestatsd.systemd import Notifier
 
 # Each source the daemon reads: (socket, path).
 METADATA = ("dash_ReportHead", "/api/v0/cluster_metadata")
@@ -121,17 +119,17 @@ async def check_fault_then_recovery(
     cluster = DemoCluster(session_dir, responses_with({**healthy(), **broken}, drop=drop))
     await cluster.start()
     undo = fault(session_dir / "sockets" / sock) if fault else (lambda: None)
-    daemon = Daemon(settings, Notifier(None), KnownIdentifiers())
+    cycle = report_cycle(settings)
     session = the_session(temp_root)
     try:
         with capture_logs() as first:
-            await daemon._cycle(session, advance=False)
+            await cycle.run(session)
         undo()
         await cluster.stop()
         cluster = DemoCluster(session_dir, healthy())
         await cluster.start()
         with capture_logs() as second:
-            await daemon._cycle(session, advance=False)
+            await cycle.run(session)
     finally:
         await cluster.stop()
     problems = named(first, "cluster.source_failed")

@@ -15,9 +15,10 @@ import pytest
 from tests.conftest import daemon_env
 from tests.support.hostile import NOBODY, needs_root, running_as
 from tests.support.servers import ScriptedEndpoint, await_line, run_cli, running_daemon
-from usagestatsd.cluster import Limits, gather
+from usagestatsd.cluster import gather
 from usagestatsd.demo import make_session_dir
-from usagestatsd.pipeline import CANNOT_READ, NOT_RUNNING, cluster_refusal
+from usagestatsd.fetch import Limits
+from usagestatsd.refusal import CANNOT_READ, NOT_RUNNING, RefusalKind, cluster_refusal
 from usagestatsd.session import Session, find_session
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,9 +157,10 @@ async def test_a_port_taken_first_by_another_user_never_supplies_facts(
     assert all(f"is held by uid {NOBODY}" in p.problem for p in facts.problems)
     assert facts.session_running is True
     refusal = cluster_refusal(facts)
-    assert refusal is not None and refusal.startswith(CANNOT_READ)
-    assert "Ray 2.40.0" in refusal  # read from the dashboard's install, not asked of it
-    assert f"127.0.0.1:{port}" in refusal and "dashboard_address" in refusal
+    assert refusal is not None and refusal.kind is RefusalKind.CANNOT_READ
+    assert refusal.level == "warning" and refusal.message.startswith(CANNOT_READ)
+    assert "Ray 2.40.0" in refusal.message  # read from the dashboard's install, not asked of it
+    assert f"127.0.0.1:{port}" in refusal.message and "dashboard_address" in refusal.message
 
 
 @needs_root
@@ -177,7 +179,9 @@ async def test_a_stopped_head_is_not_running(temp_root: Path) -> None:
     make_session_dir(temp_root)
     facts = await gather(session_of(temp_root), FAST, dashboard_address=("127.0.0.1", 9))
     assert facts.session_running is False
-    assert cluster_refusal(facts) == NOT_RUNNING
+    refusal = cluster_refusal(facts)
+    assert refusal is not None and refusal.kind is RefusalKind.NOT_RUNNING
+    assert refusal.level == "info" and refusal.message == NOT_RUNNING
 
 
 async def test_daemon_reports_over_tcp_and_status_says_so(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from usagestatsd.cluster import Limits, fetch_unix_json
+from usagestatsd.fetch import Limits, fetch_unix_json
 from usagestatsd.provider import (
     SOCKET_NAME,
     ProviderServer,

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from tests.support.servers import RawUnixServer, http_reply, read_request
-from usagestatsd.cluster import Limits, gather
+from usagestatsd.cluster import gather
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
+from usagestatsd.fetch import Limits
 from usagestatsd.session import Session, find_session
 
 FAST = Limits(timeout_s=1.0, max_bytes=1 << 20)
@@ -158,3 +159,22 @@ async def test_garbage_cluster_config(
     facts = await gather(session_of(temp_root), FAST, config_path=config)
     assert facts.config.cloud_provider == "unknown"
     assert any("cluster config file" in p.source for p in facts.problems)
+
+
+async def test_a_stopped_heads_sockets_say_what_kind_of_failure(temp_root: Path) -> None:
+    """A socket file nobody listens on, and one that is gone: typed failures, 'not running'."""
+    from usagestatsd.refusal import RefusalKind, cluster_refusal
+    from usagestatsd.sources import Failure
+
+    session_dir = make_session_dir(temp_root)
+    left_behind = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left_behind.bind(str(session_dir / "sockets" / "dash_ReportHead"))  # bound, never listens
+    try:
+        facts = await gather(session_of(temp_root), FAST)
+    finally:
+        left_behind.close()
+    failures = {p.source.split()[0]: p.failure for p in facts.problems}
+    assert failures["dash_ReportHead"] is Failure.NOBODY_LISTENS
+    assert failures["dash_JobHead"] is Failure.ABSENT
+    refusal = cluster_refusal(facts)
+    assert refusal is not None and refusal.kind is RefusalKind.NOT_RUNNING

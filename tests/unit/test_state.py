@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from usagestatsd.report import Counters, Origins
-from usagestatsd.state import SessionState, State, StateError, StateStore
+from usagestatsd.state import PendingCopy, SessionState, State, StateError, StateStore
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -80,3 +81,55 @@ def test_state_from_1_0_keeps_the_id_its_reports_carried(tmp_path: Path) -> None
     )
     session = store.load().for_session("k")
     assert (session.session_id, session.id_source) == ("cluster1", "cluster_id")
+
+
+# What the previous version wrote after a report (daemon.py kept local_copy_pending and, up
+# to the service record, beside_ray in an untyped dict): both keys as they were on disk.
+PREVIOUS = b"""{
+ "beside_ray": {"arrangement": "routed", "intake": "http://127.0.0.1:18922/",
+  "last_ray_report_ms": 1795823519121, "mode": "auto", "session": "session_x"},
+ "format": 1,
+ "last_report": {"endpoints": [{"attempts": 1, "endpoint": "https://usage.example/",
+  "error": null, "ok": true, "status": 200}], "error": null, "seq_number": 0,
+  "session_id": "abc", "success": true, "time_ms": 1795823519121},
+ "local_copy_pending": {"session": "session_x@1:2", "sha256": "5e1f"},
+ "next_report_ms": 1795827119121,
+ "origins": null,
+ "session": {"counters": {"seq_number": 1, "total_failed": 0, "total_success": 1},
+  "id_source": "random", "key": "session_x@1:2", "local_copy_sha256": "5e1f",
+  "session_id": "abc"}
+}
+"""
+
+
+def test_a_previous_versions_file_loads_typed(tmp_path: Path) -> None:
+    """Its pending copy becomes a typed field; the old beside_ray key is read by nobody."""
+    store = StateStore(tmp_path)
+    store.path.write_bytes(PREVIOUS)
+    state = store.load()
+    assert state.local_copy_pending == PendingCopy("session_x@1:2", "5e1f")
+    assert state.pending_digest("session_x@1:2") == "5e1f"
+    assert state.pending_digest("another session") is None
+    assert state.session is not None and state.session.counters == Counters(1, 1, 0)
+    assert state.last_report is not None and state.last_report.endpoints[0].status == 200
+    assert state.next_report_ms == 1795827119121
+
+
+def test_pending_copy_is_saved_under_its_old_key(tmp_path: Path) -> None:
+    """On disk the key stays `local_copy_pending`, absent until a copy was about to be written."""
+    store = StateStore(tmp_path)
+    store.save(State())
+    assert "local_copy_pending" not in json.loads(store.path.read_bytes())
+    state = State(local_copy_pending=PendingCopy("k", "00ff"))
+    store.save(state)
+    on_disk = json.loads(store.path.read_bytes())
+    assert on_disk["local_copy_pending"] == {"session": "k", "sha256": "00ff"}
+    assert store.load() == state
+
+
+@pytest.mark.parametrize("pending", ['"text"', '{"session": 1, "sha256": "ab"}', "null"])
+def test_a_malformed_pending_copy_is_not_ours(tmp_path: Path, pending: str) -> None:
+    """As before: a pending copy of unknown shape is only not recognised; the file loads."""
+    store = StateStore(tmp_path)
+    store.path.write_text(f'{{"format": 1, "local_copy_pending": {pending}}}')
+    assert store.load().local_copy_pending is None
