@@ -41,8 +41,7 @@ async def one_cycle(settings: Settings) -> list[object]:
     """One whole report cycle in this process; its events."""
     cycle = report_cycle(settings)
     with capture_logs() as events:
-        await cycle.run(the_session(settings.temp_root))
-    assert named(events, "cycle.crashed") == []
+        await cycle.run(the_session(settings.temp_root))  # a crash raises out of run
     return list(events)
 
 

@@ -135,7 +135,7 @@ async def check_fault_then_recovery(
     problems = named(first, "cluster.source_failed")
     assert sorted(p["source"] for p in problems) == sorted(f"{s} {p}" for s, p in failing), first
     assert all(p["problem"] for p in problems)
-    assert named(first, "cycle.crashed") == [] and named(second, "cluster.source_failed") == []
+    assert named(second, "cluster.source_failed") == []  # (a crash would have raised out of run)
     bodies = endpoint.bodies()
     if METADATA in failing:
         # Without the metadata the cluster's consent cannot be confirmed: nothing is sent.
