@@ -26,7 +26,7 @@ from usagestatsd.consent import (
     read_consent_file,
     write_consent_file,
 )
-from usagestatsd.settings import Settings, SettingsError, load_settings
+from usagestatsd.settings import DECLARED, Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from usagestatsd.running import ServiceRecord
@@ -46,10 +46,28 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="settings file (default /etc/usagestatsd/usagestatsd.toml)",
     )
-    parser.add_argument("--log-format", choices=("auto", "journal", "json", "console"))
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    parser.add_argument("--temp-root", metavar="DIR", help="Ray's temp root (default /tmp/ray)")
-    parser.add_argument("--state-dir", metavar="DIR", help="where counters are kept")
+    _setting_flags(parser, run_only=False)
+
+
+def _setting_flags(parser: argparse.ArgumentParser, run_only: bool) -> None:
+    """The flags settings.py declares: those of every command, or those of `run` only."""
+    for d in DECLARED:
+        flag, name = d.flag, d.flag_name
+        if flag is None or name is None or flag.run_only != run_only:
+            continue
+        text = f"{flag.help} (default {d.default})" if flag.show_default else flag.help
+        if flag.switch:
+            # default None: absent is "not said", so a lower layer still counts
+            parser.add_argument(name, dest=d.name, action="store_true", default=None, help=text)
+            continue
+        parser.add_argument(
+            name,
+            dest=d.name,
+            action="append" if flag.repeat else "store",
+            choices=d.choices,
+            metavar=flag.metavar,
+            help=text,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,19 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the daemon (the default)")
     _common(run)
-    run.add_argument(
-        "--disable-usage-stats",
-        action="store_true",
-        default=None,
-        help="collect and send nothing; log why and exit 0",
-    )
-    run.add_argument(
-        "--endpoint",
-        action="append",
-        metavar="URL",
-        help="report here instead of the configured endpoints (repeatable)",
-    )
-    run.add_argument("--interval", type=str, metavar="SECONDS", help="seconds between reports")
+    _setting_flags(run, run_only=True)
     run.add_argument(
         "--daemonize",
         action="store_true",
@@ -127,16 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cli_overrides(args: argparse.Namespace) -> dict[str, object]:
-    endpoints = getattr(args, "endpoint", None)
-    return {
-        "temp_root": getattr(args, "temp_root", None),
-        "state_dir": getattr(args, "state_dir", None),
-        "log_format": getattr(args, "log_format", None),
-        "log_level": getattr(args, "log_level", None),
-        "disable_usage_stats": "true" if getattr(args, "disable_usage_stats", None) else None,
-        "endpoints": " ".join(endpoints) if endpoints else None,
-        "report_interval_s": getattr(args, "interval", None),
-    }
+    """Setting name -> the text its flag was given (None: not given), as settings.py reads it."""
+    given: dict[str, object] = {}
+    for d in DECLARED:
+        if d.flag is None:
+            continue
+        value = getattr(args, d.name, None)
+        if d.flag.switch:
+            value = "true" if value else None
+        elif d.flag.repeat:
+            value = " ".join(value) if value else None
+        given[d.name] = value
+    return given
 
 
 def load(args: argparse.Namespace, env: dict[str, str]) -> Settings:
