@@ -206,7 +206,7 @@ def _reference_rows() -> list[list[str]]:
 
 def _row_key(cell: str) -> str | None:
     """The settings-file key a row documents: `[retry]` `budget_s` is retry.budget_s."""
-    words = re.findall(r"`([^`]+)`", cell)
+    words: list[str] = re.findall(r"`([^`]+)`", cell)
     if not words:
         return None
     if words[0].startswith("[["):  # an array of tables: the key is its name
