@@ -242,7 +242,6 @@ class Settings:
         parse_intake,
         env=("USAGESTATSD_RAY_INTAKE",),
         doc="`off`, or a loopback `HOST:PORT`",
-        doc_default="`127.0.0.1:18922`",
     )
     beside_ray: BesideRay = setting(
         "auto",
@@ -360,10 +359,10 @@ def load_settings(
     uid = os.geteuid() if euid is None else euid
     values: dict[str, Any] = {}
     for d in DECLARED:
-        if d.name in got.values:
-            value = got.values[d.name]
-        else:
-            value = d.default_from(env, uid) if d.default_from else d.default
+        value = got.values.get(d.name)
+        if d.name not in got.values:
+            value = d.default_from(env, uid) if d.default_from else None
+            value = d.default if value is None else value
         values[d.name] = d.finish(value, env) if d.finish else value
     for name, cls in _GROUPS.items():
         prefix = name + "."

@@ -73,7 +73,7 @@ class _Declared:
     flag: Flag | None
     doc: str | None
     doc_default: str | None
-    default_from: Callable[[Mapping[str, str], int], Any] | None
+    default_from: Callable[[Mapping[str, str], int], Any] | None  # returning None: `default`
     finish: Callable[[Any, Mapping[str, str]], Any] | None
 
 
@@ -98,7 +98,7 @@ def setting(
     differently from the file; `doc` is what docs/configuration.md says is accepted (a
     Choice lists its words without one); `doc_default` how it shows the default, when that
     is not the value itself; `default_from` computes the default from the environment and
-    the euid; `finish` adjusts the final value, whoever set it.
+    the euid (None: the declared one); `finish` adjusts the final value, whoever set it.
     """
     declared = _Declared(
         env=tuple(e if isinstance(e, Env) else Env(e) for e in env),
@@ -136,7 +136,7 @@ class Declaration:
     flag: Flag | None
     doc: str
     doc_default: str
-    default_from: Callable[[Mapping[str, str], int], Any] | None
+    default_from: Callable[[Mapping[str, str], int], Any] | None  # returning None: `default`
     finish: Callable[[Any, Mapping[str, str]], Any] | None
 
     @property
@@ -184,6 +184,8 @@ def shown_default(value: object) -> str:
     """A default as docs/configuration.md shows it."""
     if value is None or (isinstance(value, (tuple, dict)) and not value):
         return "none"
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
+        return f"`{value[0]}:{value[1]}`"  # an address
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, int) and value >= 1 << 20 and value % (1 << 20) == 0:

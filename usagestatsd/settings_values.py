@@ -294,10 +294,10 @@ def first_entry(raw: str) -> str:
     return raw.split(":")[0]
 
 
-def state_dir_default(env: Mapping[str, str], euid: int) -> Path:
-    """The default state directory: root's under /var/lib, a user's under XDG's."""
+def state_dir_default(env: Mapping[str, str], euid: int) -> Path | None:
+    """A user's default state directory, under XDG's; None for root: the declared one."""
     if euid == 0:
-        return Path("/var/lib/usagestatsd")
+        return None
     base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "/")) / ".local" / "state")
     return Path(base) / "usagestatsd"
 

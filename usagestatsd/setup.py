@@ -31,7 +31,7 @@ from usagestatsd.unitstate import (
 
 UNIT_DIR = Path("/etc/systemd/system")
 DROPIN_NAME = "usagestatsd-setup.conf"  # after override.conf (systemctl edit): it wins
-DEFAULT_TEMP_ROOT = "/tmp/ray"
+DEFAULT_TEMP_ROOT = str(Settings.temp_root)  # Ray's default, and so the declared one
 
 
 @dataclass(frozen=True)
