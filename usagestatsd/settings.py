@@ -115,8 +115,8 @@ def parse_extra_tags(raw: object) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------
-# The settings: each declared once (settings_declare.setting). The order is the order of
-# the command-line flags in --help and of the layering.
+# The settings: each declared once (settings_declare.setting), in the order they are
+# layered (so the first bad value reported is always the same one).
 
 
 _ABSOLUTE = "absolute path"
@@ -126,12 +126,6 @@ _ABSOLUTE = "absolute path"
 class Settings:
     """Everything the daemon was told, validated, with where each value came from."""
 
-    log_format: LogFormat = setting(
-        "auto", Choice(LOG_FORMATS), env=("USAGESTATSD_LOG_FORMAT",), flag=Flag()
-    )
-    log_level: LogLevel = setting(
-        "info", Choice(LOG_LEVELS), env=("USAGESTATSD_LOG_LEVEL",), flag=Flag()
-    )
     temp_root: Path = setting(
         Path("/tmp/ray"),
         absolute_path,
@@ -154,12 +148,6 @@ class Settings:
         doc=_ABSOLUTE,
         doc_default="`/var/lib/usagestatsd` (root), else `$XDG_STATE_HOME/usagestatsd`",
         default_from=state_dir_default,
-    )
-    disable_usage_stats: bool = setting(
-        False,
-        boolean,
-        flag=Flag(switch=True, run_only=True, help="collect and send nothing; log why and exit 0"),
-        doc="boolean (see consent.md)",
     )
     endpoints: tuple[Endpoint, ...] = setting(
         (Endpoint(DEFAULT_ENDPOINT_URL),),
@@ -237,6 +225,18 @@ class Settings:
         doc="seconds per POST (Ray's timeout)",
     )
     retry: RetryPolicy = group(RetryPolicy)
+    log_format: LogFormat = setting(
+        "auto", Choice(LOG_FORMATS), env=("USAGESTATSD_LOG_FORMAT",), flag=Flag()
+    )
+    log_level: LogLevel = setting(
+        "info", Choice(LOG_LEVELS), env=("USAGESTATSD_LOG_LEVEL",), flag=Flag()
+    )
+    disable_usage_stats: bool = setting(
+        False,
+        boolean,
+        flag=Flag(switch=True, run_only=True, help="collect and send nothing; log why and exit 0"),
+        doc="boolean (see consent.md)",
+    )
     ray_intake: tuple[str, int] | None = setting(
         ("127.0.0.1", 18922),
         parse_intake,
