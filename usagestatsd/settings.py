@@ -27,6 +27,7 @@ from usagestatsd.settings_declare import (
     flatten,
     gather,
     group,
+    groups,
     read_toml_file,
     setting,
 )
@@ -320,7 +321,7 @@ class Settings:
 
 
 DECLARED: tuple[Declaration, ...] = tuple(declarations(Settings))
-_GROUPS = {"retry": RetryPolicy}
+_GROUPS = groups(Settings)
 # File tables that are one setting's value (extra_tags), not a section of settings.
 _TABLE_VALUES = frozenset(
     d.file_key for d in DECLARED if isinstance(d.default, Mapping) and d.file_key
@@ -359,9 +360,12 @@ def load_settings(
     uid = os.geteuid() if euid is None else euid
     values: dict[str, Any] = {}
     for d in DECLARED:
-        value = got.values.get(d.name)
-        if d.name not in got.values:
+        if d.name in got.values:  # set, perhaps to None ("off", "auto")
+            value = got.values[d.name]
+        else:
             value = d.default_from(env, uid) if d.default_from else None
+            if value is None and d.finish is None:
+                continue  # the field's own default (a fresh one)
             value = d.default if value is None else value
         values[d.name] = d.finish(value, env) if d.finish else value
     for name, cls in _GROUPS.items():

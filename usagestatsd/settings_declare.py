@@ -123,6 +123,11 @@ def group(cls: Callable[[], T]) -> T:
     return field(default_factory=cls, metadata={"group": cls})
 
 
+def groups(cls: type) -> dict[str, type]:
+    """The fields of `cls` that hold a dataclass of settings, and its class."""
+    return {f.name: f.metadata["group"] for f in dataclasses.fields(cls) if "group" in f.metadata}
+
+
 @dataclass(frozen=True)
 class Declaration:
     """One declared setting, as the loader, the CLI and the doc test see it."""
