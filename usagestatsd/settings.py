@@ -115,17 +115,16 @@ def parse_extra_tags(raw: object) -> dict[str, str]:
     return tags
 
 
-# ---------------------------------------------------------------------------
-# The settings: each declared once (settings_declare.setting), in the order they are
-# layered (so the first bad value reported is always the same one).
-
-
 _ABSOLUTE = "absolute path"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the daemon was told, validated, with where each value came from."""
+    """Everything the daemon was told, validated, with where each value came from.
+
+    Each setting is declared once, here (settings_declare.setting), in the order they are
+    layered: the first bad value reported is always the same one.
+    """
 
     temp_root: Path = setting(
         Path("/tmp/ray"),
@@ -380,11 +379,6 @@ def load_settings(
         sources=got.sources,
         **values,
     )
-
-
-def setting_names() -> list[str]:
-    """Every setting name, for documentation and tests."""
-    return [d.name for d in DECLARED]
 
 
 def setting_flags() -> dict[str, str]:
