@@ -224,6 +224,9 @@ def read_toml_file(path: Path, explicit: bool) -> dict[str, Any] | None:
             raise SettingsError(
                 "config", source, f"{path} is larger than 1 MiB", "a file under 1 MiB"
             ) from None
+        if path.is_dir():  # worded as open() words it, as before fileio read the file
+            problem = os.strerror(errno.EISDIR)
+            raise SettingsError("config", source, problem, "a readable file") from None
         raise SettingsError("config", source, f"{path} is not a regular file", "a file") from None
     except OSError as exc:
         raise SettingsError("config", source, exc.strerror or str(exc), "a readable file") from None
