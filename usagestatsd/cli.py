@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from usagestatsd import __version__, logs
+from usagestatsd import logs
+from usagestatsd.cli_args import build_parser as build_parser  # re-exported: tests, man page
+from usagestatsd.cli_args import cli_overrides
 from usagestatsd.consent import (
     ConsentFileError,
     Decision,
@@ -39,109 +41,9 @@ EXIT_CONFIG = 78
 log = structlog.get_logger()
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="PATH",
-        help="settings file (default /etc/usagestatsd/usagestatsd.toml)",
-    )
-    parser.add_argument("--log-format", choices=("auto", "journal", "json", "console"))
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    parser.add_argument("--temp-root", metavar="DIR", help="Ray's temp root (default /tmp/ray)")
-    parser.add_argument("--state-dir", metavar="DIR", help="where counters are kept")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every command."""
-    parser = argparse.ArgumentParser(
-        prog="usagestatsd",
-        description="Collect anonymous Ray usage statistics and report them hourly.",
-    )
-    parser.add_argument("--version", action="version", version=f"usagestatsd {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    run = commands.add_parser("run", help="run the daemon (the default)")
-    _common(run)
-    run.add_argument(
-        "--disable-usage-stats",
-        action="store_true",
-        default=None,
-        help="collect and send nothing; log why and exit 0",
-    )
-    run.add_argument(
-        "--endpoint",
-        action="append",
-        metavar="URL",
-        help="report here instead of the configured endpoints (repeatable)",
-    )
-    run.add_argument("--interval", type=str, metavar="SECONDS", help="seconds between reports")
-    run.add_argument(
-        "--daemonize",
-        action="store_true",
-        help="detach from the terminal (for init systems other than systemd)",
-    )
-    run.add_argument("--pidfile", type=Path, metavar="PATH", help="with --daemonize: pid file")
-
-    preview = commands.add_parser("preview", help="print the report that would be sent now")
-    _common(preview)
-
-    status = commands.add_parser("status", help="say whether collection is on, and why")
-    _common(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-
-    history = commands.add_parser("history", help="list the reports sent (and their bytes)")
-    _common(history)
-    history.add_argument("--json", action="store_true", help="one JSON object per record")
-    history.add_argument("--last", type=int, metavar="N", help="only the last N records")
-    history.add_argument("--session", metavar="ID", help="only records of this session_id")
-    history.add_argument(
-        "--raw", action="store_true", help="print exactly the bytes that were sent, nothing else"
-    )
-
-    forget = commands.add_parser("forget", help="list reported sessions; request deletion")
-    _common(forget)
-    which = forget.add_mutually_exclusive_group()
-    which.add_argument("--session", metavar="ID", help="request deletion of this session_id")
-    which.add_argument("--all", action="store_true", help="request deletion of every session")
-
-    for name, word in (("enable", "enable"), ("disable", "disable")):
-        cmd = commands.add_parser(name, help=f"{word} collection (takes effect on restart)")
-        _common(cmd)
-
-    setup = commands.add_parser(
-        "setup", help="find the running Ray; say what is missing and how to fix it"
-    )
-    _common(setup)
-    setup.add_argument(
-        "--apply", action="store_true", help="write the systemd drop-ins and start the provider"
-    )
-
-    demo = commands.add_parser("demo", help="show reports flowing from a demo Ray session")
-    demo.add_argument("--interval", type=float, default=5.0, metavar="SECONDS")
-    cluster = commands.add_parser("demo-cluster", help="serve a demo Ray session (recorded)")
-    cluster.add_argument("--temp-root", type=Path, default=Path("/tmp/ray"))
-    receiver = commands.add_parser("demo-receiver", help="print reports POSTed to 127.0.0.1")
-    receiver.add_argument("--port", type=int, default=18931)
-    return parser
-
-
-def _cli_overrides(args: argparse.Namespace) -> dict[str, object]:
-    endpoints = getattr(args, "endpoint", None)
-    return {
-        "temp_root": getattr(args, "temp_root", None),
-        "state_dir": getattr(args, "state_dir", None),
-        "log_format": getattr(args, "log_format", None),
-        "log_level": getattr(args, "log_level", None),
-        "disable_usage_stats": "true" if getattr(args, "disable_usage_stats", None) else None,
-        "endpoints": " ".join(endpoints) if endpoints else None,
-        "report_interval_s": getattr(args, "interval", None),
-    }
-
-
 def load(args: argparse.Namespace, env: dict[str, str]) -> Settings:
     """Settings from every layer; the caller handles SettingsError (exit 78)."""
-    cli = {k: v if not isinstance(v, Path) else str(v) for k, v in _cli_overrides(args).items()}
+    cli = {k: v if not isinstance(v, Path) else str(v) for k, v in cli_overrides(args).items()}
     return load_settings(env, cli, args.config)
 
 
@@ -242,7 +144,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from usagestatsd.running import RecordStore, inputs_of, new_record
     from usagestatsd.systemd import Notifier
 
-    inputs = inputs_of(args.environment, _cli_overrides(args), args.config)
+    inputs = inputs_of(args.environment, cli_overrides(args), args.config)
     record = new_record(settings, decision, inputs)
     if not decision.enabled:
         line = disabled_line(decision)

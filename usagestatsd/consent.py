@@ -146,8 +146,8 @@ def decide(
     `ray_configs` are Ray's own config files of Ray's users (ray_consent.py), consulted
     beside the consent file: any of them saying no means no.
     """
-    env = settings.usage_stats_enabled_env
-    dnt = settings.do_not_track_env
+    env = settings.consent_inputs.usage_stats_enabled
+    dnt = settings.consent_inputs.do_not_track
     consulted = (
         Consulted(
             "disable flag",
@@ -269,7 +269,7 @@ def decide(
             "and restart the service",
         )
         return replace(decision, accepted_fields_version=ray_yes.file.fields_version)
-    prompt_allowed = settings.prompt_enabled_env != "0"
+    prompt_allowed = settings.consent_inputs.prompt_enabled != "0"
     if interactive and prompt_allowed and prompt is not None:
         answer = prompt()
         return made(

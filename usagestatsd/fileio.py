@@ -71,9 +71,12 @@ def _write_in(dir_fd: int, name: str, data: bytes | Iterable[bytes], mode: int) 
     os.fsync(dir_fd)
 
 
-def read_regular_file(path: Path, max_bytes: int = MAX_READ_BYTES) -> bytes:
-    """Read a regular file (following no final symlink) up to `max_bytes`, else raise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+def read_regular_file(
+    path: Path, max_bytes: int = MAX_READ_BYTES, follow_symlinks: bool = False
+) -> bytes:
+    """Read a regular file (following no final symlink, unless told) up to `max_bytes`."""
+    nofollow = 0 if follow_symlinks else os.O_NOFOLLOW
+    fd = os.open(path, os.O_RDONLY | nofollow | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         import stat
 

@@ -28,8 +28,9 @@ from usagestatsd.fileio import UnsafeFileError, atomic_write, read_regular_file
 from usagestatsd.settings import Settings
 
 HISTORY_FILE = "history.jsonl"
-DEFAULT_MAX_BYTES = 10 << 20
-DEFAULT_MAX_AGE_DAYS = 90.0
+# The declared defaults (settings.py), for a History made without settings.
+DEFAULT_MAX_BYTES = Settings.history_max_bytes
+DEFAULT_MAX_AGE_DAYS = Settings.history_max_age_days
 # After compaction the file is at most this share of the cap, so it is not rewritten
 # on every append once it is full.
 _KEEP_SHARE = 0.75

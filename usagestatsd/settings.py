@@ -1,388 +1,88 @@
 """One frozen Settings object: defaults < settings file < environment < command line.
 
-Every value is validated here, once, and a bad one raises `SettingsError` naming the
-setting, where the value came from, the value itself and what is accepted. The caller
-(the CLI) turns that into exit status 78. No other module reads the environment.
+Every setting is declared once, below, as a field of `Settings` (or of `RetryPolicy`):
+default, settings-file key, environment variables, command-line flag, parser and doc
+line (settings_declare.py). Every value is validated here, once, and a bad one raises
+`SettingsError` naming the setting, where the value came from, the value itself and what
+is accepted. The caller (the CLI) turns that into exit status 78. No other module reads
+the environment: what systemd hands the process and the raw consent inputs are read here
+too, into their own small types.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import pwd
 import re
-import stat
-import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal, get_args
 
 from usagestatsd.fields import TAG_KEY_RE
-from usagestatsd.fieldsets import redactable
+from usagestatsd.settings_declare import (
+    Declaration,
+    Env,
+    Flag,
+    SettingsError,
+    declarations,
+    flatten,
+    gather,
+    group,
+    groups,
+    read_toml_file,
+    setting,
+)
+from usagestatsd.settings_types import ConsentInputs, RetryPolicy, SystemdHandoff
+from usagestatsd.settings_values import (
+    Choice,
+    Endpoint,
+    absolute_path,
+    any_path,
+    boolean,
+    endpoint_list,
+    endpoint_tables,
+    expand_home,
+    field_names,
+    first_entry,
+    integer_in,
+    number_in,
+    parse_dashboard_address,
+    parse_intake,
+    parse_url,
+    ray_config_files,
+    ray_tmpdir,
+    redact_url,
+    short_text,
+    state_dir_default,
+    user_id,
+)
+
+__all__ = [
+    "ConsentInputs",
+    "Endpoint",
+    "RetryPolicy",
+    "SettingsError",
+    "SystemdHandoff",
+    "parse_dashboard_address",
+    "parse_intake",
+    "parse_url",
+    "read_toml_file",
+    "redact_url",
+]
 
 DEFAULT_SETTINGS_FILE = Path("/etc/usagestatsd/usagestatsd.toml")
 DEFAULT_ENDPOINT_URL = "https://usage-stats.ray.io/"
-MAX_SETTINGS_FILE_BYTES = 1 << 20
 MAX_INTERVAL_S = 7 * 24 * 3600.0
-LOG_FORMATS = ("auto", "journal", "json", "console")
-LOG_LEVELS = ("debug", "info", "warning", "error")
+LogFormat = Literal["auto", "journal", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+BesideRay = Literal["auto", "report"]
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
 # An operator's tag value is one short token (a team code, a version, a flag): never free
 # text, where a person's name could ride along (issue 12 row 14). The privacy guard checks
 # it again for addresses, host names and secrets.
 TAG_VALUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}|")
 MAX_TAG_VALUE_CHARS = 64
-
-
-class SettingsError(Exception):
-    """A setting has a value that is not accepted; the message says all an operator needs."""
-
-    def __init__(self, name: str, source: str, value: object, accepted: str) -> None:
-        self.name = name
-        self.source = source
-        self.value = value
-        self.accepted = accepted
-        shown = value if isinstance(value, str) else repr(value)
-        if isinstance(shown, str) and len(shown) > 200:
-            shown = shown[:200] + "..."
-        super().__init__(
-            f"invalid setting {name} from {source}: {shown!r} is not accepted; expected {accepted}"
-        )
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where reports are POSTed, with the TLS and proxy settings for that place."""
-
-    url: str
-    ca_bundle: Path | None = None
-    proxy: str | None = None
-    deletion_url: str | None = None
-
-    @property
-    def display(self) -> str:
-        """The URL without credentials or query, safe to log."""
-        return redact_url(self.url)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard one report is pushed to one endpoint before it counts as failed."""
-
-    max_attempts: int = 5
-    initial_delay_s: float = 2.0
-    max_delay_s: float = 60.0
-    budget_s: float = 300.0
-
-    def budget_for(self, interval_s: float) -> float:
-        """Total retry time, kept well under the report interval (a quarter of it at most)."""
-        return min(self.budget_s, interval_s / 4)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything the daemon was told, validated, with where each value came from."""
-
-    settings_file: Path | None = None
-    temp_root: Path = Path("/tmp/ray")
-    # The uid Ray runs as, besides root and this daemon's own user (docs/security.md).
-    ray_user: int | None = None
-    state_dir: Path = Path("/var/lib/usagestatsd")
-    endpoints: tuple[Endpoint, ...] = (Endpoint(DEFAULT_ENDPOINT_URL),)
-    report_interval_s: float = 3600.0
-    extra_tags: Mapping[str, str] = field(default_factory=dict)
-    source: str = "OSS"
-    cluster_config: Path | None = None
-    kuberay_in_use: bool = False
-    kubernetes_in_use: bool = False
-    socket_timeout_s: float = 5.0
-    socket_max_bytes: int = 32 << 20
-    dashboard_address: tuple[str, int] | None = None
-    http_timeout_s: float = 10.0
-    http_max_response_bytes: int = 64 << 10
-    retry: RetryPolicy = RetryPolicy()
-    log_format: str = "auto"
-    log_level: str = "info"
-    ray_intake: tuple[str, int] | None = ("127.0.0.1", 18922)
-    beside_ray: str = "auto"
-    redact: tuple[str, ...] = ()
-    accept_fields_version: int | None = None
-    history_max_bytes: int = 10 << 20
-    history_max_age_days: float = 90.0
-    # Consent inputs are kept raw: consent.py decides, and a bad value there disables
-    # collection instead of stopping start-up.
-    disable_usage_stats: bool = False
-    usage_stats_enabled_env: str | None = None
-    do_not_track_env: str | None = None
-    consent_file: Path = Path("~/.ray/config.json")
-    # Ray's own config files consulted beside consent_file; None: ~/.ray/config.json of
-    # root, of the daemon's user and of the Ray temp root's owner (consent.ray_config_files).
-    ray_config_files: tuple[Path, ...] | None = None
-    prompt_enabled_env: str | None = None
-    # What systemd hands the process.
-    notify_socket: str | None = None
-    watchdog_usec: int | None = None
-    watchdog_pid: int | None = None
-    journal_stream: str | None = None
-    sources: Mapping[str, str] = field(default_factory=dict)
-
-    def source_of(self, name: str) -> str:
-        """Where a setting's value came from ('default' when nobody set it)."""
-        return self.sources.get(name, "default")
-
-
-# ---------------------------------------------------------------------------
-# Value parsers: each takes a raw value (a TOML value or a string) and returns the
-# typed value or raises ValueError whose text says what is accepted.
-
-
-def _number(low: float, high: float, unit: str) -> Callable[[object], float]:
-    accepted = f"a number of {unit} from {low:g} to {high:g}"
-
-    def parse(raw: object) -> float:
-        if isinstance(raw, bool):
-            raise ValueError(accepted)
-        try:
-            value = float(raw) if isinstance(raw, (int, float, str)) else float("nan")
-        except ValueError:
-            raise ValueError(accepted) from None
-        if not low <= value <= high:  # also rejects NaN
-            raise ValueError(accepted)
-        return value
-
-    return parse
-
-
-def _integer(low: int, high: int) -> Callable[[object], int]:
-    accepted = f"a whole number from {low} to {high}"
-
-    def parse(raw: object) -> int:
-        if isinstance(raw, bool):
-            raise ValueError(accepted)
-        try:
-            value = int(raw) if isinstance(raw, (int, str)) else None
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            raise ValueError(accepted)
-        return value
-
-    return parse
-
-
-def _choice(choices: Sequence[str]) -> Callable[[object], str]:
-    accepted = "one of " + ", ".join(choices)
-
-    def parse(raw: object) -> str:
-        if not isinstance(raw, str) or raw.strip().lower() not in choices:
-            raise ValueError(accepted)
-        return raw.strip().lower()
-
-    return parse
-
-
-def _boolean(raw: object) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(raw, str) and raw.strip().lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("true or false (1/0, yes/no)")
-
-
-def _path(raw: object) -> Path:
-    if not isinstance(raw, str) or not raw.strip() or "\0" in raw:
-        raise ValueError("a file system path")
-    return Path(raw.strip())
-
-
-def _absolute_path(raw: object) -> Path:
-    path = _path(raw)
-    if not path.is_absolute():
-        raise ValueError("an absolute file system path")
-    return path
-
-
-_OVERFLOW_UID = 65534  # nobody; also how a user namespace shows every unmapped uid
-
-
-def _user(raw: object) -> int:
-    """A user name known to this system, or a uid: resolved once, at start."""
-    accepted = "a user name known to this system, or a uid from 0 to 4294967294, not nobody"
-    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-        raise ValueError(accepted)
-    text = str(raw).strip()
-    if text.isascii() and text.isdigit():
-        uid = int(text)
-        if uid > 4294967294:
-            raise ValueError(accepted)
-    else:
-        try:
-            uid = pwd.getpwnam(text).pw_uid
-        except (KeyError, ValueError):
-            raise ValueError(f"{accepted} (no user {text!r} here)") from None
-    if uid == _OVERFLOW_UID:
-        # Under the unit's PrivateUsers=yes every other user's uid reads as 65534:
-        # trusting it would trust them all.
-        raise ValueError(accepted)
-    return uid
-
-
-def _text(max_chars: int) -> Callable[[object], str]:
-    accepted = f"text of 1 to {max_chars} printable characters"
-
-    def parse(raw: object) -> str:
-        if not isinstance(raw, str) or not 0 < len(raw) <= max_chars or not raw.isprintable():
-            raise ValueError(accepted)
-        return raw
-
-    return parse
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def redact_url(url: str) -> str:
-    """Scheme, host, port and path of a URL: what may be logged of it."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<invalid url>"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}{port}{parts.path or '/'}"
-
-
-def parse_url(raw: object) -> str:
-    """An endpoint URL: https anywhere, plain http only to this machine's loopback."""
-    accepted = "an https:// URL (http:// only for 127.0.0.1, ::1 or localhost)"
-    if not isinstance(raw, str) or not raw.isprintable() or len(raw) > 2048:
-        raise ValueError(accepted)
-    try:
-        parts = urlsplit(raw.strip())
-        host = parts.hostname
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
-    except ValueError:
-        raise ValueError(accepted) from None
-    if not host or parts.scheme not in ("http", "https"):
-        raise ValueError(accepted)
-    if parts.scheme == "http" and not _is_loopback(host):
-        raise ValueError(accepted)
-    return raw.strip()
-
-
-def _endpoint_list_from_strings(raw: object) -> tuple[Endpoint, ...]:
-    if not isinstance(raw, str):
-        raise ValueError("one or more URLs separated by spaces or commas")
-    urls = [u for u in re.split(r"[\s,]+", raw.strip()) if u]
-    if not urls:
-        raise ValueError("one or more URLs separated by spaces or commas")
-    return tuple(Endpoint(parse_url(u)) for u in urls)
-
-
-def _endpoint_tables(raw: object) -> tuple[Endpoint, ...]:
-    accepted = (
-        "a list of [[endpoints]] tables, each with url and optional ca_bundle, proxy, deletion_url"
-    )
-    if not isinstance(raw, list) or not raw:
-        raise ValueError(accepted)
-    endpoints = []
-    for table in raw:
-        if not isinstance(table, dict) or "url" not in table:
-            raise ValueError(accepted)
-        unknown = set(table) - {"url", "ca_bundle", "proxy", "deletion_url"}
-        if unknown:
-            raise ValueError(f"{accepted} (unknown key {sorted(unknown)[0]!r})")
-        endpoints.append(
-            Endpoint(
-                url=parse_url(table["url"]),
-                ca_bundle=_absolute_path(table["ca_bundle"]) if "ca_bundle" in table else None,
-                proxy=_proxy(table["proxy"]) if "proxy" in table else None,
-                deletion_url=parse_url(table["deletion_url"]) if "deletion_url" in table else None,
-            )
-        )
-    return tuple(endpoints)
-
-
-def _proxy(raw: object) -> str:
-    accepted = "an http:// or https:// proxy URL"
-    if not isinstance(raw, str):
-        raise ValueError(accepted)
-    try:
-        parts = urlsplit(raw)
-    except ValueError:
-        raise ValueError(accepted) from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(accepted)
-    return raw
-
-
-def parse_intake(raw: object) -> tuple[str, int] | None:
-    """`host:port` on this machine's loopback for Ray's reporter, or 'off'."""
-    accepted = "'off' or HOST:PORT with a loopback host (127.0.0.1, [::1], localhost)"
-    if not isinstance(raw, str):
-        raise ValueError(accepted)
-    text = raw.strip()
-    if text.lower() in ("off", "none", "no", "false", ""):
-        return None
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(accepted)
-    if not _is_loopback(host):
-        raise ValueError(accepted)
-    return host, int(port_text)
-
-
-def parse_dashboard_address(raw: object) -> tuple[str, int]:
-    """Where Ray's dashboard listens (`ray start --dashboard-host/--dashboard-port`)."""
-    accepted = "HOST:PORT with an IP address or localhost as HOST (e.g. 127.0.0.1:8265)"
-    if not isinstance(raw, str):
-        raise ValueError(accepted)
-    host, sep, port_text = raw.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(accepted)
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(accepted) from None
-    return host, int(port_text)
-
-
-def _field_names(raw: object) -> tuple[str, ...]:
-    accepted = "a list of report field names (not schema_version, session_id or the counters)"
-    items = [p for p in re.split(r"[\s,]+", raw.strip()) if p] if isinstance(raw, str) else raw
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise ValueError(accepted)
-    for name in items:
-        if not redactable(name):
-            raise ValueError(f"{accepted} ({name!r} is not one)")
-    return tuple(dict.fromkeys(items))
-
-
-def _ray_config_files(raw: object) -> tuple[Path, ...] | None:
-    accepted = "'auto', or a list of absolute paths of Ray config files (~/.ray/config.json)"
-    if isinstance(raw, str) and raw.strip().lower() == "auto":
-        return None
-    items = [p for p in re.split(r"[\s,]+", raw.strip()) if p] if isinstance(raw, str) else raw
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise ValueError(accepted)
-    paths = tuple(Path(i) for i in items)
-    if not all(p.is_absolute() for p in paths):
-        raise ValueError(accepted)
-    return tuple(dict.fromkeys(paths))
 
 
 def parse_extra_tags(raw: object) -> dict[str, str]:
@@ -415,199 +115,216 @@ def parse_extra_tags(raw: object) -> dict[str, str]:
     return tags
 
 
-# ---------------------------------------------------------------------------
-# The table of settings: name, settings-file key, environment variables (later ones
-# win), the parser, and the command-line flag that sets it, if any (cli.py defines the
-# flags; errors name the flag as the operator typed it, and a test checks they agree).
+_ABSOLUTE = "absolute path"
 
 
 @dataclass(frozen=True)
-class _Spec:
-    name: str
-    file_key: str | None
-    env: tuple[str, ...]
-    parse: Callable[[object], Any]
-    env_parse: Callable[[object], Any] | None = None
-    flag: str | None = None
+class Settings:
+    """Everything the daemon was told, validated, with where each value came from.
 
-
-def _ray_tmpdir(raw: object) -> Path:
-    # Ray puts its temp root at $RAY_TMPDIR/ray.
-    return _absolute_path(raw) / "ray"
-
-
-_SPECS: tuple[_Spec, ...] = (
-    _Spec("temp_root", "temp_root", ("USAGESTATSD_TEMP_ROOT",), _absolute_path, flag="--temp-root"),
-    _Spec("ray_user", "ray_user", ("USAGESTATSD_RAY_USER",), _user),
-    _Spec(
-        "state_dir",
-        "state_dir",
-        ("STATE_DIRECTORY", "USAGESTATSD_STATE_DIR"),
-        _absolute_path,
-        flag="--state-dir",
-    ),
-    _Spec(
-        "endpoints",
-        "endpoints",
-        ("RAY_USAGE_STATS_REPORT_URL", "USAGESTATSD_ENDPOINTS"),
-        _endpoint_tables,
-        _endpoint_list_from_strings,
-        flag="--endpoint",
-    ),
-    _Spec(
-        "report_interval_s",
-        "report_interval_s",
-        ("RAY_USAGE_STATS_REPORT_INTERVAL_S", "USAGESTATSD_REPORT_INTERVAL_S"),
-        _number(0.05, MAX_INTERVAL_S, "seconds"),
-        flag="--interval",
-    ),
-    _Spec("extra_tags", "extra_tags", ("RAY_USAGE_STATS_EXTRA_TAGS",), parse_extra_tags),
-    _Spec(
-        "source",
-        "source",
-        ("RAY_USAGE_STATS_SOURCE", "USAGESTATSD_SOURCE"),
-        _text(64),
-    ),
-    _Spec("cluster_config", "cluster_config", ("USAGESTATSD_CLUSTER_CONFIG",), _absolute_path),
-    _Spec("kuberay_in_use", None, ("RAY_USAGE_STATS_KUBERAY_IN_USE",), _boolean),
-    _Spec(
-        "socket_timeout_s",
-        "socket_timeout_s",
-        ("USAGESTATSD_SOCKET_TIMEOUT_S",),
-        _number(0.01, 300, "seconds"),
-    ),
-    _Spec(
-        "socket_max_bytes",
-        "socket_max_bytes",
-        ("USAGESTATSD_SOCKET_MAX_BYTES",),
-        _integer(1024, 1 << 30),
-    ),
-    _Spec(
-        "dashboard_address",
-        "dashboard_address",
-        ("USAGESTATSD_DASHBOARD_ADDRESS",),
-        parse_dashboard_address,
-    ),
-    _Spec(
-        "http_timeout_s",
-        "http_timeout_s",
-        ("USAGESTATSD_HTTP_TIMEOUT_S",),
-        _number(0.01, 300, "seconds"),
-    ),
-    _Spec(
-        "retry.max_attempts",
-        "retry.max_attempts",
-        ("USAGESTATSD_RETRY_MAX_ATTEMPTS",),
-        _integer(1, 20),
-    ),
-    _Spec(
-        "retry.initial_delay_s",
-        "retry.initial_delay_s",
-        ("USAGESTATSD_RETRY_INITIAL_DELAY_S",),
-        _number(0.001, 3600, "seconds"),
-    ),
-    _Spec(
-        "retry.max_delay_s",
-        "retry.max_delay_s",
-        ("USAGESTATSD_RETRY_MAX_DELAY_S",),
-        _number(0.001, 3600, "seconds"),
-    ),
-    _Spec(
-        "retry.budget_s",
-        "retry.budget_s",
-        ("USAGESTATSD_RETRY_BUDGET_S",),
-        _number(0.01, 86400, "seconds"),
-    ),
-    _Spec(
-        "log_format",
-        "log_format",
-        ("USAGESTATSD_LOG_FORMAT",),
-        _choice(LOG_FORMATS),
-        flag="--log-format",
-    ),
-    _Spec(
-        "log_level",
-        "log_level",
-        ("USAGESTATSD_LOG_LEVEL",),
-        _choice(LOG_LEVELS),
-        flag="--log-level",
-    ),
-    _Spec(
-        "disable_usage_stats",
-        "disable_usage_stats",
-        (),
-        _boolean,
-        flag="--disable-usage-stats",
-    ),
-    _Spec("ray_intake", "ray_intake", ("USAGESTATSD_RAY_INTAKE",), parse_intake),
-    _Spec("beside_ray", "beside_ray", ("USAGESTATSD_BESIDE_RAY",), _choice(("auto", "report"))),
-    _Spec("redact", "redact", ("USAGESTATSD_REDACT",), _field_names),
-    _Spec("accept_fields_version", "accept_fields_version", (), _integer(1, 1000)),
-    _Spec(
-        "history_max_bytes",
-        "history.max_bytes",
-        ("USAGESTATSD_HISTORY_MAX_BYTES",),
-        _integer(4096, 1 << 34),
-    ),
-    _Spec(
-        "history_max_age_days",
-        "history.max_age_days",
-        ("USAGESTATSD_HISTORY_MAX_AGE_DAYS",),
-        _number(0.001, 36500, "days"),
-    ),
-    _Spec("consent_file", "consent_file", ("RAY_USAGE_STATS_CONFIG_PATH",), _path),
-    _Spec(
-        "ray_config_files",
-        "ray_config_files",
-        ("USAGESTATSD_RAY_CONFIG_FILES",),
-        _ray_config_files,
-    ),
-)
-_SPEC_BY_NAME = {spec.name: spec for spec in _SPECS}
-_FILE_KEYS = {spec.file_key for spec in _SPECS if spec.file_key}
-
-
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and name not in ("extra_tags",):
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def read_toml_file(path: Path, explicit: bool) -> dict[str, Any] | None:
-    """A settings file's TOML table; None when a default (not `explicit`) file is absent.
-
-    Shared by the daemon's and the collector's settings: at most 1 MiB, a regular file
-    only, UTF-8 TOML; every problem is one SettingsError naming the file.
+    Each setting is declared once, here (settings_declare.setting), in the order they are
+    layered: the first bad value reported is always the same one.
     """
-    source = f"settings file {path}"
-    if str(path) == os.devnull:
-        return {}  # `--config /dev/null`: deliberately no settings file
-    try:
-        # O_NONBLOCK: a FIFO (or a device) at the path must be refused, not block start-up.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise SettingsError("config", source, f"{path} is not a regular file", "a file")
-            data = handle.read(MAX_SETTINGS_FILE_BYTES + 1)
-    except FileNotFoundError:
-        if explicit:
-            raise SettingsError(
-                "config", "the command line", str(path), "an existing file"
-            ) from None
-        return None
-    except OSError as exc:
-        raise SettingsError("config", source, exc.strerror or str(exc), "a readable file") from None
-    if len(data) > MAX_SETTINGS_FILE_BYTES:
-        raise SettingsError("config", source, f"{path} is larger than 1 MiB", "a file under 1 MiB")
-    try:
-        return tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError("config", source, str(exc), "valid UTF-8 TOML") from None
+
+    temp_root: Path = setting(
+        Path("/tmp/ray"),
+        absolute_path,
+        env=(Env("RAY_TMPDIR", parse=ray_tmpdir, keep_empty=True), "USAGESTATSD_TEMP_ROOT"),
+        flag=Flag(metavar="DIR", help="Ray's temp root", show_default=True),
+        doc=_ABSOLUTE,
+    )
+    # The uid Ray runs as, besides root and this daemon's own user (docs/security.md).
+    ray_user: int | None = setting(
+        None,
+        user_id,
+        env=("USAGESTATSD_RAY_USER",),
+        doc="user name or uid that runs Ray (not `nobody`)",
+    )
+    state_dir: Path = setting(
+        Path("/var/lib/usagestatsd"),
+        absolute_path,
+        env=(Env("STATE_DIRECTORY", pick=first_entry), "USAGESTATSD_STATE_DIR"),
+        flag=Flag(metavar="DIR", help="where counters are kept"),
+        doc=_ABSOLUTE,
+        doc_default="`/var/lib/usagestatsd` (root), else `$XDG_STATE_HOME/usagestatsd`",
+        default_from=state_dir_default,
+    )
+    endpoints: tuple[Endpoint, ...] = setting(
+        (Endpoint(DEFAULT_ENDPOINT_URL),),
+        endpoint_tables,
+        env=("RAY_USAGE_STATS_REPORT_URL", "USAGESTATSD_ENDPOINTS"),
+        text_parse=endpoint_list,
+        flag=Flag(
+            "--endpoint",
+            metavar="URL",
+            help="report here instead of the configured endpoints (repeatable)",
+            run_only=True,
+            repeat=True,
+        ),
+        doc="`https://` anywhere, `http://` only to 127.0.0.1, ::1, localhost",
+        doc_default=f"`{DEFAULT_ENDPOINT_URL}`",
+    )
+    report_interval_s: float = setting(
+        3600.0,
+        number_in(0.05, MAX_INTERVAL_S, "seconds"),
+        env=("RAY_USAGE_STATS_REPORT_INTERVAL_S", "USAGESTATSD_REPORT_INTERVAL_S"),
+        flag=Flag("--interval", metavar="SECONDS", help="seconds between reports", run_only=True),
+        doc=f"0.05 to {MAX_INTERVAL_S:g} seconds",
+    )
+    extra_tags: Mapping[str, str] = setting(
+        {},
+        parse_extra_tags,
+        env=(Env("RAY_USAGE_STATS_EXTRA_TAGS", keep_empty=True),),
+        doc="keys `[A-Za-z0-9_.-]{1,64}`",
+        factory=dict,
+    )
+    source: str = setting(
+        "OSS",
+        short_text(64),
+        env=("RAY_USAGE_STATS_SOURCE", "USAGESTATSD_SOURCE"),
+        doc="1 to 64 printable characters",
+    )
+    cluster_config: Path | None = setting(
+        None,
+        absolute_path,
+        env=("USAGESTATSD_CLUSTER_CONFIG",),
+        doc=_ABSOLUTE,
+        doc_default="`~/ray_bootstrap_config.yaml` of the session's owner",
+    )
+    kuberay_in_use: bool = setting(
+        False,
+        boolean,
+        env=("RAY_USAGE_STATS_KUBERAY_IN_USE",),
+        file=False,
+        doc='boolean: `cloud_provider = "kuberay"`',
+        doc_default="off",
+    )
+    socket_timeout_s: float = setting(
+        5.0,
+        number_in(0.01, 300, "seconds"),
+        env=("USAGESTATSD_SOCKET_TIMEOUT_S",),
+        doc="seconds, per dashboard request",
+    )
+    socket_max_bytes: int = setting(
+        32 << 20,
+        integer_in(1024, 1 << 30),
+        env=("USAGESTATSD_SOCKET_MAX_BYTES",),
+        doc="bytes read from one socket reply at most",
+    )
+    dashboard_address: tuple[str, int] | None = setting(
+        None,
+        parse_dashboard_address,
+        env=("USAGESTATSD_DASHBOARD_ADDRESS",),
+        doc="`HOST:PORT` of Ray's dashboard",
+        doc_default="found from Ray",
+    )
+    http_timeout_s: float = setting(
+        10.0,
+        number_in(0.01, 300, "seconds"),
+        env=("USAGESTATSD_HTTP_TIMEOUT_S",),
+        doc="seconds per POST (Ray's timeout)",
+    )
+    retry: RetryPolicy = group(RetryPolicy)
+    log_format: LogFormat = setting(
+        "auto", Choice(LOG_FORMATS), env=("USAGESTATSD_LOG_FORMAT",), flag=Flag()
+    )
+    log_level: LogLevel = setting(
+        "info", Choice(LOG_LEVELS), env=("USAGESTATSD_LOG_LEVEL",), flag=Flag()
+    )
+    disable_usage_stats: bool = setting(
+        False,
+        boolean,
+        flag=Flag(switch=True, run_only=True, help="collect and send nothing; log why and exit 0"),
+        doc="boolean (see consent.md)",
+    )
+    ray_intake: tuple[str, int] | None = setting(
+        ("127.0.0.1", 18922),
+        parse_intake,
+        env=("USAGESTATSD_RAY_INTAKE",),
+        doc="`off`, or a loopback `HOST:PORT`",
+    )
+    beside_ray: BesideRay = setting(
+        "auto",
+        Choice(get_args(BesideRay)),
+        env=("USAGESTATSD_BESIDE_RAY",),
+        doc="`auto` (stand down when Ray's reporter sends itself), `report`",
+    )
+    redact: tuple[str, ...] = setting(
+        (), field_names, env=("USAGESTATSD_REDACT",), doc="report fields always sent as null"
+    )
+    accept_fields_version: int | None = setting(
+        None, integer_in(1, 1000), doc="field-set version accepted for a fleet"
+    )
+    history_max_bytes: int = setting(
+        10 << 20,
+        integer_in(4096, 1 << 34),
+        env=("USAGESTATSD_HISTORY_MAX_BYTES",),
+        file_key="history.max_bytes",
+        doc="4 KiB and up",
+    )
+    history_max_age_days: float = setting(
+        90.0,
+        number_in(0.001, 36500, "days"),
+        env=("USAGESTATSD_HISTORY_MAX_AGE_DAYS",),
+        file_key="history.max_age_days",
+        doc="days",
+    )
+    consent_file: Path = setting(
+        Path("~/.ray/config.json"),
+        any_path,
+        env=("RAY_USAGE_STATS_CONFIG_PATH",),
+        doc="path",
+        finish=expand_home,
+    )
+    # Ray's own config files consulted beside consent_file; None: ~/.ray/config.json of
+    # root, of the daemon's user and of the Ray temp root's owner (consent.ray_config_files).
+    ray_config_files: tuple[Path, ...] | None = setting(
+        None,
+        ray_config_files,
+        env=("USAGESTATSD_RAY_CONFIG_FILES",),
+        doc="`auto`, or a list of absolute paths",
+        doc_default="`auto`",
+    )
+    # Not settings: what else the environment says, and where each setting came from.
+    settings_file: Path | None = None
+    http_max_response_bytes: int = 64 << 10  # a fixed cap on a reply body read
+    kubernetes_in_use: bool = False  # $KUBERNETES_SERVICE_HOST is set
+    consent_inputs: ConsentInputs = ConsentInputs()
+    systemd: SystemdHandoff = SystemdHandoff()
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def source_of(self, name: str) -> str:
+        """Where a setting's value came from ('default' when nobody set it)."""
+        return self.sources.get(name, "default")
+
+    # The systemd hand-off under the names the daemon has always read them by.
+    @property
+    def notify_socket(self) -> str | None:
+        """$NOTIFY_SOCKET (SystemdHandoff)."""
+        return self.systemd.notify_socket
+
+    @property
+    def watchdog_usec(self) -> int | None:
+        """$WATCHDOG_USEC (SystemdHandoff)."""
+        return self.systemd.watchdog_usec
+
+    @property
+    def watchdog_pid(self) -> int | None:
+        """$WATCHDOG_PID (SystemdHandoff)."""
+        return self.systemd.watchdog_pid
+
+    @property
+    def journal_stream(self) -> str | None:
+        """$JOURNAL_STREAM (SystemdHandoff)."""
+        return self.systemd.journal_stream
+
+
+DECLARED: tuple[Declaration, ...] = tuple(declarations(Settings))
+_GROUPS = groups(Settings)
+# File tables that are one setting's value (extra_tags), not a section of settings.
+_TABLE_VALUES = frozenset(
+    d.file_key for d in DECLARED if isinstance(d.default, Mapping) and d.file_key
+)
 
 
 def read_settings_file(path: Path, explicit: bool) -> dict[str, Any] | None:
@@ -615,9 +332,10 @@ def read_settings_file(path: Path, explicit: bool) -> dict[str, Any] | None:
     table = read_toml_file(path, explicit)
     if table is None:
         return None
-    flat = _flatten(table)
+    flat = flatten(table, _TABLE_VALUES)
+    keys = {d.file_key for d in DECLARED}
     for key in flat:
-        if key not in _FILE_KEYS:
+        if key not in keys:
             raise SettingsError(
                 key,
                 f"settings file {path}",
@@ -627,21 +345,6 @@ def read_settings_file(path: Path, explicit: bool) -> dict[str, Any] | None:
     return flat
 
 
-def _default_state_dir(env: Mapping[str, str], euid: int) -> Path:
-    if euid == 0:
-        return Path("/var/lib/usagestatsd")
-    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "/")) / ".local" / "state")
-    return Path(base) / "usagestatsd"
-
-
-def _expand_home(path: Path, env: Mapping[str, str]) -> Path:
-    text = str(path)
-    if text == "~" or text.startswith("~/"):
-        home = env.get("HOME") or os.path.expanduser("~")
-        return Path(home + text[1:])
-    return path
-
-
 def load_settings(
     env: Mapping[str, str],
     cli: Mapping[str, object] | None = None,
@@ -649,92 +352,45 @@ def load_settings(
     euid: int | None = None,
 ) -> Settings:
     """Build the one Settings from all layers; raises SettingsError on the first bad value."""
-    cli = dict(cli or {})
     explicit = settings_file is not None
     path = settings_file or DEFAULT_SETTINGS_FILE
     file_values = read_settings_file(path, explicit) or {}
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-
-    def take(name: str, raw: object, source: str, parse: Callable[[object], Any]) -> None:
-        try:
-            values[name] = parse(raw)
-        except ValueError as exc:
-            raise SettingsError(name, source, raw, str(exc)) from None
-        sources[name] = source
-
-    for spec in _SPECS:
-        if spec.file_key and spec.file_key in file_values:
-            take(spec.name, file_values[spec.file_key], f"settings file {path}", spec.parse)
-        if spec.name == "temp_root" and "RAY_TMPDIR" in env:
-            take(spec.name, env["RAY_TMPDIR"], "environment variable RAY_TMPDIR", _ray_tmpdir)
-        for var in spec.env:
-            if var in env and (env[var] != "" or spec.name == "extra_tags"):
-                raw: object = env[var].split(":")[0] if var == "STATE_DIRECTORY" else env[var]
-                take(spec.name, raw, f"environment variable {var}", spec.env_parse or spec.parse)
-        if spec.name in cli and cli[spec.name] is not None:
-            flag = spec.flag or spec.name  # every setting cli.py passes declares its flag
-            take(spec.name, cli[spec.name], f"command line {flag}", spec.env_parse or spec.parse)
-
+    got = gather(DECLARED, file_values, f"settings file {path}", env, cli or {})
     uid = os.geteuid() if euid is None else euid
-    retry = RetryPolicy(
-        max_attempts=values.pop("retry.max_attempts", RetryPolicy.max_attempts),
-        initial_delay_s=values.pop("retry.initial_delay_s", RetryPolicy.initial_delay_s),
-        max_delay_s=values.pop("retry.max_delay_s", RetryPolicy.max_delay_s),
-        budget_s=values.pop("retry.budget_s", RetryPolicy.budget_s),
-    )
-    values.setdefault("state_dir", _default_state_dir(env, uid))
-    consent_file = _expand_home(values.pop("consent_file", Path("~/.ray/config.json")), env)
+    values: dict[str, Any] = {}
+    for d in DECLARED:
+        if d.name in got.values:  # set, perhaps to None ("off", "auto")
+            value = got.values[d.name]
+        else:
+            value = d.default_from(env, uid) if d.default_from else None
+            if value is None and d.finish is None:
+                continue  # the field's own default (a fresh one)
+            value = d.default if value is None else value
+        values[d.name] = d.finish(value, env) if d.finish else value
+    for name, cls in _GROUPS.items():
+        prefix = name + "."
+        members = {k: values.pop(k) for k in list(values) if k.startswith(prefix)}
+        values[name] = cls(**{k.removeprefix(prefix): v for k, v in members.items()})
     return Settings(
         settings_file=path if (explicit or file_values or path.exists()) else None,
-        retry=retry,
-        consent_file=consent_file,
-        usage_stats_enabled_env=env.get("RAY_USAGE_STATS_ENABLED"),
-        do_not_track_env=env.get("DO_NOT_TRACK"),
-        prompt_enabled_env=env.get("RAY_USAGE_STATS_PROMPT_ENABLED"),
-        notify_socket=env.get("NOTIFY_SOCKET") or None,
-        watchdog_usec=_watchdog_usec(env),
-        watchdog_pid=_optional_int(env.get("WATCHDOG_PID")),
-        journal_stream=env.get("JOURNAL_STREAM") or None,
         kubernetes_in_use=bool(env.get("KUBERNETES_SERVICE_HOST")),
-        sources=sources,
+        consent_inputs=ConsentInputs.from_env(env),
+        systemd=SystemdHandoff.from_env(env),
+        sources=got.sources,
         **values,
     )
 
 
-def _optional_int(raw: str | None) -> int | None:
-    try:
-        return int(raw) if raw else None
-    except ValueError:
-        return None
-
-
-def _watchdog_usec(env: Mapping[str, str]) -> int | None:
-    usec = _optional_int(env.get("WATCHDOG_USEC"))
-    return usec if usec and usec > 0 else None
-
-
-def setting_names() -> list[str]:
-    """Every setting name, for documentation and tests."""
-    return [spec.name for spec in _SPECS]
-
-
 def setting_flags() -> dict[str, str]:
     """Setting name -> the command-line flag that sets it, for the settings that have one."""
-    return {spec.name: spec.flag for spec in _SPECS if spec.flag}
+    return {d.name: d.flag_name for d in DECLARED if d.flag_name}
 
 
-# Read by load_settings beside the table: the consent inputs, Ray's temp dir, the homes.
-_OTHER_VARIABLES = (
-    "RAY_TMPDIR",
-    "RAY_USAGE_STATS_ENABLED",
-    "DO_NOT_TRACK",
-    "RAY_USAGE_STATS_PROMPT_ENABLED",
-    "HOME",
-    "XDG_STATE_HOME",
-)
+# Read by load_settings beside the declarations, for defaults: the homes.
+_HOME_VARIABLES = ("HOME", "XDG_STATE_HOME")
 
 
 def read_variables() -> frozenset[str]:
     """Every environment variable a setting or the consent decision is read from."""
-    return frozenset(var for spec in _SPECS for var in spec.env) | frozenset(_OTHER_VARIABLES)
+    declared = (var.name for d in DECLARED for var in d.env)
+    return frozenset([*declared, *ConsentInputs.VARIABLES, *_HOME_VARIABLES])

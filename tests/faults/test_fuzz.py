@@ -199,20 +199,9 @@ def test_parse_extra_tags(raw: Any) -> None:
 
 
 ENV_NAMES = sorted(
-    {var for spec in settings_module._SPECS for var in spec.env}
-    | {
-        "RAY_TMPDIR",
-        "RAY_USAGE_STATS_ENABLED",
-        "DO_NOT_TRACK",
-        "RAY_USAGE_STATS_PROMPT_ENABLED",
-        "NOTIFY_SOCKET",
-        "WATCHDOG_USEC",
-        "WATCHDOG_PID",
-        "JOURNAL_STREAM",
-        "KUBERNETES_SERVICE_HOST",
-        "HOME",
-        "XDG_STATE_HOME",
-    }
+    settings_module.read_variables()
+    | set(settings_module.SystemdHandoff.VARIABLES)
+    | {"KUBERNETES_SERVICE_HOST"}
 )
 ENV_TEXT = st.one_of(
     st.text(max_size=30),
@@ -263,7 +252,7 @@ def toml_value(value: Any) -> str:
     return '""'
 
 
-FILE_KEYS = sorted(k for k in settings_module._FILE_KEYS if k)
+FILE_KEYS = sorted(d.file_key for d in settings_module.DECLARED if d.file_key)
 FILE_VALUES = st.one_of(
     JSON_VALUES.filter(lambda v: v is not None),
     ENV_TEXT,

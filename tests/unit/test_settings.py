@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from usagestatsd.settings import DEFAULT_ENDPOINT_URL, SettingsError, load_settings
+from usagestatsd.settings import (
+    DECLARED,
+    DEFAULT_ENDPOINT_URL,
+    ConsentInputs,
+    SettingsError,
+    SystemdHandoff,
+    load_settings,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -182,3 +190,85 @@ def test_ray_user_is_a_name_or_a_uid(tmp_path: Path) -> None:
     assert load_settings({}, {}, write(tmp_path, "")).ray_user is None
     assert load_settings({"USAGESTATSD_RAY_USER": "root"}, {}, write(tmp_path, "")).ray_user == 0
     assert load_settings({}, {}, write(tmp_path, "ray_user = 1234")).ray_user == 1234
+
+
+CONFIGURATION_MD = Path(__file__).parents[2] / "docs" / "configuration.md"
+
+
+def _reference_rows() -> list[list[str]]:
+    """The rows of the settings table of docs/configuration.md, as their five cells."""
+    text = CONFIGURATION_MD.read_text()
+    table = text.split("| setting (TOML key) |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.strip().strip("|").split("|") for line in table.splitlines()[2:]]
+    assert rows and all(len(row) == 5 for row in rows), "the table has five columns"
+    return [[cell.strip() for cell in row] for row in rows]
+
+
+def _row_key(cell: str) -> str | None:
+    """The settings-file key a row documents: `[retry]` `budget_s` is retry.budget_s."""
+    words: list[str] = re.findall(r"`([^`]+)`", cell)
+    if not words:
+        return None
+    if words[0].startswith("[["):  # an array of tables: the key is its name
+        return words[0].strip("[]")
+    if words[0].startswith("["):
+        return f"{words[0].strip('[]')}.{words[1]}"
+    return words[0]
+
+
+def test_configuration_md_documents_every_declared_setting() -> None:
+    """Each declared setting has its row in docs/configuration.md, with its file key,
+    environment variables, flag, default and doc line; no row documents an undeclared key."""
+    rows = _reference_rows()
+    by_key = {_row_key(row[0]): row for row in rows}
+    for d in DECLARED:
+        if d.file_key:
+            assert d.file_key in by_key, f"{d.name}: no row for the key {d.file_key}"
+            row = by_key[d.file_key]
+        else:
+            first = d.env[0].name
+            row = next((r for r in rows if f"`{first}`" in r[1]), [])
+            assert row, f"{d.name}: no row for {first}"
+        _key, env, flag, default, accepted = row
+        documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", env))
+        assert documented == {e.name for e in d.env}, f"{d.name}: environment column"
+        flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", flag))
+        assert flags == ({d.flag_name} if d.flag_name else set()), f"{d.name}: flag column"
+        assert default.startswith(d.doc_default), f"{d.name}: default {d.doc_default}"
+        assert d.doc and d.doc in accepted, f"{d.name}: accepted should say {d.doc!r}"
+    declared_keys = {d.file_key for d in DECLARED}
+    assert set(by_key) - {None} <= declared_keys, "rows for keys that are not settings"
+    consent_row = next(r for r in rows if not r[0] and "consent" in r[4])
+    assert set(re.findall(r"`([A-Z][A-Z0-9_]+)`", consent_row[1])) == set(ConsentInputs.VARIABLES)
+
+
+def test_systemd_handoff_and_consent_inputs_are_their_own_types(tmp_path: Path) -> None:
+    """What systemd hands the process is read leniently; the consent inputs are kept raw."""
+    s = load_settings(
+        {
+            "NOTIFY_SOCKET": "@notify",
+            "WATCHDOG_USEC": "not-a-number",
+            "WATCHDOG_PID": "42",
+            "JOURNAL_STREAM": "8:1234",
+            "RAY_USAGE_STATS_ENABLED": "maybe",
+            "DO_NOT_TRACK": "",
+        },
+        {},
+        write(tmp_path, ""),
+    )
+    assert s.systemd == SystemdHandoff("@notify", None, 42, "8:1234")
+    assert (s.notify_socket, s.watchdog_usec, s.journal_stream) == ("@notify", None, "8:1234")
+    assert s.consent_inputs == ConsentInputs("maybe", "", None)
+
+
+def test_defaults_are_the_declared_ones(tmp_path: Path) -> None:
+    """An empty settings file gives every setting its declared default (as root)."""
+    s = load_settings({"HOME": "/home/x"}, {}, write(tmp_path, ""), euid=0)
+    for d in DECLARED:
+        group, _, name = d.name.rpartition(".")
+        value = getattr(getattr(s, group) if group else s, name)
+        if d.name == "consent_file":
+            assert value == Path("/home/x/.ray/config.json")
+        else:
+            assert value == d.default, d.name
+        assert s.source_of(d.name) == "default"

@@ -13,48 +13,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from usagestatsd.settings import LOG_FORMATS, LOG_LEVELS, SettingsError, read_toml_file
+from usagestatsd.settings import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
+from usagestatsd.settings_declare import (
+    Declaration,
+    Env,
+    Flag,
+    SettingsError,
+    declarations,
+    gather,
+    read_toml_file,
+    setting,
+)
+from usagestatsd.settings_values import first_entry
 
 DEFAULT_SETTINGS_FILE = Path("/etc/usagestatsd-collector/collector.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/usagestatsd-collector")
 DEFAULT_PORT = 18924
 MAX_SETTINGS_FILE_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class CollectorSettings:
-    """Everything the collector was told, validated."""
-
-    settings_file: Path | None = None
-    listen: tuple[str, int] = ("127.0.0.1", DEFAULT_PORT)
-    state_dir: Path = DEFAULT_STATE_DIR
-    database_url: str = ""
-    retention_days: int = 365
-    ingest_tokens: tuple[str, ...] = ()
-    deletion_tokens: tuple[str, ...] = ()
-    max_report_bytes: int = 64 << 10
-    max_pending: int = 5000
-    log_format: str = "auto"
-    log_level: str = "info"
-    notify_socket: str | None = None
-    journal_stream: str | None = None
-
-    @property
-    def database(self) -> str:
-        """The database URL actually used: the DSN given, else SQLite in the state dir."""
-        if self.database_url:
-            return self.database_url
-        return f"sqlite:///{self.state_dir / 'collector.sqlite3'}"
-
-    @property
-    def backend(self) -> str:
-        """'sqlite' or 'postgresql'."""
-        return "sqlite" if self.database.startswith("sqlite:") else "postgresql"
-
-    @property
-    def sqlite_path(self) -> Path:
-        """The SQLite file (only meaningful when backend == 'sqlite')."""
-        return Path(self.database.removeprefix("sqlite://"))
 
 
 def parse_listen(raw: object) -> tuple[str, int]:
@@ -138,26 +113,66 @@ def _tokens(raw: object) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class _Spec:
-    name: str
-    env: tuple[str, ...]
-    parse: Callable[[object], Any]
-    cli: bool = True
+class CollectorSettings:
+    """Everything the collector was told, validated."""
+
+    listen: tuple[str, int] = setting(
+        ("127.0.0.1", DEFAULT_PORT),
+        parse_listen,
+        env=("USAGESTATSD_COLLECTOR_LISTEN",),
+        flag=Flag(),
+    )
+    state_dir: Path = setting(
+        DEFAULT_STATE_DIR,
+        _absolute_dir,
+        env=(Env("STATE_DIRECTORY", pick=first_entry), "USAGESTATSD_COLLECTOR_STATE_DIR"),
+        flag=Flag(),
+    )
+    database_url: str = setting(
+        "", parse_database_url, env=("USAGESTATSD_COLLECTOR_DATABASE_URL",), flag=Flag()
+    )
+    retention_days: int = setting(
+        365, _integer(1, 36500), env=("USAGESTATSD_COLLECTOR_RETENTION_DAYS",), flag=Flag()
+    )
+    ingest_tokens: tuple[str, ...] = setting(
+        (), _tokens, env=("USAGESTATSD_COLLECTOR_INGEST_TOKENS",)
+    )
+    deletion_tokens: tuple[str, ...] = setting(
+        (), _tokens, env=("USAGESTATSD_COLLECTOR_DELETION_TOKENS",)
+    )
+    max_report_bytes: int = setting(64 << 10, _integer(4096, 16 << 20))
+    max_pending: int = setting(5000, _integer(10, 1_000_000))
+    log_format: LogFormat = setting(
+        "auto", _choice(LOG_FORMATS), env=("USAGESTATSD_COLLECTOR_LOG_FORMAT",), flag=Flag()
+    )
+    log_level: LogLevel = setting(
+        "info", _choice(LOG_LEVELS), env=("USAGESTATSD_COLLECTOR_LOG_LEVEL",), flag=Flag()
+    )
+    # Not settings: the file read, and what systemd hands the process.
+    settings_file: Path | None = None
+    notify_socket: str | None = None
+    journal_stream: str | None = None
+
+    @property
+    def database(self) -> str:
+        """The database URL actually used: the DSN given, else SQLite in the state dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.state_dir / 'collector.sqlite3'}"
+
+    @property
+    def backend(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return "sqlite" if self.database.startswith("sqlite:") else "postgresql"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file (only meaningful when backend == 'sqlite')."""
+        return Path(self.database.removeprefix("sqlite://"))
 
 
-_SPECS: tuple[_Spec, ...] = (
-    _Spec("listen", ("USAGESTATSD_COLLECTOR_LISTEN",), parse_listen),
-    _Spec("state_dir", ("STATE_DIRECTORY", "USAGESTATSD_COLLECTOR_STATE_DIR"), _absolute_dir),
-    _Spec("database_url", ("USAGESTATSD_COLLECTOR_DATABASE_URL",), parse_database_url),
-    _Spec("retention_days", ("USAGESTATSD_COLLECTOR_RETENTION_DAYS",), _integer(1, 36500)),
-    _Spec("ingest_tokens", ("USAGESTATSD_COLLECTOR_INGEST_TOKENS",), _tokens, cli=False),
-    _Spec("deletion_tokens", ("USAGESTATSD_COLLECTOR_DELETION_TOKENS",), _tokens, cli=False),
-    _Spec("max_report_bytes", (), _integer(4096, 16 << 20), cli=False),
-    _Spec("max_pending", (), _integer(10, 1_000_000), cli=False),
-    _Spec("log_format", ("USAGESTATSD_COLLECTOR_LOG_FORMAT",), _choice(LOG_FORMATS)),
-    _Spec("log_level", ("USAGESTATSD_COLLECTOR_LOG_LEVEL",), _choice(LOG_LEVELS)),
-)
-SETTING_NAMES = tuple(spec.name for spec in _SPECS)
+DECLARED: tuple[Declaration, ...] = tuple(declarations(CollectorSettings))
+SETTING_NAMES = tuple(d.name for d in DECLARED)
 
 
 def read_settings_file(path: Path, explicit: bool) -> dict[str, Any]:
@@ -174,31 +189,12 @@ def load_settings(
     env: Mapping[str, str], cli: Mapping[str, object] | None = None, path: Path | None = None
 ) -> CollectorSettings:
     """Build the settings from every layer; raises SettingsError on the first bad value."""
-    cli = dict(cli or {})
     file_path = path or DEFAULT_SETTINGS_FILE
     file_values = read_settings_file(file_path, path is not None)
-    values: dict[str, Any] = {}
-
-    def take(name: str, raw: object, source: str, parse: Callable[[object], Any]) -> None:
-        try:
-            values[name] = parse(raw)
-        except ValueError as exc:
-            raise SettingsError(name, source, raw, str(exc)) from None
-
-    for spec in _SPECS:
-        if spec.name in file_values:
-            take(spec.name, file_values[spec.name], f"settings file {file_path}", spec.parse)
-        for var in spec.env:
-            if env.get(var):
-                # systemd may hand several colon-separated directories: the first is ours.
-                raw = env[var].split(":")[0] if var == "STATE_DIRECTORY" else env[var]
-                take(spec.name, raw, f"environment variable {var}", spec.parse)
-        if spec.cli and cli.get(spec.name) is not None:
-            flag = "--" + spec.name.replace("_", "-")
-            take(spec.name, cli[spec.name], f"command line {flag}", spec.parse)
+    got = gather(DECLARED, file_values, f"settings file {file_path}", env, cli or {})
     return CollectorSettings(
         settings_file=file_path if file_values else None,
         notify_socket=env.get("NOTIFY_SOCKET") or None,
         journal_stream=env.get("JOURNAL_STREAM") or None,
-        **values,
+        **got.values,
     )
