@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import daemon_env
-from tests.support.servers import DaemonProcess, ScriptedEndpoint, start_daemon, until
+from tests.support.poll import until
+from tests.support.processes import DaemonProcess, daemon_env, start_daemon
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster
 from usagestatsd.fileio import atomic_write
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import daemon_env
-from tests.faults.helpers import RawTcpServer, read_whole_request, tmpfs
-from tests.support.servers import ScriptedEndpoint, http_reply, start_daemon, until
+from tests.faults.helpers import tmpfs
+from tests.support.poll import until
+from tests.support.processes import daemon_env, start_daemon
+from tests.support.servers import RawTcpServer, ScriptedEndpoint, http_reply, read_whole_request
 from usagestatsd.demo import DemoCluster
 
 FS_BYTES = 192 << 10

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import consent_file_env, daemon_env
-from tests.support.servers import (
-    Reply,
-    ScriptedEndpoint,
+from tests.support.poll import until
+from tests.support.processes import (
+    consent_file_env,
+    daemon_env,
     report_then_stop,
     run_cli,
     running_daemon,
-    until,
 )
+from tests.support.servers import Reply, ScriptedEndpoint
 from usagestatsd.demo import DemoCluster
 from usagestatsd.fieldsets import CURRENT_VERSION, redactable, withheld
 from usagestatsd.history import History, Record
