@@ -44,6 +44,7 @@ def writer(directory: Path, progress: int) -> None:
             progress = -1
 
 
+@pytest.mark.slow
 def test_atomic_write_killed_at_random_moments(tmp_path: Path) -> None:
     """Hundreds of SIGKILLs mid-rewrite: the file is always a whole version, never older."""
     rng = random.Random(20261128)

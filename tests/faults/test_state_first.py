@@ -72,6 +72,7 @@ def seqs(endpoint: ScriptedEndpoint) -> list[int]:
     return [int(body["seq_number"]) for body in endpoint.bodies()]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 async def test_full_state_file_system_never_sends_a_seq_number_twice(
     demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, tmp_path: Path

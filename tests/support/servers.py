@@ -1,7 +1,8 @@
 """The one family of fake receivers: report endpoints and raw peers for tests.
 
 `ScriptedEndpoint` is a well-behaved HTTP endpoint on 127.0.0.1 that answers with a script
-of statuses. `RawServer` (on a free TCP port with `RawTcpServer`, optionally behind TLS, or
+of statuses (`ThreadedEndpoint` serves one from a thread, for tests without an event loop).
+`RawServer` (on a free TCP port with `RawTcpServer`, optionally behind TLS, or
 on a Unix socket with `RawUnixServer`) hands each connection to a plain function, so a test
 can misbehave as any real peer could: `reply`, `reset_mid_response`, `trickle`, `Endless`.
 Nothing here imitates the project's own code; these are the outside world the daemon talks
