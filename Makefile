@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help run run-collector test lint typecheck unit venv clean bench soak test-ray test-debian-libs test-ray-matrix test-ray-ci
+.PHONY: help run run-collector test test-slow lint typecheck unit venv clean bench soak test-ray test-debian-libs test-ray-matrix test-ray-ci
 
 ## make help: list the targets, one line each
 help:
@@ -50,7 +50,7 @@ run: $(STAMP)
 run-collector: $(STAMP)
 	$(VPY) tools/run_collector.py
 
-## make test: ruff, ruff format --check, mypy --strict, pytest (the unit and fault suites)
+## make test: ruff, ruff format --check, mypy --strict, pytest (every suite but Ray's and the containers', without the slow tests)
 test: lint typecheck unit
 
 ## make lint: ruff check and ruff format --check
@@ -62,14 +62,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# The unit and fault suites, and of tests/ray the provider's protocol tests (they need no
-# Ray); a new real-Ray test file in tests/ray must be added to these --ignore options.
+# Every suite that needs neither Ray nor a container (unit, process, faults, provider,
+# collector); a new real-Ray test file in tests/ray must be added to these --ignore options.
+# `make test` runs the tests not marked slow (a few minutes on 2 cores); `make test-slow`
+# runs the long fault and attack runs marked @pytest.mark.slow. CI runs both.
 UNIT_TESTS := tests --ignore=tests/e2e \
 	--ignore=tests/ray/test_real_ray.py --ignore=tests/ray/test_setup_real.py
 
-## make unit: pytest only (one test: .venv/bin/python -m pytest -q tests/FILE.py::NAME)
+## make unit: pytest only, without the slow tests (one test: .venv/bin/python -m pytest -q tests/FILE.py::NAME)
 unit: $(STAMP) collector-deps
-	$(VPY) -m pytest -q $(UNIT_TESTS)
+	$(VPY) -m pytest -q -m "not slow" $(UNIT_TESTS)
+
+## make test-slow: the tests marked slow (long fault, crash and attack runs); CI runs it after make test
+test-slow: $(STAMP) collector-deps
+	$(VPY) -m pytest -q -m slow $(UNIT_TESTS)
 
 ## make bench: memory, start-up, CPU per report and idle cost, each beside its reference
 bench: $(STAMP)
@@ -83,7 +89,7 @@ soak: $(STAMP)
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache
 
-## make test-debian-libs: the unit tests against Debian 12's library versions
+## make test-debian-libs: the tests of make test and make test-slow against Debian 12's library versions
 DEBVENV := .venv-debian
 $(DEBVENV)/.installed: pyproject.toml
 	$(need_venv)

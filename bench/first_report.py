@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 from tests.ray.harness import (  # noqa: E402
     Daemons,
     RayHead,
-    ThreadedEndpoint,
     free_port,
     set_subreaper,
 )
+from tests.support.servers import ThreadedEndpoint  # noqa: E402
 
 RAY_PYTHONS = (
     "/var/cache/usagestatsd-ray/venv/bin/python",  # mk/ray.mk's RAY_VENV

@@ -27,7 +27,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import daemon_env
 from tests.faults.test_trust import (
     COSTLY_LINE,
     EMPTY_OBJECTS,
@@ -36,7 +35,9 @@ from tests.faults.test_trust import (
     vm_kib,
 )
 from tests.support.hostile import running_as
-from tests.support.servers import ScriptedEndpoint, start_daemon, until
+from tests.support.poll import until
+from tests.support.processes import daemon_env, start_daemon
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded, recorded_responses
 
 

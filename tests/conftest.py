@@ -1,24 +1,19 @@
-"""Fixtures: a demo Ray session on real Unix sockets, endpoints on 127.0.0.1, settings."""
+"""Fixtures: a demo Ray session on real Unix sockets, endpoints on 127.0.0.1, settings.
+
+Helpers that are not fixtures are in tests/support."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.servers import ScriptedEndpoint
-from usagestatsd.demo import DemoCluster, make_session_dir, recorded, recorded_responses
+from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
 from usagestatsd.settings import Settings, load_settings
-
-
-def recorded_json(name: str) -> Any:
-    """A recorded Ray 2.60 response, decoded."""
-    return json.loads(recorded(name))
 
 
 @pytest.fixture
@@ -80,31 +75,3 @@ def make_settings(
         return load_settings(base, cli, empty_settings_file)
 
     return build
-
-
-def daemon_env(temp_root: Path, state_dir: Path, url: str, **extra: str) -> dict[str, str]:
-    """The environment for a daemon process reporting quickly to `url`."""
-    env = {
-        "RAY_USAGE_STATS_ENABLED": "1",
-        "USAGESTATSD_TEMP_ROOT": str(temp_root),
-        "USAGESTATSD_STATE_DIR": str(state_dir),
-        "RAY_USAGE_STATS_REPORT_URL": url,
-        "RAY_USAGE_STATS_REPORT_INTERVAL_S": "0.5",
-        "USAGESTATSD_RETRY_INITIAL_DELAY_S": "0.05",
-        "USAGESTATSD_RETRY_MAX_DELAY_S": "0.2",
-        "USAGESTATSD_RAY_INTAKE": "off",
-        "HOME": str(temp_root.parent / "home"),
-        "USAGESTATSD_RAY_CONFIG_FILES": str(temp_root.parent / "ray-users" / "config.json"),
-    }
-    env.update(extra)
-    return env
-
-
-def consent_file_env(
-    temp_root: Path, state_dir: Path, url: str, consent: Path, content: str
-) -> dict[str, str]:
-    """A daemon environment whose decision comes from the consent file (written here)."""
-    consent.write_text(content)
-    env = daemon_env(temp_root, state_dir, url, RAY_USAGE_STATS_CONFIG_PATH=str(consent))
-    del env["RAY_USAGE_STATS_ENABLED"]
-    return env

@@ -2,7 +2,9 @@
 
 Events are named `area.event` with key=value context. Under journald every line starts with
 its syslog priority (`<4>` = warning) so `journalctl -p warning` filters; otherwise JSON
-lines, or a readable console format on a terminal. Everything goes to stderr.
+lines (structlog's JSONRenderer), or a readable console format on a terminal. structlog's
+own processors add the level and the time; the two key=value formats are written here
+(see `_line` for why not with structlog's LogfmtRenderer). Everything goes to stderr.
 """
 
 from __future__ import annotations
@@ -52,28 +54,30 @@ def _quote(value: Any) -> str:
     return text
 
 
+def _line(head: str, event: MutableMapping[str, Any]) -> str:
+    """`head` then `key=value` pairs: a value with a space, quote, `=` or control character
+    is written as a JSON string, so one event is always one line (a hostile value cannot
+    start a line of its own) and reads the same with every structlog version. structlog's
+    LogfmtRenderer does not: 22.3 (Debian 12) writes a newline raw, newer ones escape it,
+    and both write None as an empty value and lists as Python reprs."""
+    pairs = " ".join(f"{k}={_quote(v)}" for k, v in event.items())
+    return head + (f" {pairs}" if pairs else "")
+
+
 def render_journal(_: Any, method: str, event: MutableMapping[str, Any]) -> str:
     """`<prio>area.event key=value ...`: one line, priority understood by journald."""
     level = event.pop("level", method)
     name = event.pop("event", "")
-    event.pop("timestamp", None)
-    pairs = " ".join(f"{k}={_quote(v)}" for k, v in event.items())
-    return f"<{_PRIORITY.get(level, 6)}>{name}" + (f" {pairs}" if pairs else "")
-
-
-def render_json(_: Any, method: str, event: MutableMapping[str, Any]) -> str:
-    """One JSON object per line."""
-    event.setdefault("level", method)
-    return json.dumps(event, default=str, sort_keys=False)
+    return _line(f"<{_PRIORITY.get(level, 6)}>{name}", event)
 
 
 def render_console(_: Any, method: str, event: MutableMapping[str, Any]) -> str:
-    """`HH:MM:SS level   area.event key=value` for people at a terminal."""
+    """`HH:MM:SS level   area.event key=value` for people at a terminal (structlog's
+    ConsoleRenderer writes `[level]`, pads the event and sorts the keys)."""
     level = event.pop("level", method)
     name = event.pop("event", "")
-    stamp = str(event.pop("timestamp", ""))[11:19]
-    pairs = " ".join(f"{k}={_quote(v)}" for k, v in event.items())
-    return f"{stamp} {level:<7} {name}" + (f" {pairs}" if pairs else "")
+    stamp = event.pop("timestamp", "")
+    return _line(f"{stamp} {level:<7} {name}", event)
 
 
 class _Tolerant:
@@ -140,11 +144,15 @@ def configure(
     """Configure structlog once for the process; return the format actually used."""
     out = stream or sys.stderr
     chosen = resolve_format(log_format, journal_stream, out)
-    renderer = {"journal": render_journal, "json": render_json, "console": render_console}[chosen]
     processors: list[Any] = [structlog.processors.add_log_level]
-    if chosen != "journal":
+    if chosen == "journal":  # journald stamps each line itself
+        processors.append(render_journal)
+    elif chosen == "json":
         processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
-    processors.append(renderer)
+        processors.append(structlog.processors.JSONRenderer(default=str))
+    else:
+        processors.append(structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=True))
+        processors.append(render_console)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVEL_NUMBER.get(level, 20)),

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.poll import wait_until
+from tests.support.processes import end_process, first_line, spawn_logged
+
 REPORT = Path(__file__).parents[2] / "usagestatsd" / "demo" / "data" / "report_payload.json"
 
 
@@ -76,27 +79,22 @@ class CollectorProcess:
     def events(self, name: str | None = None, at_least: int = 0) -> list[dict[str, Any]]:
         """The JSON log events so far (only `name`, when given), waiting up to 10 s until
         there are `at_least` of them: a line is written after the answer is sent."""
-        deadline = time.monotonic() + 10
-        while True:
+
+        def matching() -> list[dict[str, Any]]:
             out = []
             for line in list(self.lines):
                 with contextlib.suppress(ValueError):
                     event = json.loads(line)
                     if name is None or event.get("event") == name:
                         out.append(event)
-            if len(out) >= at_least or time.monotonic() > deadline:
-                return out
-            time.sleep(0.02)
+            return out
+
+        wait_until(lambda: len(matching()) >= at_least, 10, fail=False, interval=0.02)
+        return matching()
 
     def stop(self) -> int:
         """SIGTERM and wait; the exit status (every log line has been read by then)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            code = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
+        code = end_process(self.proc, 10)
         self.pump.join(10)
         return code
 
@@ -131,34 +129,12 @@ def start_collector(
     cmd += ["--config", str(config) if config else os.devnull, "--state-dir", str(state_dir)]
     if not any(a.startswith("--listen") for a in args):
         cmd += ["--listen", "127.0.0.1:0"]
-    proc = subprocess.Popen(
-        [*cmd, *args],
-        env={**_base_env(), **(env or {})},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    lines: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            lines.append(raw.decode(errors="replace").rstrip("\n"))
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in list(lines):
-            if '"collector.listening"' in line:
-                url = json.loads(line)["url"]
-                return CollectorProcess(proc, lines, url, state_dir, reader)
-        if proc.poll() is not None:
-            time.sleep(0.2)
-            break
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError("collector did not start:\n" + "\n".join(lines))
+    proc, lines, reader = spawn_logged([*cmd, *args], {**_base_env(), **(env or {})})
+    listening = first_line(proc, lines, '"collector.listening"', 30)
+    if listening is None:
+        proc.kill()
+        raise AssertionError("collector did not start:\n" + "\n".join(lines))
+    return CollectorProcess(proc, lines, json.loads(listening)["url"], state_dir, reader)
 
 
 @contextlib.contextmanager

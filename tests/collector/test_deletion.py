@@ -7,8 +7,8 @@ import sqlite3
 from pathlib import Path
 
 from tests.collector.harness import CollectorProcess, running_collector, sample_report
-from tests.conftest import daemon_env
-from tests.support.servers import run_cli, running_daemon, until
+from tests.support.poll import until
+from tests.support.processes import daemon_env, run_cli, running_daemon
 from usagestatsd.demo import DemoCluster
 
 PROTOCOL = "usagestatsd-deletion/1"

@@ -13,7 +13,7 @@ from tests.collector.harness import (
     running_collector,
     sample_report,
 )
-from tests.support.servers import poll_until
+from tests.support.poll import wait_until
 
 SID = "0123456789abcdef0123456789abcdef"
 
@@ -180,7 +180,7 @@ def test_busy_writer_answers_429_with_retry_after(tmp_path: Path) -> None:
         for t in threads:
             t.start()
         # Well inside SQLite's 30 s busy timeout, after which the admitted ones would fail.
-        turned_away = poll_until(lambda: answers.count(429) >= 20, timeout=20)
+        turned_away = wait_until(lambda: answers.count(429) >= 20, timeout=20, fail=False)
         throttled = http(c.url, json.dumps(sample_report(SID, 99)).encode())
         blocker.execute("ROLLBACK")
         for t in threads:

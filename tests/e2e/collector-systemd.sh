@@ -8,38 +8,14 @@
 #   (default: dist/usagestatsd_<version>_all.deb dist/usagestatsd-collector_<version>_all.deb)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/../.." && pwd)
-C=$here/container.sh
-version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$top/pyproject.toml" | head -n1)
+NAME=collector-systemd UNIT=usagestatsd-collector
+. "$here/lib.sh"  # $top $C $version $wd; check in_c prop now_ms secs wait_for finish
 deb=$(realpath "${1:-$top/dist/usagestatsd_${version}_all.deb}")
 cdeb=$(realpath "${2:-$top/dist/usagestatsd-collector_${version}_all.deb}")
 for f in "$deb" "$cdeb"; do
     [ -f "$f" ] || { echo "collector-systemd: FAIL: $f is not built (make deb)" >&2; exit 1; }
 done
 URL=http://127.0.0.1:18924
-wd=$(mktemp -d /tmp/usagestatsd-e2e-collector.XXXXXX)
-trap '"$C" stop "$wd" >/dev/null 2>&1 || true; rm -rf "$wd"' EXIT
-
-passed=0 failed=0
-check() {  # check NAME CONDITION-RESULT(0/1) [DETAIL]
-    if [ "$2" = 0 ]; then
-        printf 'collector-systemd: PASS %s%s\n' "$1" "${3:+ ($3)}"; passed=$((passed + 1))
-    else
-        printf 'collector-systemd: FAIL %s%s\n' "$1" "${3:+ ($3)}" >&2; failed=$((failed + 1))
-    fi
-}
-in_c() { "$C" exec "$wd" -- "$@"; }
-prop() { in_c systemctl show -p "$1" --value "${2:-usagestatsd-collector}"; }
-now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
-# wait_for SECONDS CMD...: until CMD succeeds (every 0.2 s).
-wait_for() {
-    local deadline=$(($(now_ms) + $1 * 1000))
-    shift
-    until "$@" >/dev/null 2>&1; do
-        [ "$(now_ms)" -lt "$deadline" ] || return 1
-        sleep 0.2
-    done
-}
 # get PATH: the body of GET $URL/PATH inside the container (curl is not in its root; python3
 # is), on stdout; exit 1 unless 200.
 get() {
@@ -186,7 +162,4 @@ left=$(in_c sh -c 'for p in /var/lib/usagestatsd-collector /var/lib/private/usag
     [ -e "$p" ] || [ -L "$p" ] && echo "$p"; done; true')
 [ -z "$left" ]; check "purge left nothing behind" $? "${left:-nothing}"
 
-"$C" stop "$wd"
-trap 'rm -rf "$wd"' EXIT
-echo "collector-systemd: $passed passed, $failed failed ($(($(now_ms) - t0)) ms)"
-[ "$failed" = 0 ]
+finish "$(($(now_ms) - t0)) ms"

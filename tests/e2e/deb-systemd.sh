@@ -6,35 +6,12 @@
 #   tests/e2e/deb-systemd.sh [DEB]      (default: dist/usagestatsd_<version>_all.deb)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/../.." && pwd)
-C=$here/container.sh
-version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$top/pyproject.toml" | head -n1)
+NAME=deb-systemd UNIT=usagestatsd
+. "$here/lib.sh"  # $top $C $version $wd; check in_c prop now_ms secs wait_for finish
 deb=$(realpath "${1:-$top/dist/usagestatsd_${version}_all.deb}")
 [ -f "$deb" ] || { echo "deb-systemd: FAIL: $deb is not built (make deb)" >&2; exit 1; }
 PORT=18931
-wd=$(mktemp -d /tmp/usagestatsd-e2e-deb.XXXXXX)
-trap '"$C" stop "$wd" >/dev/null 2>&1 || true; rm -rf "$wd"' EXIT
 
-passed=0 failed=0
-check() {  # check NAME CONDITION-RESULT(0/1) [DETAIL]
-    if [ "$2" = 0 ]; then
-        printf 'deb-systemd: PASS %s%s\n' "$1" "${3:+ ($3)}"; passed=$((passed + 1))
-    else
-        printf 'deb-systemd: FAIL %s%s\n' "$1" "${3:+ ($3)}" >&2; failed=$((failed + 1))
-    fi
-}
-in_c() { "$C" exec "$wd" -- "$@"; }
-prop() { in_c systemctl show -p "$1" --value "${2:-usagestatsd}"; }
-now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
-# wait_for SECONDS CMD...: until CMD succeeds (every 0.1 s); status of the last try.
-wait_for() {
-    local deadline=$(($(now_ms) + $1 * 1000))
-    shift
-    until "$@" >/dev/null 2>&1; do
-        [ "$(now_ms)" -lt "$deadline" ] || return 1
-        sleep 0.1
-    done
-}
 reports() { in_c journalctl -q -o cat -u demo-receiver --no-pager | grep -c '^receiver: got a report' || true; }
 daemon_log() {  # the current invocation's journal lines, or all of them with "all"
     if [ "${1:-}" = all ]; then in_c journalctl -q -o cat -u usagestatsd --no-pager
@@ -235,7 +212,4 @@ in_c apt-get purge -y -q usagestatsd >/dev/null 2>&1; rc=$?
 left=$(in_c sh -c 'ls -d /etc/usagestatsd /var/lib/usagestatsd 2>/dev/null; debconf-show usagestatsd 2>/dev/null; true')
 [ "$rc" = 0 ] && [ -z "$left" ]; check "purge again: nothing left" $? "${left:-nothing}"
 
-"$C" stop "$wd"
-trap 'rm -rf "$wd"' EXIT
-echo "deb-systemd: $passed passed, $failed failed ($(($(now_ms) - t0)) ms)"
-[ "$failed" = 0 ]
+finish "$(($(now_ms) - t0)) ms"

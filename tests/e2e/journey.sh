@@ -13,41 +13,17 @@
 # copied in at the same path ($RAY_VENV, built with /usr/bin/python3 3.11.2 like the container's).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/../.." && pwd)
-C=$here/container.sh
-version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$top/pyproject.toml" | head -n1)
+[ "$(id -u)" = 0 ] || { echo "journey: FAIL: must run as root (containers)" >&2; exit 1; }
+NAME=journey UNIT=usagestatsd
+. "$here/lib.sh"  # $top $C $version $wd; check in_c prop now_ms secs wait_for finish
 deb=$(realpath "${1:-$top/dist/usagestatsd_${version}_all.deb}")
 RAY_VENV=${RAY_VENV:-/var/cache/usagestatsd-ray/2.60.0/venv}
 PORT=18931
 INTERVAL=10   # the daemon's report interval here: "nothing is sent" waits longer than it
-[ "$(id -u)" = 0 ] || { echo "journey: FAIL: must run as root (containers)" >&2; exit 1; }
 [ -f "$deb" ] || { echo "journey: FAIL: $deb is not built (make deb)" >&2; exit 1; }
 [ -x "$RAY_VENV/bin/ray" ] || { echo "journey: FAIL: no Ray venv at $RAY_VENV (make test-ray)" >&2; exit 1; }
-wd=$(mktemp -d /tmp/usagestatsd-e2e-journey.XXXXXX)
-trap '"$C" stop "$wd" >/dev/null 2>&1 || true; rm -rf "$wd"' EXIT
-
-passed=0 failed=0
-check() {  # check NAME RESULT(0/1) [DETAIL]
-    if [ "$2" = 0 ]; then
-        printf 'journey: PASS %s%s\n' "$1" "${3:+ ($3)}"; passed=$((passed + 1))
-    else
-        printf 'journey: FAIL %s%s\n' "$1" "${3:+ ($3)}" >&2; failed=$((failed + 1))
-    fi
-}
-in_c() { "$C" exec "$wd" -- "$@"; }
-prop() { in_c systemctl show -p "$1" --value "${2:-usagestatsd}"; }
-now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
-wait_for() {  # wait_for SECONDS CMD...: until CMD succeeds (every 0.2 s)
-    local deadline=$(($(now_ms) + $1 * 1000))
-    shift
-    until "$@" >/dev/null 2>&1; do
-        [ "$(now_ms)" -lt "$deadline" ] || return 1
-        sleep 0.2
-    done
-}
 reports() { in_c sh -c 'ls /root/received/*.json 2>/dev/null | wc -l'; }
 invocation_log() { in_c journalctl -q -o cat --no-pager "_SYSTEMD_INVOCATION_ID=$(prop InvocationID)"; }
-secs() { printf '%d.%01d s' $(($1 / 1000)) $(($1 % 1000 / 100)); }
 
 t0=$(now_ms)
 "$C" boot "$wd" >/dev/null
@@ -226,5 +202,4 @@ check "opted back in: a report arrives within $((INTERVAL + 5)) s" $? "$before b
 
 echo
 echo "journey: ray start (routed) -> first complete report: $(secs $first_ms)"
-echo "journey: $passed passed, $failed failed ($(secs $(($(now_ms) - t0))) in all)"
-[ "$failed" = 0 ]
+finish "$(secs $(($(now_ms) - t0))) in all"

@@ -11,24 +11,13 @@
 #   (default: dist/usagestatsd-<version>-1.noarch.rpm, dist/usagestatsd-collector-<version>-1.noarch.rpm)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/../.." && pwd)
-C=$here/container.sh
-version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$top/pyproject.toml" | head -n1)
+NAME=rpm-systemd UNIT=usagestatsd
+. "$here/lib.sh"  # $top $C $version $wd; check in_c prop now_ms secs wait_for finish
 rpm=$(realpath "${1:-$top/dist/usagestatsd-${version}-1.noarch.rpm}")
 crpm=$(realpath "${2:-$(dirname "$rpm")/usagestatsd-collector-${version}-1.noarch.rpm}")
 for f in "$rpm" "$crpm"; do
     [ -f "$f" ] || { echo "rpm-systemd: FAIL: $f is not built (make rpm)" >&2; exit 1; }
 done
-wd=$(mktemp -d /tmp/usagestatsd-e2e-rpm.XXXXXX)
-trap '"$C" stop "$wd" >/dev/null 2>&1 || true; rm -rf "$wd"' EXIT
-
-passed=0 failed=0
-check() {
-    if [ "$2" = 0 ]; then printf 'rpm-systemd: PASS %s%s\n' "$1" "${3:+ ($3)}"; passed=$((passed + 1))
-    else printf 'rpm-systemd: FAIL %s%s\n' "$1" "${3:+ ($3)}" >&2; failed=$((failed + 1)); fi
-}
-in_c() { "$C" exec "$wd" -- "$@"; }
-prop() { in_c systemctl show -p "$1" --value usagestatsd; }
 wait_active() {
     local _
     for _ in $(seq 100); do [ "$(prop ActiveState)" = "$1" ] && return 0; sleep 0.1; done
@@ -106,7 +95,4 @@ left=$(in_c sh -c 'for p in /etc/usagestatsd/consent.json /etc/usagestatsd/usage
 [ -z "$left" ]; check "erasure removed the program, consent, state and enablement (provider instances too)" $? "${left:-nothing}"
 in_c test -f /etc/usagestatsd/usagestatsd.toml.rpmsave; check "the changed settings file kept as .rpmsave" $?
 
-"$C" stop "$wd"
-trap 'rm -rf "$wd"' EXIT
-echo "rpm-systemd: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from tests.faults.helpers import FREE_PORT, named
-from tests.support.servers import ScriptedEndpoint, until
+from tests.faults.helpers import named
+from tests.support.poll import until
+from tests.support.processes import FREE_INTAKE
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.daemon import Daemon
 from usagestatsd.demo import DemoCluster
 from usagestatsd.privacy import KnownIdentifiers
@@ -86,7 +88,7 @@ async def test_loop_ignores_wall_clock_jumps(
         {
             "RAY_USAGE_STATS_REPORT_URL": endpoint.url,
             "RAY_USAGE_STATS_REPORT_INTERVAL_S": "0.3",
-            "USAGESTATSD_RAY_INTAKE": FREE_PORT,
+            "USAGESTATSD_RAY_INTAKE": FREE_INTAKE,
         }
     )
     clock = JumpingClock()

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import daemon_env
-from tests.support.servers import DaemonProcess, ScriptedEndpoint, start_daemon, until
+from tests.support.poll import until
+from tests.support.processes import DaemonProcess, daemon_env, start_daemon
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster
 from usagestatsd.fileio import atomic_write
 
@@ -43,6 +44,7 @@ def writer(directory: Path, progress: int) -> None:
             progress = -1
 
 
+@pytest.mark.slow
 def test_atomic_write_killed_at_random_moments(tmp_path: Path) -> None:
     """Hundreds of SIGKILLs mid-rewrite: the file is always a whole version, never older."""
     rng = random.Random(20261128)

@@ -13,19 +13,19 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import daemon_env
-from tests.faults.helpers import (
-    FREE_PORT,
+from tests.faults.helpers import named
+from tests.support.poll import until
+from tests.support.processes import FREE_INTAKE, daemon_env, running_daemon
+from tests.support.servers import (
     Endless,
     RawTcpServer,
-    named,
+    ScriptedEndpoint,
     reply,
     reset_mid_response,
     self_signed,
     server_tls,
     trickle,
 )
-from tests.support.servers import ScriptedEndpoint, running_daemon, until
 from usagestatsd.demo import DemoCluster
 from usagestatsd.sender import send_report
 from usagestatsd.settings import Endpoint, RetryPolicy
@@ -228,7 +228,7 @@ async def test_daemon_lives_through_every_endpoint_fault(
         RAY_USAGE_STATS_REPORT_INTERVAL_S="0.3",
         USAGESTATSD_RETRY_MAX_ATTEMPTS="1",
         USAGESTATSD_HTTP_TIMEOUT_S="1",
-        USAGESTATSD_RAY_INTAKE=FREE_PORT,
+        USAGESTATSD_RAY_INTAKE=FREE_INTAKE,
     )
     try:
         with running_daemon(env) as daemon:

@@ -24,9 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import daemon_env, recorded_json
 from tests.support.hostile import NOBODY, as_user, needs_root, running_as
-from tests.support.servers import DaemonProcess, ScriptedEndpoint, await_line, running_daemon, until
+from tests.support.poll import until
+from tests.support.processes import (
+    DaemonProcess,
+    await_line,
+    intake_env,
+    running_daemon,
+)
+from tests.support.rayside import ray_report, ray_style_copy, recorded_json
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster
 
 pytestmark = [needs_root, pytest.mark.slow]
@@ -37,17 +44,6 @@ START_MS: int = recorded_json("dash_report_cluster_metadata.json")["data"][
 RAY_UID = 4242  # Ray run as its own user: the owner of the temp root and the session
 SOFT_LIMIT = 1024  # what systemd gives a unit by default
 REWRITE_WAIT_S = 2.0  # the put-back of usage_stats.json comes 1 s after a sighting
-
-
-def ray_report(seq: int = 0) -> bytes:
-    """The body Ray's reporter POSTs (its recorded 2.60 payload, this session's start)."""
-    return json.dumps(dict(recorded_json("report_payload.json"), seq_number=seq)).encode()
-
-
-def ray_style_copy(seq: int) -> bytes:
-    """usage_stats.json as Ray's own reporter writes it when it sends by itself."""
-    body = dict(recorded_json("report_payload.json"), seq_number=seq)
-    return json.dumps({"usage_stats": body, "success": True, "error": None}).encode()
 
 
 def post_head(length: int) -> bytes:
@@ -146,6 +142,22 @@ def own_session_as(uid: int, temp_root: Path, session: Path) -> None:
         os.chown(path, uid, uid)
 
 
+def ray_of_its_own_uid(
+    cluster: DemoCluster, temp_root: Path, state_dir: Path, url: str
+) -> dict[str, str]:
+    """Ray run as RAY_UID and sending by itself so far (its usage_stats.json written): the
+    environment of a daemon told that user, whose first cycle comes after a test's POST."""
+    own_session_as(RAY_UID, temp_root, cluster.session_dir)
+    (cluster.session_dir / "usage_stats.json").write_bytes(ray_style_copy(3))
+    return intake_env(
+        temp_root,
+        state_dir,
+        url,
+        USAGESTATSD_RAY_USER=str(RAY_UID),  # a session owned by another uid needs this
+        RAY_USAGE_STATS_REPORT_INTERVAL_S="5",  # the first cycle comes after the POST
+    )
+
+
 # -- row 4: ~1,100 idle connections under a 1024-descriptor limit ---------------------------
 
 
@@ -158,13 +170,7 @@ async def test_row4_idle_connections_do_not_exhaust_descriptors(
     uid: int,
 ) -> None:
     """1,100 idle connections held: few descriptors, reports on schedule, state saved, no flood."""
-    env = daemon_env(
-        temp_root,
-        state_dir,
-        endpoint.url,
-        USAGESTATSD_RAY_INTAKE="127.0.0.1:0",
-        RAY_USAGE_STATS_REPORT_INTERVAL_S="1",
-    )
+    env = intake_env(temp_root, state_dir, endpoint.url, RAY_USAGE_STATS_REPORT_INTERVAL_S="1")
     with running_daemon(env) as daemon:
         pid = daemon.proc.pid
         lower_fd_limit(pid)
@@ -199,7 +205,7 @@ async def test_row4_accept_out_of_descriptors_is_logged_once_a_minute(
     demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
 ) -> None:
     """With no descriptor left at all, accept fails: one warning, no traceback per attempt."""
-    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_RAY_INTAKE="127.0.0.1:0")
+    env = intake_env(temp_root, state_dir, endpoint.url)
     with running_daemon(env) as daemon:
         pid = daemon.proc.pid
         port = intake_port(daemon)
@@ -226,7 +232,7 @@ async def test_row5_post_from_another_user_does_not_cancel_the_stand_down(
 ) -> None:
     """Ray sends by itself; nobody POSTs the session's start time: still standing down."""
     (demo_session.session_dir / "usage_stats.json").write_bytes(ray_style_copy(3))
-    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_RAY_INTAKE="127.0.0.1:0")
+    env = intake_env(temp_root, state_dir, endpoint.url)
     body = json.dumps({"session_start_timestamp_ms": START_MS, "seq_number": 0}).encode()
     with running_daemon(env) as daemon:
         port = intake_port(daemon)
@@ -248,16 +254,7 @@ async def test_row5_rays_own_uid_is_still_counted(
     demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
 ) -> None:
     """The same POST from the uid that owns the session is Ray's reporter: routed, reported."""
-    own_session_as(RAY_UID, temp_root, demo_session.session_dir)
-    (demo_session.session_dir / "usage_stats.json").write_bytes(ray_style_copy(3))
-    env = daemon_env(
-        temp_root,
-        state_dir,
-        endpoint.url,
-        USAGESTATSD_RAY_INTAKE="127.0.0.1:0",
-        USAGESTATSD_RAY_USER=str(RAY_UID),  # a session owned by another uid needs this
-        RAY_USAGE_STATS_REPORT_INTERVAL_S="5",  # the first cycle comes after the POST
-    )
+    env = ray_of_its_own_uid(demo_session, temp_root, state_dir, endpoint.url)
     with running_daemon(env) as daemon:
         port = intake_port(daemon)
         body = ray_report()  # read here: as Ray's uid the checkout may be unreadable (/root)
@@ -295,13 +292,7 @@ async def test_row6_post_loop_is_not_a_write_loop(
     uid: int,
 ) -> None:
     """5,000 POSTs: a few log lines, usage_stats.json left as it is, little written."""
-    env = daemon_env(
-        temp_root,
-        state_dir,
-        endpoint.url,
-        USAGESTATSD_RAY_INTAKE="127.0.0.1:0",
-        RAY_USAGE_STATS_REPORT_INTERVAL_S="3600",
-    )
+    env = intake_env(temp_root, state_dir, endpoint.url, RAY_USAGE_STATS_REPORT_INTERVAL_S="3600")
     copy = demo_session.session_dir / "usage_stats.json"
     with running_daemon(env) as daemon:
         pid = daemon.proc.pid
@@ -349,7 +340,7 @@ async def test_row7_stalled_request_does_not_delay_sigterm(
     uid: int,
 ) -> None:
     """`Content-Length: 100` and no body, held open: SIGTERM still stops the daemon at once."""
-    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_RAY_INTAKE="127.0.0.1:0")
+    env = intake_env(temp_root, state_dir, endpoint.url)
     with running_daemon(env) as daemon:
         port = intake_port(daemon)
         await until(lambda: len(endpoint.received) >= 1)
@@ -374,16 +365,7 @@ async def test_row15_report_in_two_segments_is_read_whole(
     demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
 ) -> None:
     """Ray's reporter (its own uid) sends its report in two segments: recognised, routed."""
-    own_session_as(RAY_UID, temp_root, demo_session.session_dir)
-    (demo_session.session_dir / "usage_stats.json").write_bytes(ray_style_copy(3))
-    env = daemon_env(
-        temp_root,
-        state_dir,
-        endpoint.url,
-        USAGESTATSD_RAY_INTAKE="127.0.0.1:0",
-        USAGESTATSD_RAY_USER=str(RAY_UID),  # a session owned by another uid needs this
-        RAY_USAGE_STATS_REPORT_INTERVAL_S="5",  # the first cycle comes after the POST
-    )
+    env = ray_of_its_own_uid(demo_session, temp_root, state_dir, endpoint.url)
     body = ray_report()
     with running_daemon(env) as daemon:
         port = intake_port(daemon)

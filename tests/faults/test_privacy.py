@@ -26,16 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from tests.conftest import daemon_env
-from tests.faults.helpers import (
-    FREE_PORT,
-    named,
-    provider_doc,
-    report_cycle,
-    responses_with,
-    the_session,
-)
-from tests.support.servers import ScriptedEndpoint, running_daemon, until
+from tests.faults.helpers import named, provider_doc, report_cycle, responses_with, the_session
+from tests.support.poll import until
+from tests.support.processes import FREE_INTAKE, daemon_env, running_daemon
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster, make_session_dir
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.settings import Settings, load_settings
@@ -312,7 +306,7 @@ async def test_hostile_cluster_against_the_real_daemon(temp_root: Path, state_di
         state_dir,
         endpoint.url,
         USAGESTATSD_CLUSTER_CONFIG=str(config),
-        USAGESTATSD_RAY_INTAKE=FREE_PORT,
+        USAGESTATSD_RAY_INTAKE=FREE_INTAKE,
     )
     try:
         with running_daemon(env) as daemon:

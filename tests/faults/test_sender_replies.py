@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import daemon_env
-from tests.faults.helpers import RawTcpServer, named, read_whole_request
-from tests.support.servers import ScriptedEndpoint, running_daemon, until
+from tests.faults.helpers import named
+from tests.support.poll import until
+from tests.support.processes import daemon_env, running_daemon
+from tests.support.servers import RawTcpServer, ScriptedEndpoint, read_whole_request
 from usagestatsd.demo import DemoCluster
 from usagestatsd.sender import send_report
 from usagestatsd.settings import Endpoint, RetryPolicy

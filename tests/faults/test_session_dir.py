@@ -15,25 +15,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import daemon_env
-from tests.faults.helpers import (
-    FREE_PORT,
-    fill,
-    named,
-    report_cycle,
-    responses_with,
-    the_session,
-    tmpfs,
-)
-from tests.support.servers import (
-    RawUnixServer,
-    ScriptedEndpoint,
-    await_line,
-    http_reply,
-    read_request,
-    running_daemon,
-    until,
-)
+from tests.faults.helpers import fill, named, report_cycle, responses_with, the_session, tmpfs
+from tests.support.poll import until
+from tests.support.processes import await_line, intake_env, running_daemon
+from tests.support.servers import RawUnixServer, ScriptedEndpoint, http_reply, read_request
 from usagestatsd.cycle import ReportCycle, Result
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded
 from usagestatsd.session import Session
@@ -53,7 +38,7 @@ async def test_bad_session_latest_links_then_a_real_session(
     """A looping, dangling or /etc session_latest is refused and logged; a real one is used."""
     link = temp_root / "session_latest"
     link.symlink_to("session_latest")  # a loop
-    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_RAY_INTAKE=FREE_PORT)
+    env = intake_env(temp_root, state_dir, endpoint.url)
     with running_daemon(env) as daemon:
         line = await await_line(daemon, "session.missing")
         assert "does not point to a session directory" in line

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import daemon_env
-from tests.faults.helpers import RawTcpServer, read_whole_request, tmpfs
-from tests.support.servers import ScriptedEndpoint, http_reply, start_daemon, until
+from tests.faults.helpers import tmpfs
+from tests.support.poll import until
+from tests.support.processes import daemon_env, start_daemon
+from tests.support.servers import RawTcpServer, ScriptedEndpoint, http_reply, read_whole_request
 from usagestatsd.demo import DemoCluster
 
 FS_BYTES = 192 << 10
@@ -71,6 +72,7 @@ def seqs(endpoint: ScriptedEndpoint) -> list[int]:
     return [int(body["seq_number"]) for body in endpoint.bodies()]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 async def test_full_state_file_system_never_sends_a_seq_number_twice(
     demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, tmp_path: Path

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import daemon_env
 from tests.faults.helpers import named, responses_with, run_cycles
 from tests.support.hostile import NOBODY, as_user, needs_root, open_dir, running_as
-from tests.support.servers import ScriptedEndpoint, await_line, running_daemon, until
+from tests.support.poll import until
+from tests.support.processes import await_line, daemon_env, running_daemon
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded
 from usagestatsd.settings import Settings
 

@@ -9,18 +9,14 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import daemon_env, recorded_json
-from tests.support.servers import ScriptedEndpoint, await_line, running_daemon, until
+from tests.support.poll import until
+from tests.support.processes import await_line, daemon_env, intake_env, running_daemon
+from tests.support.rayside import ray_report, ray_style_copy, recorded_json, session_started_now
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.beside_ray import Arrangement, Neighbour, RaySighting, classify, digest
 from usagestatsd.demo import DemoCluster
 
 START_MS = recorded_json("dash_report_cluster_metadata.json")["data"]["sessionStartTimestampMs"]
-
-
-def ray_style_copy(seq: int) -> bytes:
-    """usage_stats.json as Ray's own reporter writes it."""
-    body = dict(recorded_json("report_payload.json"), seq_number=seq)
-    return json.dumps({"usage_stats": body, "success": True, "error": None}).encode()
 
 
 def test_a_sighting_before_the_session_switch_still_counts() -> None:
@@ -51,7 +47,7 @@ async def test_ray_sending_directly_makes_us_stand_down(
 ) -> None:
     """Ray's reporter wrote usage_stats.json and nothing came to the intake: no report sent."""
     (demo_session.session_dir / "usage_stats.json").write_bytes(ray_style_copy(3))
-    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_RAY_INTAKE="127.0.0.1:0")
+    env = intake_env(temp_root, state_dir, endpoint.url)
     with running_daemon(env) as daemon:
         line = await await_line(daemon, "beside_ray.standing_down")
         await until(lambda: daemon.count("beside_ray.standing_down") == 1)
@@ -82,19 +78,13 @@ async def test_routed_through_intake(
     demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
 ) -> None:
     """Ray's reporter POSTs to the intake: accepted, not forwarded; only we report upstream."""
-    env = daemon_env(
-        temp_root,
-        state_dir,
-        endpoint.url,
-        USAGESTATSD_RAY_INTAKE="127.0.0.1:0",
-        RAY_USAGE_STATS_REPORT_INTERVAL_S="1",
-    )
+    env = intake_env(temp_root, state_dir, endpoint.url, RAY_USAGE_STATS_REPORT_INTERVAL_S="1")
     copy = demo_session.session_dir / "usage_stats.json"
     with running_daemon(env) as daemon:
         line = await await_line(daemon, "beside_ray.intake_listening")
         url = json.loads(line)["url"]
         await until(lambda: len(endpoint.received) >= 1)
-        ray_body = json.dumps(dict(recorded_json("report_payload.json"), seq_number=0)).encode()
+        ray_body = ray_report(0)
         async with aiohttp.ClientSession() as http, http.post(url, data=ray_body) as resp:
             assert resp.status == 200
         copy.write_bytes(ray_style_copy(0))  # what Ray does right after its POST returns
@@ -119,22 +109,9 @@ async def test_grace_ends_when_ray_reports_to_the_intake(
     """A fresh session waits for Ray's first report, and stops waiting as soon as it comes."""
     import time
 
-    from usagestatsd.demo import make_session_dir, recorded_responses
-
-    start_ms = int(time.time() * 1000)
-    responses = recorded_responses()
-    metadata = recorded_json("dash_report_cluster_metadata.json")
-    metadata["data"]["sessionStartTimestampMs"] = start_ms
-    responses["dash_ReportHead"]["/api/v0/cluster_metadata"] = json.dumps(metadata).encode()
-    cluster = DemoCluster(make_session_dir(temp_root), responses)
+    cluster, start_ms = session_started_now(temp_root)
     await cluster.start()
-    env = daemon_env(
-        temp_root,
-        state_dir,
-        endpoint.url,
-        USAGESTATSD_RAY_INTAKE="127.0.0.1:0",
-        RAY_USAGE_STATS_REPORT_INTERVAL_S="1",
-    )
+    env = intake_env(temp_root, state_dir, endpoint.url, RAY_USAGE_STATS_REPORT_INTERVAL_S="1")
     try:
         with running_daemon(env) as daemon:
             url = json.loads(await await_line(daemon, "beside_ray.intake_listening"))["url"]

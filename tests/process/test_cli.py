@@ -13,15 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import consent_file_env, daemon_env
-from tests.support.servers import (
-    RawUnixServer,
-    ScriptedEndpoint,
+from tests.support.poll import until
+from tests.support.processes import (
     await_line,
+    consent_file_env,
+    daemon_env,
     run_cli,
     running_daemon,
-    until,
 )
+from tests.support.servers import RawUnixServer, ScriptedEndpoint
 from usagestatsd.cli import build_parser
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
 from usagestatsd.fieldsets import CURRENT_VERSION

@@ -14,14 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import daemon_env
-from tests.support.servers import (
-    ScriptedEndpoint,
-    await_line,
-    report_then_stop,
-    running_daemon,
-    until,
-)
+from tests.support.poll import until, wait_until
+from tests.support.processes import await_line, daemon_env, report_then_stop, running_daemon
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
 
 
@@ -258,10 +253,7 @@ def test_daemonize_with_pidfile(temp_root: Path, state_dir: Path, tmp_path: Path
         pid = _wait_for_pid(pidfile)
         os.kill(pid, 0)  # alive, detached
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while pidfile.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not pidfile.exists()
+        wait_until(lambda: not pidfile.exists(), 30, "the daemon removing its pid file")
     finally:
         # Never leave a detached daemon behind, whatever failed above.
         _kill_if_still_ours(pid, pidfile)
@@ -286,13 +278,12 @@ def _kill_if_still_ours(pid: int | None, pidfile: Path) -> None:
 
 def _wait_for_pid(pidfile: Path) -> int:
     """The pid in a pid file, once it has been written completely."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        text = pidfile.read_text() if pidfile.exists() else ""
-        if text.strip().isdigit():
-            return int(text)
-        time.sleep(0.05)
-    raise AssertionError(f"no pid in {pidfile}")
+
+    def text() -> str:
+        return pidfile.read_text() if pidfile.exists() else ""
+
+    wait_until(lambda: text().strip().isdigit(), 30, f"a pid in {pidfile}")
+    return int(text())
 
 
 async def test_sigusr1_without_session_does_not_spin(temp_root: Path, state_dir: Path) -> None:

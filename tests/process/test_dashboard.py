@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import daemon_env
 from tests.support.hostile import NOBODY, needs_root, running_as
-from tests.support.servers import ScriptedEndpoint, await_line, run_cli, running_daemon
+from tests.support.processes import await_line, daemon_env, run_cli, running_daemon
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.cluster import gather
 from usagestatsd.demo import make_session_dir
 from usagestatsd.fetch import Limits

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.poll import wait_until
+
 
 def _read_until(fd: int, pattern: str, seen: list[str], timeout: float = 60.0) -> re.Match[str]:
     """Read the terminal until `pattern` shows in what was printed."""
@@ -64,10 +66,7 @@ def test_demo_in_a_terminal_stops_and_cleans_up(how: str) -> None:
         _, status = os.waitpid(pid, 0)
         pid = 0
         assert os.waitstatus_to_exitcode(status) == 0, "".join(seen)
-        deadline = time.monotonic() + 10
-        while not _gone(daemon) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _gone(daemon), "the daemon child outlived the demo"
+        wait_until(lambda: _gone(daemon), 10, "the daemon child to end with the demo")
         assert not tmp.exists(), "the demo's temp directory stayed"
     finally:
         if pid:

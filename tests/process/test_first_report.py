@@ -4,23 +4,23 @@ the routed arrangement our first report follows Ray's first one at once."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import daemon_env, recorded_json
-from tests.support.servers import ScriptedEndpoint, await_line, running_daemon, until
+from tests.support.poll import until
+from tests.support.processes import DaemonProcess, await_line, daemon_env, running_daemon
+from tests.support.rayside import session_started_now
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
 
 HOUR = "3600"  # so that neither the schedule nor the tick (60 s) can explain a quick result
 
 
-async def test_new_session_noticed_at_once(
-    endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
-) -> None:
-    """Ray starts after the daemon: the session is found within seconds, not at the tick."""
-    env = daemon_env(temp_root, state_dir, endpoint.url, RAY_USAGE_STATS_REPORT_INTERVAL_S=HOUR)
+async def found_when_ray_starts(temp_root: Path, state_dir: Path, url: str) -> DaemonProcess:
+    """A daemon started before Ray: it finds the session within 15 s of Ray's start (the
+    daemon, stopped again, with its log)."""
+    env = daemon_env(temp_root, state_dir, url, RAY_USAGE_STATS_REPORT_INTERVAL_S=HOUR)
     with running_daemon(env) as daemon:
         await await_line(daemon, "session.missing")
         cluster = DemoCluster(make_session_dir(temp_root), recorded_responses())
@@ -29,7 +29,15 @@ async def test_new_session_noticed_at_once(
             await await_line(daemon, "session.found", timeout=15)
         finally:
             await cluster.stop()
-        assert daemon.count("session_watch.unavailable") == 0
+    return daemon
+
+
+async def test_new_session_noticed_at_once(
+    endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
+) -> None:
+    """Ray starts after the daemon: the session is found within seconds, not at the tick."""
+    daemon = await found_when_ray_starts(temp_root, state_dir, endpoint.url)
+    assert daemon.count("session_watch.unavailable") == 0
 
 
 async def test_temp_root_created_later_is_watched_too(
@@ -37,15 +45,7 @@ async def test_temp_root_created_later_is_watched_too(
 ) -> None:
     """No /tmp/ray yet when the daemon starts: its creation, then the session, are noticed."""
     temp_root.rmdir()
-    env = daemon_env(temp_root, state_dir, endpoint.url, RAY_USAGE_STATS_REPORT_INTERVAL_S=HOUR)
-    with running_daemon(env) as daemon:
-        await await_line(daemon, "session.missing")
-        cluster = DemoCluster(make_session_dir(temp_root), recorded_responses())
-        await cluster.start()
-        try:
-            await await_line(daemon, "session.found", timeout=15)
-        finally:
-            await cluster.stop()
+    await found_when_ray_starts(temp_root, state_dir, endpoint.url)
 
 
 async def test_routed_first_report_follows_rays_first(
@@ -61,12 +61,7 @@ async def test_routed_first_report_follows_rays_first(
     )
     with running_daemon(env) as daemon:
         url = json.loads(await await_line(daemon, "beside_ray.intake_listening"))["url"]
-        start_ms = int(time.time() * 1000)
-        responses = recorded_responses()
-        metadata = recorded_json("dash_report_cluster_metadata.json")
-        metadata["data"]["sessionStartTimestampMs"] = start_ms
-        responses["dash_ReportHead"]["/api/v0/cluster_metadata"] = json.dumps(metadata).encode()
-        cluster = DemoCluster(make_session_dir(temp_root), responses)
+        cluster, start_ms = session_started_now(temp_root)
         await cluster.start()
         try:
             await await_line(daemon, "session.found", timeout=15)

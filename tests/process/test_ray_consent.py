@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import daemon_env
-from tests.support.servers import ScriptedEndpoint, run_cli
+from tests.support.processes import daemon_env, run_cli
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.consent import ConsentFile, decide, read_consent_file
 from usagestatsd.ray_consent import RayConfig, ray_config_paths, read_ray_configs
 from usagestatsd.settings import Settings

@@ -2,50 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tests.conftest import daemon_env
+import pytest
+
 from tests.faults.helpers import provider_doc
-from tests.support.servers import ScriptedEndpoint, report_then_stop, running_daemon, until
+from tests.support.poll import until
+from tests.support.processes import daemon_env, report_then_stop, running_daemon
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.cluster import PROVIDER_SOCKET
-from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
+from usagestatsd.demo import DemoCluster
 
 CLUSTER_ID = "0f" * 28
 
 
+@pytest.fixture
+async def provider(demo_session: DemoCluster) -> AsyncIterator[DemoCluster]:
+    """The demo session's provider, not serving yet; stopped after the test."""
+    cluster = DemoCluster(
+        demo_session.session_dir, {PROVIDER_SOCKET: {"/v1/usage": provider_doc()}}
+    )
+    yield cluster
+    await cluster.stop()
+
+
 async def test_provider_outage_keeps_session_id_and_restart_too(
-    temp_root: Path, state_dir: Path
+    provider: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
 ) -> None:
     """Provider up, gone for a while, back; the daemon restarted: one session_id throughout."""
-    session_dir = make_session_dir(temp_root)
-    dashboard = DemoCluster(session_dir, recorded_responses())
-    provider = DemoCluster(session_dir, {PROVIDER_SOCKET: {"/v1/usage": provider_doc()}})
-    endpoint = ScriptedEndpoint()
-    await dashboard.start()
     await provider.start()
-    await endpoint.start()
-    try:
-        env = daemon_env(temp_root, state_dir, endpoint.url)
-        with running_daemon(env) as daemon:
-            await until(lambda: len(endpoint.received) >= 1)
-            await provider.stop()  # the provider stops mid-session
-            seen = len(endpoint.received)
-            await until(lambda: len(endpoint.received) >= seen + 2)
-            await provider.start()
-            seen = len(endpoint.received)
-            await until(
-                lambda: (
-                    len(endpoint.received) >= seen + 2
-                    and endpoint.bodies()[-1]["library_usages"] != []
-                )
+    env = daemon_env(temp_root, state_dir, endpoint.url)
+    with running_daemon(env) as daemon:
+        await until(lambda: len(endpoint.received) >= 1)
+        await provider.stop()  # the provider stops mid-session
+        seen = len(endpoint.received)
+        await until(lambda: len(endpoint.received) >= seen + 2)
+        await provider.start()
+        seen = len(endpoint.received)
+        await until(
+            lambda: (
+                len(endpoint.received) >= seen + 2 and endpoint.bodies()[-1]["library_usages"] != []
             )
-            assert daemon.stop() == 0
-        await provider.stop()  # restarted daemon, no provider at all
-        await report_then_stop(env, endpoint, len(endpoint.received) + 1)
-    finally:
-        await endpoint.stop()
-        await provider.stop()
-        await dashboard.stop()
+        )
+        assert daemon.stop() == 0
+    await provider.stop()  # restarted daemon, no provider at all
+    await report_then_stop(env, endpoint, len(endpoint.received) + 1)
     bodies = endpoint.bodies()
     assert {b["session_id"] for b in bodies} == {CLUSTER_ID}
     assert [b["seq_number"] for b in bodies] == list(range(len(bodies)))
@@ -55,24 +57,13 @@ async def test_provider_outage_keeps_session_id_and_restart_too(
 
 
 async def test_id_without_provider_at_first_report_is_kept_when_it_appears(
-    temp_root: Path, state_dir: Path
+    provider: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
 ) -> None:
     """No provider at the first report: the random id stays even once the provider serves."""
-    session_dir = make_session_dir(temp_root)
-    dashboard = DemoCluster(session_dir, recorded_responses())
-    provider = DemoCluster(session_dir, {PROVIDER_SOCKET: {"/v1/usage": provider_doc()}})
-    endpoint = ScriptedEndpoint()
-    await dashboard.start()
-    await endpoint.start()
-    try:
-        with running_daemon(daemon_env(temp_root, state_dir, endpoint.url)) as daemon:
-            await until(lambda: len(endpoint.received) >= 1)
-            await provider.start()
-            await until(lambda: endpoint.bodies()[-1]["library_usages"] != [])
-            assert daemon.stop() == 0
-    finally:
-        await endpoint.stop()
-        await provider.stop()
-        await dashboard.stop()
+    with running_daemon(daemon_env(temp_root, state_dir, endpoint.url)) as daemon:
+        await until(lambda: len(endpoint.received) >= 1)
+        await provider.start()
+        await until(lambda: endpoint.bodies()[-1]["library_usages"] != [])
+        assert daemon.stop() == 0
     ids = {b["session_id"] for b in endpoint.bodies()}
     assert len(ids) == 1 and CLUSTER_ID not in ids

@@ -11,9 +11,17 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import consent_file_env, daemon_env
-from tests.process.test_beside_ray import ray_style_copy
-from tests.support.servers import ScriptedEndpoint, await_line, run_cli, running_daemon, until
+from tests.support.poll import until
+from tests.support.processes import (
+    await_line,
+    consent_file_env,
+    daemon_env,
+    intake_env,
+    run_cli,
+    running_daemon,
+)
+from tests.support.rayside import ray_style_copy
+from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster
 
 
@@ -125,13 +133,7 @@ async def test_standing_down_after_a_report_shows_in_both_views(
 ) -> None:
     """Reported once, then Ray's own reporter writes the copy: STATUS= and status say
     'Standing down' (never 'Last report ... ok'), with the fix; no next report."""
-    env = daemon_env(
-        temp_root,
-        state_dir,
-        endpoint.url,
-        USAGESTATSD_RAY_INTAKE="127.0.0.1:0",
-        NOTIFY_SOCKET=str(notify.path),
-    )
+    env = intake_env(temp_root, state_dir, endpoint.url, NOTIFY_SOCKET=str(notify.path))
     with running_daemon(env) as daemon:
         await until(lambda: len(endpoint.received) >= 1)
         await await_line(daemon, "report.sent")

@@ -14,13 +14,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.poll import wait_until
 from usagestatsd.provider import (
     PROTOCOL_VERSION,
     SOCKET_NAME,
@@ -285,15 +285,6 @@ def test_find_session_dir_accepts_only_sessions_inside_the_root(short_dir: Path)
     assert find_session_dir(root) is None
     point_latest(root, make_session(root, "not_a_session"))
     assert find_session_dir(root) is None
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        time.sleep(0.02)
 
 
 def test_provider_follows_a_cluster_restart(short_dir: Path) -> None:

@@ -7,7 +7,6 @@ with the project's Python, as in production.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import json
@@ -20,13 +19,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.servers import DaemonProcess, ScriptedEndpoint, start_daemon
+from tests.support.processes import DaemonProcess, daemon_env, end_process, start_daemon
 
 REPO = Path(__file__).resolve().parents[2]
 PROVIDER = REPO / "usagestatsd" / "provider.py"
@@ -72,20 +71,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def wait_until(
-    predicate: Callable[[], bool],
-    timeout: float,
-    what: str,
-    detail: Callable[[], str] = lambda: "",
-) -> None:
-    """Poll `predicate` every 0.1 s; fail naming `what` (and `detail()`) after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for: {what}\n{detail()}")
-        time.sleep(0.1)
 
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -152,50 +137,6 @@ def ray_processes(marker: str) -> list[str]:
             if info is not None and info[1] != "Z" and marker in args:
                 found.append(f"{entry.name} {info[0]}: {args[:160]}")
     return found
-
-
-class ThreadedEndpoint:
-    """A ScriptedEndpoint served by its own event loop in a thread, for synchronous tests."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = ScriptedEndpoint()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        self.closed = False
-
-    @property
-    def url(self) -> str:
-        """The endpoint's URL."""
-        return self.server.url
-
-    @property
-    def port(self) -> int:
-        """The endpoint's port on 127.0.0.1."""
-        return self.server.port
-
-    def bodies(self) -> list[dict[str, Any]]:
-        """Every report received so far, decoded."""
-        return [json.loads(body) for _, body, _ in list(self.server.received)]
-
-    def raw(self) -> list[bytes]:
-        """Every body received so far, as sent."""
-        return [body for _, body, _ in list(self.server.received)]
-
-    def count(self) -> int:
-        """How many requests arrived."""
-        return len(self.server.received)
-
-    def close(self) -> None:
-        """Stop listening and stop the loop (idempotent)."""
-        if self.closed:
-            return
-        self.closed = True
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 class RayHead:
@@ -404,16 +345,17 @@ class Daemons:
     def env(self, url: str, **extra: str) -> dict[str, str]:
         """A daemon environment for this head, reporting to `url`, with a fresh state dir."""
         self.made += 1
-        env = {
-            "RAY_USAGE_STATS_ENABLED": "1",
-            "USAGESTATSD_TEMP_ROOT": str(self.head.root),
-            "USAGESTATSD_STATE_DIR": str(self.head.base / f"state{self.made}"),
-            "RAY_USAGE_STATS_REPORT_URL": url,
-            "RAY_USAGE_STATS_REPORT_INTERVAL_S": str(self.interval_s),
-            "USAGESTATSD_RETRY_INITIAL_DELAY_S": "0.05",
-            "USAGESTATSD_RETRY_MAX_DELAY_S": "0.2",
-            "HOME": str(self.head.home),
-        }
+        state = self.head.base / f"state{self.made}"
+        env = daemon_env(
+            self.head.root,
+            state,
+            url,
+            HOME=str(self.head.home),
+            RAY_USAGE_STATS_REPORT_INTERVAL_S=str(self.interval_s),
+        )
+        # Ray's users' ~/.ray/config.json read as by default (ray disable-usage-stats must
+        # count); the callers name the intake.
+        del env["USAGESTATSD_RAY_CONFIG_FILES"], env["USAGESTATSD_RAY_INTAKE"]
         env.update(extra)
         return env
 
@@ -440,10 +382,4 @@ class Daemons:
     def stop_all(self) -> None:
         """SIGTERM every daemon (SIGKILL if one hangs)."""
         for daemon in self.running:
-            if daemon.proc.poll() is None:
-                daemon.proc.terminate()
-                try:
-                    daemon.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    daemon.proc.kill()
-                    daemon.proc.wait()
+            end_process(daemon.proc, 10)

@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.ray.harness import REPO, RayHead, ThreadedEndpoint, set_subreaper, wait_until
+from tests.ray.harness import REPO, RayHead, set_subreaper
+from tests.support.poll import wait_until
+from tests.support.servers import ThreadedEndpoint
 
 PATHS = (
     ("dash_report_cluster_metadata.json", "dash_ReportHead", "/api/v0/cluster_metadata"),

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.ray.harness import RayHead, clean_environ, ray_python_or_skip, set_subreaper, wait_until
+from tests.ray.harness import RayHead, clean_environ, ray_python_or_skip, set_subreaper
+from tests.support.poll import wait_until
 
 pytestmark = pytest.mark.slow
 

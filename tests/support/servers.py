@@ -1,7 +1,12 @@
-"""Real servers for tests: scripted HTTP endpoints on 127.0.0.1, raw Unix-socket peers.
+"""The one family of fake receivers: report endpoints and raw peers for tests.
 
-Nothing here imitates the project's own code; these are the outside world the daemon
-talks to (Ray's dashboard sockets, report endpoints), made to misbehave on request.
+`ScriptedEndpoint` is a well-behaved HTTP endpoint on 127.0.0.1 that answers with a script
+of statuses (`ThreadedEndpoint` serves one from a thread, for tests without an event loop).
+`RawServer` (on a free TCP port with `RawTcpServer`, optionally behind TLS, or
+on a Unix socket with `RawUnixServer`) hands each connection to a plain function, so a test
+can misbehave as any real peer could: `reply`, `reset_mid_response`, `trickle`, `Endless`.
+Nothing here imitates the project's own code; these are the outside world the daemon talks
+to (Ray's dashboard sockets, report endpoints), made to misbehave on request.
 """
 
 from __future__ import annotations
@@ -9,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
+import ssl
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,8 @@ from typing import Any
 from aiohttp import web
 
 from usagestatsd.demo import serve_on_loopback
+
+Behaviour = Callable[[socket.socket], None]
 
 
 @dataclass
@@ -67,7 +73,51 @@ class ScriptedEndpoint:
 
     def bodies(self) -> list[dict[str, Any]]:
         """Every received body, decoded."""
-        return [json.loads(body) for _, body, _ in self.received]
+        return [json.loads(body) for _, body, _ in list(self.received)]
+
+
+class ThreadedEndpoint:
+    """A ScriptedEndpoint served by its own event loop in a thread, for synchronous tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = ScriptedEndpoint()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        self.closed = False
+
+    @property
+    def url(self) -> str:
+        """The endpoint's URL."""
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        """The endpoint's port on 127.0.0.1."""
+        return self.server.port
+
+    def bodies(self) -> list[dict[str, Any]]:
+        """Every report received so far, decoded."""
+        return self.server.bodies()
+
+    def raw(self) -> list[bytes]:
+        """Every body received so far, as sent."""
+        return [body for _, body, _ in list(self.server.received)]
+
+    def count(self) -> int:
+        """How many requests arrived."""
+        return len(self.server.received)
+
+    def close(self) -> None:
+        """Stop listening and stop the loop (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
 
 class RawServer:
@@ -147,139 +197,137 @@ def http_reply(body: bytes, status: str = "200 OK", extra: str = "") -> bytes:
     return head.encode() + body
 
 
-@dataclass
-class DaemonProcess:
-    """A real `usagestatsd run` process, with its output collected."""
+class RawTcpServer(RawServer):
+    """A RawServer on a free 127.0.0.1 port.
 
-    proc: subprocess.Popen[bytes]
-    lines: list[str]
-
-    def wait_for(self, needle: str, timeout: float = 20.0) -> str:
-        """The first log line containing `needle`, waiting for it to appear."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if needle in line:
-                    return line
-            if self.proc.poll() is not None and not any(needle in x for x in self.lines):
-                time.sleep(0.2)
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no log line with {needle!r}; got:\n" + "\n".join(self.lines))
-
-    def count(self, needle: str) -> int:
-        """How many log lines contain `needle`."""
-        return sum(needle in line for line in list(self.lines))
-
-    def events(self) -> list[dict[str, Any]]:
-        """The JSON log events so far."""
-        out = []
-        for line in list(self.lines):
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
-
-    def stop(self, timeout: float = 5.0) -> int:
-        """SIGTERM, then wait; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        return self.proc.wait(timeout)
-
-
-def start_daemon(
-    env: Mapping[str, str], args: Sequence[str] = (), settings_file: Path | None = None
-) -> DaemonProcess:
-    """Start `python -m usagestatsd run` with JSON logs, collecting stderr lines in a thread."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "USAGESTATSD_"))}
-    full_env.pop("NOTIFY_SOCKET", None)
-    full_env.pop("DO_NOT_TRACK", None)
-    full_env.update(env)
-    cmd = [sys.executable, "-m", "usagestatsd", "run", "--log-format", "json"]
-    if settings_file is not None:
-        cmd += ["--config", str(settings_file)]
-    proc = subprocess.Popen(
-        [*cmd, *args],
-        env=full_env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    lines: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            lines.append(raw.decode(errors="replace").rstrip("\n"))
-
-    threading.Thread(target=pump, daemon=True).start()
-    return DaemonProcess(proc, lines)
-
-
-@contextlib.contextmanager
-def running_daemon(
-    env: Mapping[str, str], args: Sequence[str] = (), settings_file: Path | None = None
-) -> Iterator[DaemonProcess]:
-    """A daemon for the duration of a with-block; always stopped (killed if it hangs)."""
-    daemon = start_daemon(env, args, settings_file)
-    try:
-        yield daemon
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.terminate()
-            try:
-                daemon.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                daemon.proc.kill()
-                daemon.proc.wait()
-
-
-def poll_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    """Wait (blocking) until `predicate()` is true; False if `timeout` seconds pass first."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Wait (asynchronously) until `predicate()` is true, or fail."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-async def await_line(daemon: DaemonProcess, needle: str, timeout: float = 20.0) -> str:
-    """Like DaemonProcess.wait_for, without blocking the event loop the test servers run on."""
-    await until(lambda: daemon.count(needle) > 0 or daemon.proc.poll() is not None, timeout)
-    return daemon.wait_for(needle, timeout=0.5)
-
-
-async def report_then_stop(env: Mapping[str, str], endpoint: ScriptedEndpoint, count: int) -> None:
-    """Run a daemon until `endpoint` has received `count` reports in all, then stop it."""
-    with running_daemon(env) as daemon:
-        await until(lambda: len(endpoint.received) >= count)
-        daemon.stop()
-
-
-async def run_cli(args: Sequence[str], env: Mapping[str, str]) -> tuple[int, str, str]:
-    """Run the real command line without blocking the event loop the test servers run on.
-
-    The child gets this environment minus RAY_* and USAGESTATSD_*, plus `env`.
+    With `tls`, the first byte of each connection is recorded before the TLS handshake, so
+    a test can prove that a client never spoke plain HTTP to it.
     """
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "USAGESTATSD_"))}
-    base.update(env)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "usagestatsd",
-        *args,
-        env=base,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+
+    def __init__(self, behaviours: Sequence[Behaviour], tls: ssl.SSLContext | None = None):
+        self.tls = tls
+        self.first_bytes: list[bytes] = []
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        super().__init__(sock, behaviours)
+
+    def url(self, scheme: str = "http") -> str:
+        """This server's URL."""
+        return f"{scheme}://127.0.0.1:{self.port}/"
+
+    def _run(self, conn: socket.socket, behaviour: Behaviour) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.settimeout(5)
+            if self.tls is not None:
+                self.first_bytes.append(conn.recv(1, socket.MSG_PEEK))
+                with self.tls.wrap_socket(conn, server_side=True) as wrapped:
+                    behaviour(wrapped)
+                return
+            behaviour(conn)
+
+
+def read_whole_request(conn: socket.socket) -> bytes:
+    """Read one request, head and body, so that closing afterwards cannot reset the client."""
+    data = read_request(conn)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def reply(status: str = "200 OK", body: bytes = b'{"ok": true}', extra: str = "") -> Behaviour:
+    """Answer one request with a complete response."""
+
+    def behave(conn: socket.socket) -> None:
+        read_whole_request(conn)
+        conn.sendall(http_reply(body, status, extra))
+
+    return behave
+
+
+def reset_mid_response(conn: socket.socket) -> None:
+    """Send half a response, then reset the connection (RST, not FIN)."""
+    read_request(conn)
+    conn.sendall(http_reply(b'{"ok": true, "padding": "' + b"x" * 200 + b'"}')[:70])
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def trickle(status: str = "200 OK", head: bool = False) -> Behaviour:
+    """A reply arriving at one byte per second: the whole of it, or only its 64-byte body."""
+
+    def behave(conn: socket.socket) -> None:
+        read_request(conn)
+        start = f"HTTP/1.1 {status}\r\nContent-Length: 64\r\nConnection: close\r\n\r\n"
+        if not head:
+            conn.sendall(start.encode())
+        for byte in (start.encode() if head else b"") + b" " * 64:
+            conn.sendall(bytes([byte]))
+            time.sleep(1)
+
+    return behave
+
+
+class Endless:
+    """A response whose body never ends; counts what it managed to push into the socket."""
+
+    def __init__(self, status: str = "200 OK") -> None:
+        self.status = status
+        self.sent: list[int] = []
+
+    def __call__(self, conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(f"HTTP/1.1 {self.status}\r\nConnection: close\r\n\r\n".encode())
+        total, chunk = 0, b"x" * 65536
+        try:
+            while total < 1 << 30:
+                conn.sendall(chunk)
+                total += len(chunk)
+        finally:
+            self.sent.append(total)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (and its key), made with the openssl CLI."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
+    return cert, key
+
+
+def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server-side TLS context for the certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context

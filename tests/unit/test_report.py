@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import recorded_json
+from tests.support.rayside import recorded_json
 from usagestatsd.report import (
     REPORT_FIELDS,
     ClusterConfigFacts,

@@ -1,0 +1,1 @@
+"""What runs inside the journey's container, with only the standard library."""
