@@ -11,7 +11,7 @@ from pathlib import Path
 from bench import procstat
 from bench.harness import Fixture, NotifySocket, daemon_env, start_daemon, stop
 from bench.results import RayProcess, RayResult
-from tests.ray.harness import RayHead, free_port, set_subreaper
+from tests.ray.harness import RayHead, descendants, free_port, set_subreaper
 
 NEWEST_RAY = Path("/var/cache/usagestatsd-ray/2.60.0/venv/bin/python")
 
@@ -55,6 +55,9 @@ def measure_ray(tmp: Path, python: str, cycles: int, quick: bool) -> RayResult:
     set_subreaper(True)  # Ray's daemons stay our descendants: stopped by pid, never `ray stop`
     head = RayHead(python, f"http://{intake}/", interval_s=60)
     head.not_ray.add(receiver.proc.pid)
+    # The head is stopped by pid: every descendant that is not Ray's. The idle figure's
+    # daemon, fixture and reference loop run meanwhile, and are ours, never Ray's.
+    head.not_ray.update(descendants(os.getpid()))
     daemon = None
     try:
         head.start()

@@ -131,19 +131,23 @@ class Served:
 
 
 async def _make_session(temp_root: Path, served: Served) -> None:
-    """Bind every socket in a staging directory, then rename it into place and link it."""
+    """Bind every socket in the session's own `sockets/`, then point session_latest at it.
+
+    In place, as Ray does: the daemon checks the path a socket was bound at, so a socket
+    bound in a staging directory and renamed into place is refused (docs/security.md).
+    The binds take milliseconds; a cycle that looks in between sees the session as not
+    running yet and tries again at the next slot.
+    """
     temp_root.mkdir(parents=True, exist_ok=True)
-    staging = temp_root / f".staging-{os.getpid()}"
-    (staging / "sockets").mkdir(parents=True)
-    (staging / "logs").mkdir()
-    for name in served.responses:
-        runner = web.AppRunner(served.app(name), access_log=None)
-        await runner.setup()
-        await web.UnixSite(runner, str(staging / "sockets" / name)).start()
     now = time.time()
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(now))
     session = temp_root / f"session_{stamp}_{int((now % 1) * 1e6):06d}_{os.getpid()}"
-    staging.rename(session)
+    (session / "sockets").mkdir(parents=True)
+    (session / "logs").mkdir()
+    for name in served.responses:
+        runner = web.AppRunner(served.app(name), access_log=None)
+        await runner.setup()
+        await web.UnixSite(runner, str(session / "sockets" / name)).start()
     link = temp_root / f".session_latest.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
         link.unlink()

@@ -1,12 +1,13 @@
-"""The imperative shell: owns the event loop, signals, the watchdog and the status line.
+"""The imperative shell: owns the event loop, signals, the watchdog and start and stop.
 
 One loop waits on events (stop, report-now, a change in Ray's temp root seen by inotify,
-the running cycle) with a timeout to the next due report or tick; a tick feeds the
-watchdog and looks for a new session too (the only way where inotify is unavailable).
-Nothing polls faster than that. A report cycle (cycle.py) runs as a task so the watchdog
-keeps being fed during long retries, and so SIGTERM can cancel it at once. The session
-followed is follow.py's, the policy beside Ray's own reporter beside_ray.py's, and what
-STATUS= and service.json say is announce.py's.
+the running cycle) with a timeout to the next due report, watchdog ping or look at the
+temp root. A ping only pings: looking for the session walks /proc (session.py), so it
+runs at the session poll rate (every minute, or every report interval when shorter) and
+at once when inotify sees the temp root change. Nothing polls faster. A report cycle
+(cycle.py) runs as a task so the watchdog keeps being fed during long retries, and so
+SIGTERM can cancel it at once. The session followed is follow.py's, the policy beside
+Ray's own reporter beside_ray.py's, and what STATUS= and service.json say is announce.py's.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import math
 import random
 import signal
 from typing import Any
@@ -90,10 +92,9 @@ class Daemon:
 
     # -- the loop ------------------------------------------------------------------
 
-    def _tick_s(self) -> float:
-        ping = watchdog_interval(self.settings.watchdog_usec, self.settings.watchdog_pid)
-        poll = min(SESSION_POLL_S, self.settings.report_interval_s)
-        return min(ping, poll) if ping else poll
+    def _look_s(self) -> float:
+        """Seconds between looks at the temp root for the session (besides inotify's)."""
+        return min(SESSION_POLL_S, self.settings.report_interval_s)
 
     async def serve(self) -> int:
         """Run until SIGTERM/SIGINT, then return 0, the only status it returns.
@@ -143,7 +144,7 @@ class Daemon:
         problem = watch.start(asyncio.get_running_loop())
         if problem is None:
             return watch
-        fallback = f"the temp root is looked at every {self._tick_s():g} s"
+        fallback = f"the temp root is looked at every {self._look_s():g} s"
         log.info("session_watch.unavailable", problem=problem, fallback=fallback)
         return None
 
@@ -175,19 +176,17 @@ class Daemon:
 
     async def _loop(self) -> None:
         cycle: asyncio.Task[None] | None = None
-        next_tick = self.clock.monotonic()
-        watchdog = watchdog_interval(self.settings.watchdog_usec, self.settings.watchdog_pid)
+        next_ping = next_look = self.clock.monotonic()
+        ping_s = watchdog_interval(self.settings.watchdog_usec, self.settings.watchdog_pid)
         while not self.stop_requested.is_set():
             now = self.clock.monotonic()
-            if cycle is None and self.nudge.is_set():
+            if ping_s and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + ping_s
+            if cycle is None and (self.nudge.is_set() or now >= next_look):
                 self.nudge.clear()
                 self._follow(now)
-            if now >= next_tick:
-                if watchdog:
-                    self.notifier.watchdog()
-                if cycle is None:
-                    self._follow(now)
-                next_tick = now + self._tick_s()
+                next_look = now + self._look_s()
             session, slot = self.follower.session, self.follower.slot
             forced = self.report_now.is_set()
             if forced and session is None:
@@ -198,10 +197,13 @@ class Daemon:
             if cycle is None and session and (forced or due):
                 self.report_now.clear()
                 cycle = asyncio.create_task(self._report(session, advance=due))
-            wake = next_tick
-            if cycle is None and self.follower.slot is not None:
-                wake = min(wake, self.follower.slot.due)
-            await self._wait(max(0.0, wake - self.clock.monotonic()), cycle)
+            # While a cycle runs, only a ping (or the cycle's end, or a stop) wakes the loop.
+            wake = next_ping if ping_s else math.inf
+            if cycle is None:
+                slot = self.follower.slot
+                wake = min(wake, next_look, slot.due if slot is not None else math.inf)
+            timeout = None if wake == math.inf else max(0.0, wake - self.clock.monotonic())
+            await self._wait(timeout, cycle)
             if cycle is not None and cycle.done():
                 self._finish(cycle)
                 cycle = None
@@ -210,7 +212,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await cycle
 
-    async def _wait(self, timeout: float, cycle: asyncio.Task[None] | None) -> None:
+    async def _wait(self, timeout: float | None, cycle: asyncio.Task[None] | None) -> None:
         waiters = {asyncio.ensure_future(self.stop_requested.wait())}
         if cycle is None:
             # While a cycle runs, a report request waits for it (no busy loop on a set event).
