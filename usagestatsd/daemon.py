@@ -198,10 +198,12 @@ class Daemon:
                 self.report_now.clear()
                 cycle = asyncio.create_task(self._report(session, advance=due))
             # While a cycle runs, only a ping (or the cycle's end, or a stop) wakes the loop.
+            # Pings at least as frequent as looks carry the looks: no wake-up of their own.
             wake = next_ping if ping_s else math.inf
             if cycle is None:
                 slot = self.follower.slot
-                wake = min(wake, next_look, slot.due if slot is not None else math.inf)
+                look = math.inf if ping_s and ping_s <= self._look_s() else next_look
+                wake = min(wake, look, slot.due if slot is not None else math.inf)
             timeout = None if wake == math.inf else max(0.0, wake - self.clock.monotonic())
             await self._wait(timeout, cycle)
             if cycle is not None and cycle.done():
