@@ -1,6 +1,7 @@
 """Which Ray session the daemon follows, and when its next report is due.
 
-Looked at on each tick and whenever inotify sees the temp root change (watch.py). A new
+Looked at at the session poll rate and whenever inotify sees the temp root change
+(watch.py). A new
 session gets its first slot (schedule.py); a session that went away ends the plan. The
 daemon (daemon.py) turns each change into a log line, a STATUS= line and the service record.
 """
