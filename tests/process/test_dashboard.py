@@ -35,7 +35,7 @@ def session_of(temp_root: Path) -> Session:
 
 
 class Dashboards:
-    """Stand-in dashboard processes (tests/support/fakes), each naming a session on its command line."""
+    """Stand-in dashboards (tests/support/fakes), each naming a session on its command line."""
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[str]] = []
