@@ -226,38 +226,49 @@ def proxy_url(raw: object) -> str:
     return raw
 
 
+def split_host_port(raw: object, accepted: str, lowest_port: int = 0) -> tuple[str, int]:
+    """`HOST:PORT` (an IPv6 host in brackets) split, its port range checked; judging the
+    host is the caller's. ValueError(accepted) for anything else."""
+    if not isinstance(raw, str):
+        raise ValueError(accepted)
+    host, sep, port_text = raw.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(accepted)
+    if not lowest_port <= int(port_text) <= 65535:
+        raise ValueError(accepted)
+    return host, int(port_text)
+
+
+def is_ip_or_localhost(host: str) -> bool:
+    """An IP address literal, or `localhost`: never a name to resolve."""
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_intake(raw: object) -> tuple[str, int] | None:
     """`host:port` on this machine's loopback for Ray's reporter, or 'off'."""
     accepted = "'off' or HOST:PORT with a loopback host (127.0.0.1, [::1], localhost)"
-    if not isinstance(raw, str):
-        raise ValueError(accepted)
-    text = raw.strip()
-    if text.lower() in ("off", "none", "no", "false", ""):
+    if isinstance(raw, str) and raw.strip().lower() in ("off", "none", "no", "false", ""):
         return None
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(accepted)
+    host, port = split_host_port(raw, accepted)
     if not _is_loopback(host):
         raise ValueError(accepted)
-    return host, int(port_text)
+    return host, port
 
 
 def parse_dashboard_address(raw: object) -> tuple[str, int]:
     """Where Ray's dashboard listens (`ray start --dashboard-host/--dashboard-port`)."""
     accepted = "HOST:PORT with an IP address or localhost as HOST (e.g. 127.0.0.1:8265)"
-    if not isinstance(raw, str):
+    host, port = split_host_port(raw, accepted, lowest_port=1)
+    if not is_ip_or_localhost(host):
         raise ValueError(accepted)
-    host, sep, port_text = raw.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(accepted)
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(accepted) from None
-    return host, int(port_text)
+    return host, port
 
 
 def field_names(raw: object) -> tuple[str, ...]:

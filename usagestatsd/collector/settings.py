@@ -6,7 +6,6 @@ daemon) naming the setting, where it came from and what is accepted, and the CLI
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from usagestatsd.settings_declare import (
     read_toml_file,
     setting,
 )
-from usagestatsd.settings_values import first_entry
+from usagestatsd.settings_values import first_entry, is_ip_or_localhost, split_host_port
 
 DEFAULT_SETTINGS_FILE = Path("/etc/usagestatsd-collector/collector.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/usagestatsd-collector")
@@ -35,18 +34,10 @@ MAX_SETTINGS_FILE_BYTES = 1 << 20
 def parse_listen(raw: object) -> tuple[str, int]:
     """HOST:PORT (IPv6 in brackets); any host is accepted but loopback is the default."""
     accepted = "HOST:PORT, e.g. 127.0.0.1:18924 or [::1]:18924"
-    if not isinstance(raw, str):
-        raise ValueError(accepted)
-    host, sep, port = raw.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(accepted)
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(accepted + " (an IP address or localhost)") from None
-    return host, int(port)
+    host, port = split_host_port(raw, accepted)
+    if not is_ip_or_localhost(host):
+        raise ValueError(accepted + " (an IP address or localhost)")
+    return host, port
 
 
 def parse_database_url(raw: object) -> str:
