@@ -52,15 +52,6 @@ def cleanup() -> None:
         stop(proc, 5.0)
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float = 0.01) -> None:
-    """Poll `check` until true; RuntimeError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(step)
-
-
 class NotifySocket:
     """A real $NOTIFY_SOCKET: an AF_UNIX datagram socket; every message kept with its time."""
 

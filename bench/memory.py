@@ -10,8 +10,9 @@ from importlib import metadata
 from pathlib import Path
 
 from bench import procstat
-from bench.harness import PY, Fixture, daemon_env, spawn, start_daemon, stop, wait_until
+from bench.harness import PY, Fixture, daemon_env, spawn, start_daemon, stop
 from bench.results import MemoryResult
+from tests.support.poll import wait_until
 
 # Run inside the daemon process: on SIGUSR2, write sys.modules.
 MODULES_HOOK = r"""
@@ -81,7 +82,7 @@ def measure_memory(tmp: Path, cycles: int) -> MemoryResult:
     daemon = start_daemon(tmp, env, prefix=[PY, "-c", MODULES_HOOK])
     fixture.wait_reports(cycles, 30 + cycles)
     os.kill(daemon.pid, signal.SIGUSR2)
-    wait_until(modules_out.exists, 10, "the daemon's module list")
+    wait_until(modules_out.exists, 10, "the daemon's module list", interval=0.01)
     loaded = modules_out.read_text().split()
     ours = [m for m in loaded if m == "usagestatsd" or m.startswith("usagestatsd.")]
     names = [m for m in loaded if m not in ours and m != "__main__"]
