@@ -56,10 +56,17 @@ def classify(
     sightings: list[RaySighting],
     local_copy: bytes | None,
     our_digests: set[str],
+    routed_before: bool = False,
 ) -> Arrangement:
-    """Decide the arrangement from what the intake saw and who wrote usage_stats.json."""
-    if session_start_ms is not None and any(
-        s.session_start_ms == session_start_ms for s in sightings
+    """Decide the arrangement from what the intake saw and who wrote usage_stats.json.
+
+    `routed_before`: an earlier run of the daemon saw this session routed. That holds for
+    the whole session (Ray reads RAY_USAGE_STATS_REPORT_URL once, when it starts), while
+    Ray's next report to the intake may be an hour away.
+    """
+    if routed_before or (
+        session_start_ms is not None
+        and any(s.session_start_ms == session_start_ms for s in sightings)
     ):
         return Arrangement.ROUTED
     if local_copy is not None and digest(local_copy) not in our_digests:
@@ -92,8 +99,14 @@ class Neighbour:
         self.sightings: list[RaySighting] = []
         self.our_digests: set[str] = set()
         self.last_copy: bytes | None = None
+        self.routed_before = False  # state.json says the followed session was seen routed
 
-    def new_session(self, remembered_digest: str | None, pending_digest: str | None = None) -> None:
+    def new_session(
+        self,
+        remembered_digest: str | None,
+        pending_digest: str | None = None,
+        routed_before: bool = False,
+    ) -> None:
         """Forget the previous session's copies; keep the digests of our own last writes.
 
         Sightings are kept: each names the session it belongs to (its start time), and
@@ -102,6 +115,7 @@ class Neighbour:
         """
         self.our_digests = {d for d in (remembered_digest, pending_digest) if d}
         self.last_copy = None
+        self.routed_before = routed_before
 
     def saw(self, sighting: RaySighting) -> None:
         """Ray's reporter POSTed to the intake."""
@@ -125,7 +139,9 @@ class Neighbour:
 
     def arrangement(self, session_start_ms: int | None, local_copy: bytes | None) -> Arrangement:
         """The current arrangement (pure, from what has been seen)."""
-        return classify(session_start_ms, self.sightings, local_copy, self.our_digests)
+        return classify(
+            session_start_ms, self.sightings, local_copy, self.our_digests, self.routed_before
+        )
 
     def should_stand_down(self, arrangement: Arrangement) -> bool:
         """True when sending now would count this session twice at the same endpoint."""
@@ -169,23 +185,35 @@ class BesideRay:
             return "turn on and free this daemon's intake (ray_intake), then route Ray to it"
         return f"restart Ray with RAY_USAGE_STATS_REPORT_URL={self._intake_url}"
 
-    def new_session(self, remembered_digest: str | None, pending_digest: str | None) -> None:
-        """The daemon follows a new session: our writes there are known by these digests."""
-        self._neighbour.new_session(remembered_digest, pending_digest)
+    def new_session(
+        self, remembered_digest: str | None, pending_digest: str | None, routed_before: bool
+    ) -> None:
+        """The daemon follows a new session: our writes there are known by these digests, and
+        `routed_before` says whether an earlier run saw Ray's reporter routed in it."""
+        self._neighbour.new_session(remembered_digest, pending_digest, routed_before)
 
     def wrote(self, data: bytes) -> str:
         """We wrote usage_stats.json with `data`; returns its digest."""
-        return self._neighbour.wrote(data)
+        value = self._neighbour.wrote(data)
+        if self._neighbour.sightings:
+            # Our first report of a session follows Ray's report to the intake at once, so
+            # Ray's own write of the file (right after its POST) can land after ours.
+            self._put_back_soon()
+        return value
 
     def saw(self, sighting: RaySighting) -> None:
         """Ray's reporter POSTed to the intake: note it, and put our copy back after Ray's write."""
         self._neighbour.saw(sighting)
         self._seen.set()
+        if self._neighbour.last_copy is not None:
+            self._put_back_soon()
+
+    def _put_back_soon(self) -> None:
+        """Ray writes its own usage_stats.json right after its POST returns: put back the
+        copy of what usagestatsd really sent, a moment later."""
         session = self._current()
-        if session is None or self._neighbour.last_copy is None or self._rewrite_pending:
+        if session is None or self._rewrite_pending:
             return  # coalesced when pending: the put-back already due writes the same bytes
-        # Ray writes its own usage_stats.json right after its POST returns: put back the
-        # copy of what usagestatsd really sent, a moment later.
         self._rewrite_pending = True
         asyncio.get_running_loop().call_later(REWRITE_DELAY_S, self._rewrite, session)
 

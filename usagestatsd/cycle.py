@@ -18,7 +18,7 @@ from typing import Protocol
 
 import structlog
 
-from usagestatsd.beside_ray import BesideRay, digest
+from usagestatsd.beside_ray import Arrangement, BesideRay, digest
 from usagestatsd.history import Record, history_of
 from usagestatsd.keeper import Keeper
 from usagestatsd.pipeline import Prepared, prepare_report
@@ -177,7 +177,10 @@ class ReportCycle:
         # The id this report carries is the session's from now on (pipeline.choose_session_id):
         # the reservation below already saves it, so a kill after the send cannot change it.
         remembered = replace(
-            prepared.remembered, session_id=prepared.session_id, id_source=prepared.id_source
+            prepared.remembered,
+            session_id=prepared.session_id,
+            id_source=prepared.id_source,
+            ray_routed=decision.beside.arrangement == Arrangement.ROUTED.value,
         )
         if not self._reserve(remembered):
             return CycleOutcome(Result.NOT_SENT, changed, beside=decision.beside)

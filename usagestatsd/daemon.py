@@ -169,7 +169,9 @@ class Daemon:
         state, key = self.cycle.state, change.session.key
         remembered = state.session if state.session and state.session.key == key else None
         self.beside.new_session(
-            remembered.local_copy_sha256 if remembered else None, state.pending_digest(key)
+            remembered.local_copy_sha256 if remembered else None,
+            state.pending_digest(key),
+            remembered.ray_routed if remembered else False,
         )
         first = self.clock.time() + (change.first_due - now)
         self.announce.session_found(change.session.name, first)

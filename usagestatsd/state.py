@@ -65,6 +65,9 @@ class SessionState:
     # Where session_id came from once a report carried it (one of the ID_* above);
     # None until then. From the first report on, the id never changes for the session.
     id_source: str | None = None
+    # Ray's reporter was seen reporting this session to the intake: it stays routed for the
+    # whole session, so a restarted daemon does not take Ray's copy for direct reporting.
+    ray_routed: bool = False
 
     @property
     def id_fixed(self) -> bool:
@@ -146,6 +149,7 @@ def _from_json(data: dict[str, Any]) -> State:
             counters,
             digest if isinstance(digest, str) else None,
             source if source in (ID_FROM_CLUSTER, ID_FROM_METADATA, ID_RANDOM) else None,
+            s.get("ray_routed") is True,  # absent before 1.1: not known to be routed
         )
     last = None
     if data.get("last_report"):

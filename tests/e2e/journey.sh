@@ -138,6 +138,13 @@ log=$(invocation_log)
 grep -q '^report.sent' <<<"$log" && grep -q '^beside_ray.report_absorbed' <<<"$log"
 check "journal: Ray's report absorbed at the intake, then report.sent" $?
 ! grep -q '^beside_ray.standing_down' <<<"$log"; check "journal: no standing down" $?
+# Ray writes its own usage_stats.json right after its POST to the intake; the file must
+# end up holding what usagestatsd sent (put back a second later), not Ray's body.
+sleep 2
+wait_for 10 in_c python3 -c 'import glob, json
+copy = json.load(open("/tmp/ray/session_latest/usage_stats.json"))["usage_stats"]
+raise SystemExit(copy not in [json.load(open(f)) for f in glob.glob("/root/received/*.json")])'
+check "usage_stats.json holds a report usagestatsd sent, not Ray's" $?
 
 # ---------------------------------------------------------------- opt-outs, one at a time
 # off_views NAME: after a restart, all three views say off and nothing is sent.
@@ -198,7 +205,8 @@ back_on "ray disable-usage-stats"
 # have seen a report had one been sent.
 before=$(reports)
 wait_for $((INTERVAL + 5)) bash -c "[ \$('$C' exec '$wd' -- sh -c 'ls /root/received/*.json | wc -l') -gt $before ]"
-check "opted back in: a report arrives within $((INTERVAL + 5)) s" $? "$before before, $(reports) after"
+rc=$?; check "opted back in: a report arrives within $((INTERVAL + 5)) s" $rc "$before before, $(reports) after"
+[ $rc = 0 ] || invocation_log | tail -n 15 | sed 's/^/    | /' >&2
 
 echo
 echo "journey: ray start (routed) -> first complete report: $(secs $first_ms)"

@@ -13,8 +13,17 @@ from tests.support.poll import until
 from tests.support.processes import await_line, daemon_env, intake_env, running_daemon
 from tests.support.rayside import ray_report, ray_style_copy, recorded_json, session_started_now
 from tests.support.servers import ScriptedEndpoint
-from usagestatsd.beside_ray import Arrangement, Neighbour, RaySighting, classify, digest
+from usagestatsd.beside_ray import (
+    REWRITE_DELAY_S,
+    Arrangement,
+    BesideRay,
+    Neighbour,
+    RaySighting,
+    classify,
+    digest,
+)
 from usagestatsd.demo import DemoCluster
+from usagestatsd.session import find_session, trusted_uids, write_usage_stats
 
 START_MS = recorded_json("dash_report_cluster_metadata.json")["data"]["sessionStartTimestampMs"]
 
@@ -124,3 +133,46 @@ async def test_grace_ends_when_ray_reports_to_the_intake(
     finally:
         await cluster.stop()
     assert time.time() * 1000 - start_ms < 60_000
+
+
+async def test_a_restart_keeps_the_session_routed(
+    demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
+) -> None:
+    """Routed once, routed for the whole session (Ray reads RAY_USAGE_STATS_REPORT_URL at its
+    start). Restarted after Ray's own write of usage_stats.json came last, and before Ray's
+    next report (an hour later), the daemon reports on: it does not take Ray's copy for Ray
+    sending directly (seen in the journey, where an opt-out and back meant no report)."""
+    env = intake_env(temp_root, state_dir, endpoint.url, RAY_USAGE_STATS_REPORT_INTERVAL_S="1")
+    copy = demo_session.session_dir / "usage_stats.json"
+    with running_daemon(env) as daemon:
+        url = json.loads(await await_line(daemon, "beside_ray.intake_listening"))["url"]
+        async with aiohttp.ClientSession() as http, http.post(url, data=ray_report(0)) as resp:
+            assert resp.status == 200
+        await until(lambda: len(endpoint.received) >= 1)
+    copy.write_bytes(ray_style_copy(0))  # Ray's write, after ours, before the restart
+    reported = len(endpoint.received)
+    with running_daemon(env) as daemon:
+        await until(lambda: len(endpoint.received) >= reported + 2)
+        assert daemon.count("beside_ray.standing_down") == 0
+    assert [b["seq_number"] for b in endpoint.bodies()] == list(range(len(endpoint.received)))
+
+
+async def test_our_copy_is_put_back_when_rays_write_comes_after_ours(
+    demo_session: DemoCluster, temp_root: Path
+) -> None:
+    """Our first report follows Ray's POST to the intake at once, so Ray's own write of
+    usage_stats.json (right after its POST returns) can land after ours: the file still ends
+    up holding what usagestatsd sent."""
+    import asyncio
+
+    session = find_session(temp_root, trusted_uids()).session
+    assert session is not None
+    beside = BesideRay("auto", lambda: session)
+    beside.new_session(None, None, False)
+    beside.saw(RaySighting(1, START_MS, 0))  # Ray's report, before our first one
+    ours = b'{"usage_stats": {"source": "OSS"}, "success": true, "error": null}'
+    write_usage_stats(session, ours)
+    beside.wrote(ours)
+    session.usage_stats_path.write_bytes(ray_style_copy(0))  # Ray's write, just after ours
+    await asyncio.sleep(REWRITE_DELAY_S + 0.5)
+    assert session.usage_stats_path.read_bytes() == ours

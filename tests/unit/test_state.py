@@ -113,6 +113,7 @@ def test_a_previous_versions_file_loads_typed(tmp_path: Path) -> None:
     assert state.session is not None and state.session.counters == Counters(1, 1, 0)
     assert state.last_report is not None and state.last_report.endpoints[0].status == 200
     assert state.next_report_ms == 1795827119121
+    assert state.session.ray_routed is False  # not known then: learnt again at the next sighting
 
 
 def test_pending_copy_is_saved_under_its_old_key(tmp_path: Path) -> None:
@@ -133,3 +134,18 @@ def test_a_malformed_pending_copy_is_not_ours(tmp_path: Path, pending: str) -> N
     store = StateStore(tmp_path)
     store.path.write_text(f'{{"format": 1, "local_copy_pending": {pending}}}')
     assert store.load().local_copy_pending is None
+
+
+@pytest.mark.parametrize("value", ["true", '"yes"', "1", "null"])
+def test_routed_is_remembered_only_as_true(tmp_path: Path, value: str) -> None:
+    """A session seen routed stays routed after a restart; anything but `true` is not routed."""
+    store = StateStore(tmp_path)
+    routed = SessionState("session_x@1:2", "abc", Counters(1, 1, 0), ray_routed=True)
+    store.save(State(routed))
+    assert json.loads(store.path.read_bytes())["session"]["ray_routed"] is True
+    assert store.load() == State(routed)
+    store.path.write_text(
+        store.path.read_text().replace('"ray_routed": true', f'"ray_routed": {value}')
+    )
+    session = store.load().session
+    assert session is not None and session.ray_routed is (value == "true")
