@@ -260,10 +260,10 @@ def test_unusable_state_file_is_set_aside(tmp_path: Path, kind: str) -> None:
         daemon = Daemon(settings, Notifier(None), KnownIdentifiers())
     [event] = named(events, "state.unreadable")
     assert str(path) in event["problem"]
-    assert daemon.cycle.state.session is None
+    assert daemon.reporter.cycle.state.session is None
     if kind == "symlink":
         assert victim.read_text() == "{}"
-    StateStore(state_dir).save(daemon.cycle.state)
+    StateStore(state_dir).save(daemon.reporter.cycle.state)
     assert StateStore(state_dir).load().session is None
 
 

@@ -1,0 +1,157 @@
+"""What the daemon reports on and when, and what it says around each report.
+
+The report side of the daemon, below its loop (daemon.py): it starts the intake Ray's
+reporter POSTs to and the inotify watch on the temp root, follows the session
+(follow.py), hands each sighting of Ray's reporter to the policy beside it
+(beside_ray.py), runs one cycle when the loop says a report is due (cycle.py), plans the
+next one, saves the state, and tells systemd and `status` what happened (announce.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import structlog
+
+from usagestatsd.announce import Announcer
+from usagestatsd.beside_ray import BesideRay, RaySighting
+from usagestatsd.cycle import Clock, CycleOutcome, ReportCycle
+from usagestatsd.follow import SessionFollower
+from usagestatsd.intake import RayIntake
+from usagestatsd.privacy import KnownIdentifiers
+from usagestatsd.running import ServiceRecord
+from usagestatsd.schedule import Schedule, Slot
+from usagestatsd.session import Session
+from usagestatsd.settings import Settings
+from usagestatsd.systemd import Notifier
+from usagestatsd.watch import SessionWatch
+
+log = structlog.get_logger()
+
+
+class Reporter:
+    """The followed session, its report slots and cycles, the intake and the watch."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        notifier: Notifier,
+        known: KnownIdentifiers,
+        clock: Clock,
+        rng: random.Random,
+        withheld: tuple[str, ...] = (),
+        record: ServiceRecord | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.announce = Announcer(notifier, settings.temp_root, settings.state_dir, record)
+        self.follower = SessionFollower(settings, Schedule(settings.report_interval_s, rng))
+        self.beside = BesideRay(settings.beside_ray, lambda: self.follower.session)
+        self.cycle = ReportCycle(settings, known, self.beside, clock, withheld)
+        self.nudge = asyncio.Event()  # look at the temp root now (a session appeared, see watch.py)
+        self._intake: RayIntake | None = None
+        self._watch: SessionWatch | None = None
+
+    @property
+    def session(self) -> Session | None:
+        """The session followed now, if any."""
+        return self.follower.session
+
+    @property
+    def slot(self) -> Slot | None:
+        """Its next report slot (None: no report planned)."""
+        return self.follower.slot
+
+    async def start(self, look_s: float) -> None:
+        """Listen for Ray's reporter and watch the temp root, then say READY=1."""
+        await self._start_intake()
+        self._watch = self._watch_sessions(look_s)
+
+    async def stop(self) -> None:
+        """Close the watch and the intake, and say so."""
+        if self._watch is not None:
+            self._watch.close()
+        self.announce.stopping()
+        if self._intake is not None:
+            await self._intake.stop()
+        self.announce.stopped(int(self.clock.time() * 1000))
+
+    async def _start_intake(self) -> None:
+        """The intake (docs/beside-ray.md), then READY=1 with what the daemon waits for."""
+        waiting = self.announce.waiting_text()
+        if self.settings.ray_intake is not None:
+            host, port = self.settings.ray_intake
+            intake = RayIntake(host, port, self._on_sighting, self.follower.ray_uids)
+            listening = await intake.start()
+            self.announce.intake(intake)
+            self.beside.listening_at(intake.url if listening else None)
+            if listening:
+                self._intake = intake
+            else:
+                waiting += f" (intake {host}:{port} not listening: Ray cannot be routed here)"
+        self.announce.ready(waiting)
+
+    def _watch_sessions(self, look_s: float) -> SessionWatch | None:
+        """Notice a new session when Ray creates it (inotify), not at the next look."""
+        watch = SessionWatch(self.settings.temp_root, self.nudge.set)
+        problem = watch.start(asyncio.get_running_loop())
+        if problem is None:
+            return watch
+        fallback = f"the temp root is looked at every {look_s:g} s"
+        log.info("session_watch.unavailable", problem=problem, fallback=fallback)
+        return None
+
+    def _on_sighting(self, sighting: RaySighting) -> None:
+        """Ray's reporter reached the intake; before our first report: send ours right away."""
+        self.beside.saw(sighting)
+        session, remembered = self.follower.session, self.cycle.state.session
+        if session is None or (
+            remembered and remembered.key == session.key and remembered.counters.seq_number
+        ):
+            return  # this session was reported already (e.g. on SIGUSR1): nothing to pull
+        if self.follower.pull_first(self.clock.monotonic()):
+            self.nudge.set()
+
+    def look(self, now: float) -> None:
+        """Look at the temp root: a new session gets its first slot, and is announced."""
+        change = self.follower.follow(now)
+        if change is None:
+            return
+        if change.session is None or change.first_due is None:
+            self.announce.no_session()
+            return
+        state, key = self.cycle.state, change.session.key
+        remembered = state.session if state.session and state.session.key == key else None
+        self.beside.new_session(
+            remembered.local_copy_sha256 if remembered else None,
+            state.pending_digest(key),
+            remembered.ray_routed if remembered else False,
+        )
+        first = self.clock.time() + (change.first_due - now)
+        self.announce.session_found(change.session.name, first)
+
+    async def report(self, session: Session, advance: bool) -> None:
+        """One cycle, then the next slot, the status line, and the state saved with the plan.
+
+        `advance`: the cycle ran for its slot (not on request), so the next slot follows.
+        """
+        self.announce.cycle_started()
+        outcome: CycleOutcome | None = None
+        try:
+            outcome = await self.cycle.run(session)
+            if outcome.beside is not None:
+                self.announce.beside(outcome.beside)
+            if outcome.hold is not None:
+                self.announce.hold(session.name, outcome.hold.why, outcome.hold.status)
+        finally:
+            if advance:
+                self.follower.advance(session, self.clock.monotonic())
+            slot = self.follower.slot
+            if slot is not None and not self.announce.holding:  # held: no report planned
+                next_wall = self.clock.time() + (slot.due - self.clock.monotonic())
+                self.cycle.plan_next(int(next_wall * 1000))
+                self.announce.planned(next_wall, self.cycle.state.last_report)
+            # Interrupted (SIGTERM, a bug): what it changed so far is saved too.
+            if outcome is None or outcome.state_changed:
+                self.cycle.save()
