@@ -149,7 +149,7 @@ def _from_json(data: dict[str, Any]) -> State:
             counters,
             digest if isinstance(digest, str) else None,
             source if source in (ID_FROM_CLUSTER, ID_FROM_METADATA, ID_RANDOM) else None,
-            s.get("ray_routed") is True,  # absent before 1.1: not known to be routed
+            s.get("ray_routed") is True,  # absent from older files: not known to be routed
         )
     last = None
     if data.get("last_report"):
