@@ -6,7 +6,8 @@
 #   make e2e-journey       the .deb, a real Ray 2.60 and `usagestatsd setup` under real systemd:
 #                          install -> setup -> first report -> every opt-out (root; ~5 min)
 #   make newcomer          the README's `make test` and `make run` in a fresh Debian 12 container,
-#                          from a `git clone` of HEAD, as root and as an unprivileged user (root)
+#                          from a `git clone` of HEAD, as root and as an unprivileged user; as
+#                          root also `make deb` and `make rpm` (root)
 # Build dependencies are installed with apt when missing. See docs/packaging.md.
 
 # Including this file must not change the Makefile's default goal.
@@ -36,7 +37,7 @@ RAY_VENV_JOURNEY ?= /var/cache/usagestatsd-ray/2.60.0/venv
 e2e-journey: deb
 	RAY_VENV=$(RAY_VENV_JOURNEY) tests/e2e/journey.sh
 
-## make newcomer: a fresh Debian 12 container, `git clone` of HEAD, the README's make test and make run, as root and as a user
+## make newcomer: a fresh Debian 12 container, `git clone` of HEAD, the README's make test and make run, as root and as a user; make deb and make rpm as root
 newcomer:
 	tests/e2e/newcomer.sh
 

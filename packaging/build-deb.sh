@@ -13,8 +13,10 @@ say() { printf 'build-deb: %s\n' "$*" >&2; }
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 unset PYTHONPATH PYTHONHOME VIRTUAL_ENV PYENV_VERSION
 
-BUILD_DEPS=(debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
-    lintian po-debconf dpkg-dev)
+# build-essential: dpkg-checkbuilddeps requires it of every package, even an
+# architecture-independent one ("Unmet build dependencies: build-essential:native").
+BUILD_DEPS=(build-essential debhelper dh-python pybuild-plugin-pyproject python3-all
+    python3-setuptools lintian po-debconf dpkg-dev)
 missing=()
 for pkg in "${BUILD_DEPS[@]}"; do
     dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qx installed || missing+=("$pkg")

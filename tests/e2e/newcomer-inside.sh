@@ -76,4 +76,19 @@ left=$(pgrep -u "$(id -u)" -af 'usagestatsd' | grep -v -e pgrep -e newcomer-insi
 tmp=$(ls -d /tmp/usagestatsd-demo-* 2>/dev/null || true)
 [ -z "$tmp" ]; check "make run: its temp directory removed" $? "${tmp:-none}"
 [ $failed = 0 ] || grep -v '^receiver: {' "$HOME/make-run.log" | tail -n 20 | cut -c1-200 | sed 's/^/  | /'
+
+# ---- The packages, as docs/packaging.md says: `make deb` and `make rpm` install their own
+# build dependencies with apt, so they run as root (the user run has no root shell of its own
+# and the README does not ask it to build packages).
+if [ -z "$as_root" ]; then
+    for target in deb rpm; do
+        t=$(now)
+        make "$target" >"$HOME/make-$target.log" 2>&1
+        rc=$?
+        echo "newcomer: TIME make-$target $(elapsed "$t")"
+        built=$(ls dist/*."$target" 2>/dev/null | xargs -r -n1 basename | tr '\n' ' ')
+        check "make $target on a fresh Debian 12 (its build dependencies installed by make)" $rc "${built:-nothing built}"
+        [ $rc = 0 ] || tail -n 20 "$HOME/make-$target.log" | cut -c1-200 | sed 's/^/  | /'
+    done
+fi
 exit $failed

@@ -5,7 +5,8 @@
 # host reaches them through ($SSL_CERT_FILE or $PIP_CERT), `git clone`s the checkout's HEAD
 # (only committed files; git and make are installed with apt first, as the README says),
 # then runs `make test`, and `make run` for 15 s, checking that reports arrive and that
-# Ctrl-C leaves nothing behind (tests/e2e/newcomer-inside.sh). Prints the time of each
+# Ctrl-C leaves nothing behind, and as root `make deb` and `make rpm`, whose build
+# dependencies they install themselves (tests/e2e/newcomer-inside.sh). Prints the time of each
 # phase; exits 1 if anything failed. Needs root. Logs in build/newcomer/.
 #   tests/e2e/newcomer.sh [root|user]...    (default: root user)
 set -euo pipefail
