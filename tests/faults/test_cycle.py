@@ -14,6 +14,7 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from tests.faults.helpers import named, report_cycle, the_session
+from tests.support.processes import NO_DASHBOARD
 from tests.support.servers import ScriptedEndpoint
 from usagestatsd.cycle import STANDING_DOWN, Result
 from usagestatsd.demo import DemoCluster, make_session_dir
@@ -53,7 +54,11 @@ async def test_a_stopped_head_is_refused_once_at_info(
 ) -> None:
     """Refused: nothing sent, one info event for the session, the hold says why."""
     make_session_dir(temp_root)  # its sockets directory is empty: the head is stopped
-    cycle = report_cycle(make_settings({"RAY_USAGE_STATS_REPORT_URL": endpoint.url}))
+    env = {
+        "RAY_USAGE_STATS_REPORT_URL": endpoint.url,
+        "USAGESTATSD_DASHBOARD_ADDRESS": NO_DASHBOARD,
+    }
+    cycle = report_cycle(make_settings(env))
     session = the_session(temp_root)
     with capture_logs() as events:
         outcomes = [await cycle.run(session) for _ in range(2)]

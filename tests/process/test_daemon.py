@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 
 from tests.support.poll import until, wait_until
-from tests.support.processes import await_line, daemon_env, report_then_stop, running_daemon
+from tests.support.processes import (
+    NO_DASHBOARD,
+    await_line,
+    daemon_env,
+    report_then_stop,
+    running_daemon,
+)
 from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
 
@@ -310,7 +316,8 @@ async def test_stopped_cluster_is_one_info_line(
 ) -> None:
     """A session whose dashboard is gone (head stopped): one info line, no warning per socket."""
     make_session_dir(temp_root)
-    with running_daemon(daemon_env(temp_root, state_dir, endpoint.url)) as daemon:
+    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_DASHBOARD_ADDRESS=NO_DASHBOARD)
+    with running_daemon(env) as daemon:
         line = await await_line(daemon, "session.not_reported")
         await asyncio.sleep(1.5)  # several intervals
         assert daemon.count("session.not_reported") == 1

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +26,23 @@ from tests.support.servers import ScriptedEndpoint
 
 # Ray's-reporter intake on a free loopback port, so tests never contend for the fixed one.
 FREE_INTAKE = "127.0.0.1:0"
+
+
+def _hold_unlistened_port() -> socket.socket:
+    """A loopback port bound for this test process's lifetime and never listened on.
+
+    Connecting to it is refused by the kernel, whatever else runs on the machine; without
+    SO_REUSEADDR no other socket can bind it meanwhile."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+_UNLISTENED = _hold_unlistened_port()
+# For a test of a stopped head: with no dash_* sockets and no dashboard process the daemon
+# would try Ray's default 127.0.0.1:8265, where the machine running the tests may well have
+# a Ray dashboard of its own (seen from a container, whose /proc does not show its holder).
+NO_DASHBOARD = f"127.0.0.1:{_UNLISTENED.getsockname()[1]}"
 
 
 def daemon_env(temp_root: Path, state_dir: Path, url: str, **extra: str) -> dict[str, str]:
