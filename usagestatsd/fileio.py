@@ -48,12 +48,28 @@ def atomic_write(
         os.close(dir_fd)
 
 
+def give_to_directory_owner(fd: int, dir_fd: int) -> None:
+    """As root, hand a file made in another user's directory to that user.
+
+    The service may run as Ray's user in a directory of its own (the state directory), while
+    root runs a command that rewrites a file there (`sudo usagestatsd forget`): a root-owned
+    file would lock the service out of its own history. Nobody but root can give a file
+    away, and a directory's owner can replace any file in it anyway, so this grants nothing.
+    """
+    if os.geteuid() != 0:
+        return
+    directory = os.fstat(dir_fd)
+    if directory.st_uid != 0 and os.fstat(fd).st_uid != directory.st_uid:
+        os.fchown(fd, directory.st_uid, directory.st_gid)
+
+
 def _write_in(dir_fd: int, name: str, data: bytes | Iterable[bytes], mode: int) -> None:
     tmp_name = f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp_name, flags, mode, dir_fd=dir_fd)
     try:
         try:
+            give_to_directory_owner(fd, dir_fd)
             os.fchmod(fd, mode)  # the umask must not make the file unreadable for Ray's users
             for chunk in [data] if isinstance(data, bytes) else data:
                 view = memoryview(chunk)

@@ -19,7 +19,7 @@ import aiohttp
 
 from usagestatsd.history import Record, history_of, summarise_sessions
 from usagestatsd.sender import deliver
-from usagestatsd.settings import DEFAULT_ENDPOINT_URL, Endpoint, Settings
+from usagestatsd.settings import DEFAULT_ENDPOINT_URL, Endpoint, Settings, redact_url
 from usagestatsd.state import EndpointResult
 
 PROTOCOL = "usagestatsd-deletion/1"
@@ -103,6 +103,24 @@ def list_sessions(settings: Settings) -> int:
     return 0
 
 
+def _tell_what_stays(settings: Settings, sessions: list[dict[str, Any]]) -> None:
+    """Before anything is purged: the endpoints these sessions reached that take no deletion
+    request (their copies stay), with the policy's e-mail where one of them is Ray's."""
+    deletable = {e.display for e in settings.endpoints if e.deletion_url}
+    stays = sorted({ep for s in sessions for ep in s["endpoints"] if ep not in deletable})
+    if not stays:
+        return
+    print(
+        "These sessions also went to endpoints that take no deletion request; "
+        "their copies there are not deleted by this command: " + ", ".join(stays)
+    )
+    if redact_url(DEFAULT_ENDPOINT_URL) in stays:
+        print("For Ray's endpoint, send this e-mail (the local history may be purged next):")
+        print()
+        print(deletion_request_text(sessions))
+    print()
+
+
 def _outcome(result: EndpointResult) -> str:
     if result.ok:
         return "deleted"
@@ -148,6 +166,9 @@ async def forget(settings: Settings, session: str | None, everything: bool) -> i
             )
         )
         return 1
+    _tell_what_stays(
+        settings, [s for s in summarise_sessions(history.load().records) if s["session_id"] in ids]
+    )
     results = await _request(settings, ids)
     now_ms = int(time.time() * 1000)
     confirmed = all(r.ok for r in results)

@@ -24,7 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from usagestatsd.fileio import UnsafeFileError, atomic_write, read_regular_file
+from usagestatsd.fileio import (
+    UnsafeFileError,
+    atomic_write,
+    give_to_directory_owner,
+    open_directory,
+    read_regular_file,
+)
 from usagestatsd.settings import Settings
 
 HISTORY_FILE = "history.jsonl"
@@ -136,8 +142,7 @@ class History:
             dropped = self.give_way(len(payload) + 1, now_ms)
             if self.free_bytes() - len(payload) - 1 < self.reserve_bytes:
                 raise HistoryFull(errno.ENOSPC, "too little free space left", str(self.path))
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self.path, flags, 0o640)
+        fd = self._open_for_append()
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -149,6 +154,20 @@ class History:
         if size > self.max_bytes or self._oldest_too_old(now_ms):
             self.compact(now_ms)
         return dropped
+
+    def _open_for_append(self) -> int:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        dir_fd = open_directory(self.directory)
+        try:
+            fd = os.open(HISTORY_FILE, flags, 0o640, dir_fd=dir_fd)
+            try:
+                give_to_directory_owner(fd, dir_fd)
+            except OSError:
+                os.close(fd)
+                raise
+            return fd
+        finally:
+            os.close(dir_fd)
 
     def free_bytes(self) -> int:
         """Free space for us on the file system of the history (unlimited if unknown)."""

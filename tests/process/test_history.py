@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.hostile import NOBODY, as_user, needs_root, open_dir
 from tests.support.poll import until
 from tests.support.processes import (
     consent_file_env,
@@ -27,7 +29,7 @@ from usagestatsd.pipeline import prepare_report
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.report import REPORT_FIELDS
 from usagestatsd.session import find_session
-from usagestatsd.settings import Settings
+from usagestatsd.settings import DEFAULT_ENDPOINT_URL, Settings, redact_url
 from usagestatsd.state import State
 
 
@@ -233,3 +235,61 @@ async def test_older_field_set_nulls_newer_fields_until_accepted(
     with running_daemon(env):
         await until(lambda: len(endpoint.received) > seen)
     assert endpoint.bodies()[seen]["libc_version"] == "glibc:2.36"
+
+
+@needs_root
+async def test_forget_as_root_leaves_the_service_its_history() -> None:
+    """`sudo usagestatsd forget` in the state directory of a service run as Ray's user (here
+    nobody): the rewritten history stays the service's, which goes on appending to it."""
+    state = open_dir() / "state"
+    state.mkdir(mode=0o750)
+    os.chown(state, NOBODY, NOBODY)
+    now = int(time.time() * 1000)
+    assert as_user(lambda: str(History(state).append([record(now, "aaaa1111")], now))) == "0"
+    server = ScriptedEndpoint([Reply(200)])
+    await server.start()
+    settings = state.parent / "s.toml"
+    settings.write_text(f'[[endpoints]]\nurl = "{server.url}"\ndeletion_url = "{server.url}del"\n')
+    env = {"USAGESTATSD_STATE_DIR": str(state), "PATH": "/usr/bin:/bin"}
+    try:
+        code, out, err = await run_cli(["forget", "--all", "--config", str(settings)], env)
+    finally:
+        await server.stop()
+    assert code == 0, (out, err)
+    history = state / "history.jsonl"
+    assert (history.stat().st_uid, history.stat().st_mode & 0o777) == (NOBODY, 0o640)
+    later = now + 1000
+    appended = as_user(lambda: str(History(state).append([record(later, "cccc3333")], later)))
+    assert appended == "0"  # not "PermissionError: ..."
+    assert [r.session_id for r in History(state).load().records if r.kind == "report"] == [
+        "cccc3333"
+    ]
+
+
+async def test_forget_names_the_copies_it_cannot_delete(tmp_path: Path) -> None:
+    """A session that also went to Ray's endpoint (no deletion URL): before anything is
+    purged, forget names that endpoint and prints the policy's e-mail for it."""
+    server = ScriptedEndpoint([Reply(200)])
+    await server.start()
+    state = tmp_path / "state"
+    now = int(time.time() * 1000)
+    ray = Record("report", now, "aaaa1111", redact_url(DEFAULT_ENDPOINT_URL), "sent", 200,
+                 None, "x", "{}")  # fmt: skip
+    History(state).append([record(now, "aaaa1111"), ray], now)
+    settings = tmp_path / "s.toml"
+    settings.write_text(
+        f'[[endpoints]]\nurl = "{server.url}"\ndeletion_url = "{server.url}del"\n'
+        f'[[endpoints]]\nurl = "{DEFAULT_ENDPOINT_URL}"\n'
+    )
+    env = {"USAGESTATSD_STATE_DIR": str(state), "PATH": "/usr/bin:/bin"}
+    try:
+        code, out, _ = await run_cli(
+            ["forget", "--session", "aaaa1111", "--config", str(settings)], env
+        )
+    finally:
+        await server.stop()
+    assert code == 0
+    told = out.index("take no deletion request")
+    assert redact_url(DEFAULT_ENDPOINT_URL) in out[told:] and "usage_stats@ray.io" in out[told:]
+    assert "session_id aaaa1111" in out[told:]
+    assert told < out.index("Deletion confirmed")
