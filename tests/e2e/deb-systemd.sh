@@ -145,9 +145,26 @@ in_c systemctl stop demo-ray demo-receiver
 in_c systemctl enable usagestatsd-provider@root.service >/dev/null 2>&1
 in_c test -L /etc/systemd/system/multi-user.target.wants/usagestatsd-provider@root.service
 check "usagestatsd-provider@root enabled (before purge)" $?
+# ... and had run `usagestatsd setup --apply`, whose drop-ins route Ray's own reporter into the
+# intake and set up the daemon and the provider (what it writes: usagestatsd/setup_plan.py).
+in_c sh -ec 'for d in demo-ray usagestatsd usagestatsd-provider@root; do mkdir -p /etc/systemd/system/$d.service.d; done
+    printf "[Service]\nEnvironment=RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:18922/\n" \
+        >/etc/systemd/system/demo-ray.service.d/usagestatsd-route.conf
+    printf "[Service]\nUser=\n" >/etc/systemd/system/usagestatsd.service.d/usagestatsd-setup.conf
+    printf "[Service]\nEnvironment=USAGESTATSD_RAY_TEMP_ROOT=/tmp/ray\n" \
+        >/etc/systemd/system/usagestatsd-provider@root.service.d/usagestatsd-setup.conf
+    systemctl daemon-reload'
 t=$(now_ms)
 in_c apt-get purge -y -q usagestatsd >"$wd/apt-purge.log" 2>&1; rc=$?
 check "apt-get purge usagestatsd" "$rc" "$(($(now_ms) - t)) ms"
+grep -q 'demo-ray.service keeps sending .* to http://127.0.0.1:18922/.*systemctl restart demo-ray.service' "$wd/apt-purge.log"
+check "removal names the Ray unit still routed to the intake, and the restart that ends it" $? \
+    "$(grep -m1 'usagestatsd: removed' "$wd/apt-purge.log" | cut -c1-160)"
+dropins=$(in_c sh -c 'ls -d /etc/systemd/system/*.d/usagestatsd-* 2>/dev/null; true')
+[ -z "$dropins" ]; check "purge removed every drop-in of setup's" $? "${dropins:-none left}"
+env_now=$(in_c systemctl show -p Environment --value demo-ray.service)
+! grep -q RAY_USAGE_STATS_REPORT_URL <<<"$env_now"
+check "Ray's unit no longer routes its reporter to the intake" $? "Environment=${env_now:-(empty)}"
 left=$(in_c sh -c 'for p in /etc/usagestatsd /var/lib/usagestatsd /lib/systemd/system/usagestatsd.service \
         /lib/systemd/system/usagestatsd-provider@.service /etc/systemd/system/multi-user.target.wants/usagestatsd.service \
         /var/lib/systemd/deb-systemd-helper-enabled/usagestatsd.service.dsh-also /usr/bin/usagestatsd \

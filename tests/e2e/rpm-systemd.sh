@@ -84,8 +84,17 @@ in_c usagestatsd --version >/dev/null; check "the daemon still works after the c
 
 in_c sh -c 'echo "# changed" >>/etc/usagestatsd/usagestatsd.toml'
 in_c systemctl enable usagestatsd-provider@root.service >/dev/null 2>&1
+# What `usagestatsd setup --apply` writes: a route for Ray's unit, the daemon's drop-in.
+in_c sh -ec 'mkdir -p /etc/systemd/system/ray-head.service.d /etc/systemd/system/usagestatsd.service.d
+    printf "[Service]\nEnvironment=RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:18922/\n" \
+        >/etc/systemd/system/ray-head.service.d/usagestatsd-route.conf
+    printf "[Service]\nUser=\n" >/etc/systemd/system/usagestatsd.service.d/usagestatsd-setup.conf'
 out=$(in_c rpm -e usagestatsd 2>&1); rc=$?
 check "rpm -e usagestatsd" "$rc" "$(tail -n1 <<<"$out")"
+grep -q 'ray-head.service keeps sending .* to http://127.0.0.1:18922/.*systemctl restart ray-head.service' <<<"$out"
+check "erasure names the Ray unit still routed to the intake" $? "$(grep -m1 'usagestatsd: removed' <<<"$out" | cut -c1-160)"
+dropins=$(in_c sh -c 'ls -d /etc/systemd/system/*.d/usagestatsd-* 2>/dev/null; true')
+[ -z "$dropins" ]; check "erasure removed every drop-in of setup's" $? "${dropins:-none left}"
 files=$(in_c systemctl list-unit-files --no-legend 'usagestatsd*' || true)
 [ -z "$files" ] && [ "$(prop ActiveState)" = inactive ]; check "service stopped, unit gone" $? "${files:-no unit}"
 left=$(in_c sh -c 'for p in /etc/usagestatsd/consent.json /etc/usagestatsd/usagestatsd.toml /var/lib/usagestatsd \
