@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from usagestatsd.fileio import read_regular_file
 from usagestatsd.peers import pids, split_nul
 
 DASHBOARD_SCRIPT = "dashboard/dashboard.py"
@@ -153,11 +154,24 @@ def unit_from_cgroup(raw: str) -> str | None:
 
 
 def _uid_of(status: str) -> int | None:
+    """The uid a process runs as, from the kernel's `Uid:` line (real, effective, ...).
+
+    Not the owner of /proc/<pid>/*: those files read as root's for a process that made
+    itself non-dumpable. A process whose real and effective uids differ is nobody's here.
+    """
     for line in status.splitlines():
         if line.startswith("Uid:"):
             fields = line.split()
-            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+            if len(fields) > 2 and fields[1].isdigit() and fields[1] == fields[2]:
+                return int(fields[1])
+            return None
     return None
+
+
+def process_uid(pid_dir: Path) -> int | None:
+    """The uid of the process at /proc/<pid> (None: gone, or set-uid)."""
+    status = _read(pid_dir / "status")
+    return _uid_of(status.decode(errors="replace")) if status else None
 
 
 def user_name(uid: int) -> str:
@@ -168,11 +182,20 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
+def command_line(pid_dir: Path) -> list[str]:
+    """The arguments of the process at /proc/<pid> ([] if gone or not readable)."""
+    return split_nul(_read(pid_dir / "cmdline") or b"")
+
+
 def _read(path: Path) -> bytes | None:
+    """A /proc or session file, or None: never through a symlink, and only a regular file.
+
+    The session directory is 0777: another user can put a FIFO (an open would wait for a
+    writer for ever) or a symlink where a file is expected.
+    """
     try:
-        with path.open("rb") as f:
-            return f.read(_MAX_PROC_FILE)
-    except OSError:
+        return read_regular_file(path, _MAX_PROC_FILE)
+    except (OSError, ValueError):
         return None
 
 
@@ -185,8 +208,7 @@ def head_from_proc(pid_dir: Path) -> RayHead | None:
     with contextlib.suppress(OSError):
         exe = os.readlink(pid_dir / "exe")
     args = parse_dashboard(split_nul(raw), exe)
-    status = _read(pid_dir / "status")
-    uid = _uid_of(status.decode(errors="replace")) if status else None
+    uid = process_uid(pid_dir)
     if args is None or uid is None:
         return None
     env_raw = _read(pid_dir / "environ")
