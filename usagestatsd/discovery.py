@@ -15,7 +15,7 @@ import json
 import os
 import pwd
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from usagestatsd.fileio import read_regular_file
@@ -58,6 +58,7 @@ class RayHead:
     version_source: str | None
     environ: dict[str, str] | None  # None: not readable (run as root or Ray's user)
     unit: str | None  # the systemd system unit Ray runs in, if any
+    script: str | None = None  # .../site-packages/ray/dashboard/dashboard.py
 
     @property
     def report_url(self) -> str | None:
@@ -216,9 +217,6 @@ def head_from_proc(pid_dir: Path) -> RayHead | None:
     cgroup = _read(pid_dir / "cgroup")
     session = args.session_dir
     temp_root = args.temp_root or (str(Path(session).parent) if session else "/tmp/ray")
-    version, version_source = version_from_site(Path(args.script).parents[2]), "installed package"
-    if version is None and session:
-        version, version_source = version_from_report(Path(session)), "Ray's last report"
     return RayHead(
         pid=int(pid_dir.name),
         uid=uid,
@@ -226,18 +224,33 @@ def head_from_proc(pid_dir: Path) -> RayHead | None:
         python=args.python,
         temp_root=temp_root,
         session_dir=session,
-        version=version,
-        version_source=version_source if version else None,
+        version=None,
+        version_source=None,
         environ=environ,
         unit=unit_from_cgroup(cgroup.decode(errors="replace")) if cgroup else None,
+        script=args.script,
     )
 
 
-def scan(proc: Path = Path("/proc")) -> list[RayHead]:
-    """Every running Ray head on this machine (one dashboard each), oldest pid first."""
+def with_version(head: RayHead) -> RayHead:
+    """`head` with Ray's version, from its installed package or else the session's report.
+
+    Read from places the dashboard's command line names: only for a head already trusted.
+    """
+    version = version_from_site(Path(head.script).parents[2]) if head.script else None
+    if version is not None:
+        return replace(head, version=version, version_source="installed package")
+    if head.session_dir:
+        version = version_from_report(Path(head.session_dir))
+    return replace(head, version=version, version_source="Ray's last report" if version else None)
+
+
+def scan(proc: Path = Path("/proc"), versions: bool = True) -> list[RayHead]:
+    """Every running Ray head on this machine (one dashboard each), oldest pid first;
+    without `versions`, only what /proc says (nothing else is opened)."""
     heads = []
     for pid in pids(proc):
         head = head_from_proc(proc / str(pid))
         if head is not None:
-            heads.append(head)
+            heads.append(with_version(head) if versions else head)
     return heads

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from usagestatsd.discovery import RayHead, scan
+from usagestatsd.discovery import RayHead, scan, with_version
 from usagestatsd.fileio import atomic_write
 from usagestatsd.settings import Settings, SettingsError, load_settings
 from usagestatsd.setup_plan import Found, Plan, intake_url, plan, routes_to
@@ -194,7 +194,10 @@ def _trusted_heads(
 
 def run_setup(settings: Settings, do_apply: bool, proc: Path = Path("/proc")) -> int:
     """The command: 0 when nothing is missing, 1 when something is (or no Ray runs)."""
-    heads = _trusted_heads(scan(proc), *trusted_by_setup(settings), proc)
+    found_heads = scan(proc, versions=False)  # nothing an untrusted head names is opened
+    heads = [
+        with_version(h) for h in _trusted_heads(found_heads, *trusted_by_setup(settings), proc)
+    ]
     if not heads:
         print(
             "No running Ray head found on this machine (no Ray dashboard process that "
