@@ -104,6 +104,13 @@ def _log_decision(decision: Decision) -> None:
     if decision.error:
         log.error("consent.invalid", problem=decision.error)
     for c in decision.consulted:
+        if c.layer.startswith("Ray config file") and (c.value or "").startswith("ignored"):
+            log.warning(
+                "consent.ray_config_untrusted",
+                whose=c.layer.removeprefix("Ray config file "),
+                problem=c.value,
+                detail="only a file of root, the service's user or ray_user decides",
+            )
         if c.layer.startswith("Ray config file") and (c.value or "").startswith("unusable"):
             log.warning(
                 "consent.ray_config_unreadable",

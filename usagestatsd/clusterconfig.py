@@ -4,7 +4,8 @@ The file lives in Ray's user's home, where any Ray job can write (row 8 of issue
 1 MiB of hostile YAML cost 26 s of CPU on the event loop every cycle). So it is:
 
 - capped small (`MAX_CONFIG_BYTES`; real configs are a few KB, setup commands included);
-- parsed in a child process (`python -m usagestatsd.clusterconfig`), off the event loop,
+- parsed in a child process (`usagestatsd.clusterconfig` in an isolated interpreter:
+  childproc.py), off the event loop,
   under a CPU and memory rlimit and a wall-clock deadline, and killed the moment the daemon
   stops (the child has nothing to finish);
 - parsed once per version of the file: the result (facts or problem) is kept under the
@@ -23,6 +24,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from usagestatsd.childproc import python_module
 from usagestatsd.fileio import read_regular_file
 from usagestatsd.report import ClusterConfigFacts
 from usagestatsd.sources import SourceError, parse_cluster_config
@@ -79,9 +81,7 @@ def _unpack(source: str, result: ClusterConfigFacts | str) -> ClusterConfigFacts
 async def _parse_in_child(raw: bytes) -> ClusterConfigFacts | str:
     """Facts, or the reason they could not be had (a str)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "usagestatsd.clusterconfig",
+        *python_module("usagestatsd.clusterconfig"),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,

@@ -15,13 +15,18 @@ Also here: reading and writing that config file, keeping its other keys.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from usagestatsd.fieldsets import CURRENT_VERSION
-from usagestatsd.fileio import UnsafeFileError, atomic_write, read_regular_file
+from usagestatsd.fileio import (
+    UnsafeFileError,
+    UntrustedOwnerError,
+    atomic_write,
+    read_regular_file,
+)
 from usagestatsd.settings import Settings
 
 if TYPE_CHECKING:
@@ -51,6 +56,8 @@ class ConsentFile:
     # Permission denied: nothing can be known of what it says (only Ray users' files, read
     # by a daemon running as another user, are ever skipped for this: see _ray_layer).
     unreadable: bool = False
+    # Owned by a uid that may not decide for Ray's users: not read, and ignored (_ray_layer).
+    untrusted_owner: int | None = None
 
     @property
     def fields_version(self) -> int:
@@ -84,12 +91,17 @@ class Decision:
     accepted_fields_version: int = CURRENT_VERSION
 
 
-def read_consent_file(path: Path) -> ConsentFile:
-    """Read Ray's global config file; missing or empty is undecided, broken is a problem."""
+def read_consent_file(path: Path, owners: Collection[int] | None = None) -> ConsentFile:
+    """Read Ray's global config file; missing or empty is undecided, broken is a problem.
+
+    With `owners`, a file owned by anyone else is not read (`untrusted_owner`).
+    """
     try:
-        raw = read_regular_file(path, MAX_CONSENT_FILE_BYTES)
+        raw = read_regular_file(path, MAX_CONSENT_FILE_BYTES, owners=owners)
     except FileNotFoundError:
         return ConsentFile(path, False, None)
+    except UntrustedOwnerError as exc:
+        return ConsentFile(path, True, None, exc.strerror, untrusted_owner=exc.owner)
     except UnsafeFileError as exc:
         return ConsentFile(path, True, None, f"{exc.strerror}")
     except PermissionError as exc:
@@ -318,6 +330,8 @@ def _ray_layer(
         return None  # the consent file's own no, below, names it
     for ray in ray_configs:
         where = f"~/.ray/config.json of {ray.whose}"
+        if ray.file.untrusted_owner is not None:
+            continue  # another user's word: not Ray's users' (logged by the caller)
         if ray.file.problem and not ray.file.unreadable:
             return made(
                 False,
@@ -341,6 +355,8 @@ def _ray_layer(
 
 
 def _file_value(consent_file: ConsentFile) -> str | None:
+    if consent_file.untrusted_owner is not None:
+        return f"ignored: {consent_file.problem}"
     if consent_file.problem:
         return f"unusable: {consent_file.problem}"
     if not consent_file.exists:

@@ -15,9 +15,10 @@ import json
 import os
 import pwd
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from usagestatsd.fileio import read_regular_file
 from usagestatsd.peers import pids, split_nul
 
 DASHBOARD_SCRIPT = "dashboard/dashboard.py"
@@ -57,6 +58,7 @@ class RayHead:
     version_source: str | None
     environ: dict[str, str] | None  # None: not readable (run as root or Ray's user)
     unit: str | None  # the systemd system unit Ray runs in, if any
+    script: str | None = None  # .../site-packages/ray/dashboard/dashboard.py
 
     @property
     def report_url(self) -> str | None:
@@ -153,11 +155,24 @@ def unit_from_cgroup(raw: str) -> str | None:
 
 
 def _uid_of(status: str) -> int | None:
+    """The uid a process runs as, from the kernel's `Uid:` line (real, effective, ...).
+
+    Not the owner of /proc/<pid>/*: those files read as root's for a process that made
+    itself non-dumpable. A process whose real and effective uids differ is nobody's here.
+    """
     for line in status.splitlines():
         if line.startswith("Uid:"):
             fields = line.split()
-            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+            if len(fields) > 2 and fields[1].isdigit() and fields[1] == fields[2]:
+                return int(fields[1])
+            return None
     return None
+
+
+def process_uid(pid_dir: Path) -> int | None:
+    """The uid of the process at /proc/<pid> (None: gone, or set-uid)."""
+    status = _read(pid_dir / "status")
+    return _uid_of(status.decode(errors="replace")) if status else None
 
 
 def user_name(uid: int) -> str:
@@ -168,11 +183,20 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
+def command_line(pid_dir: Path) -> list[str]:
+    """The arguments of the process at /proc/<pid> ([] if gone or not readable)."""
+    return split_nul(_read(pid_dir / "cmdline") or b"")
+
+
 def _read(path: Path) -> bytes | None:
+    """A /proc or session file, or None: never through a symlink, and only a regular file.
+
+    The session directory is 0777: another user can put a FIFO (an open would wait for a
+    writer for ever) or a symlink where a file is expected.
+    """
     try:
-        with path.open("rb") as f:
-            return f.read(_MAX_PROC_FILE)
-    except OSError:
+        return read_regular_file(path, _MAX_PROC_FILE)
+    except (OSError, ValueError):
         return None
 
 
@@ -185,8 +209,7 @@ def head_from_proc(pid_dir: Path) -> RayHead | None:
     with contextlib.suppress(OSError):
         exe = os.readlink(pid_dir / "exe")
     args = parse_dashboard(split_nul(raw), exe)
-    status = _read(pid_dir / "status")
-    uid = _uid_of(status.decode(errors="replace")) if status else None
+    uid = process_uid(pid_dir)
     if args is None or uid is None:
         return None
     env_raw = _read(pid_dir / "environ")
@@ -194,9 +217,6 @@ def head_from_proc(pid_dir: Path) -> RayHead | None:
     cgroup = _read(pid_dir / "cgroup")
     session = args.session_dir
     temp_root = args.temp_root or (str(Path(session).parent) if session else "/tmp/ray")
-    version, version_source = version_from_site(Path(args.script).parents[2]), "installed package"
-    if version is None and session:
-        version, version_source = version_from_report(Path(session)), "Ray's last report"
     return RayHead(
         pid=int(pid_dir.name),
         uid=uid,
@@ -204,18 +224,33 @@ def head_from_proc(pid_dir: Path) -> RayHead | None:
         python=args.python,
         temp_root=temp_root,
         session_dir=session,
-        version=version,
-        version_source=version_source if version else None,
+        version=None,
+        version_source=None,
         environ=environ,
         unit=unit_from_cgroup(cgroup.decode(errors="replace")) if cgroup else None,
+        script=args.script,
     )
 
 
-def scan(proc: Path = Path("/proc")) -> list[RayHead]:
-    """Every running Ray head on this machine (one dashboard each), oldest pid first."""
+def with_version(head: RayHead) -> RayHead:
+    """`head` with Ray's version, from its installed package or else the session's report.
+
+    Read from places the dashboard's command line names: only for a head already trusted.
+    """
+    version = version_from_site(Path(head.script).parents[2]) if head.script else None
+    if version is not None:
+        return replace(head, version=version, version_source="installed package")
+    if head.session_dir:
+        version = version_from_report(Path(head.session_dir))
+    return replace(head, version=version, version_source="Ray's last report" if version else None)
+
+
+def scan(proc: Path = Path("/proc"), versions: bool = True) -> list[RayHead]:
+    """Every running Ray head on this machine (one dashboard each), oldest pid first;
+    without `versions`, only what /proc says (nothing else is opened)."""
     heads = []
     for pid in pids(proc):
         head = head_from_proc(proc / str(pid))
         if head is not None:
-            heads.append(head)
+            heads.append(with_version(head) if versions else head)
     return heads

@@ -13,7 +13,7 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from pathlib import Path
 
 MAX_READ_BYTES = 4 << 20
@@ -21,6 +21,14 @@ MAX_READ_BYTES = 4 << 20
 
 class UnsafeFileError(OSError):
     """A path was not what it must be (a symlink, not a directory, not a regular file)."""
+
+
+class UntrustedOwnerError(UnsafeFileError):
+    """A file is owned by a uid that may not decide what it is read for."""
+
+    def __init__(self, owner: int, path: Path) -> None:
+        super().__init__(errno.EPERM, f"owned by uid {owner}, not a trusted user", str(path))
+        self.owner = owner
 
 
 def open_directory(path: Path) -> int:
@@ -88,15 +96,22 @@ def _write_in(dir_fd: int, name: str, data: bytes | Iterable[bytes], mode: int) 
 
 
 def read_regular_file(
-    path: Path, max_bytes: int = MAX_READ_BYTES, follow_symlinks: bool = False
+    path: Path,
+    max_bytes: int = MAX_READ_BYTES,
+    follow_symlinks: bool = False,
+    owners: Container[int] | None = None,
 ) -> bytes:
-    """Read a regular file (following no final symlink, unless told) up to `max_bytes`."""
+    """Read a regular file (following no final symlink, unless told) up to `max_bytes`;
+    with `owners`, only one owned by one of them (checked on the descriptor read)."""
     nofollow = 0 if follow_symlinks else os.O_NOFOLLOW
     fd = os.open(path, os.O_RDONLY | nofollow | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         import stat
 
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if owners is not None and st.st_uid not in owners:
+            raise UntrustedOwnerError(st.st_uid, path)
+        if not stat.S_ISREG(st.st_mode):
             raise UnsafeFileError(errno.EINVAL, "not a regular file", str(path))
         chunks = []
         remaining = max_bytes + 1

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usagestatsd.consent import ConsentFile, read_consent_file
+from usagestatsd.session import trusted_uids
 from usagestatsd.settings import Settings
 
 RAY_CONFIG = Path(".ray") / "config.json"
@@ -63,7 +64,13 @@ def ray_config_paths(settings: Settings, euid: int | None = None) -> list[tuple[
 
 
 def read_ray_configs(settings: Settings) -> tuple[RayConfig, ...]:
-    """Read each Ray config file to consult (missing ones are simply undecided)."""
+    """Read each Ray config file to consult (missing ones are simply undecided).
+
+    Only a file owned by a trusted uid (root, ours, `ray_user`) is read: the temp root,
+    whose owner's file is consulted, may have been made by any local user.
+    """
+    owners = trusted_uids(settings.ray_user)
     return tuple(
-        RayConfig(whose, read_consent_file(path)) for whose, path in ray_config_paths(settings)
+        RayConfig(whose, read_consent_file(path, owners))
+        for whose, path in ray_config_paths(settings)
     )

@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from usagestatsd.discovery import RayHead, scan
+from usagestatsd.discovery import RayHead, scan, with_version
 from usagestatsd.fileio import atomic_write
 from usagestatsd.settings import Settings, SettingsError, load_settings
 from usagestatsd.setup_plan import Found, Plan, intake_url, plan, routes_to
+from usagestatsd.setup_trust import head_refusal, python_problem, uid_of_user
 from usagestatsd.unitstate import (
     DAEMON_UNIT,
+    Unit,
     has_systemd,
     intake_listening,
     provider_problem,
@@ -96,15 +98,30 @@ def render(head: RayHead, found: Found, result: Plan, applied: bool = False) -> 
     return "\n".join(out)
 
 
-def gather(head: RayHead, settings: Settings) -> Found:
-    """Ask systemd and the sockets about usagestatsd's side, for this head."""
+def _daemon_side(settings: Settings) -> tuple[Unit, Settings]:
+    """The daemon's unit, and the settings as the service sees them."""
     daemon = show(DAEMON_UNIT)
-    provider = show(provider_unit(head.user))
     try:
         # The service's own environment decides its temp root and intake, not ours.
-        daemon_settings = load_settings(daemon.environment, {}, settings.settings_file)
+        return daemon, load_settings(daemon.environment, {}, settings.settings_file)
     except SettingsError:
-        daemon_settings = settings
+        return daemon, settings
+
+
+def trusted_by_setup(settings: Settings) -> tuple[frozenset[int], bool]:
+    """Root, this command's uid, the daemon's user, and `ray_user` (ours or the service's);
+    and whether any of them names Ray's user already (then no other user is taken for it).
+    """
+    daemon, daemon_settings = _daemon_side(settings)
+    named = {uid_of_user(daemon.runs_as), settings.ray_user, daemon_settings.ray_user} - {0}
+    uids = {0, os.geteuid(), *named}
+    return frozenset(uid for uid in uids if uid is not None), bool(named - {None})
+
+
+def gather(head: RayHead, settings: Settings) -> Found:
+    """Ask systemd and the sockets about usagestatsd's side, for this head."""
+    daemon, daemon_settings = _daemon_side(settings)
+    provider = show(provider_unit(head.user))
     session = Path(head.session_dir) if head.session_dir else None
     return Found(
         head=head,
@@ -114,6 +131,7 @@ def gather(head: RayHead, settings: Settings) -> Found:
         intake_up=intake_listening(daemon_settings.ray_intake),
         provider_problem=provider_problem(session, head.uid),
         systemd=has_systemd(),
+        python_problem=python_problem(head.python, head.uid),
     )
 
 
@@ -128,6 +146,9 @@ def choose(heads: list[RayHead], settings: Settings) -> RayHead:
 def apply(result: Plan, run: Callable[[str], int]) -> int:
     """Write the drop-ins, then run usagestatsd's commands; the first failure stops it."""
     for path, text in {**result.files, **result.ray_files}.items():
+        # Shown before it is written: the user and the Python it sets are read there.
+        print(f"writing {path}:")
+        print("\n".join(f"  | {line}" for line in text.splitlines()))
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path.parent, path.name, text.encode(), 0o644)
         print(f"wrote {path}")
@@ -154,12 +175,33 @@ def _settle(head: RayHead, settings: Settings, timeout_s: float = 20) -> Found:
         time.sleep(0.5)
 
 
+def _trusted_heads(
+    heads: list[RayHead], trusted: frozenset[int], named: bool, proc: Path
+) -> list[RayHead]:
+    """The heads setup may act on; each other one is named, with why it is ignored."""
+    kept = []
+    for head in heads:
+        refusal = head_refusal(head, trusted, proc, new_user_allowed=not named)
+        if refusal is None:
+            kept.append(head)
+            continue
+        print(
+            f"Ignored: pid {head.pid} (uid {head.uid}) looks like a Ray dashboard, but "
+            f"{refusal}. If it is your Ray, set ray_user to its user and run setup again."
+        )
+    return kept
+
+
 def run_setup(settings: Settings, do_apply: bool, proc: Path = Path("/proc")) -> int:
     """The command: 0 when nothing is missing, 1 when something is (or no Ray runs)."""
-    heads = scan(proc)
+    found_heads = scan(proc, versions=False)  # nothing an untrusted head names is opened
+    heads = [
+        with_version(h) for h in _trusted_heads(found_heads, *trusted_by_setup(settings), proc)
+    ]
     if not heads:
         print(
-            "No running Ray head found on this machine (no Ray dashboard process).\n"
+            "No running Ray head found on this machine (no Ray dashboard process that "
+            "setup can trust).\n"
             "Start Ray first (`ray start --head`), then run `usagestatsd setup` again.\n"
             "usagestatsd waits for a Ray session meanwhile: `usagestatsd status` shows it."
         )

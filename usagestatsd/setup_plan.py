@@ -30,6 +30,7 @@ class Found:
     provider_problem: str | None  # None: a provider serves the session
     systemd: bool = True
     unit_dir: Path = UNIT_DIR  # where drop-ins go (tests use a temporary one)
+    python_problem: str | None = None  # why Ray's Python must not be run as Ray's user
 
 
 @dataclass
@@ -134,6 +135,12 @@ def _provider_fix(found: Found, plan: Plan) -> bool:
             "usages, hardware usages, the cluster's tags and its id would be reported as "
             "null, and session_id would be usagestatsd's own."
         )
+    if wrong and found.python_problem is not None:
+        plan.missing.append(
+            f"{unit.name} is not set up for this Ray, and setup will not set it up: Ray's "
+            f"Python is not safe to run as {head.user} ({found.python_problem})."
+        )
+        return False
     if wrong:
         plan.missing.append(
             f"{unit.name} is not set up for this Ray (its Python should be {head.python}, "

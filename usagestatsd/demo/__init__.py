@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from usagestatsd.childproc import python_module
 
 # socket name -> request path (without query) -> recorded file
 RECORDED: dict[str, dict[str, str]] = {
@@ -223,12 +224,7 @@ async def run_demo(interval_s: float = 5.0) -> int:
         )
         env.pop("NOTIFY_SOCKET", None)
         daemon = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "usagestatsd",
-            "run",
-            "--config",
-            str(settings_file),
+            *python_module("usagestatsd", "run", "--config", str(settings_file)),
             "--log-format",
             "console",
             env=env,
