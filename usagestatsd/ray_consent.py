@@ -5,13 +5,18 @@ whoever runs it. The policy tells every Ray user that this opts out, so the daem
 those files of root, of its own user and of the owner of Ray's temp root (who started the
 sessions found there) beside its own consent file; any of them saying no means no. They
 are only read, never written. `ray_config_files` in the settings replaces the list.
+
+A service run as Ray's user cannot open root's home. systemd reads root's file for it
+(`LoadCredential=ray-config-root:/root/.ray/config.json` in the unit, with
+`SetCredential=ray-config-root:` + ROOT_ABSENT as the fallback when there is none), so root's
+`ray disable-usage-stats` is honoured whoever the service runs as.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from usagestatsd.consent import ConsentFile, read_consent_file
@@ -19,6 +24,10 @@ from usagestatsd.session import trusted_uids
 from usagestatsd.settings import Settings
 
 RAY_CONFIG = Path(".ray") / "config.json"
+ROOT_CREDENTIAL = "ray-config-root"
+# The unit's SetCredential= fallback: systemd found no /root/.ray/config.json (not JSON, so
+# no real config file can be mistaken for it).
+ROOT_ABSENT = b"usagestatsd: root has no .ray/config.json"
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,31 @@ def read_ray_configs(settings: Settings) -> tuple[RayConfig, ...]:
     """
     owners = trusted_uids(settings.ray_user)
     return tuple(
-        RayConfig(whose, read_consent_file(path, owners))
-        for whose, path in ray_config_paths(settings)
+        RayConfig(whose, _read(whose, path, owners)) for whose, path in ray_config_paths(settings)
     )
+
+
+def _read(whose: str, path: Path, owners: frozenset[int]) -> ConsentFile:
+    credential = _root_credential() if whose == "root" and os.geteuid() != 0 else None
+    if credential is None:
+        return read_consent_file(path, owners)
+    try:
+        with open(credential, "rb") as handle:
+            if handle.read(len(ROOT_ABSENT) + 2).strip() == ROOT_ABSENT:
+                return ConsentFile(path, False, None)
+    except OSError:
+        pass  # read_consent_file below names the problem
+    # The credential is systemd's copy of root's file, owned by the service's user.
+    return replace(read_consent_file(credential, owners), path=path)
+
+
+def _root_credential() -> Path | None:
+    """systemd's copy of root's config.json for this service, if the unit asked for one."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / ROOT_CREDENTIAL
+    try:
+        return path if path.is_file() else None
+    except OSError:
+        return None

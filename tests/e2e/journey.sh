@@ -44,7 +44,8 @@ grep -q 'usagestatsd setup' "$wd/apt.log"; check "the postinst points to 'usages
     "$(grep -m1 'usagestatsd setup' "$wd/apt.log" | sed 's/^ *//' | cut -c1-120)"
 # The endpoint is a receiver in the container (its own network namespace).
 in_c sh -ec "sed -i '1i report_interval_s = $INTERVAL' /etc/usagestatsd/usagestatsd.toml
-    printf '\n[[endpoints]]\nurl = \"http://127.0.0.1:$PORT/\"\n' >>/etc/usagestatsd/usagestatsd.toml"
+    printf '\n[[endpoints]]\nurl = \"http://127.0.0.1:$PORT/\"\ndeletion_url = \"http://127.0.0.1:$PORT/delete\"\n' \
+        >>/etc/usagestatsd/usagestatsd.toml"
 in_c systemd-run --quiet --unit=receiver python3 /root/journey/receiver.py $PORT /root/received
 in_c systemctl restart usagestatsd
 wait_for 15 in_c sh -c "journalctl -q -o cat -u receiver | grep -q listening"
@@ -138,6 +139,10 @@ log=$(invocation_log)
 grep -q '^report.sent' <<<"$log" && grep -q '^beside_ray.report_absorbed' <<<"$log"
 check "journal: Ray's report absorbed at the intake, then report.sent" $?
 ! grep -q '^beside_ray.standing_down' <<<"$log"; check "journal: no standing down" $?
+# A clean setup and start: nothing at warning or worse from the service as it runs now.
+warn=$(in_c journalctl -q -o cat --no-pager -p warning "_SYSTEMD_INVOCATION_ID=$(prop InvocationID)")
+[ -z "$warn" ]; check "journalctl -u usagestatsd -p warning: empty since the service started as ray" $? \
+    "$(head -n 3 <<<"$warn" | cut -c1-160 | paste -sd'|' -)"
 # Ray writes its own usage_stats.json right after its POST to the intake; the file must
 # end up holding what usagestatsd sent (put back a second later), not Ray's body.
 sleep 2
@@ -201,12 +206,38 @@ check "ray disable-usage-stats (as ray)" $? "$(in_c cat /home/ray/.ray/config.js
 off_views "ray disable-usage-stats"
 in_c runuser -u ray -- env HOME=/home/ray "$RAY_VENV/bin/ray" enable-usage-stats >/dev/null 2>&1
 back_on "ray disable-usage-stats"
+# Root's own opt-out, while the service runs as ray (who cannot open /root): systemd reads
+# root's ~/.ray/config.json for it (LoadCredential= in the unit).
+in_c env HOME=/root "$RAY_VENV/bin/ray" disable-usage-stats >/dev/null 2>&1
+check "ray disable-usage-stats (as root, the service runs as $(prop User))" $? \
+    "$(in_c cat /root/.ray/config.json 2>&1 | tr -d '\n ')"
+off_views "root's ray disable-usage-stats"
+in_c env HOME=/root "$RAY_VENV/bin/ray" enable-usage-stats >/dev/null 2>&1
+back_on "root's ray disable-usage-stats"
 # Opted back in, reports flow again within the same window: so the windows above would
 # have seen a report had one been sent.
 before=$(reports)
 wait_for $((INTERVAL + 5)) bash -c "[ \$('$C' exec '$wd' -- sh -c 'ls /root/received/*.json | wc -l') -gt $before ]"
 rc=$?; check "opted back in: a report arrives within $((INTERVAL + 5)) s" $rc "$before before, $(reports) after"
 [ $rc = 0 ] || invocation_log | tail -n 15 | sed 's/^/    | /' >&2
+
+# ---------------------------------------------------------------- forget, as root
+sid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["session_id"])' "$wd/ours.json")
+out=$(in_c usagestatsd forget --session "$sid" 2>&1); rc=$?
+[ $rc = 0 ] && grep -q 'Deletion confirmed' <<<"$out"; check "sudo usagestatsd forget --session ID: confirmed" $? \
+    "exit $rc; $(tail -n1 <<<"$out")"
+in_c sh -c 'ls /root/received.deleted/*.json >/dev/null 2>&1'; check "the deletion request reached the endpoint" $?
+t_forget=$(($(now_ms) - 1000))
+owner=$(in_c stat -c %U /var/lib/usagestatsd/history.jsonl)
+[ "$owner" = "$(prop User)" ]; check "the history stays the service's after root's forget" $? "owner $owner"
+before=$(reports)
+wait_for $((INTERVAL + 5)) bash -c "[ \$('$C' exec '$wd' -- sh -c 'ls /root/received/*.json | wc -l') -gt $before ]"
+check "after forget: the next report arrives" $?
+sleep 1
+newest=$(in_c usagestatsd history --json --last 1 2>/dev/null | python3 -c 'import json,sys; r=json.loads(sys.stdin.read() or "{}"); print(r.get("kind"), r.get("time_ms", 0))')
+[ "${newest%% *}" = report ] && [ "${newest##* }" -gt "$t_forget" ]
+check "after forget: the next report is in the history" $? "newest record: $newest"
+! invocation_log | grep -q '^history.write_failed'; check "journal: no history.write_failed" $?
 
 echo
 echo "journey: ray start (routed) -> first complete report: $(secs $first_ms)"

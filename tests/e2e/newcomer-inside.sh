@@ -68,6 +68,8 @@ rc=$?
 echo "newcomer: TIME make-run $(elapsed "$t")"
 [ "$reports" -ge 2 ]
 check "make run: reports arrive at the demo receiver within 15 s" $? "$reports report(s)"
+warned=$(grep -E '^[0-9:]+ +(warning|error|critical) ' "$HOME/make-run.log" | grep -v 'consent.default_enabled' | head -n 3)
+[ -z "$warned" ]; check "make run: no warning but the default-enabled notice" $? "$(printf '%s' "${warned:-none}" | cut -c1-160)"
 grep -q '^demo: stopped; the receiver got' "$HOME/make-run.log"
 check "make run: Ctrl-C stops the demo" $? "$(grep -m1 '^demo: stopped' "$HOME/make-run.log"); make exit $rc"
 sleep 1

@@ -12,10 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.hostile import NOBODY, as_user, needs_root, open_dir
 from tests.support.processes import daemon_env, run_cli
 from tests.support.servers import ScriptedEndpoint
 from usagestatsd.consent import ConsentFile, decide, read_consent_file
-from usagestatsd.ray_consent import RayConfig, ray_config_paths, read_ray_configs
+from usagestatsd.ray_consent import (
+    ROOT_ABSENT,
+    ROOT_CREDENTIAL,
+    RayConfig,
+    ray_config_paths,
+    read_ray_configs,
+)
 from usagestatsd.settings import Settings
 
 # What `ray disable-usage-stats` / `ray enable-usage-stats` write (Ray 2.60).
@@ -132,3 +139,42 @@ async def test_status_and_daemon_obey_ray_disable(
     )
     assert run.returncode == 0 and b"consent.disabled" in run.stderr
     assert endpoint.received == []
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("credential", "expected"),
+    [
+        (RAY_NO, "False|Ray config file|True|None"),  # root ran `ray disable-usage-stats`
+        (ROOT_ABSENT.decode(), "True|default|False|None"),  # root has no config.json
+        (None, "True|default|True|cannot be read (Permission denied)"),  # not under systemd
+    ],
+)
+def test_roots_ray_opt_out_reaches_a_service_run_as_another_user(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    credential: str | None,
+    expected: str,
+) -> None:
+    """The service as Ray's user (here nobody) cannot open /root: root's ~/.ray/config.json
+    reaches it as the credential systemd reads for it (the unit's LoadCredential=)."""
+    settings = make_settings(
+        {"USAGESTATSD_RAY_CONFIG_FILES": "auto", "RAY_USAGE_STATS_CONFIG_PATH": "/nonexistent/c"}
+    )
+    credentials = open_dir() / "credentials"
+    credentials.mkdir()
+    if credential is not None:
+        (credentials / ROOT_CREDENTIAL).write_text(credential)
+        os.chown(credentials / ROOT_CREDENTIAL, NOBODY, NOBODY)
+    os.chown(credentials, NOBODY, NOBODY)
+
+    def decide_as_the_service() -> str:
+        if credential is not None:
+            os.environ["CREDENTIALS_DIRECTORY"] = str(credentials)
+        configs = read_ray_configs(settings)
+        [root] = [c for c in configs if c.whose == "root"]
+        assert root.file.path == Path("/root/.ray/config.json")
+        decision = decide(settings, read_consent_file(settings.consent_file), False, None, configs)
+        return f"{decision.enabled}|{decision.layer}|{root.file.exists}|{root.file.problem}"
+
+    assert as_user(decide_as_the_service) == expected

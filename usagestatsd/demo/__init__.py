@@ -222,6 +222,11 @@ async def run_demo(interval_s: float = 5.0) -> int:
                 "USAGESTATSD_RAY_INTAKE": "off",
             }
         )
+        if os.geteuid() != 0 and "USAGESTATSD_RAY_CONFIG_FILES" not in env:
+            # A developer's own ~/.ray/config.json, not root's, which it cannot open (the demo
+            # reports only to its receiver on 127.0.0.1; the service reads root's through
+            # systemd).
+            env["USAGESTATSD_RAY_CONFIG_FILES"] = str(Path.home() / ".ray" / "config.json")
         env.pop("NOTIFY_SOCKET", None)
         daemon = await asyncio.create_subprocess_exec(
             *python_module("usagestatsd", "run", "--config", str(settings_file)),

@@ -1,6 +1,7 @@
 """A stand-in for the report endpoint, inside the e2e container: 127.0.0.1 only.
 
-python3 receiver.py PORT DIR     every POST body is kept as DIR/<ms since epoch>.json
+python3 receiver.py PORT DIR     every POST body is kept as DIR/<ms since epoch>.json;
+                                 a POST to /delete (the deletion protocol) goes to DIR.deleted/
 """
 
 import http.server
@@ -15,11 +16,14 @@ os.makedirs(OUT, exist_ok=True)
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        name = f"{OUT}/{time.time_ns() // 1_000_000}.json"
+        where = OUT + ".deleted" if self.path.rstrip("/") == "/delete" else OUT
+        os.makedirs(where, exist_ok=True)
+        name = f"{where}/{time.time_ns() // 1_000_000}.json"
         with open(name + ".tmp", "wb") as f:
             f.write(body)
         os.rename(name + ".tmp", name)
-        print(f"receiver: got a report ({len(body)} bytes)", flush=True)
+        kind = "a deletion request" if where != OUT else "a report"
+        print(f"receiver: got {kind} ({len(body)} bytes)", flush=True)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", "2")
