@@ -23,6 +23,7 @@ import os
 import pwd
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +31,14 @@ import structlog
 
 from usagestatsd import dashboard
 from usagestatsd.clusterconfig import load_cluster_config
-from usagestatsd.fetch import Limits, capped, fetch_tcp_json, fetch_unix_json, find_renamed
+from usagestatsd.fetch import (
+    MAX_ENTRIES,
+    Limits,
+    capped,
+    fetch_tcp_json,
+    fetch_unix_json,
+    find_renamed,
+)
 from usagestatsd.report import (
     ClusterConfigFacts,
     ClusterMetadata,
@@ -150,11 +158,16 @@ def dashboard_route(
             renamed[name] = found
     unix = _unix(session, limits, renamed)
     if len(missing) == len(DASHBOARD_SOCKETS) and not renamed:
-        # Ray before 2.47 has no dash_* sockets: its dashboard is on TCP.
+        # Ray before 2.47 has no dash_* sockets: its dashboard is on TCP. A later Ray's
+        # other dash_* sockets beside a running dashboard say these two were taken away.
         host, port, how = dashboard.address_for(session, configured)
         tcp = _tcp(session, limits, (host, port), how)
         ways = dict.fromkeys(DASHBOARD_SOCKETS, DASHBOARD_HTTP)
-        return DashboardRoute(tcp, f"{DASHBOARD_HTTP} {host}:{port} ({how})", ways)
+        http = f"{DASHBOARD_HTTP} {host}:{port} ({how})"
+        taken = _other_dashboard_sockets(sockets) and dashboard.find_dashboard(session)
+        return DashboardRoute(
+            tcp, http, ways, _tampering({}, dict.fromkeys(missing), http) if taken else None
+        )
     over_tcp = [n for n in missing if n not in renamed]
     if not over_tcp or dashboard.find_dashboard(session) is None:
         # No dashboard process of this session runs (a stopped head leaves some sockets
@@ -172,6 +185,15 @@ def dashboard_route(
     ways = {n: DASHBOARD_HTTP if n in over_tcp else SOCKETS for n in DASHBOARD_SOCKETS}
     route = f"{SOCKETS}, and {http} for {', '.join(over_tcp)}"
     return DashboardRoute(fetch, route, ways, _tampering(renamed, dict.fromkeys(over_tcp), http))
+
+
+def _other_dashboard_sockets(sockets: Path) -> bool:
+    """Whether `sockets/` holds dash_* sockets (Ray 2.47 and later make them all at once)."""
+    try:
+        with os.scandir(sockets) as listing:
+            return any(e.name.startswith("dash_") for e in islice(listing, MAX_ENTRIES))
+    except OSError:
+        return False
 
 
 def _tampering(renamed: dict[str, Path], over_tcp: dict[str, None], http: str) -> str | None:

@@ -16,6 +16,7 @@ import socket
 import stat
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,7 @@ def find_renamed(
     """
     try:
         with os.scandir(sockets_dir) as listing:
-            names = sorted(e.name for _, e in zip(range(MAX_ENTRIES), listing, strict=False))
+            names = sorted(e.name for e in islice(listing, MAX_ENTRIES))
     except OSError:
         return None
     probes = 0

@@ -228,3 +228,26 @@ async def test_impostor_hidden_in_sockets_is_refused_on_a_disabled_cluster(
         await cluster.stop()
     assert endpoint.bodies() == []
     assert named(events, "session.not_reported")
+
+
+async def test_both_dashboard_sockets_moved_out_are_named(
+    make_settings: Callable[..., Settings],
+    endpoint: ScriptedEndpoint,
+    ray_session: DemoCluster,
+    dashboards: Dashboards,
+) -> None:
+    """nobody moves dash_ReportHead and dash_JobHead out of sockets/ (Ray 2.60's other
+    dash_* sockets stay): the checked HTTP port answers, and the tampering is named."""
+    sockets = ray_session.session_dir / "sockets"
+    for name in ("dash_ReportHead", "dash_JobHead"):
+        moved = rename(sockets / name, ray_session.session_dir / f".{name}")
+        assert as_user(moved) == "renamed"
+    port = dashboards.start(ray_session.session_dir)
+    settings = make_settings({"RAY_USAGE_STATS_REPORT_URL": endpoint.url})
+    _, events = await run_cycles(settings, cycles=2)
+    assert [b["ray_version"] for b in endpoint.bodies()] == ["2.40.0"] * 2
+    [warning] = named(events, "cluster.socket_tampered")
+    for name in ("dash_ReportHead", "dash_JobHead"):
+        assert f"{name} is missing from sockets/; used dashboard HTTP 127.0.0.1:{port}" in str(
+            warning["problem"]
+        )
