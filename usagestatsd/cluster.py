@@ -150,12 +150,7 @@ def dashboard_route(
     """
     sockets = session.sockets_dir
     missing = [n for n in DASHBOARD_SOCKETS if not os.path.lexists(sockets / n)]
-    skip = {*DASHBOARD_SOCKETS, PROVIDER_SOCKET}
-    renamed: dict[str, Path] = {}
-    for name in missing:
-        found = find_renamed(sockets, _bound_as(session, name), limits.trusted_uids, skip)
-        if found is not None:
-            renamed[name] = found
+    renamed = _renamed(session, limits, missing)
     unix = _unix(session, limits, renamed)
     if len(missing) == len(DASHBOARD_SOCKETS) and not renamed:
         # Ray before 2.47 has no dash_* sockets: its dashboard is on TCP. A later Ray's
@@ -185,6 +180,18 @@ def dashboard_route(
     ways = {n: DASHBOARD_HTTP if n in over_tcp else SOCKETS for n in DASHBOARD_SOCKETS}
     route = f"{SOCKETS}, and {http} for {', '.join(over_tcp)}"
     return DashboardRoute(fetch, route, ways, _tampering(renamed, dict.fromkeys(over_tcp), http))
+
+
+def _renamed(session: Session, limits: Limits, missing: list[str]) -> dict[str, Path]:
+    """Where each missing socket is now in `sockets/`, for those found there."""
+    skip = {*DASHBOARD_SOCKETS, PROVIDER_SOCKET}
+    renamed: dict[str, Path] = {}
+    for name in missing:
+        bound_as = _bound_as(session, name)
+        found = find_renamed(session.sockets_dir, bound_as, limits.trusted_uids, skip)
+        if found is not None:
+            renamed[name] = found
+    return renamed
 
 
 def _other_dashboard_sockets(sockets: Path) -> bool:

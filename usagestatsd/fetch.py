@@ -186,7 +186,9 @@ def find_renamed(
         return None
     probes = 0
     for name in names:
-        if name in skip or name.startswith(NOT_HTTP) or probes >= MAX_PROBES:
+        if probes >= MAX_PROBES:
+            break
+        if name in skip or name.startswith(NOT_HTTP):
             continue
         path = sockets_dir / name
         try:
