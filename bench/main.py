@@ -9,7 +9,8 @@ Figures, on this machine and with only 127.0.0.1 and Unix sockets:
 2. time to READY=1 on a real notify socket against `python -c "import aiohttp"`;
 3. CPU time per report cycle for simulated clusters of 1 to 10,000 nodes, and peak memory;
 4. idle cost between reports with the watchdog on;
-5. the resident memory of Ray's dashboard beside the daemon's, on the same real Ray head.
+5. the resident memory of Ray's dashboard beside the daemon's, on the same real Ray head;
+and, as root, the daemon's CPU while another user churns Ray's temp root (temp_root_churn).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bench.memory import measure_memory
 from bench.ready import measure_ready
 from bench.render import MIB, render, rows_of, write_doc
 from bench.results import Run
+from bench.temp_root_churn import churn_lines, measure_churn
 
 T = TypeVar("T")
 FULL_PLAN = [(1, 100), (100, 100), (1000, 50), (3000, 30), (10_000, 20)]
@@ -147,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("mem", "ready", "cyc", "idle", "ray"):
             (tmp / name).mkdir()
         _measure_all(run, tmp, args.quick, args.skip_ray)
+    churn = None
+    if os.geteuid() == 0:  # the churner runs as uid nobody
+        window = 5.0 if args.quick else 20.0
+        churn = _guarded(run, "temp-root churn", lambda: measure_churn(window))
     body = render(run, machine(), "quick" if args.quick else "full", time.monotonic() - started)
+    body = "\n".join([body.rstrip("\n"), *churn_lines(churn)]) + "\n"
     print()
     print(body)
     if args.json:

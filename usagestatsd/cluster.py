@@ -23,12 +23,22 @@ import os
 import pwd
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from usagestatsd import dashboard
 from usagestatsd.clusterconfig import load_cluster_config
-from usagestatsd.fetch import Limits, capped, fetch_tcp_json, fetch_unix_json
+from usagestatsd.fetch import (
+    MAX_ENTRIES,
+    Limits,
+    capped,
+    fetch_tcp_json,
+    fetch_unix_json,
+    find_renamed,
+)
 from usagestatsd.report import (
     ClusterConfigFacts,
     ClusterMetadata,
@@ -50,8 +60,11 @@ PROVIDER_SOCKET = "usagestatsd_provider"
 METADATA_PATH = "/api/v0/cluster_metadata"
 SOCKETS = dashboard.SOCKETS
 DASHBOARD_HTTP = dashboard.DASHBOARD_HTTP
+DashboardRoute = dashboard.DashboardRoute
+DASHBOARD_SOCKETS = ("dash_ReportHead", "dash_JobHead")
 
 T = TypeVar("T")
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -87,19 +100,29 @@ async def _ask(
         return None
 
 
-def _unix(session: Session, limits: Limits) -> Fetch:
+def _unix(session: Session, limits: Limits, renamed: dict[str, Path] | None = None) -> Fetch:
+    """Ask Ray's sockets in `sockets/`; `renamed`: where one missing from there was found."""
+
     async def fetch(socket_name: str, url_path: str) -> Any:
         path = url_path.split("?")[0]
         source = f"{socket_name} {path}"
+        found = (renamed or {}).get(socket_name)
         return await fetch_unix_json(
-            session.sockets_dir / socket_name,
+            found or session.sockets_dir / socket_name,
             url_path,
             source,
             capped(limits, path),
             session.socket_aliases(socket_name),
+            # A socket under another name is Ray's only if the kernel says it bound this one.
+            _bound_as(session, socket_name) if found else (),
         )
 
     return fetch
+
+
+def _bound_as(session: Session, socket_name: str) -> tuple[str, ...]:
+    """The paths Ray binds its socket `socket_name` at (as resolved, and as configured)."""
+    return (str(session.sockets_dir / socket_name), *session.socket_aliases(socket_name))
 
 
 def _tcp(session: Session, limits: Limits, address: tuple[str, int], how: str) -> Fetch:
@@ -116,12 +139,94 @@ def _tcp(session: Session, limits: Limits, address: tuple[str, int], how: str) -
 
 def dashboard_route(
     session: Session, limits: Limits, configured: tuple[str, int] | None
-) -> tuple[Fetch, str]:
-    """How to reach the dashboard: its Unix sockets where Ray has them, else HTTP on TCP."""
-    if any(os.path.lexists(session.sockets_dir / n) for n in ("dash_ReportHead", "dash_JobHead")):
-        return _unix(session, limits), SOCKETS
+) -> DashboardRoute:
+    """How to reach the dashboard: its Unix sockets where Ray has them, else HTTP on TCP.
+
+    A socket missing from `sockets/` while Ray's dashboard runs was renamed or removed by
+    someone: any local user can, in Ray's 0777 directory. Then a route the kernel vouches
+    for is used: the same socket under its new name (its listener's uid and the path it
+    bound are checked), else, while the session's dashboard process runs, its HTTP port
+    (checked to be the session's own on each connection).
+    """
+    sockets = session.sockets_dir
+    missing = [n for n in DASHBOARD_SOCKETS if not os.path.lexists(sockets / n)]
+    renamed = _renamed(session, limits, missing)
+    unix = _unix(session, limits, renamed)
+    if len(missing) == len(DASHBOARD_SOCKETS) and not renamed:
+        # Ray before 2.47 has no dash_* sockets: its dashboard is on TCP. A later Ray's
+        # other dash_* sockets beside a running dashboard say these two were taken away.
+        host, port, how = dashboard.address_for(session, configured)
+        tcp = _tcp(session, limits, (host, port), how)
+        ways = dict.fromkeys(DASHBOARD_SOCKETS, DASHBOARD_HTTP)
+        http = f"{DASHBOARD_HTTP} {host}:{port} ({how})"
+        taken = _other_dashboard_sockets(sockets) and dashboard.find_dashboard(session)
+        return DashboardRoute(
+            tcp, http, ways, _tampering({}, dict.fromkeys(missing), http) if taken else None
+        )
+    over_tcp = [n for n in missing if n not in renamed]
+    if not over_tcp or dashboard.find_dashboard(session) is None:
+        # No dashboard process of this session runs (a stopped head leaves some sockets
+        # behind): nothing to reach over TCP, and nothing to call tampering.
+        ways = dict.fromkeys(DASHBOARD_SOCKETS, SOCKETS)
+        return DashboardRoute(unix, SOCKETS, ways, _tampering(renamed, {}, ""))
     host, port, how = dashboard.address_for(session, configured)
-    return _tcp(session, limits, (host, port), how), f"{DASHBOARD_HTTP} {host}:{port} ({how})"
+    tcp = _tcp(session, limits, (host, port), how)
+    http = f"{DASHBOARD_HTTP} {host}:{port} ({how})"
+
+    async def fetch(socket_name: str, url_path: str) -> Any:
+        chosen = tcp if socket_name in over_tcp else unix
+        return await chosen(socket_name, url_path)
+
+    ways = {n: DASHBOARD_HTTP if n in over_tcp else SOCKETS for n in DASHBOARD_SOCKETS}
+    route = f"{SOCKETS}, and {http} for {', '.join(over_tcp)}"
+    return DashboardRoute(fetch, route, ways, _tampering(renamed, dict.fromkeys(over_tcp), http))
+
+
+def _renamed(session: Session, limits: Limits, missing: list[str]) -> dict[str, Path]:
+    """Where each missing socket is now in `sockets/`, for those found there."""
+    skip = {*DASHBOARD_SOCKETS, PROVIDER_SOCKET}
+    renamed: dict[str, Path] = {}
+    for name in missing:
+        bound_as = _bound_as(session, name)
+        found = find_renamed(session.sockets_dir, bound_as, limits.trusted_uids, skip)
+        if found is not None:
+            renamed[name] = found
+    return renamed
+
+
+def _other_dashboard_sockets(sockets: Path) -> bool:
+    """Whether `sockets/` holds dash_* sockets (Ray 2.47 and later make them all at once)."""
+    try:
+        with os.scandir(sockets) as listing:
+            return any(e.name.startswith("dash_") for e in islice(listing, MAX_ENTRIES))
+    except OSError:
+        return False
+
+
+def _tampering(renamed: dict[str, Path], over_tcp: dict[str, None], http: str) -> str | None:
+    """What was missing from sockets/ and what was used instead, in words (None: nothing).
+
+    The new name is not said: whoever renamed the socket chose it."""
+    said = [
+        f"{name} is missing from sockets/; used the socket Ray bound as {name}, found under "
+        "another name there"
+        for name in renamed
+    ]
+    said += [f"{name} is missing from sockets/; used {http}" for name in over_tcp]
+    return "; ".join(said) or None
+
+
+def name_tampering(before: Origins | None, now: Origins | None) -> None:
+    """One journal warning when a dashboard socket goes missing, not one per cycle: again
+    only for another session or when what is missing (or used instead) changes."""
+    if now is None or now.tampering is None:
+        return
+    if before is not None and (before.session_key, before.tampering) == (
+        now.session_key,
+        now.tampering,
+    ):
+        return
+    log.warning("cluster.socket_tampered", session=now.session_key, problem=now.tampering)
 
 
 def cluster_config_path(session: Session, configured: Path | None) -> Path | None:
@@ -173,7 +278,8 @@ async def gather(
     problems: list[SourceError] = []
     provider_socket = session.sockets_dir / PROVIDER_SOCKET
     provider_present = os.path.lexists(provider_socket)
-    fetch, route = dashboard_route(session, limits, dashboard_address)
+    way = dashboard_route(session, limits, dashboard_address)
+    fetch = way.fetch
     metadata, totals, jobs, provider = await asyncio.gather(
         _ask(fetch, "dash_ReportHead", METADATA_PATH, parse_cluster_metadata, problems),
         _ask(fetch, "dash_ReportHead", "/api/cluster_status", parse_cluster_status, problems),
@@ -197,7 +303,7 @@ async def gather(
         provider=provider,
         problems=tuple(problems),
         provider_present=provider_present,
-        origins=dashboard.origins_of(session, route, metadata, totals, jobs, provider),
+        origins=dashboard.origins_of(session, way, metadata, totals, jobs, provider),
         session_running=running,
     )
 

@@ -19,6 +19,7 @@ from typing import Protocol
 import structlog
 
 from usagestatsd.beside_ray import Arrangement, BesideRay, digest
+from usagestatsd.cluster import name_tampering
 from usagestatsd.history import Record, history_of
 from usagestatsd.keeper import Keeper
 from usagestatsd.pipeline import Prepared, prepare_report
@@ -158,6 +159,7 @@ class ReportCycle:
         prepared = await self._prepare(session)
         changed = prepared.facts.origins != self._state.origins
         if changed:
+            name_tampering(self._state.origins, prepared.facts.origins)
             self._state = replace(self._state, origins=prepared.facts.origins)
         refusal = cluster_refusal(prepared.facts)
         # A stopped head is one info line, an unreadable one one warning: not one per socket.

@@ -26,8 +26,10 @@ import ipaddress
 import os
 import re
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from usagestatsd.connectors import PeerCheck
 from usagestatsd.peers import PROC, cmdline, pids, pids_holding, tcp_peer
@@ -152,6 +154,16 @@ def address_for(session: Session, configured: tuple[str, int] | None) -> tuple[s
     return DEFAULT_ADDRESS[0], DEFAULT_ADDRESS[1], "Ray's default"
 
 
+@dataclass(frozen=True)
+class DashboardRoute:
+    """How this cycle reaches the dashboard: one way per socket, and what it says of it."""
+
+    fetch: Callable[[str, str], Awaitable[Any]]  # (socket name, URL path) -> decoded JSON
+    route: str  # for Origins.dashboard: SOCKETS, or DASHBOARD_HTTP with its address
+    ways: dict[str, str]  # socket name -> SOCKETS or DASHBOARD_HTTP
+    tampering: str | None = None  # a socket missing from sockets/, and what was used instead
+
+
 class HolderUnseen(PermissionError):
     """A listener whose process this user cannot see: it may well be Ray's (not refused as
     another program's, and not a sign that the cluster is stopped)."""
@@ -200,20 +212,21 @@ def listener_check(session: Session, source: str) -> PeerCheck:
 
 def origins_of(
     session: Session,
-    route: str,
+    way: DashboardRoute,
     metadata: ClusterMetadata | None,
     totals: ResourceTotals,
     jobs: int | None,
     provider: ProviderFacts | None,
 ) -> Origins:
     """Where this cycle's facts came from, group by group, and the cluster's Ray version."""
-    where = SOCKETS if route == SOCKETS else DASHBOARD_HTTP
     version = metadata.ray_version if metadata else None
     if version is None:
         found = find_dashboard(session)
         version = ray_version_of(found) if found else None
 
-    def exact_or(exact: int | None, fallback: int | None) -> str | None:
+    reports, jobs_way = way.ways["dash_ReportHead"], way.ways["dash_JobHead"]
+
+    def exact_or(exact: int | None, fallback: int | None, where: str) -> str | None:
         if exact is not None:
             return PROVIDER
         return where if fallback is not None else None
@@ -221,10 +234,15 @@ def origins_of(
     return Origins(
         session_key=session.key,
         ray_version=version,
-        dashboard=route,
-        metadata=where if metadata else None,
-        resources=where if totals.total_num_cpus is not None else None,
-        nodes=exact_or(provider.total_num_nodes if provider else None, totals.total_num_nodes),
-        running_jobs=exact_or(provider.total_num_running_jobs if provider else None, jobs),
+        dashboard=way.route,
+        metadata=reports if metadata else None,
+        resources=reports if totals.total_num_cpus is not None else None,
+        nodes=exact_or(
+            provider.total_num_nodes if provider else None, totals.total_num_nodes, reports
+        ),
+        running_jobs=exact_or(
+            provider.total_num_running_jobs if provider else None, jobs, jobs_way
+        ),
         gcs=PROVIDER if provider is not None else None,
+        tampering=way.tampering,
     )

@@ -16,6 +16,7 @@ import socket
 import stat
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,11 @@ class Limits:
 
 
 def unix_peer_check(
-    socket_path: Path, source: str, trusted_uids: Collection[int], aliases: Collection[str] = ()
+    socket_path: Path,
+    source: str,
+    trusted_uids: Collection[int],
+    aliases: Collection[str] = (),
+    bound_as: Collection[str] = (),
 ) -> PeerCheck:
     """The check run on a connected Unix socket before a byte is sent or trusted.
 
@@ -73,6 +78,9 @@ def unix_peer_check(
     rename it into place (the provider does, so the name appears at once and whole).
     `aliases` are other spellings of the same path (the temp root as configured, before
     symlinks in it were resolved), which is how Ray names its sockets.
+
+    `bound_as`: the exact paths the peer must have bound (for a socket found under another
+    name than the one Ray gave it: the kernel still names the path it was bound at).
     """
     expected = {os.path.dirname(p) for p in (str(socket_path), *aliases)}
 
@@ -88,6 +96,8 @@ def unix_peer_check(
                 "docs/configuration.md)",
             )
         bound = unix_peer_path(sock)
+        if bound_as and bound not in bound_as:
+            raise SourceError(source, "refused: the socket answering was bound under another name")
         if os.path.dirname(bound) not in expected:
             raise SourceError(
                 source, "refused: the socket answering was bound in another directory"
@@ -121,10 +131,15 @@ async def fetch_tcp_json(
 
 
 async def fetch_unix_json(
-    socket_path: Path, url_path: str, source: str, limits: Limits, aliases: Collection[str] = ()
+    socket_path: Path,
+    url_path: str,
+    source: str,
+    limits: Limits,
+    aliases: Collection[str] = (),
+    bound_as: Collection[str] = (),
 ) -> Any:
     """GET `url_path` over the Unix socket from a trusted peer, read at most `max_bytes`,
-    decode strict JSON."""
+    decode strict JSON. With `bound_as`, the peer must have bound exactly one of those paths."""
     try:
         fd = pin_socket_file(socket_path)
     except FileNotFoundError:
@@ -134,7 +149,7 @@ async def fetch_unix_json(
     try:
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
             raise SourceError(source, f"{socket_path} is not a socket")
-        check = unix_peer_check(socket_path, source, limits.trusted_uids, aliases)
+        check = unix_peer_check(socket_path, source, limits.trusted_uids, aliases, bound_as)
         # Connecting through the pinned descriptor reaches exactly the socket file that was
         # checked: a name swapped meanwhile is not followed (row 12).
         return await asyncio.wait_for(
@@ -143,6 +158,64 @@ async def fetch_unix_json(
         )
     except TimeoutError:
         raise SourceError(source, f"no complete answer within {limits.timeout_s:g}s") from None
+    finally:
+        os.close(fd)
+
+
+# Ray's sockets that do not speak HTTP: never connected to while looking for a renamed one.
+NOT_HTTP = ("raylet", "plasma_store")
+MAX_ENTRIES = 1024  # of sockets/ looked at; a directory stuffed beyond that hides nothing more
+MAX_PROBES = 16  # connections made to find a renamed socket
+
+
+def find_renamed(
+    sockets_dir: Path, bound_as: Collection[str], trusted: Collection[int], skip: Collection[str]
+) -> Path | None:
+    """The socket in `sockets_dir` that a trusted uid bound at one of `bound_as`, now under
+    another name (anyone may rename entries of Ray's 0777 `sockets/`); None if none is.
+
+    Only socket files owned by a trusted uid are tried (bind() makes the file, owned by
+    the binder, and a rename keeps it), names in `skip` and Ray's non-HTTP sockets never,
+    and each is vouched for by the kernel before it is used: the listener's uid and the
+    path it bound, which a rename does not change.
+    """
+    try:
+        with os.scandir(sockets_dir) as listing:
+            names = sorted(e.name for e in islice(listing, MAX_ENTRIES))
+    except OSError:
+        return None
+    probes = 0
+    for name in names:
+        if probes >= MAX_PROBES:
+            break
+        if name in skip or name.startswith(NOT_HTTP):
+            continue
+        path = sockets_dir / name
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid not in trusted:
+            continue
+        probes += 1
+        if _bound_at(path, bound_as, trusted):
+            return path
+    return None
+
+
+def _bound_at(path: Path, bound_as: Collection[str], trusted: Collection[int]) -> bool:
+    """Whether a trusted uid listens on socket file `path`, bound at one of `bound_as`."""
+    try:
+        fd = pin_socket_file(path)
+    except OSError:
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.setblocking(False)  # a full backlog is a refusal, never a wait
+            probe.connect(f"/proc/self/fd/{fd}")
+            return unix_peer(probe).uid in trusted and unix_peer_path(probe) in bound_as
+    except OSError:
+        return False
     finally:
         os.close(fd)
 

@@ -40,9 +40,13 @@ class SessionFollower:
         self.session: Session | None = None
         self.slot: Slot | None = None
         self._missing_logged = False
+        self.looks = 0  # looks at the temp root so far (each walks /proc)
 
     def follow(self, now: float) -> Change | None:
         """Look at the temp root; the change, or None when the same session is still there."""
+        self.looks += 1
+        # Numbered, so that how often the daemon looks (inotify coalesces) can be counted.
+        log.debug("session.looked", looks=self.looks)
         found = find_session(self.settings.temp_root, trusted_uids(self.settings.ray_user))
         if found.session is None:
             if self.session is not None or not self._missing_logged:

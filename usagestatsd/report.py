@@ -88,6 +88,8 @@ class Origins:
     nodes: str | None
     running_jobs: str | None
     gcs: str | None  # library usages, hardware usages, extra tags, cluster id
+    # A dashboard socket missing from sockets/ (another user's doing?) and what was used.
+    tampering: str | None = None
 
 
 @dataclass(frozen=True)

@@ -116,11 +116,20 @@ def _to_json(state: State) -> bytes:
         "session": asdict(state.session) if state.session else None,
         "last_report": asdict(state.last_report) if state.last_report else None,
         "next_report_ms": state.next_report_ms,
-        "origins": asdict(state.origins) if state.origins else None,
+        "origins": _origins_json(state.origins),
     }
     if state.local_copy_pending is not None:
         data[PENDING_COPY_KEY] = asdict(state.local_copy_pending)
     return json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def _origins_json(origins: Origins | None) -> dict[str, Any] | None:
+    if origins is None:
+        return None
+    data = asdict(origins)
+    if data["tampering"] is None:
+        del data["tampering"]  # as earlier versions wrote it (they refuse a key they lack)
+    return data
 
 
 def _nonneg(value: Any) -> int:

@@ -192,11 +192,13 @@ def _origins(state: State, session_key: str) -> dict[str, Any]:
     """The session's Ray version and where each group of fields came from (last cycle)."""
     o = state.origins
     if o is None or o.session_key != session_key:
-        return {"ray_version": None, "facts_from": None}
+        return {"ray_version": None, "facts_from": None, "tampering": None}
     groups = ("metadata", "resources", "nodes", "running_jobs", "gcs")
     return {
         "ray_version": o.ray_version,
         "facts_from": {"dashboard": o.dashboard, **{g: getattr(o, g) for g in groups}},
+        # Ray's sockets/ is writable by every local user: a dashboard socket gone from it.
+        "tampering": o.tampering,
     }
 
 
@@ -278,6 +280,8 @@ def render(info: dict[str, Any]) -> str:
             f"  Ray version:  {s['ray_version'] or '(known after the first cycle)'}",
         ]
         lines += _render_origins(s["facts_from"])
+        if s["tampering"]:
+            lines.append(f"  TAMPERED:     {s['tampering']} (last cycle)")
     last = info["last_report"]
     if last is None:
         lines.append("Last report:    none")

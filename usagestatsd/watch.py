@@ -6,6 +6,13 @@ then: it costs nothing while idle, unlike polling faster. While the temp root do
 exist yet, its parent is watched for its creation. Where inotify cannot be used (another
 kernel, a seccomp filter, too many watches) `start()` says so and the daemon keeps its
 periodic look (docs/design.md). No new dependency: libc's three inotify calls.
+
+The temp root is world-writable, so any local user can make it change thousands of times
+a second, and each look at it walks /proc. So changes are coalesced: the first one is
+passed on at once, and then the descriptor is not read for `MIN_GAP_S` while the kernel
+queues whatever else happens (an overflowing queue counts as a change); what queued is
+then read in one go and passed on as one change. The daemon looks at most once per
+`MIN_GAP_S` whatever the event rate, and wakes no more often than that to read events.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ IN_CREATE = 0x00000100
 IN_DELETE = 0x00000200
 IN_DELETE_SELF = 0x00000400
 IN_MOVE_SELF = 0x00000800
+IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = os.O_NONBLOCK
@@ -39,6 +47,9 @@ ROOT_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF
 # Its parent, while the temp root is missing: only entries appearing.
 PARENT_MASK = IN_CREATE | IN_MOVED_TO
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+# A new Ray session is still seen within a second; a neighbour's churn costs one look a second.
+MIN_GAP_S = 1.0
+_MAX_READS = 16  # of 64 KiB: more than the kernel queues by default (16,384 events)
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -55,14 +66,18 @@ def _libc() -> ctypes.CDLL | None:
 class SessionWatch:
     """Calls `on_change` when an entry of the temp root that may be a session changes."""
 
-    def __init__(self, temp_root: Path, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self, temp_root: Path, on_change: Callable[[], None], min_gap_s: float = MIN_GAP_S
+    ) -> None:
         self.temp_root = temp_root
         self.on_change = on_change
+        self.min_gap_s = min_gap_s
         self.fd = -1
         self._libc: ctypes.CDLL | None = None
         self._wd = -1
         self._watching_root = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._resume: asyncio.TimerHandle | None = None  # set while reading is paused
 
     def start(self, loop: asyncio.AbstractEventLoop) -> str | None:
         """Start watching; returns None, or why it cannot (the caller keeps its tick)."""
@@ -101,40 +116,77 @@ class SessionWatch:
         return None  # unreachable: the loop returns
 
     def _readable(self) -> None:
-        try:
-            data = os.read(self.fd, 64 * 1024)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            log.warning("session_watch.failed", problem=exc.strerror or str(exc))
-            self.close()
-            return
+        relevant, rearm = self._drain()
+        if self.fd < 0:
+            return  # the watch failed while reading: closed, said so
+        if rearm:
+            problem = self._arm()
+            if problem is not None:
+                log.warning("session_watch.failed", problem=problem)
+                self.close()
+                return
+        if relevant:
+            self.on_change()
+        # Paused after any read, relevant or not: a churn of other names wakes us no more.
+        self._pause()
+
+    def _drain(self) -> tuple[bool, bool]:
+        """Read every queued event: (whether one may concern a session, whether to re-arm)."""
+        relevant = rearm = False
+        for _ in range(_MAX_READS):
+            try:
+                data = os.read(self.fd, 64 * 1024)
+            except BlockingIOError:
+                return relevant, rearm
+            except OSError as exc:
+                log.warning("session_watch.failed", problem=exc.strerror or str(exc))
+                self.close()
+                return False, False
+            if not data:
+                return relevant, rearm
+            seen, again = self._parse(data)
+            relevant, rearm = relevant or seen, rearm or again
+        return relevant, rearm  # more is queued: read after the pause
+
+    def _parse(self, data: bytes) -> tuple[bool, bool]:
         relevant, rearm = False, False
         offset = 0
         while offset + _EVENT.size <= len(data):
             wd, mask, _, length = _EVENT.unpack_from(data, offset)
             name = data[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
             offset += _EVENT.size + length
-            if wd != self._wd:
+            if mask & IN_Q_OVERFLOW:
+                relevant = True  # events were lost: any of them may have been a session
+            elif wd != self._wd:
                 # A watch removed by _arm (its IN_IGNORED comes afterwards): nothing to do.
                 # Re-arming on it would remove the current watch, and so on, forever.
                 continue
-            if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+            elif mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
                 rearm = relevant = True
             elif self._watching_root:
                 relevant = relevant or name.startswith(b"session_")
             elif name == os.fsencode(self.temp_root.name):
                 rearm = relevant = True
-        if rearm:
-            problem = self._arm()
-            if problem is not None:
-                log.warning("session_watch.failed", problem=problem)
-                self.close()
-        if relevant:
-            self.on_change()
+        return relevant, rearm
+
+    def _pause(self) -> None:
+        """Leave the descriptor unread for `min_gap_s`: events queue in the kernel meanwhile."""
+        if self._loop is None or self.fd < 0:
+            return
+        self._loop.remove_reader(self.fd)
+        self._resume = self._loop.call_later(self.min_gap_s, self._unpause)
+
+    def _unpause(self) -> None:
+        self._resume = None
+        if self._loop is not None and self.fd >= 0:
+            # Readable at once if anything queued meanwhile: read in one go, one change.
+            self._loop.add_reader(self.fd, self._readable)
 
     def close(self) -> None:
         """Stop watching (idempotent)."""
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         if self.fd >= 0:
             if self._loop is not None:
                 with contextlib.suppress(Exception):

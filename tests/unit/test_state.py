@@ -40,6 +40,19 @@ def test_origins_round_trip(tmp_path: Path) -> None:
         store.load()
 
 
+def test_origins_without_tampering_are_saved_as_before(tmp_path: Path) -> None:
+    """No tampering: no new key (earlier versions refuse an origins key they lack); with
+    it, the text is kept."""
+    store = StateStore(tmp_path)
+    origins = Origins("k", "2.60.0", "sockets", "sockets", None, None, None, None)
+    store.save(State(origins=origins))
+    assert "tampering" not in store.path.read_text()
+    assert store.load().origins == origins
+    named = Origins("k", None, "sockets", None, None, None, None, None, "dash_JobHead is missing")
+    store.save(State(origins=named))
+    assert store.load().origins == named
+
+
 def test_same_session_keeps_its_id(tmp_path: Path) -> None:
     """for_session returns the remembered id for the same key, a fresh random one otherwise."""
     state = State(SessionState("k", "remembered", Counters(1, 1, 0)))
