@@ -81,8 +81,8 @@ class Announcer:
         else:
             self._record(intake=Intake(asked, False, None, intake.problem))
 
-    def no_session(self) -> None:
-        waiting = self.waiting_text()
+    def no_session(self, untrusted: str | None = None) -> None:
+        waiting = f"Not reporting: {untrusted}" if untrusted else self.waiting_text()
         self._status(waiting)
         self._record(session=None, not_reporting=None, next_report_ms=None, status_line=waiting)
 

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import structlog
 
 from usagestatsd.schedule import Schedule, Slot
-from usagestatsd.session import Discovery, Session, find_session, trusted_uids
+from usagestatsd.session import (
+    Discovery,
+    Session,
+    find_session,
+    trusted_uids,
+    untrusted_text,
+    user_label,
+)
 from usagestatsd.settings import Settings
 
 log = structlog.get_logger()
@@ -29,6 +36,7 @@ class Change:
 
     session: Session | None
     first_due: float | None = None  # monotonic time of its first report
+    untrusted: str | None = None  # no session: Ray's directories belong to an untrusted user
 
 
 class SessionFollower:
@@ -40,6 +48,7 @@ class SessionFollower:
         self.session: Session | None = None
         self.slot: Slot | None = None
         self._missing_logged = False
+        self._untrusted_warned: int | None = None
         self.looks = 0  # looks at the temp root so far (each walks /proc)
 
     def follow(self, now: float) -> Change | None:
@@ -55,7 +64,7 @@ class SessionFollower:
                 )
                 self._missing_logged = True
             self.session, self.slot = None, None
-            return Change(None)
+            return Change(None, untrusted=self._untrusted(found))
         if self.session is not None and self.session.key == found.session.key:
             return None
         self.session = found.session
@@ -63,6 +72,20 @@ class SessionFollower:
         self._missing_logged = False
         log.info("session.found", session_dir=str(found.session.path), **_refused(found))
         return Change(found.session, self.slot.due)
+
+    def _untrusted(self, found: Discovery) -> str | None:
+        """What to tell of Ray's directories owned by an untrusted user (warned once each)."""
+        owner = found.untrusted_owner
+        if owner is None:
+            self._untrusted_warned = None
+            return None
+        who = user_label(owner)
+        text = untrusted_text(self.settings.temp_root, owner)
+        if self._untrusted_warned != owner:
+            log.warning("session.untrusted", temp_root=str(self.settings.temp_root),
+                        owner=who, problem=found.refused, fix="sudo usagestatsd setup")  # fmt: skip
+            self._untrusted_warned = owner
+        return text
 
     def advance(self, session: Session, now: float) -> None:
         """The slot after the one just reported, if `session` is still the one followed."""

@@ -119,7 +119,7 @@ class Reporter:
         if change is None:
             return
         if change.session is None or change.first_due is None:
-            self.announce.no_session()
+            self.announce.no_session(change.untrusted)
             return
         state, key = self.cycle.state, change.session.key
         remembered = state.session if state.session and state.session.key == key else None

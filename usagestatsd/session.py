@@ -17,6 +17,7 @@ session is, the newest live one is followed.
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -28,6 +29,29 @@ LATEST_LINK = "session_latest"
 USAGE_STATS_FILE = "usage_stats.json"
 PROC = Path("/proc")
 _SESSION_ARG = b"--session-name="
+
+
+# Below this uid, Debian's accounts are system accounts (root, `ray` made with useradd
+# --system): naming them identifies no person. A person's login name is never logged.
+_FIRST_PERSONAL_UID = 1000
+
+
+def user_label(uid: int) -> str:
+    """`ray (uid 999)` for root and system accounts; `uid 1000` for anyone else."""
+    if uid >= _FIRST_PERSONAL_UID and uid != 65534:
+        return f"uid {uid}"
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def untrusted_text(temp_root: Path, owner: int) -> str:
+    """What to tell an operator whose Ray runs as a user the daemon was not told of."""
+    return (
+        f"Ray's files under {temp_root} belong to {user_label(owner)}, whom usagestatsd "
+        "does not trust: if Ray runs as that user, run: sudo usagestatsd setup"
+    )
 
 
 def trusted_uids(ray_user: int | None = None) -> frozenset[int]:
@@ -77,6 +101,9 @@ class Discovery:
 
     session: Session | None
     refused: str | None = None
+    # Ray's directories belong to a uid that is not trusted (a Ray run as a user that the
+    # daemon was not told of: `usagestatsd setup` finds and sets it).
+    untrusted_owner: int | None = None
 
 
 def _as_session(
@@ -142,7 +169,11 @@ def find_session(
         return Discovery(None, f"{temp_root} is not a directory")
     if root_st.st_uid not in trusted:
         # Whoever owns the temp root can swap anything in it: nothing there is Ray's word.
-        return Discovery(None, f"{temp_root} is owned by uid {root_st.st_uid}, not by Ray's user")
+        return Discovery(
+            None,
+            f"{temp_root} is owned by {user_label(root_st.st_uid)}, not by Ray's user",
+            root_st.st_uid,
+        )
     alias_root = Path(os.path.abspath(temp_root))
     latest, refused = _latest(root, trusted, alias_root)
     live = live_session_names(trusted, proc)
@@ -158,7 +189,17 @@ def find_session(
             return Discovery(session, refused)
     if latest is not None:
         return Discovery(latest)
-    return Discovery(_newest(root, trusted, alias_root), refused)
+    newest = _newest(root, trusted, alias_root)
+    return Discovery(newest, refused, None if newest else _link_owner(root, trusted))
+
+
+def _link_owner(root: Path, trusted: Collection[int]) -> int | None:
+    """The owner of `session_latest` when it is not trusted (None otherwise)."""
+    try:
+        owner = (root / LATEST_LINK).lstat().st_uid
+    except OSError:
+        return None
+    return None if owner in trusted else owner
 
 
 def _latest(
@@ -172,7 +213,7 @@ def _latest(
     if not stat.S_ISLNK(link_st.st_mode):
         return None, f"{link} is not a symlink"
     if link_st.st_uid not in trusted:
-        return None, f"{link} is owned by uid {link_st.st_uid}, not by Ray's user"
+        return None, f"{link} is owned by {user_label(link_st.st_uid)}, not by Ray's user"
     try:
         target = link.resolve(strict=True)
     except (OSError, RuntimeError):

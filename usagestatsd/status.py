@@ -18,7 +18,7 @@ from usagestatsd.consent import Decision, decide, read_consent_file
 from usagestatsd.fieldsets import CURRENT_VERSION, withheld
 from usagestatsd.ray_consent import read_ray_configs
 from usagestatsd.running import RecordStore, ServiceRecord, intake_address, is_running
-from usagestatsd.session import Session, find_session, trusted_uids
+from usagestatsd.session import Discovery, Session, find_session, trusted_uids, untrusted_text
 from usagestatsd.settings import Settings, SettingsError, load_settings
 from usagestatsd.state import State, StateStore
 
@@ -102,6 +102,13 @@ def _service(record: ServiceRecord | None, running: bool, problem: str | None) -
     }
 
 
+def _untrusted(discovery: Discovery, settings: Settings) -> str | None:
+    """Ray's files belong to a user neither this command nor the service trusts."""
+    if discovery.session is not None or discovery.untrusted_owner is None:
+        return None
+    return untrusted_text(settings.temp_root, discovery.untrusted_owner)
+
+
 def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
     """Everything `status` shows, as JSON-ready values (`decision`: this command's own)."""
     state, state_problem = StateStore(settings.state_dir).peek()
@@ -112,7 +119,8 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
     # by `setup --apply`) is trusted here too, beside this command's own settings.
     service_ray_user = new_settings.ray_user if new_settings else None
     trusted = trusted_uids(settings.ray_user) | trusted_uids(service_ray_user)
-    found = find_session(settings.temp_root, trusted).session
+    discovery = find_session(settings.temp_root, trusted)
+    found = discovery.session
     after: dict[str, Any] | None = None
     in_effect = decision
     if record is not None:
@@ -137,6 +145,7 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
         "state_problem": state_problem,
         "endpoints": list(record.endpoints) if record else [e.display for e in settings.endpoints],
         "session": _session(found, state),
+        "session_untrusted": _untrusted(discovery, settings),
         "last_report": None,
         "standing_down": holding if holding and holding.startswith("standing down") else None,
         "not_reporting": holding,
@@ -268,7 +277,9 @@ def render(info: dict[str, Any]) -> str:
         f"Ray temp root:  {info['temp_root']}",
     ]
     s = info["session"]
-    if s is None:
+    if s is None and info.get("session_untrusted"):
+        lines.append(f"Session:        none trusted: {info['session_untrusted']}")
+    elif s is None:
         lines.append("Session:        none found")
     else:
         lines += [

@@ -284,7 +284,7 @@ async def test_row9_temp_root_made_by_another_user_is_not_trusted(
             assert daemon.proc.poll() is None
     finally:
         await cluster.stop()
-    assert f"owned by uid {NOBODY}" in line
+    assert f"owned by nobody (uid {NOBODY})" in line
     assert endpoint.received == []
 
 

@@ -164,4 +164,5 @@ def test_untrusted_owners_are_refused(temp_root: Path) -> None:
     os.chown(session, 0, 0)
     os.chown(temp_root, 65534, 65534)
     found = find_session(temp_root, {0})
-    assert found.session is None and found.refused and "owned by uid 65534" in found.refused
+    assert found.session is None and found.refused
+    assert "owned by nobody (uid 65534)" in found.refused
