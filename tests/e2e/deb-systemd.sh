@@ -47,6 +47,8 @@ check "/etc/usagestatsd/usagestatsd.toml is a conffile" $?
 [ "$(prop UnitFileState)" = enabled ]; check "usagestatsd.service enabled on install" $? "$(prop UnitFileState)"
 wait_for 10 sh -c "[ \"\$('$C' exec '$wd' -- systemctl show -p ActiveState --value usagestatsd)\" = active ]"
 check "usagestatsd.service started on install" $? "$(prop ActiveState)/$(prop SubState)"
+sock=$(in_c systemctl show -p UnitFileState -p ActiveState --value usagestatsd-intake.socket | tr '\n' /)
+[ "$sock" = "enabled/active/" ]; check "usagestatsd-intake.socket enabled and listening on install" $? "$sock"
 status=$(prop StatusText)
 [[ "$status" == "Waiting for a Ray session under /tmp/ray" ]]; check "STATUS before Ray runs" $? "$status"
 for page in usagestatsd.8.gz:man8 usagestatsd.toml.5.gz:man5; do
@@ -149,6 +151,7 @@ t=$(now_ms)
 in_c apt-get purge -y -q usagestatsd >"$wd/apt-purge.log" 2>&1; rc=$?
 check "apt-get purge usagestatsd" "$rc" "$(($(now_ms) - t)) ms"
 left=$(in_c sh -c 'for p in /etc/usagestatsd /var/lib/usagestatsd /lib/systemd/system/usagestatsd.service \
+        /lib/systemd/system/usagestatsd-intake.socket /etc/systemd/system/sockets.target.wants/usagestatsd-intake.socket \
         /lib/systemd/system/usagestatsd-provider@.service /etc/systemd/system/multi-user.target.wants/usagestatsd.service \
         /var/lib/systemd/deb-systemd-helper-enabled/usagestatsd.service.dsh-also /usr/bin/usagestatsd \
         /etc/systemd/system/multi-user.target.wants/usagestatsd-provider@root.service \
