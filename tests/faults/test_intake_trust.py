@@ -53,7 +53,9 @@ START_MS: int = recorded_json("dash_report_cluster_metadata.json")["data"][
 RAY_TIMEOUT_S = 10.0  # Ray's reporter gives up on a report after 10 s
 AHEAD = 30  # connections queued before the forged one
 INFLATE = 1000  # loopback connections held meanwhile (a busy host)
-HELD_CONNECTIONS = 3000  # each is two sockets in the kernel's tables
+HELD_CONNECTIONS = 5000  # each is two sockets in the kernel's tables
+FLOOD_PER_S = 500  # connects to the intake a second, at most
+FLOOD_OPEN = 100  # of those, left open at a time
 
 
 def forged_body() -> bytes:
@@ -122,6 +124,15 @@ def hold(count: int) -> list[socket.socket]:
     return held
 
 
+def post_to(family: socket.AddressFamily, address: tuple[str, int], body: bytes) -> str:
+    """POST `body` to `address` on a plain socket; the status line of the answer."""
+    with socket.socket(family) as s:
+        s.settimeout(60)
+        s.connect(address)
+        s.sendall(post_head(len(body)) + body)
+        return s.recv(4096).split(b"\r\n")[0].decode(errors="replace")
+
+
 def ray_sends_by_itself(session_dir: Path) -> None:
     """Ray's reporter sent this session's report itself: its copy of usage_stats.json."""
     (session_dir / "usage_stats.json").write_bytes(ray_style_copy(3))
@@ -158,6 +169,9 @@ async def test_forged_report_from_beside_a_root_listener_is_refused(
             port = listeners.enter_context(root_listener(root_family))  # open to the end
             attack = send_and_close(family, (intake_host, port), intake)
             tries.append(await asyncio.to_thread(as_user, attack))
+        # The intake accepts in order: once a last client of nobody has its answer, every
+        # forged report before it has been looked at.
+        last = await asyncio.to_thread(as_user, lambda: post_to(family, intake, b"{}"))
         await until(lambda: daemon.count("beside_ray.standing_down") > 0 or bool(endpoint.received))
         await asyncio.sleep(2)  # four more cycles at 0.5 s
         status = status_json(env)
@@ -167,6 +181,7 @@ async def test_forged_report_from_beside_a_root_listener_is_refused(
         f"status says {beside}"
     )
     assert tries == ["sent"] * 3
+    assert last == "HTTP/1.1 403 Forbidden"
     assert endpoint.received == []
     assert isinstance(beside, dict) and beside["arrangement"] == "direct"
 
@@ -304,16 +319,22 @@ def hold_and_loop(
     intake: int, count: int, seconds: float
 ) -> Callable[[Callable[[str], None]], None]:
     """A child's body: hold `count` loopback connections (to its own listener), then connect
-    to the intake and close, over and over, for at most `seconds`."""
+    to the intake over and over (at most FLOOD_PER_S a second, FLOOD_OPEN left open at a
+    time), for at most `seconds`."""
 
     def serve(ready: Callable[[str], None]) -> None:
         held = hold(count)
         ready(f"holding {len(held) // 2}")
+        pending: list[socket.socket] = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.socket() as s:
-                s.settimeout(1)
-                s.connect(("127.0.0.1", intake))
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", intake))
+            pending.append(s)
+            if len(pending) > FLOOD_OPEN:
+                pending.pop(0).close()
+            time.sleep(1 / FLOOD_PER_S)
 
     return serve
 
@@ -343,7 +364,7 @@ def ray_posts(port: int) -> str:
 async def test_ray_is_answered_while_many_sockets_are_held_and_connects_loop(
     demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
 ) -> None:
-    """3,000 connections held, connects in a loop: each of Ray's reports is answered 200."""
+    """5,000 connections held, connects in a loop: each of Ray's reports is answered 200."""
     env = intake_env(temp_root, state_dir, endpoint.url, RAY_USAGE_STATS_REPORT_INTERVAL_S="3600")
     with running_daemon(env) as daemon:
         port = intake_port(daemon)
