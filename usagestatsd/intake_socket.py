@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pwd
 import socket
 from collections.abc import MutableMapping
 
@@ -103,11 +102,3 @@ def held_by(uid: int | None) -> str:
     if uid is None:
         return "address in use (by a socket this daemon cannot see)"
     return f"address in use by uid {uid}"
-
-
-def user_name(uid: int) -> str:
-    """The uid's user name, for an operator's own screen (`status`, `setup`)."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return "no such user"
