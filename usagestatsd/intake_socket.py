@@ -24,6 +24,7 @@ log = structlog.get_logger()
 SD_LISTEN_FDS_START = 3
 INTAKE_FD_NAME = "intake"  # FileDescriptorName= in usagestatsd-intake.socket
 _ACTIVATION_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+DRAIN_AT_MOST = 1024  # a bound on the loop; the backlog is 64
 
 
 class PortTaken(OSError):
@@ -102,3 +103,25 @@ def held_by(uid: int | None) -> str:
     if uid is None:
         return "address in use (by a socket this daemon cannot see)"
     return f"address in use by uid {uid}"
+
+
+def drain_passed(environ: MutableMapping[str, str]) -> int:
+    """Collection disabled: close the connections waiting on systemd's sockets, unanswered.
+
+    systemd starts the service again for as long as a connection waits on its socket: a
+    disabled daemon that left one there would be restarted until systemd gave up on the
+    socket and let go of the port. Returns how many were closed.
+    """
+    closed = 0
+    for socks in inherited_sockets(environ).values():
+        for sock in socks:
+            with sock:
+                sock.setblocking(False)
+                while closed < DRAIN_AT_MOST:
+                    try:
+                        conn, _ = sock.accept()
+                    except OSError:
+                        break  # none waiting (or no listening socket): done
+                    conn.close()
+                    closed += 1
+    return closed

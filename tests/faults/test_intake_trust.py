@@ -374,3 +374,23 @@ async def test_ray_is_answered_while_many_sockets_are_held_and_connects_loop(
         assert daemon.proc.poll() is None
     print(f"{HELD_CONNECTIONS} held and a connect loop: Ray's reports answered {answers}")
     assert answers == ["HTTP/1.1 200 OK"] * 3
+
+
+async def test_disabled_daemon_leaves_no_connection_on_systemd_s_socket(
+    endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
+) -> None:
+    """Collection disabled: the waiting connection is closed, so systemd does not start the
+    service again and again for it (and then give up the socket and its port)."""
+    env = intake_env(temp_root, state_dir, endpoint.url, RAY_USAGE_STATS_ENABLED="0")
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        port = listener.getsockname()[1]
+        env["USAGESTATSD_RAY_INTAKE"] = f"127.0.0.1:{port}"
+        with socket.create_connection(("127.0.0.1", port)) as waiting:
+            daemon = start_activated(env, listener)
+            code = await asyncio.to_thread(daemon.proc.wait, 30)
+            listener.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                listener.accept()
+            waiting.settimeout(5)
+            assert waiting.recv(1) == b""  # closed by the daemon, unanswered
+    assert code == 0
