@@ -11,6 +11,9 @@ Figures, on this machine and with only 127.0.0.1 and Unix sockets:
 4. idle cost between reports with the watchdog on;
 5. the resident memory of Ray's dashboard beside the daemon's, on the same real Ray head;
 and, as root, the daemon's CPU while another user churns Ray's temp root (temp_root_churn).
+
+`--intake-accept` measures only the intake's accept latency with 20,000 loopback
+connections held (bench/intake_accept.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
 
+from bench import intake_accept
 from bench.against_ray import measure_ray, ray_python
 from bench.cycles import measure_cycles
 from bench.harness import PY, ROOT, cleanup
@@ -139,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--skip-ray", action="store_true", help="leave out figure 5")
     parser.add_argument("--json", type=Path, help="also write the measured data as JSON here")
+    parser.add_argument(
+        "--intake-accept", action="store_true", help="only bench/intake_accept.py's figure"
+    )
     args = parser.parse_args(argv)
+    if args.intake_accept:
+        return intake_accept.main([])
     output = args.output or (None if args.quick else ROOT / "docs" / "performance.md")
     started = time.monotonic()
     run = Run()

@@ -57,19 +57,24 @@ def classify(
     local_copy: bytes | None,
     our_digests: set[str],
     routed_before: bool = False,
+    intake_taken: bool = False,
 ) -> Arrangement:
     """Decide the arrangement from what the intake saw and who wrote usage_stats.json.
 
     `routed_before`: an earlier run of the daemon saw this session routed. That holds for
     the whole session (Ray reads RAY_USAGE_STATS_REPORT_URL once, when it starts), while
     Ray's next report to the intake may be an hour away.
+
+    `intake_taken`: another socket holds the intake's port. Ray routed to the intake then
+    reports to that socket and rewrites usage_stats.json as if it had sent directly: a
+    report to an intake this daemon does not hold is no sign of either, so it is UNKNOWN.
     """
     if routed_before or (
         session_start_ms is not None
         and any(s.session_start_ms == session_start_ms for s in sightings)
     ):
         return Arrangement.ROUTED
-    if local_copy is not None and digest(local_copy) not in our_digests:
+    if local_copy is not None and digest(local_copy) not in our_digests and not intake_taken:
         return Arrangement.DIRECT
     return Arrangement.UNKNOWN
 
@@ -100,6 +105,7 @@ class Neighbour:
         self.our_digests: set[str] = set()
         self.last_copy: bytes | None = None
         self.routed_before = False  # state.json says the followed session was seen routed
+        self.intake_taken = False  # another socket holds the intake's port
 
     def new_session(
         self,
@@ -140,7 +146,12 @@ class Neighbour:
     def arrangement(self, session_start_ms: int | None, local_copy: bytes | None) -> Arrangement:
         """The current arrangement (pure, from what has been seen)."""
         return classify(
-            session_start_ms, self.sightings, local_copy, self.our_digests, self.routed_before
+            session_start_ms,
+            self.sightings,
+            local_copy,
+            self.our_digests,
+            self.routed_before,
+            self.intake_taken,
         )
 
     def should_stand_down(self, arrangement: Arrangement) -> bool:
@@ -175,9 +186,11 @@ class BesideRay:
         self._rewrite_pending = False  # one put-back of usage_stats.json at a time
         self._intake_url: str | None = None
 
-    def listening_at(self, url: str | None) -> None:
-        """The intake's URL, for the fix Ray needs (None: the intake does not listen)."""
+    def listening_at(self, url: str | None, taken: bool = False) -> None:
+        """The intake's URL, for the fix Ray needs (None: the intake does not listen), and
+        whether another socket holds its port (then Ray's own writes prove nothing)."""
         self._intake_url = url
+        self._neighbour.intake_taken = taken
 
     def routing_fix(self) -> str:
         """What makes Ray's reporter send to this daemon instead."""

@@ -154,6 +154,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     inputs = inputs_of(args.environment, cli_overrides(args), args.config)
     record = new_record(settings, decision, inputs)
     if not decision.enabled:
+        from usagestatsd.intake_socket import drain_passed
+
+        drain_passed(os.environ)  # else systemd starts the service again for each of them
         line = disabled_line(decision)
         notifier = Notifier(settings.notify_socket)
         notifier.ready(line)

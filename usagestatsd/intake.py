@@ -7,8 +7,13 @@ daemon whatever a client does (docs/security.md, "Intake"):
   accept queue, so the intake never holds more than a handful of descriptors;
 - each connection has one deadline for the whole request (REQUEST_DEADLINE_S), and stopping
   cancels every connection at once: no client can delay SIGTERM;
-- the client's uid is asked of the kernel right after accept (peers.tcp_socket_owner): only
-  Ray's uid (from `trusted_uids()`) is read at all, anyone else gets 403 and is closed;
+- the client's uid is asked of the kernel right after accept, for that client's own socket
+  only (peers.tcp_client_owner: netlink sock_diag, whose cost does not grow with the number
+  of sockets on the machine): only Ray's uid (from `trusted_uids()`) is read at all; anyone
+  else, and a client whose socket cannot be found or is held by no process, gets 403;
+- the listening socket is systemd's when socket-activated (intake_socket.py), so the port
+  stays held across restarts; bound here otherwise, and when its port is taken the owner
+  is named and binding is retried every BIND_RETRY_S;
 - the body is read in full (Content-Length, across TCP segments), within MAX_BODY;
 - a resource error at accept (EMFILE, ENFILE, ...) is logged at most once a minute, and so
   are refused and bad requests; absorbed reports after the first five in a row too.
@@ -27,13 +32,14 @@ import errno
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 
 from usagestatsd.beside_ray import RaySighting, parse_sighting
-from usagestatsd.peers import Peer, tcp_socket_owner
+from usagestatsd.intake_socket import PortTaken, bind, take_inherited
+from usagestatsd.peers import Peer, tcp_client_owner
 
 log = structlog.get_logger()
 
@@ -42,6 +48,8 @@ REQUEST_DEADLINE_S = 10.0  # the whole request, head and body (Ray's own timeout
 MAX_HEAD = 16 * 1024
 MAX_BODY = 256 * 1024  # a Ray report is about 3 KB
 ACCEPT_RETRY_S = 1.0  # after a resource error at accept, wait before trying again
+BIND_RETRY_S = 30.0  # while the port is someone else's: Ray reports hourly
+BACKLOG = 64
 LOG_INTERVAL_S = 60.0
 ABSORBED_BURST = 5  # report_absorbed lines in a row before one a minute
 # /proc/self/net: /proc/net itself is hidden by the unit's ProcSubset=pid.
@@ -126,44 +134,85 @@ class RayIntake:
         on_sighting: Callable[[RaySighting], None],
         trusted_uids: Callable[[], set[int]],
         proc: Path = PROC_SELF,
+        inherited: Sequence[socket.socket] = (),
+        on_change: Callable[[RayIntake], None] | None = None,
+        bind_retry_s: float = BIND_RETRY_S,
     ) -> None:
         self.host = host
         self.port = port
         self.on_sighting = on_sighting
         self.trusted_uids = trusted_uids
         self.proc = proc
+        self.on_change = on_change  # told when the intake starts listening after all
+        self.bind_retry_s = bind_retry_s
+        self._inherited = list(inherited)
         self._sock: socket.socket | None = None
         self._acceptor: asyncio.Task[None] | None = None
+        self._retry: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._connections: set[asyncio.Task[None]] = set()
         self._throttles = {name: Throttle() for name in ("accept", "refused", "bad")}
         # Ray reports hourly, so every real report is logged; a loop is not.
         self._throttles["absorbed"] = Throttle(burst=ABSORBED_BURST)
         self.problem: str | None = None  # why it does not listen, after a failed start()
+        self.holder_uid: int | None = None  # who holds the port instead, when the kernel says
+        self.taken = False  # another socket holds the port: Ray's reports may go there
 
     # -- listening ----------------------------------------------------------------
 
+    @property
+    def listening(self) -> bool:
+        """Whether this daemon holds the intake's listening socket now."""
+        return self._sock is not None
+
     async def start(self) -> bool:
-        """Listen; on failure (port taken) log one warning and carry on without it."""
+        """Listen (systemd's socket, else our own); when the port is taken, log one warning
+        naming its owner and try again every `bind_retry_s` meanwhile."""
+        inherited = take_inherited(self._inherited, self.host, self.port)
+        self._inherited = []
+        if inherited is not None:
+            self._listen(inherited, "systemd")
+            return True
+        if self._try_bind(log.warning):
+            return True
+        self._retry = asyncio.create_task(self._retry_bind())
+        return False
+
+    def _try_bind(self, say: Callable[..., object]) -> bool:
         try:
-            self._sock = socket.create_server(
-                (self.host, self.port),
-                family=socket.AF_INET6 if ":" in self.host else socket.AF_INET,
-                backlog=64,
-            )
+            sock = bind(self.host, self.port, BACKLOG)
         except OSError as exc:
-            self.problem = exc.strerror or str(exc)
-            log.warning(
-                "beside_ray.intake_unavailable",
-                address=f"{self.host}:{self.port}",
-                problem=self.problem,
-            )
+            holder = exc.holder_uid if isinstance(exc, PortTaken) else None
+            problem = exc.strerror or str(exc)
+            if (problem, holder) != (self.problem, self.holder_uid):
+                say(
+                    "beside_ray.intake_unavailable",
+                    address=f"{self.host}:{self.port}",
+                    problem=problem,
+                    held_by_uid=holder,
+                    retry_s=self.bind_retry_s,
+                )
+            self.problem, self.holder_uid = problem, holder
+            self.taken = isinstance(exc, PortTaken)
             return False
-        self._sock.setblocking(False)
-        self.port = self._sock.getsockname()[1]
-        self._acceptor = asyncio.create_task(self._accept_loop())
-        log.info("beside_ray.intake_listening", url=self.url)
+        self._listen(sock, "bound")
         return True
+
+    def _listen(self, sock: socket.socket, how: str) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self.problem, self.holder_uid, self.taken = None, None, False
+        self.port = sock.getsockname()[1]
+        self._acceptor = asyncio.create_task(self._accept_loop())
+        log.info("beside_ray.intake_listening", url=self.url, socket=how)
+
+    async def _retry_bind(self) -> None:
+        while True:
+            await asyncio.sleep(self.bind_retry_s)
+            if self._try_bind(log.info):
+                if self.on_change is not None:
+                    self.on_change(self)
+                return
 
     @property
     def url(self) -> str:
@@ -173,11 +222,11 @@ class RayIntake:
 
     async def stop(self) -> None:
         """Stop listening and drop every open connection at once (no client is waited for)."""
-        tasks = [t for t in (self._acceptor, *self._connections) if t is not None]
+        tasks = [t for t in (self._retry, self._acceptor, *self._connections) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._acceptor = None
+        self._acceptor = self._retry = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -238,8 +287,9 @@ class RayIntake:
                 pass  # the client went away: nothing to answer
 
     async def _exchange(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
-        if not await self._from_ray(conn):
-            self._note("refused", reason="the client is not Ray's user")
+        refusal = await self._refusal(conn)
+        if refusal is not None:
+            self._note("refused", reason=refusal)
             return _response("403 Forbidden", {"accepted": False, "problem": "not Ray's user"})
         data = b""
         while b"\r\n\r\n" not in data:
@@ -265,16 +315,21 @@ class RayIntake:
         self._absorbed(parse_sighting(body[:length], int(time.time() * 1000)))
         return _response("200 OK", {"accepted": True})
 
-    async def _from_ray(self, conn: socket.socket) -> bool:
-        """Is the client a live socket of Ray's uid? Asked of the kernel, off the loop."""
+    async def _refusal(self, conn: socket.socket) -> str | None:
+        """None when the client is a live socket of Ray's uid, else why it is refused.
+
+        Asked of the kernel about that client's own socket (off the loop: where netlink is
+        not available, the answer is a read of /proc/net/tcp)."""
         owner: Peer | None = await asyncio.to_thread(
-            tcp_socket_owner, conn.getpeername(), conn.getsockname(), self.proc
+            tcp_client_owner, conn.getpeername(), conn.getsockname(), self.proc
         )
-        # inode 0: the client already closed its socket (an orphan or a time-wait entry,
-        # shown as uid 0): nobody holds it, so it proves nothing.
-        if owner is None or not owner.inode or owner.uid == OVERFLOW_UID:
-            return False
-        return owner.uid in self.trusted_uids()
+        # inode 0: the client already closed its socket (an orphan or a time-wait entry):
+        # nobody holds it, so it proves nothing. None: no such socket to be found.
+        if owner is None or not owner.inode:
+            return "the client's socket has no owner the kernel can name"
+        if owner.uid == OVERFLOW_UID or owner.uid not in self.trusted_uids():
+            return "the client is not Ray's user"
+        return None
 
     def _absorbed(self, sighting: RaySighting) -> None:
         held = self._throttles["absorbed"].due(time.monotonic())

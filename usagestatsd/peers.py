@@ -8,8 +8,9 @@ about a connected socket does:
 - a Unix stream socket: `SO_PEERCRED` (the server's uid and pid as of `listen()`), and
   `getpeername()` (the exact path the server bound, so a symlink swapped in between a
   check and the connect is seen: the path differs);
-- a loopback TCP connection: the other end's own socket in `/proc/net/tcp{,6}`, found by
-  the pair of addresses, gives its owner uid and its inode; the processes holding that
+- a loopback TCP connection: the other end's own socket, found by its exact pair of
+  addresses, gives its owner uid and its inode (netlink sock_diag, sockdiag.py, where this
+  process may use netlink; else its row in `/proc/net/tcp{,6}`); the processes holding that
   inode are in `/proc/<pid>/fd`.
 
 All of it is read after the connection exists, so nothing can change between the check
@@ -25,6 +26,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from usagestatsd import sockdiag
 
 PROC = Path("/proc")
 _TCP_TABLES = ("tcp", "tcp6")
@@ -66,11 +69,7 @@ def _address(hex_addr: str) -> tuple[_IPAddress, int]:
     return (v6.ipv4_mapped or v6), int(port_hex, 16)
 
 
-def _normalise(addr: tuple[str, int] | tuple[str, int, int, int]) -> tuple[_IPAddress, int]:
-    ip = ipaddress.ip_address(addr[0].split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip, int(addr[1])
+_normalise = sockdiag.endpoint
 
 
 def _tcp_rows(proc: Path) -> Iterator[list[str]]:
@@ -93,12 +92,9 @@ def tcp_socket_owner(
     other: tuple[str, int] | tuple[str, int, int, int],
     proc: Path = PROC,
 ) -> Peer | None:
-    """The socket whose own address is `own` and whose remote address is `other`.
+    """Who serves a connection this daemon made: pass (peername, sockname).
 
-    For a connection this daemon made, pass (peername, sockname) to learn who serves it;
-    for one it accepted, pass (peername, sockname) too: either way the other end's socket
-    is the one bound at our peer's address and connected to ours.
-
+    The other end's socket is the one bound at our peer's address and connected to ours.
     A connection the server has not accept()ed yet has no file (inode 0, uid 0) in the
     table: then the one socket listening at `own` answers for it, since only its holder
     can ever accept it.
@@ -119,6 +115,60 @@ def tcp_socket_owner(
             listeners.append(peer)
     # Not accepted yet: the listener, if exactly one could accept it (SO_REUSEPORT: none).
     return listeners[0] if len(listeners) == 1 else None
+
+
+def tcp_client_owner(
+    client: tuple[str, int] | tuple[str, int, int, int],
+    server: tuple[str, int] | tuple[str, int, int, int],
+    proc: Path = PROC,
+) -> Peer | None:
+    """Who holds the client end of a connection this daemon accepted: (peername, sockname).
+
+    Only that one socket answers, found by its exact addresses: never a listener or any
+    other socket at the same port (whoever listens there did not connect). None when no
+    such socket exists any more. A client that closed its socket leaves an entry no process
+    holds (inode 0, in the Peer): it proves nothing about who sent what.
+    """
+    want_client, want_server = _normalise(client), _normalise(server)
+    try:
+        found = sockdiag.lookup(want_client, want_server)
+    except sockdiag.DiagUnavailable:
+        return _table_row(want_client, want_server, proc)
+    return None if found is None else Peer(uid=found.uid, inode=found.inode)
+
+
+def _table_row(
+    own: tuple[_IPAddress, int], other: tuple[_IPAddress, int], proc: Path
+) -> Peer | None:
+    """The row of /proc/net/tcp{,6} with exactly these addresses (where netlink is not
+    available: a read of the whole table, in proportion to the sockets on the machine)."""
+    for row in _tcp_rows(proc):
+        if len(row) < 10 or row[3] == _LISTEN:
+            continue
+        try:
+            if (_address(row[1]), _address(row[2])) == (own, other):
+                return Peer(uid=int(row[7]), inode=int(row[9]))
+        except ValueError:
+            continue  # a row this parser does not understand is not our peer
+    return None
+
+
+def tcp_listener_owner(address: tuple[str, int], proc: Path = PROC) -> Peer | None:
+    """Who holds the socket listening at `address` (say, a port this daemon could not bind)."""
+    want = _normalise(address)
+    try:
+        found = sockdiag.listener(want)
+    except sockdiag.DiagUnavailable:
+        found = None
+        for row in _tcp_rows(proc):
+            try:
+                local = _address(row[1])
+                same_family = local[0].version == want[0].version
+                if row[3] == _LISTEN and same_family and _serves(local, want):
+                    return Peer(uid=int(row[7]), inode=int(row[9]))
+            except (ValueError, IndexError):
+                continue
+    return None if found is None else Peer(uid=found.uid, inode=found.inode)
 
 
 def _serves(listening: tuple[_IPAddress, int], address: tuple[_IPAddress, int]) -> bool:

@@ -10,6 +10,7 @@ next one, saves the state, and tells systemd and `status` what happened (announc
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 
 import structlog
@@ -19,6 +20,7 @@ from usagestatsd.beside_ray import BesideRay, RaySighting
 from usagestatsd.cycle import Clock, CycleOutcome, ReportCycle
 from usagestatsd.follow import SessionFollower
 from usagestatsd.intake import RayIntake
+from usagestatsd.intake_socket import INTAKE_FD_NAME, inherited_sockets
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.running import ServiceRecord
 from usagestatsd.schedule import Schedule, Slot
@@ -80,17 +82,31 @@ class Reporter:
     async def _start_intake(self) -> None:
         """The intake (docs/beside-ray.md), then READY=1 with what the daemon waits for."""
         waiting = self.announce.waiting_text()
+        passed = inherited_sockets(os.environ)
         if self.settings.ray_intake is not None:
             host, port = self.settings.ray_intake
-            intake = RayIntake(host, port, self._on_sighting, self.follower.ray_uids)
-            listening = await intake.start()
-            self.announce.intake(intake)
-            self.beside.listening_at(intake.url if listening else None)
-            if listening:
-                self._intake = intake
-            else:
+            intake = RayIntake(
+                host,
+                port,
+                self._on_sighting,
+                self.follower.ray_uids,
+                inherited=passed.pop(INTAKE_FD_NAME, []),
+                on_change=self._intake_changed,
+            )
+            # Kept while it retries a taken port, so that stop() ends the retries too.
+            self._intake = intake
+            if not await intake.start():
                 waiting += f" (intake {host}:{port} not listening: Ray cannot be routed here)"
+            self._intake_changed(intake)
+        for socks in passed.values():  # ray_intake = "off", or a socket of another name
+            for sock in socks:
+                sock.close()
         self.announce.ready(waiting)
+
+    def _intake_changed(self, intake: RayIntake) -> None:
+        """The intake listens, or not (its port taken): tell `status` and the policy."""
+        self.announce.intake(intake)
+        self.beside.listening_at(intake.url if intake.listening else None, intake.taken)
 
     def _watch_sessions(self, look_s: float) -> SessionWatch | None:
         """Notice a new session when Ray creates it (inotify), not at the next look."""

@@ -23,7 +23,9 @@ from usagestatsd.setup_trust import head_refusal, python_problem, uid_of_user
 from usagestatsd.unitstate import (
     DAEMON_UNIT,
     Unit,
+    daemon_uids,
     has_systemd,
+    intake_holder,
     intake_listening,
     provider_problem,
     provider_unit,
@@ -64,11 +66,19 @@ def describe(head: RayHead, found: Found | None) -> list[str]:
             "usagestatsd:",
             f"  service:       {service}",
             f"  temp root:     {s.temp_root}",
-            f"  intake:        {intake} ({'listening' if found.intake_up else 'not listening'})",
+            f"  intake:        {intake} ({_intake_state(found)})",
             f"  provider:      {p.name} {p.enabled or 'not enabled'}, {p.active}; "
             + ("serving" if found.provider_problem is None else found.provider_problem),
         ]
     return lines
+
+
+def _intake_state(found: Found) -> str:
+    if found.intake_up:
+        return "listening"
+    if found.intake_taken_by is not None:
+        return f"NOT usagestatsd's: held by uid {found.intake_taken_by}"
+    return "not listening"
 
 
 def render(head: RayHead, found: Found, result: Plan, applied: bool = False) -> str:
@@ -123,12 +133,15 @@ def gather(head: RayHead, settings: Settings) -> Found:
     daemon, daemon_settings = _daemon_side(settings)
     provider = show(provider_unit(head.user))
     session = Path(head.session_dir) if head.session_dir else None
+    ours = daemon_uids(daemon.user)
+    holder = intake_holder(daemon_settings.ray_intake)
     return Found(
         head=head,
         daemon=daemon,
         provider=provider,
         daemon_settings=daemon_settings,
-        intake_up=intake_listening(daemon_settings.ray_intake),
+        intake_up=intake_listening(daemon_settings.ray_intake, ours),
+        intake_taken_by=holder if holder is not None and holder not in ours else None,
         provider_problem=provider_problem(session, head.uid),
         systemd=has_systemd(),
         python_problem=python_problem(head.python, head.uid),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from pwd import getpwuid
 
 from usagestatsd.discovery import RayHead
 from usagestatsd.settings import Settings
@@ -31,6 +32,7 @@ class Found:
     systemd: bool = True
     unit_dir: Path = UNIT_DIR  # where drop-ins go (tests use a temporary one)
     python_problem: str | None = None  # why Ray's Python must not be run as Ray's user
+    intake_taken_by: int | None = None  # another user's socket listens at the intake address
 
 
 @dataclass
@@ -206,6 +208,14 @@ def _ray_fix(found: Found, plan: Plan) -> None:
     plan.ray_commands.append(f"{as_user}{start} <your usual options>")
 
 
+def user_name(uid: int) -> str:
+    """A uid's user name, for the operator's screen."""
+    try:
+        return getpwuid(uid).pw_name
+    except KeyError:
+        return "no such user"
+
+
 def plan(found: Found) -> Plan:
     """Compare what was found with what a routed head with a provider needs."""
     result = Plan()
@@ -216,6 +226,13 @@ def plan(found: Found) -> Plan:
             "expected (`usagestatsd status` says why)."
         )
         restart_daemon = True
+    elif found.daemon_settings.ray_intake and found.intake_taken_by is not None:
+        result.missing.append(
+            f"The intake {intake_url(found.daemon_settings.ray_intake)} is held by uid "
+            f"{found.intake_taken_by} ({user_name(found.intake_taken_by)}), not by usagestatsd: "
+            "Ray's reports sent there reach that user. Stop that program, then "
+            "`systemctl enable --now usagestatsd-intake.socket` and restart usagestatsd."
+        )
     elif found.daemon_settings.ray_intake and not found.intake_up and not restart_daemon:
         result.missing.append(
             f"Nothing listens on the intake {intake_url(found.daemon_settings.ray_intake)}: "

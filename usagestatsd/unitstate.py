@@ -7,6 +7,8 @@ Everything here only reads: `systemctl show`, one TCP connect, one provider requ
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import pwd
 import shlex
 import socket
 import subprocess
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from usagestatsd.cluster import PROVIDER_SOCKET
 from usagestatsd.fetch import Limits, fetch_unix_json
+from usagestatsd.peers import tcp_listener_owner
 from usagestatsd.session import trusted_uids
 from usagestatsd.sources import SourceError, parse_provider
 
@@ -85,9 +88,37 @@ def show(name: str) -> Unit:
     return parse_show(name, done.stdout) if done.returncode == 0 else Unit(name=name)
 
 
-def intake_listening(address: tuple[str, int] | None, timeout_s: float = 1.0) -> bool:
-    """Does something accept connections on the intake address?"""
+def intake_holder(address: tuple[str, int] | None) -> int | None:
+    """The uid of the socket listening at the intake address, as the kernel says (None:
+    nothing listens there, or the kernel does not say)."""
     if address is None:
+        return None
+    host = "127.0.0.1" if address[0] == "localhost" else address[0]
+    try:
+        holder = tcp_listener_owner((host, address[1]))
+    except (OSError, ValueError):
+        return None
+    return None if holder is None else holder.uid
+
+
+def daemon_uids(user: str) -> set[int]:
+    """Who may hold the intake's port for usagestatsd: root (systemd's socket, or the
+    daemon run as root) and the service's own user."""
+    uids = {0}
+    if user:
+        with contextlib.suppress(KeyError, ValueError):
+            uids.add(int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid)
+    return uids
+
+
+def intake_listening(
+    address: tuple[str, int] | None, owners: set[int] | None = None, timeout_s: float = 1.0
+) -> bool:
+    """Does a socket of usagestatsd's (of a uid in `owners`, when given) accept connections
+    on the intake address? Another user's listener there is not the intake."""
+    if address is None:
+        return False
+    if owners is not None and intake_holder(address) not in owners:
         return False
     try:
         with socket.create_connection(address, timeout=timeout_s):

@@ -45,6 +45,8 @@ check_one() {
     chmod 755 "$root$prog"
     cp "$manpage" "$root/usr/share/man/man8/$(basename "$manpage")"
     cp "$unit" "$root/usr/lib/systemd/system/$name"
+    # The units a unit names (usagestatsd.service: Sockets=usagestatsd-intake.socket).
+    cp "$top"/systemd/*.socket "$root/usr/lib/systemd/system/"
     MANPATH=$root/usr/share/man systemd-analyze verify --root="$root" "/usr/lib/systemd/system/$name"
 
     echo "== man page $(basename "$manpage"): renders, no groff warnings (lintian's check)"
@@ -58,5 +60,15 @@ if [ $# -gt 0 ]; then
 else
     check_one "$top/systemd/usagestatsd.service" "$top/docs/usagestatsd.8" 20
     check_one "$top/systemd/usagestatsd-collector.service" "$top/docs/usagestatsd-collector.8" 15
+    echo "== systemd-analyze verify usagestatsd-intake.socket"
+    root=$scratch/intake-socket
+    mkdir -p "$root/usr/lib/systemd" "$root/usr/share/man/man8"
+    cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
+    cp "$top/docs/usagestatsd.8" "$root/usr/share/man/man8/"
+    cp "$top"/systemd/usagestatsd.service "$top"/systemd/*.socket "$root/usr/lib/systemd/system/"
+    mkdir -p "$root/usr/bin" && printf '#!/bin/sh\nexit 0\n' >"$root/usr/bin/usagestatsd"
+    chmod 755 "$root/usr/bin/usagestatsd"
+    MANPATH=$root/usr/share/man systemd-analyze verify --root="$root" \
+        /usr/lib/systemd/system/usagestatsd-intake.socket
 fi
 echo "check-unit: OK"

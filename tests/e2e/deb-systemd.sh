@@ -47,6 +47,8 @@ check "/etc/usagestatsd/usagestatsd.toml is a conffile" $?
 [ "$(prop UnitFileState)" = enabled ]; check "usagestatsd.service enabled on install" $? "$(prop UnitFileState)"
 wait_for 10 sh -c "[ \"\$('$C' exec '$wd' -- systemctl show -p ActiveState --value usagestatsd)\" = active ]"
 check "usagestatsd.service started on install" $? "$(prop ActiveState)/$(prop SubState)"
+sock=$(in_c systemctl show -p UnitFileState -p ActiveState --value usagestatsd-intake.socket | tr '\n' /)
+[ "$sock" = "enabled/active/" ]; check "usagestatsd-intake.socket enabled and listening on install" $? "$sock"
 status=$(prop StatusText)
 [[ "$status" == "Waiting for a Ray session under /tmp/ray" ]]; check "STATUS before Ray runs" $? "$status"
 for page in usagestatsd.8.gz:man8 usagestatsd.toml.5.gz:man5; do
@@ -166,6 +168,7 @@ env_now=$(in_c systemctl show -p Environment --value demo-ray.service)
 ! grep -q RAY_USAGE_STATS_REPORT_URL <<<"$env_now"
 check "Ray's unit no longer routes its reporter to the intake" $? "Environment=${env_now:-(empty)}"
 left=$(in_c sh -c 'for p in /etc/usagestatsd /var/lib/usagestatsd /lib/systemd/system/usagestatsd.service \
+        /lib/systemd/system/usagestatsd-intake.socket /etc/systemd/system/sockets.target.wants/usagestatsd-intake.socket \
         /lib/systemd/system/usagestatsd-provider@.service /etc/systemd/system/multi-user.target.wants/usagestatsd.service \
         /var/lib/systemd/deb-systemd-helper-enabled/usagestatsd.service.dsh-also /usr/bin/usagestatsd \
         /etc/systemd/system/multi-user.target.wants/usagestatsd-provider@root.service \

@@ -40,6 +40,8 @@ grep -q 'usagestatsd preview' <<<"$out" && grep -q 'usagestatsd disable' <<<"$ou
 check "%post prints the notice: what is collected, preview, disable, the policy" $?
 [ "$(prop UnitFileState)" = enabled ]; check "enabled through systemctl preset" $? "$(prop UnitFileState)"
 wait_active active; check "started" $? "$(prop ActiveState) $(prop StatusText)"
+sock=$(in_c systemctl show -p UnitFileState -p ActiveState --value usagestatsd-intake.socket | tr '\n' /)
+[ "$sock" = "enabled/active/" ]; check "usagestatsd-intake.socket enabled and listening" $? "$sock"
 in_c journalctl -q -o cat -u usagestatsd | grep -q '^consent.default_enabled'
 check "no consent file: the policy default, with the journal saying so" $?
 in_c usagestatsd disable >/dev/null; in_c systemctl restart usagestatsd
@@ -99,6 +101,7 @@ files=$(in_c systemctl list-unit-files --no-legend 'usagestatsd*' || true)
 [ -z "$files" ] && [ "$(prop ActiveState)" = inactive ]; check "service stopped, unit gone" $? "${files:-no unit}"
 left=$(in_c sh -c 'for p in /etc/usagestatsd/consent.json /etc/usagestatsd/usagestatsd.toml /var/lib/usagestatsd \
     /usr/bin/usagestatsd /usr/lib/usagestatsd /etc/systemd/system/multi-user.target.wants/usagestatsd.service \
+    /etc/systemd/system/sockets.target.wants/usagestatsd-intake.socket \
     /etc/systemd/system/multi-user.target.wants/usagestatsd-provider@root.service; do
     [ -e "$p" ] && echo "$p"; done; true')
 [ -z "$left" ]; check "erasure removed the program, consent, state and enablement (provider instances too)" $? "${left:-nothing}"
