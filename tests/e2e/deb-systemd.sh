@@ -47,8 +47,8 @@ check "/etc/usagestatsd/usagestatsd.toml is a conffile" $?
 [ "$(prop UnitFileState)" = enabled ]; check "usagestatsd.service enabled on install" $? "$(prop UnitFileState)"
 wait_for 10 sh -c "[ \"\$('$C' exec '$wd' -- systemctl show -p ActiveState --value usagestatsd)\" = active ]"
 check "usagestatsd.service started on install" $? "$(prop ActiveState)/$(prop SubState)"
-sock=$(in_c systemctl show -p UnitFileState -p ActiveState --value usagestatsd-intake.socket | tr '\n' /)
-[ "$sock" = "enabled/active/" ]; check "usagestatsd-intake.socket enabled and listening on install" $? "$sock"
+sock="$(prop UnitFileState usagestatsd-intake.socket)/$(prop ActiveState usagestatsd-intake.socket)"
+[ "$sock" = "enabled/active" ]; check "usagestatsd-intake.socket enabled and listening on install" $? "$sock"
 status=$(prop StatusText)
 [[ "$status" == "Waiting for a Ray session under /tmp/ray" ]]; check "STATUS before Ray runs" $? "$status"
 for page in usagestatsd.8.gz:man8 usagestatsd.toml.5.gz:man5; do

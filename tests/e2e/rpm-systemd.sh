@@ -40,8 +40,8 @@ grep -q 'usagestatsd preview' <<<"$out" && grep -q 'usagestatsd disable' <<<"$ou
 check "%post prints the notice: what is collected, preview, disable, the policy" $?
 [ "$(prop UnitFileState)" = enabled ]; check "enabled through systemctl preset" $? "$(prop UnitFileState)"
 wait_active active; check "started" $? "$(prop ActiveState) $(prop StatusText)"
-sock=$(in_c systemctl show -p UnitFileState -p ActiveState --value usagestatsd-intake.socket | tr '\n' /)
-[ "$sock" = "enabled/active/" ]; check "usagestatsd-intake.socket enabled and listening" $? "$sock"
+sock="$(prop UnitFileState usagestatsd-intake.socket)/$(prop ActiveState usagestatsd-intake.socket)"
+[ "$sock" = "enabled/active" ]; check "usagestatsd-intake.socket enabled and listening" $? "$sock"
 in_c journalctl -q -o cat -u usagestatsd | grep -q '^consent.default_enabled'
 check "no consent file: the policy default, with the journal saying so" $?
 in_c usagestatsd disable >/dev/null; in_c systemctl restart usagestatsd
