@@ -1,15 +1,16 @@
 """What identifies a person, host or address in a string: the privacy guard's detectors.
 
-Pure, and linear in the length of the value. No pattern here has an unbounded quantifier
-that can backtrack over a long run (a repeated `(label\\.)+` group costs quadratic time on
-`a.a.a.a...`): dotted and dashed names are split and their labels checked, and every other
-repetition is bounded. Each detector is skipped outright when the value lacks the character
-it needs (no `@`, no e-mail). The guard caps every value to its field's length before it
-gets here (privacy.py), so the work per report is bounded twice.
+Pure, and linear in the length of the value: no pattern here can backtrack over a long run
+from many starting points (a repeated `(label\\.)+` group tried after every dot costs
+quadratic time on `a.a.a.a...`), and free repetitions are bounded. Each detector is
+skipped outright when the value lacks the character it needs (no `@`, no e-mail). The
+guard caps every value to its field's length, and the text of a whole report, before it
+gets here (privacy.py).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -76,45 +77,28 @@ _MAC_BARE = re.compile(
 _EMAIL = re.compile(r"[^\s@]@[^\s@]")
 _PATH = re.compile(r"(^|[\s=:,])(~|/|\\|[A-Za-z]:\\)|/[A-Za-z0-9._-]")
 _URL = re.compile(r"(?i)[a-z][a-z0-9+.-]{0,31}://")
-_TLDS = frozenset(
-    [
-        "com",
-        "net",
-        "org",
-        "edu",
-        "gov",
-        "mil",
-        "int",
-        "io",
-        "ai",
-        "dev",
-        "app",
-        "cloud",
-        "tech",
-        "info",
-        "biz",
-        "xyz",
-        "online",
-        "site",
-        "local",
-        "localdomain",
-        "internal",
-        "intranet",
-        "lan",
-        "corp",
-        "home",
-        "private",
-        "test",
-        "example",
-        "invalid",
-        "arpa",
-    ]
+# A name then a dot then a common or country-code top-level domain (or a private one such as
+# .local or .internal): one label is enough, and matching only one (not a repeated
+# `(label\.)+` group, which is tried again after every dot of a.a.a.a...) keeps this linear.
+# Library names like util.multiprocessing.Pool must not match.
+_TLDS = (
+    "com|net|org|edu|gov|mil|int|io|ai|dev|app|cloud|tech|info|biz|xyz|online|site|"
+    "local|localdomain|internal|intranet|lan|corp|home|private|test|example|invalid|arpa|"
+    "[a-z]{2}"
 )
-_NAME_RUN = re.compile(r"[A-Za-z0-9-]+")
-_HOST_RUN = re.compile(r"[A-Za-z0-9.-]+")
-_LABEL = re.compile(r"[A-Za-z0-9-]{1,63}")
-_LOWER_LABEL = re.compile(r"[a-z0-9-]{1,63}")
-_SIZE_WORDS = re.compile(r"(?i)nano|micro|small|medium|large|[0-9]{0,3}xlarge|metal")
+_FQDN = re.compile(
+    r"(?<![A-Za-z0-9-])[A-Za-z0-9-]{1,63}\.(?:" + _TLDS + r")(?![A-Za-z0-9])", re.I | re.A
+)
+# Host names whose last label is no public suffix (db7.prod.acme.corpnet): three or more
+# lower-case labels, or four or more in any case. Ray's library names (util.ActorPool,
+# util.multiprocessing.Pool) have a capital or fewer labels; instance types such as
+# ml.g5.xlarge end in a size word and are let through. Linear: the lookarounds exclude dots,
+# so a match is a whole run of name characters, tried from the run's start only.
+_DOTTED_HOST = re.compile(
+    r"(?<![A-Za-z0-9.-])(?:(?:[a-z0-9-]{1,63}\.){2,}[a-z][a-z0-9-]{0,62}"
+    r"|(?:[A-Za-z0-9-]{1,63}\.){3,}[A-Za-z][A-Za-z0-9-]{0,62})(?![A-Za-z0-9.-])"
+)
+_SIZE_WORD = re.compile(r"(?i).*\.(nano|micro|small|medium|large|[0-9]*xlarge|metal)")
 # IPv4 in the other forms inet_aton() takes: one number (167772161), hex (0x0a000001), and
 # short dotted forms (10.1, 10.0.1). A short form is only taken for an address when it lands
 # in a private, loopback, link-local or shared range: 3.11 is a Python version, not 3.0.0.11.
@@ -145,8 +129,6 @@ SECRET_WORDS = (
     r"credentials?|auth"
 )
 _SECRET = re.compile(r"(?i)(?:" + SECRET_WORDS + r")\s{0,16}[=:]")
-_TOKEN_SPLIT = re.compile(r"[^A-Za-z0-9-]+")
-_WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+")
 
 
 def _is_ipv6(text: str) -> bool:
@@ -167,7 +149,9 @@ def _ipv6_in(run: str, separator: str) -> bool:
     first, _, rest = run.partition(":")
     middle, _, last = rest.rpartition(":")
     trimmed = f"{first[-4:]}:{middle}:{last[:4]}"
-    return any(_is_ipv6(text) for text in (run, run.strip("."), run.strip(".:"), trimmed))
+    candidates = (run, run.strip("."), run.strip(".:"), trimmed)
+    # The longest IPv6 text is 45 characters: a longer candidate is no address.
+    return any(len(text) <= 45 and _is_ipv6(text) for text in candidates)
 
 
 def _looks_like_ipv6(value: str) -> bool:
@@ -203,101 +187,71 @@ def _looks_like_other_ipv4(value: str) -> bool:
     return False
 
 
-def _is_tld(label: str) -> bool:
-    """A common or country-code top-level domain, or a private one such as .local: the
-    label's letters up to a hyphen (db.example.com-1 ends in com)."""
-    head = label.split("-", 1)[0].lower()
-    return head in _TLDS or (len(head) == 2 and head.isascii() and head.isalpha())
-
-
-def _looks_like_fqdn(value: str) -> bool:
-    """A name (1-63 letters, digits, hyphens) then a dot then a top-level domain.
-
-    Library names like util.multiprocessing.Pool must not match: Pool is no TLD.
-    """
-    if "." not in value:
-        return False
-    previous = None
-    for match in _NAME_RUN.finditer(value):
-        if (
-            previous is not None
-            and previous.end() + 1 == match.start()
-            and value[previous.end()] == "."
-            and len(previous.group()) <= 63
-            and _is_tld(match.group())
-        ):
-            return True
-        previous = match
-    return False
-
-
-def _is_dotted_host(run: str) -> bool:
-    """Host names whose last label is no public suffix (db7.prod.acme.corpnet): three or
-    more lower-case labels, or four or more in any case. Ray's library names
-    (util.ActorPool, util.multiprocessing.Pool) have a capital or fewer labels; instance
-    types such as ml.g5.xlarge end in a size word and are let through."""
-    labels = run.split(".")
-    last = labels[-1]
-    if not (1 <= len(last) <= 63 and last[0].isascii() and last[0].isalpha()):
-        return False
-    if _SIZE_WORDS.fullmatch(last):
-        return False
-    if len(labels) >= 3 and all(_LOWER_LABEL.fullmatch(label) for label in labels):
-        return last[0].islower()
-    return len(labels) >= 4 and all(_LABEL.fullmatch(label) for label in labels)
-
-
 def _looks_like_host(value: str) -> bool:
-    return value.count(".") >= 2 and any(
-        _is_dotted_host(m.group()) for m in _HOST_RUN.finditer(value)
-    )
+    return any(not _SIZE_WORD.fullmatch(m.group()) for m in _DOTTED_HOST.finditer(value))
 
 
 def _is_mac(value: str) -> bool:
     return bool(_MAC.search(value) or _MAC_DOTTED.search(value) or _MAC_BARE.search(value))
 
 
-# (needs, check, reason): a check runs only when the value holds one of `needs` (an empty
-# tuple: always). In this order: the first hit names the reason.
-_Check = tuple[tuple[str, ...], Callable[[str], object], str]
-_DIGITS = tuple("0123456789")
+# (needs, check, reason): a check runs only when the value holds one of the characters in
+# `needs` (None: always). In this order: the first hit names the reason.
+_Check = tuple[frozenset[str] | None, Callable[[str], object], str]
+_DIGITS = "0123456789"
 _CHECKS: tuple[_Check, ...] = (
-    (("://",), _URL.search, "URL"),
-    (("@",), _EMAIL.search, "e-mail address"),
-    ((":",), _ARN.search, "AWS ARN"),
-    ((), _AWS_KEY.search, "AWS access key"),
-    (("=", ":"), _SECRET.search, "secret"),
-    ((":", "-", ".", *_DIGITS), _is_mac, "MAC address"),
-    (_DIGITS, _looks_like_ipv4, "IPv4 address"),
-    (_DIGITS, _AWS_ACCOUNT.search, "AWS account id"),
-    (_DIGITS, _looks_like_other_ipv4, "IPv4 address"),
-    ((":", "--"), _looks_like_ipv6, "IPv6 address"),
-    (("/", "\\", "~"), _PATH.search, "file system path"),
-    ((".",), lambda v: _looks_like_fqdn(v) or _looks_like_host(v), "host name"),
+    (frozenset(":"), _URL.search, "URL"),
+    (frozenset("@"), _EMAIL.search, "e-mail address"),
+    (frozenset(":"), _ARN.search, "AWS ARN"),
+    (None, _AWS_KEY.search, "AWS access key"),
+    (frozenset("=:"), _SECRET.search, "secret"),
+    (frozenset(":-." + _DIGITS), _is_mac, "MAC address"),
+    (frozenset(_DIGITS), _looks_like_ipv4, "IPv4 address"),
+    (frozenset(_DIGITS), _AWS_ACCOUNT.search, "AWS account id"),
+    (frozenset(_DIGITS), _looks_like_other_ipv4, "IPv4 address"),
+    (frozenset(":-"), _looks_like_ipv6, "IPv6 address"),
+    (frozenset("/\\~"), _PATH.search, "file system path"),
+    (frozenset("."), lambda v: _FQDN.search(v) or _looks_like_host(v), "host name"),
 )
 
 
+@functools.lru_cache(maxsize=8)
+def _patterns(known: KnownIdentifiers) -> tuple[re.Pattern[str] | None, ...]:
+    """One pattern per kind of this machine's names, built once: a name counts as a part of
+    a value between non-alphanumerics ("alice-laptop" and "node-alice-1" name alice)."""
+
+    def names(words: Iterable[str]) -> re.Pattern[str] | None:
+        alternatives = "|".join(sorted(map(re.escape, words), key=len, reverse=True))
+        return re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?![a-z0-9])") if words else None
+
+    homes = "|".join(sorted(map(re.escape, known.home_dirs), key=len, reverse=True))
+    return (
+        re.compile(homes) if homes else None,
+        names(known.host_names),
+        names(known.user_names),
+    )
+
+
 def _known_reason(value: str, known: KnownIdentifiers) -> str | None:
-    if any(home in value for home in known.home_dirs):
+    homes, hosts, users = _patterns(known)
+    if homes is not None and homes.search(value):
         return "home directory"
     lowered = value.lower()
-    tokens = {t for t in _TOKEN_SPLIT.split(lowered) if t}
-    # Also the parts between hyphens: "alice-laptop" or "node-alice-1" name alice too.
-    tokens |= {t for t in _WORD_SPLIT.split(lowered) if t}
-    if lowered in known.host_names or tokens & known.host_names:
+    if hosts is not None and hosts.search(lowered):
         return "this machine's host name"
-    if lowered in known.user_names or tokens & known.user_names:
+    if users is not None and users.search(lowered):
         return "a local user name"
-    items = {lowered, *(item.strip() for item in lowered.split(","))}
-    if items & known.account_names:
+    items = {lowered, *(item.strip() for item in lowered.split(","))} if "," in value else {lowered}
+    if not items.isdisjoint(known.account_names):
         return "a local account name"
     return None
 
 
 def identifying_reason(value: str, known: KnownIdentifiers) -> str | None:
     """Why a string looks like it identifies a person, host or address; None if it does not."""
+    present = frozenset(value)
     for needs, check, reason in _CHECKS:
-        if needs and not any(n in value for n in needs):
+        if needs is not None and needs.isdisjoint(present):
             continue
         if check(value):
             return reason

@@ -8,9 +8,11 @@ list item or tag is dropped, and each touch is returned as a `Redaction` that na
 field and the kind of problem, never the value itself.
 
 Bounded: a value longer than its field allows is refused before any pattern runs on it,
-at most `MAX_ITEMS` list items and tags are looked at, and every detector is linear. So the
-guard costs a few milliseconds on the largest report the collector takes (bench/guard.py)
-and runs on the event loop: a thread would add nothing but a hand-off.
+at most `MAX_ITEMS` list items and tags are looked at, at most `MAX_CHECKED_CHARS` of text
+per report go through the detectors (the rest is refused unread), and every detector is
+linear. So the guard's worst case is a few milliseconds whatever the report holds
+(bench/guard.py), and it runs on the event loop: a worker thread would still hold the GIL
+for that long, and would add a hand-off to every cycle.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ _NUMBERS = tuple(
 )
 # The operator's own tags (any name): the general tag shape.
 _ANY_TAG = TagShape(_TAGS.shape or re.compile("(?!)"), _TAGS.max_chars or 0)
+# The text the detectors read per report: Ray's reports carry a few KB, and this bounds the
+# guard's time whatever a report holds. Each value also costs `_VALUE_COST` characters'
+# worth (the fixed cost of running the detectors at all).
+MAX_CHECKED_CHARS = 8 << 10
+_VALUE_COST = 32
+_OVER_BUDGET = f"the report holds more text than the guard reads ({MAX_CHECKED_CHARS} characters)"
 _SECRET_NAME = re.compile(r"(?i)(?:^|[^a-z])(?:" + SECRET_WORDS + r")(?:$|[^a-z])")
 # A personal name as free text writes it: two or more capitalised words ("Alice Smith",
 # "Smith, Alice"). A name alone ("alice") cannot be told from a word; the operator's own tag
@@ -69,16 +77,28 @@ def _too_long(value: str, max_chars: int | None) -> str | None:
 class _Pass:
     known: KnownIdentifiers
     redactions: list[Redaction] = field(default_factory=list)
+    budget: int = MAX_CHECKED_CHARS
 
     def problem(
         self, value: str, shape: re.Pattern[str] | None, max_chars: int | None
     ) -> str | None:
         # The length first: no pattern ever runs on a value longer than its field allows.
-        reason = _too_long(value, max_chars) or identifying_reason(value, self.known)
+        reason = _too_long(value, max_chars) or self.spend(len(value))
+        if reason:
+            return reason
+        reason = identifying_reason(value, self.known)
         if reason:
             return reason
         if shape is None or not shape.fullmatch(value):  # no declared shape: nothing passes
             return "unexpected characters or length"
+        return None
+
+    def spend(self, chars: int) -> str | None:
+        cost = chars + _VALUE_COST
+        if cost > self.budget:
+            self.budget = 0
+            return _OVER_BUDGET
+        self.budget -= cost
         return None
 
     def scalar(self, spec: Field, value: str | None) -> str | None:
@@ -109,9 +129,7 @@ class _Pass:
             if index == MAX_ITEMS:
                 self.redactions.append(Redaction(_TAGS.name, f"more than {MAX_ITEMS} items"))
                 break
-            key_reason = self.problem(key, _TAGS.key_shape, MAX_TAG_KEY_CHARS) or (
-                "secret" if _SECRET_NAME.search(key) else None
-            )
+            key_reason = self.key_problem(key)
             if key_reason:
                 # The key itself is suspect: do not echo it, name its position.
                 self.redactions.append(Redaction(f"extra_usage_tags[#{index}]", key_reason))
@@ -122,6 +140,13 @@ class _Pass:
                 continue
             kept[key] = value
         return kept
+
+    def key_problem(self, key: str) -> str | None:
+        if key in RAY_TAG_SHAPES:  # Ray's own names: nothing to detect in them
+            return None
+        return self.problem(key, _TAGS.key_shape, MAX_TAG_KEY_CHARS) or (
+            "secret" if _SECRET_NAME.search(key) else None
+        )
 
     def tag_value(self, shape: TagShape, value: str) -> str | None:
         if shape.refused:
