@@ -92,8 +92,9 @@ _FQDN = re.compile(
 # Host names whose last label is no public suffix (db7.prod.acme.corpnet): three or more
 # lower-case labels, or four or more in any case. Ray's library names (util.ActorPool,
 # util.multiprocessing.Pool) have a capital or fewer labels; instance types such as
-# ml.g5.xlarge end in a size word and are let through. Linear: the lookarounds exclude dots,
-# so a match is a whole run of name characters, tried from the run's start only.
+# ml.g5.xlarge end in a size word, and versions (3.0.0.dev0) are let through. Linear: the
+# lookarounds exclude dots, so a match is a whole run of name characters, tried from the
+# run's start only.
 _DOTTED_HOST = re.compile(
     r"(?<![A-Za-z0-9.-])(?:(?:[a-z0-9-]{1,63}\.){2,}[a-z][a-z0-9-]{0,62}"
     r"|(?:[A-Za-z0-9-]{1,63}\.){3,}[A-Za-z][A-Za-z0-9-]{0,62})(?![A-Za-z0-9.-])"
@@ -187,8 +188,16 @@ def _looks_like_other_ipv4(value: str) -> bool:
     return False
 
 
+def _is_version(name: str) -> bool:
+    """Numbers then one word: a version such as Ray's nightly 3.0.0.dev0, not a host."""
+    return name.rpartition(".")[0].replace(".", "").isdigit()
+
+
 def _looks_like_host(value: str) -> bool:
-    return any(not _SIZE_WORD.fullmatch(m.group()) for m in _DOTTED_HOST.finditer(value))
+    return any(
+        not (_SIZE_WORD.fullmatch(m.group()) or _is_version(m.group()))
+        for m in _DOTTED_HOST.finditer(value)
+    )
 
 
 def _is_mac(value: str) -> bool:

@@ -47,7 +47,7 @@ _ANY_TAG = TagShape(_TAGS.shape or re.compile("(?!)"), _TAGS.max_chars or 0)
 # guard's time whatever a report holds. Each value also costs `_VALUE_COST` characters'
 # worth (the fixed cost of running the detectors at all).
 MAX_CHECKED_CHARS = 8 << 10
-_VALUE_COST = 32
+_VALUE_COST = 16
 _OVER_BUDGET = f"the report holds more text than the guard reads ({MAX_CHECKED_CHARS} characters)"
 _SECRET_NAME = re.compile(r"(?i)(?:^|[^a-z])(?:" + SECRET_WORDS + r")(?:$|[^a-z])")
 # A personal name as free text writes it: two or more capitalised words ("Alice Smith",

@@ -169,7 +169,7 @@ _CLASS_NAME = r"[A-Z][A-Za-z0-9_]{0,63}"  # TorchTrainer, PPO, Custom
 _NAME = r"[A-Za-z][A-Za-z0-9_]{0,63}"  # LlamaForCausalLM, vLLMEngineProcessorConfig
 _WORD = r"[a-z][a-z0-9_+]{0,31}"  # torch, local+sync, chat
 # Ray's accelerator type names: A10G, L4, A100-80G, NVIDIA_TESLA_V100, Intel-GPU-Max-1550.
-_ACCELERATOR = r"[A-Z0-9][A-Za-z0-9_]{0,31}(?:-[A-Za-z0-9_]{1,31}){0,4}"
+_ACCELERATOR = r"[A-Z0-9][A-Za-z0-9_]{0,31}(?:-[A-Za-z0-9_]{1,15}){0,3}"
 
 COUNT = TagShape(re.compile(r"[0-9]{1,15}"), 15, closed=True)
 # "1" from most *_used tags, True/False from the dashboard's; a count is never an identifier.
@@ -178,7 +178,7 @@ COUNTS = _listed(r"[0-9]{1,9}", 9)
 CLASS = TagShape(re.compile(_CLASS_NAME), 64)
 CLASSES = _listed(_CLASS_NAME, 64)
 NAMES = _listed(_NAME, 64)
-ACCELERATORS = _listed(_ACCELERATOR, 64)
+ACCELERATORS = _listed(_ACCELERATOR, 80)
 WORD = TagShape(re.compile(_WORD), 32)
 WORDS = _listed(_WORD, 32)
 ENV_NAMES = _listed(r"[A-Z][A-Z0-9_]{0,63}", 64)
