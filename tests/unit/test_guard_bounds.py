@@ -4,7 +4,7 @@ and detectors that find what the old backtracking patterns found."""
 from __future__ import annotations
 
 import re
-import re._parser as sre_parse
+import re._parser as sre_parse  # type: ignore[import-not-found]  # the width of a pattern
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
