@@ -1,4 +1,5 @@
-"""The names of Ray's own usage tags: the only tag names taken from the provider socket.
+"""The names of Ray's own usage tags (the only tag names taken from the provider socket), and
+the values each may carry (`RAY_TAG_SHAPES`, below).
 
 Ray records a usage tag under `extra_usage_tag_<name>` in the GCS, where <name> is a
 `TagKey` enum name lower-cased (ray/_private/usage/usage_lib.py, record_extra_usage_tag).
