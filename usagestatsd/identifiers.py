@@ -188,9 +188,12 @@ def _looks_like_other_ipv4(value: str) -> bool:
     return False
 
 
+_DOTTED_VERSION = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}\.(?:dev|post)[0-9]{0,4}")
+
+
 def _is_version(name: str) -> bool:
-    """Numbers then one word: a version such as Ray's nightly 3.0.0.dev0, not a host."""
-    return name.rpartition(".")[0].replace(".", "").isdigit()
+    """A release's dev or post form, such as Ray's nightly 3.0.0.dev0: not a host."""
+    return _DOTTED_VERSION.fullmatch(name) is not None
 
 
 def _looks_like_host(value: str) -> bool:
