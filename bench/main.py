@@ -37,6 +37,7 @@ from typing import TypeVar
 from bench import intake_accept
 from bench.against_ray import measure_ray, ray_python
 from bench.cycles import measure_cycles
+from bench.guard import guard_figures
 from bench.harness import PY, ROOT, cleanup
 from bench.idle import measure_idle
 from bench.memory import measure_memory
@@ -117,6 +118,8 @@ def _measure_all(run: Run, tmp: Path, quick: bool, skip_ray: bool) -> None:
         print("bench: 3/5 CPU per cycle", flush=True)
         plan = QUICK_PLAN if quick else FULL_PLAN
         run.cycles = _guarded(run, "cycles", lambda: measure_cycles(tmp / "cyc", plan)) or []
+        print("bench: the privacy guard's worst case (bench/guard.py; printed only)", flush=True)
+        _guarded(run, "guard", lambda: guard_figures(60))
         print("bench: 5/5 against Ray", flush=True)
         python = ray_python()
         if skip_ray or python is None:

@@ -12,6 +12,7 @@ so that state.json carries the planned time too.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol
@@ -174,8 +175,11 @@ class ReportCycle:
         if decision.status is not None:
             hold = Hold(STANDING_DOWN, decision.status)
             return CycleOutcome(Result.STOOD_DOWN, changed, hold=hold, beside=decision.beside)
-        for redaction in prepared.redactions:
-            log.warning("privacy.redacted", field=redaction.field, reason=redaction.reason)
+        # One event per field and reason: 250 refused instance types are one line, not 250.
+        named = Counter((r.field, r.reason) for r in prepared.redactions)
+        for (field, reason), values in named.items():
+            extra = {"values": values} if values > 1 else {}
+            log.warning("privacy.redacted", field=field, reason=reason, **extra)
         # The id this report carries is the session's from now on (pipeline.choose_session_id):
         # the reservation below already saves it, so a kill after the send cannot change it.
         remembered = replace(

@@ -45,7 +45,11 @@ SESSION_ID = re.compile(
     r"[0-9a-f]{32}|[0-9a-f]{56}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 )
 SOURCE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-RAY_VERSION = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}[A-Za-z0-9.+-]{0,32}")
+# Ray's own version forms only: a release (2.60.0), a release candidate (2.60.0rc1), a nightly
+# (3.0.0.dev0). No `+local` suffix: it is free text where a host or user name could ride along.
+RAY_VERSION = re.compile(
+    r"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}(?:(?:a|b|rc)[0-9]{1,4}|\.dev[0-9]{0,4}|\.post[0-9]{1,4})?"
+)
 PYTHON_VERSION = re.compile(r"[0-9]{1,2}\.[0-9]{1,3}\.[0-9]{1,3}[A-Za-z0-9.+]{0,16}")
 GIT_COMMIT = re.compile(r"[0-9a-f]{7,40}")
 OS = re.compile(r"[a-z][a-z0-9]{0,15}")
@@ -57,7 +61,11 @@ HARDWARE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,63}")
 # A tag key, from the provider or the operator's RAY_USAGE_STATS_EXTRA_TAGS (settings.py).
 MAX_TAG_KEY_CHARS = 64
 TAG_KEY_RE = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_TAG_KEY_CHARS}}}")
-TAG_VALUE = re.compile(r"[A-Za-z0-9 _.,:+=-]{0,256}")
+MAX_TAG_VALUE_CHARS = 256
+TAG_VALUE = re.compile(rf"[A-Za-z0-9 _.,:+=-]{{0,{MAX_TAG_VALUE_CHARS}}}")
+# The most list items or tags the guard looks at; the rest are dropped (Ray's reports carry
+# a few; the collector refuses more than this many).
+MAX_ITEMS = 256
 
 # Privacy limits: upper bounds for counts and sizes; beyond these a value is a lie or an attack.
 _YEAR_2100_MS = 4_102_444_800_000
@@ -75,6 +83,9 @@ class Field:
     # The privacy guard's shape for a string, for each item of a list, for each map value.
     shape: re.Pattern[str] | None = None
     key_shape: re.Pattern[str] | None = None  # a map's keys
+    # The longest string (or item, or map value) the shape can match: a longer one is
+    # refused before any pattern runs on it (tests/unit/test_fields.py checks the bound).
+    max_chars: int | None = None
     # The privacy guard's upper bound for a count or size (None: not checked).
     limit: int | float | None = None
     since: int = BASE_VERSION  # the consent field-set version that added the field
@@ -100,32 +111,38 @@ _S, _I, _N, _L, _M = Json.STRING, Json.INTEGER, Json.NUMBER, Json.STRING_LIST, J
 # Ray's order: the key order of the body Ray 2.60 sends (tests/data/ray-2.60.0).
 FIELDS: tuple[Field, ...] = (
     Field("schema_version", _S, const=SCHEMA_VERSION, redactable=False),
-    Field("source", _S, shape=SOURCE, redactable=False),
+    Field("source", _S, shape=SOURCE, max_chars=64, redactable=False),
     Field("collect_timestamp_ms", _I, limit=_YEAR_2100_MS, redactable=False),
     Field("total_success", _I, redactable=False),
     Field("total_failed", _I, redactable=False),
     Field("seq_number", _I, redactable=False),
-    Field("ray_version", _S, nullable=True, shape=RAY_VERSION),
-    Field("python_version", _S, nullable=True, shape=PYTHON_VERSION),
-    Field("session_id", _S, shape=SESSION_ID, redactable=False),
-    Field("git_commit", _S, nullable=True, shape=GIT_COMMIT),
-    Field("os", _S, nullable=True, shape=OS),
+    Field("ray_version", _S, nullable=True, shape=RAY_VERSION, max_chars=23),
+    Field("python_version", _S, nullable=True, shape=PYTHON_VERSION, max_chars=26),
+    Field("session_id", _S, shape=SESSION_ID, max_chars=56, redactable=False),
+    Field("git_commit", _S, nullable=True, shape=GIT_COMMIT, max_chars=40),
+    Field("os", _S, nullable=True, shape=OS, max_chars=16),
     Field("session_start_timestamp_ms", _I, nullable=True, limit=_YEAR_2100_MS),
-    Field("cloud_provider", _S, nullable=True, shape=CLOUD_PROVIDER),
+    Field("cloud_provider", _S, nullable=True, shape=CLOUD_PROVIDER, max_chars=32),
     Field("min_workers", _I, nullable=True, limit=_MAX_WORKERS),
     Field("max_workers", _I, nullable=True, limit=_MAX_WORKERS),
-    Field("head_node_instance_type", _S, nullable=True, shape=INSTANCE_TYPE),
-    Field("worker_node_instance_types", _L, nullable=True, shape=INSTANCE_TYPE),
+    Field("head_node_instance_type", _S, nullable=True, shape=INSTANCE_TYPE, max_chars=64),
+    Field("worker_node_instance_types", _L, nullable=True, shape=INSTANCE_TYPE, max_chars=64),
     Field("total_num_cpus", _I, nullable=True, limit=1_000_000_000),
     Field("total_num_gpus", _I, nullable=True, limit=100_000_000),
     Field("total_memory_gb", _N, nullable=True, limit=_MAX_GB),
     Field("total_object_store_memory_gb", _N, nullable=True, limit=_MAX_GB),
-    Field("library_usages", _L, shape=LIBRARY),
-    Field("extra_usage_tags", _M, shape=TAG_VALUE, key_shape=TAG_KEY_RE),
+    Field("library_usages", _L, shape=LIBRARY, max_chars=64),
+    Field(
+        "extra_usage_tags",
+        _M,
+        shape=TAG_VALUE,
+        key_shape=TAG_KEY_RE,
+        max_chars=MAX_TAG_VALUE_CHARS,
+    ),
     Field("total_num_nodes", _I, nullable=True, limit=10_000_000),
     Field("total_num_running_jobs", _I, nullable=True, limit=100_000_000),
-    Field("libc_version", _S, nullable=True, shape=LIBC_VERSION, since=2),
-    Field("hardware_usages", _L, shape=HARDWARE, since=2),
+    Field("libc_version", _S, nullable=True, shape=LIBC_VERSION, max_chars=36, since=2),
+    Field("hardware_usages", _L, shape=HARDWARE, max_chars=64, since=2),
 )
 
 REPORT_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS)

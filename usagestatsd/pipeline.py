@@ -25,16 +25,18 @@ RAY_CLUSTER_ID = re.compile(r"[0-9a-f]{56}")
 
 
 def collect_known_identifiers() -> KnownIdentifiers:
-    """This machine's host names and human users' names and homes, for the privacy guard."""
+    """This machine's host names, human users' names and homes, and every account name,
+    for the privacy guard."""
     hosts = {socket.gethostname()}
     with contextlib.suppress(OSError), open("/etc/hostname") as handle:
         hosts.add(handle.read().strip())
-    users, homes = set(), set()
+    users, homes, accounts = set(), set(), set()
     for entry in pwd.getpwall():
         homes.add(entry.pw_dir)
+        accounts.add(entry.pw_name)  # a value that is an account name names someone here
         if entry.pw_uid >= 1000 and entry.pw_uid != 65534:
             users.add(entry.pw_name)
-    return KnownIdentifiers.of(hosts, users, homes)
+    return KnownIdentifiers.of(hosts, users, homes, accounts)
 
 
 @dataclass(frozen=True)

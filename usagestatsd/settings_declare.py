@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,16 +25,46 @@ T = TypeVar("T")
 Parser = Callable[[object], Any]
 
 
+# Where the credentials of a URL end: the text's next space or quote (not its next `/`: a
+# password may hold one, and a masked path costs nothing).
+_URL_TEXT_END = re.compile(r"[\s'\"]")
+
+
+def mask_credentials(text: str) -> str:
+    """`text` with the credentials of every URL or DSN in it masked: `https://user:***@host/`
+    (a user name alone stays, a token alone becomes `***`). Linear in the text."""
+    out = []
+    pos = 0
+    while (scheme_end := text.find("://", pos)) != -1:
+        begin = scheme_end + 3
+        end_match = _URL_TEXT_END.search(text, begin)
+        end = end_match.start() if end_match else len(text)
+        at = text.rfind("@", begin, end)
+        if at == -1:
+            out.append(text[pos:end])
+            pos = end
+            continue
+        user, colon, _ = text[begin:at].partition(":")
+        out.append(text[pos:begin] + (f"{user}:***" if colon else "***"))
+        pos = at
+    out.append(text[pos:])
+    return "".join(out)
+
+
 class SettingsError(Exception):
-    """A setting has a value that is not accepted; the message says all an operator needs."""
+    """A setting has a value that is not accepted; the message says all an operator needs.
+
+    An endpoint URL or database DSN in the value is shown with its credentials masked.
+    """
 
     def __init__(self, name: str, source: str, value: object, accepted: str) -> None:
         self.name = name
         self.source = source
         self.value = value
         self.accepted = accepted
-        shown = value if isinstance(value, str) else repr(value)
-        if isinstance(shown, str) and len(shown) > 200:
+        # Masked before it is shortened: a cut could leave a password without its `@`.
+        shown = mask_credentials(value if isinstance(value, str) else repr(value))
+        if len(shown) > 200:
             shown = shown[:200] + "..."
         super().__init__(
             f"invalid setting {name} from {source}: {shown!r} is not accepted; expected {accepted}"
