@@ -31,6 +31,7 @@ from usagestatsd.running import Beside
 from usagestatsd.sender import send_report
 from usagestatsd.session import Session, still_there, write_usage_stats
 from usagestatsd.settings import Settings
+from usagestatsd.sources import Failure
 from usagestatsd.state import (
     EndpointResult,
     LastReport,
@@ -166,7 +167,9 @@ class ReportCycle:
         # A stopped head is one info line, an unreadable one one warning: not one per socket.
         if refusal is None or refusal.kind.source_warnings:
             for problem in prepared.facts.problems:
-                log.warning("cluster.source_failed", source=problem.source, problem=problem.problem)
+                # A head just started has no autoscaler report yet: not worth a warning.
+                level = log.info if problem.failure is Failure.NOT_YET else log.warning
+                level("cluster.source_failed", source=problem.source, problem=problem.problem)
         if refusal is not None:
             return CycleOutcome(Result.REFUSED, changed, refusal, self._refuse(session, refusal))
         if await self.beside.wait_for_ray(_session_start_ms(prepared), self._now_ms()):

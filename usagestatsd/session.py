@@ -36,9 +36,23 @@ _SESSION_ARG = b"--session-name="
 _FIRST_PERSONAL_UID = 1000
 
 
+_OVERFLOW_UID = 65534
+
+
+def _in_user_namespace() -> bool:
+    """Whether uids are mapped (the unit's PrivateUsers=): then others show as 65534."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as handle:
+            return handle.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
 def user_label(uid: int) -> str:
     """`ray (uid 999)` for root and system accounts; `uid 1000` for anyone else."""
-    if uid >= _FIRST_PERSONAL_UID and uid != 65534:
+    if uid == _OVERFLOW_UID and _in_user_namespace():
+        return "a user outside the service's sandbox (shown as uid 65534)"
+    if uid >= _FIRST_PERSONAL_UID and uid != _OVERFLOW_UID:
         return f"uid {uid}"
     try:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"

@@ -37,6 +37,7 @@ class Failure(Enum):
     ABSENT = "absent"  # the socket file is not there
     NOBODY_LISTENS = "nobody listens"  # the connection was refused (ECONNREFUSED)
     HOLDER_UNSEEN = "holder unseen"  # a listener whose process this user cannot see
+    NOT_YET = "not yet"  # the source has nothing yet: ordinary in a session just started
 
 
 class SourceError(Exception):
@@ -203,7 +204,9 @@ def parse_cluster_status(doc: Any) -> ResourceTotals:
         raise SourceError(source, "no loadMetricsReport.usage in the reply")
     usage = load["usage"]
     if not usage:
-        raise SourceError(source, "no resource usage yet (the autoscaler has not reported)")
+        raise SourceError(
+            source, "no resource usage yet (the autoscaler has not reported)", Failure.NOT_YET
+        )
     cpus = _usage_total(source, usage, "CPU")
     gpus = _usage_total(source, usage, "GPU")
     mem = _usage_total(source, usage, "memory")

@@ -71,13 +71,14 @@ in_c systemctl enable --now ray-head.service >/dev/null 2>&1; check "systemctl e
 wait_for 120 in_c sh -c 'usagestatsd setup | grep -q "Ray on this machine"'
 check "setup finds the running Ray" $? "$(secs $(($(now_ms) - t_ray))) after ray start"
 # Before setup, the service (root) does not trust Ray's files (user ray): it says so.
-wait_for 15 in_c sh -c 'journalctl -q -o cat -u usagestatsd | grep -q "^session.untrusted"'
+wait_for 15 in_c sh -c 'journalctl -q -o cat -u usagestatsd | grep -q "^session.untrusted.*fix=\"sudo usagestatsd setup\""'
 check "before setup: journal names Ray's user and 'sudo usagestatsd setup'" $? \
     "$(in_c journalctl -q -o cat -u usagestatsd | grep -m1 '^session.untrusted' | cut -c1-150)"
 st=$(in_c usagestatsd status 2>&1)
 grep -q "none trusted: Ray's files under /tmp/ray belong to ray (uid [0-9]*)" <<<"$st"
 check "before setup: usagestatsd status names Ray's user" $? "$(grep -m1 'Session:' <<<"$st" | cut -c1-150)"
-grep -q "Not reporting: Ray's files" <<<"$(prop StatusText)"; check "before setup: STATUS= names it too" $? "$(prop StatusText | cut -c1-120)"
+grep -q "Not reporting: Ray's files under /tmp/ray belong to .*run: sudo usagestatsd setup" <<<"$(prop StatusText)"
+check "before setup: STATUS= names it too" $? "$(prop StatusText | cut -c1-160)"
 out=$(in_c usagestatsd setup 2>&1); rc=$?
 echo "$out" >"$wd/setup-1.txt"
 sed 's/^/    | /' "$wd/setup-1.txt"
