@@ -12,6 +12,9 @@ from tests.support.processes import daemon_env, run_cli, running_daemon
 from usagestatsd.demo import DemoCluster
 
 PROTOCOL = "usagestatsd-deletion/1"
+DELETION_TOKEN = "deletion-token-0123456789abcdef"
+DELETION_ENV = {"USAGESTATSD_COLLECTOR_DELETION_TOKENS": DELETION_TOKEN}
+DELETION_AUTH = {"Authorization": f"Bearer {DELETION_TOKEN}"}
 
 
 def _rows_mentioning(db: Path, session_id: str) -> int:
@@ -103,3 +106,28 @@ def test_deletion_requests_are_checked(collector: CollectorProcess) -> None:
     assert collector.get("/api/fleet").json()["reports_stored"] == 1
     ok = collector.post({"protocol": PROTOCOL, "session_ids": [sid, "ffffffffffff"]}, "delete")
     assert ok.json() == {"deleted_sessions": 1, "deleted_reports": 1}
+
+
+def _database_bytes(state_dir: Path) -> bytes:
+    """Every byte of every file the database uses (main file, -wal, -shm, any journal)."""
+    return b"".join(p.read_bytes() for p in sorted(state_dir.iterdir()) if p.is_file())
+
+
+def test_answered_deletion_leaves_no_copy_in_any_database_file(tmp_path: Path) -> None:
+    """While the collector keeps running, right after its 200, no file it writes (the
+    write-ahead log included) holds the deleted session's id; another session's stays."""
+    sid, kept = "5e55105e5e55105e5e55105e5e55105e", "4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b"
+    with running_collector(tmp_path / "state", env=DELETION_ENV) as collector:
+        for seq in range(5):
+            assert collector.post(sample_report(sid, seq)).status == 200
+        assert collector.post(sample_report(kept, 0)).status == 200
+        assert sid.encode() in _database_bytes(collector.state_dir)
+        answer = collector.post(
+            {"protocol": PROTOCOL, "session_ids": [sid]}, "delete", DELETION_AUTH
+        )
+        assert answer.json() == {"deleted_sessions": 1, "deleted_reports": 5}
+        files = sorted(p.name for p in collector.state_dir.iterdir())
+        raw = _database_bytes(collector.state_dir)
+        assert sid.encode() not in raw, files
+        assert kept.encode() in raw
+        assert collector.get(f"/api/sessions/{kept}").status == 200

@@ -113,6 +113,10 @@ class SqlStore:
         if rows:
             conn.cursor().executemany(self.sql(text), rows)
 
+    def scrub(self) -> None:
+        """After a committed deletion: make the backend drop the old copies it still holds
+        (SQLite's write-ahead log, PostgreSQL's dead tuples)."""
+
     def recover(self, which: str) -> None:
         """After a failed statement: replace a broken connection ('write' or 'read')."""
 
@@ -205,6 +209,7 @@ class SqlStore:
                 self.run(self._w, "DELETE FROM session_facets WHERE session_id = ?", (sid,))
                 self.run(self._w, "DELETE FROM session_days WHERE session_id = ?", (sid,))
             self._count_removed(removed)
+        self.scrub()
         return known, removed
 
     def expire(self, cutoff_ms: int) -> int:
@@ -229,6 +234,8 @@ class SqlStore:
                 (cutoff_ms, cutoff_ms),
             )
             self._count_removed(removed)
+        if removed:
+            self.scrub()
         return removed
 
     def _count_removed(self, removed: int) -> None:
