@@ -164,3 +164,38 @@ def test_retention_setting_expires_old_reports_at_start(tmp_path: Path) -> None:
         assert c.get(f"/api/sessions/{'aa' * 16}").status == 404
         assert c.get("/api/fleet").json()["reports_stored"] == 1
         assert "reports_expired_total 1" in c.get("/metrics").body.decode()
+
+
+@pytest.mark.postgres
+def test_postgres_deletion_leaves_no_tuple_holding_the_session(postgres: PostgresServer) -> None:
+    """What docs/collector.md promises for PostgreSQL: once deletion returns, no tuple of the
+    collector's tables (dead ones included, read page by page with pageinspect) holds the id."""
+    import psycopg
+
+    from usagestatsd.collector.store_postgres import PostgresStore
+
+    dsn = _fresh_database(postgres)
+    store = PostgresStore(dsn)
+    store.migrate()
+    sid, kept = "d1" * 16, "e2" * 16
+    try:
+        store.ingest([accepted(sid, n) for n in range(20)] + [accepted(kept, 0)], NOW)
+        assert store.delete_sessions([sid]) == (1, 20)
+    finally:
+        store.close()
+    tables = ("reports", "sessions", "session_facets", "session_days")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        held: dict[str, int] = {}
+        for table in tables:
+            pages = conn.execute(f"SELECT pg_relation_size('{table}') / 8192").fetchone()
+            assert pages is not None
+            rows = conn.execute(
+                "SELECT t_data FROM generate_series(0, %s - 1) AS page, "
+                "LATERAL heap_page_items(get_raw_page(%s, page::int)) WHERE t_data IS NOT NULL",
+                (int(pages[0]), table),
+            ).fetchall()
+            held[table] = sum(1 for (data,) in rows if sid.encode() in bytes(data))
+            if table == "reports":
+                assert any(kept.encode() in bytes(data) for (data,) in rows)
+    assert held == dict.fromkeys(tables, 0)
