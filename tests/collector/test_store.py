@@ -116,7 +116,8 @@ def test_collector_process_on_postgres(postgres: PostgresServer, tmp_path: Path)
     """The real collector with a DSN: ingest, duplicate, page data, deletion."""
     dsn = _fresh_database(postgres)
     sid = "ab" * 16
-    with running_collector(tmp_path / "state", ["--database-url", dsn]) as c:
+    deletion = {"USAGESTATSD_COLLECTOR_DELETION_TOKENS": "deletion-token-0123456789"}
+    with running_collector(tmp_path / "state", ["--database-url", dsn], env=deletion) as c:
         listening = c.events("collector.listening", at_least=1)[0]
         assert listening["backend"] == "postgresql"
         assert c.post(sample_report(sid, 0)).json()["duplicate"] is False
@@ -124,7 +125,8 @@ def test_collector_process_on_postgres(postgres: PostgresServer, tmp_path: Path)
         assert c.get("/api/fleet").json()["clusters"]["seen_24h"] == 1
         assert "Ray fleet usage" in c.get("/").body.decode()
         body = {"protocol": "usagestatsd-deletion/1", "session_ids": [sid]}
-        assert c.post(body, "delete").status == 200
+        auth = {"Authorization": "Bearer deletion-token-0123456789"}
+        assert c.post(body, "delete", auth).status == 200
         assert c.get(f"/api/sessions/{sid}").status == 404
         c.stop()
         logs = "\n".join(c.lines)
@@ -136,7 +138,8 @@ def test_collector_process_on_postgres(postgres: PostgresServer, tmp_path: Path)
 def test_collector_survives_a_postgres_restart(postgres: PostgresServer, tmp_path: Path) -> None:
     """The server restarts: at most a 503 (Retry-After) for the batch that hit it, then 200s."""
     dsn = _fresh_database(postgres)
-    with running_collector(tmp_path / "state", ["--database-url", dsn]) as c:
+    deletion = {"USAGESTATSD_COLLECTOR_DELETION_TOKENS": "deletion-token-0123456789"}
+    with running_collector(tmp_path / "state", ["--database-url", dsn], env=deletion) as c:
         assert c.post(sample_report("ab" * 16, 0)).status == 200
         postgres.restart()
         answers = [c.post(sample_report("ab" * 16, seq)) for seq in range(1, 4)]

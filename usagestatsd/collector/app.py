@@ -155,7 +155,16 @@ class Collector:
     async def delete(self, request: web.Request) -> web.Response:
         """POST /delete: usagestatsd-deletion/1."""
         settings, metrics = self.settings, self.metrics
-        if not _authorised(request, settings.deletion_tokens or settings.ingest_tokens):
+        if not settings.deletion_tokens:
+            # Never the ingest tokens: every head holds those, and a deletion is final.
+            log.warning("deletion.disabled", reason="no deletion_tokens are set")
+            return web.json_response(
+                {"error": "deletion is not enabled on this collector (no deletion token)"},
+                status=403,
+            )
+        # Without the deletion token every request gets the same 401, whatever the ids:
+        # whether a session is held (404 or 200) is told only to the token's holder.
+        if not _authorised(request, settings.deletion_tokens):
             return _unauthorised(metrics, "deletion")
         ids = _deletion_ids(await request.read())
         if isinstance(ids, str):

@@ -6,6 +6,7 @@ daemon) naming the setting, where it came from and what is accepted, and the CLI
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ DEFAULT_SETTINGS_FILE = Path("/etc/usagestatsd-collector/collector.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/usagestatsd-collector")
 DEFAULT_PORT = 18924
 MAX_SETTINGS_FILE_BYTES = 1 << 20
+MASKED = "(withheld)"
+# Values never echoed in an error: a token, or a DSN's password.
+SECRET_SETTINGS = ("ingest_tokens", "deletion_tokens")
+_DSN_PASSWORD = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@|(password=)[^&\s]*", re.IGNORECASE)
 
 
 def parse_listen(raw: object) -> tuple[str, int]:
@@ -176,13 +181,50 @@ def read_settings_file(path: Path, explicit: bool) -> dict[str, Any]:
     return table
 
 
+def mask_dsn(text: str) -> str:
+    """A database URL with its password (userinfo or `password=` parameter) withheld."""
+    return _DSN_PASSWORD.sub(
+        lambda m: (m.group(1) or m.group(2)) + "***" + ("@" if m.group(1) else ""), text
+    )
+
+
+def _masked(exc: SettingsError) -> SettingsError:
+    """The same error, its value withheld when it may be a secret (a token, a password, or
+    any value of an unknown key: a misspelt `ingest_token` is still a token)."""
+    if exc.name == "database_url" and isinstance(exc.value, str):
+        value: object = mask_dsn(exc.value)
+    elif exc.name in SECRET_SETTINGS or exc.name not in (*SETTING_NAMES, "config"):
+        value = MASKED
+    else:
+        return exc
+    return SettingsError(exc.name, exc.source, value, exc.accepted)
+
+
 def load_settings(
     env: Mapping[str, str], cli: Mapping[str, object] | None = None, path: Path | None = None
 ) -> CollectorSettings:
-    """Build the settings from every layer; raises SettingsError on the first bad value."""
+    """Build the settings from every layer; raises SettingsError on the first bad value,
+    never quoting a secret."""
+    try:
+        return _load(env, cli, path)
+    except SettingsError as exc:
+        raise _masked(exc) from None
+
+
+def _load(
+    env: Mapping[str, str], cli: Mapping[str, object] | None, path: Path | None
+) -> CollectorSettings:
     file_path = path or DEFAULT_SETTINGS_FILE
     file_values = read_settings_file(file_path, path is not None)
     got = gather(DECLARED, file_values, f"settings file {file_path}", env, cli or {})
+    shared = set(got.values.get("ingest_tokens", ())) & set(got.values.get("deletion_tokens", ()))
+    if shared:
+        raise SettingsError(
+            "deletion_tokens",
+            "the settings",
+            MASKED,
+            "tokens that are not also ingest tokens (every head holds those)",
+        )
     return CollectorSettings(
         settings_file=file_path if file_values else None,
         notify_socket=env.get("NOTIFY_SOCKET") or None,

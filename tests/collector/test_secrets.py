@@ -1,0 +1,93 @@
+"""Tokens and passwords: deletion has its own token, and no secret is ever echoed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.collector.harness import Answer, http, run_collector, running_collector, sample_report
+from tests.support.hostile import as_user, needs_root
+
+PROTOCOL = "usagestatsd-deletion/1"
+INGEST = "ingest-token-0123456789abcdef"
+DELETION = "deletion-token-fedcba9876543210"
+HELD, UNKNOWN = "ab" * 16, "cd" * 16
+
+
+def _delete_as_nobody(url: str, token: str, session_id: str) -> Answer:
+    """POST /delete from a process of the local user nobody (anyone on the machine)."""
+
+    def attack() -> str:
+        body = json.dumps({"protocol": PROTOCOL, "session_ids": [session_id]}).encode()
+        auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        answer = http(url + "delete", body, auth)
+        return json.dumps([answer.status, answer.body.decode()])
+
+    status, body = json.loads(as_user(attack))
+    return Answer(status, {}, body.encode())
+
+
+@needs_root
+def test_the_ingest_token_deletes_nothing_and_tells_nothing(tmp_path: Path) -> None:
+    """A holder of the ingest token (every head has it) cannot delete a session, and is told
+    the same for a held and an unknown id; the deletion token's holder still can."""
+    env = {
+        "USAGESTATSD_COLLECTOR_INGEST_TOKENS": INGEST,
+        "USAGESTATSD_COLLECTOR_DELETION_TOKENS": DELETION,
+    }
+    with running_collector(tmp_path / "state", env=env) as c:
+        auth = {"Authorization": f"Bearer {INGEST}"}
+        assert c.post(sample_report(HELD, 0), headers=auth).status == 200
+        held = _delete_as_nobody(c.url, INGEST, HELD)
+        unknown = _delete_as_nobody(c.url, INGEST, UNKNOWN)
+        assert (held.status, held.body) == (unknown.status, unknown.body)
+        assert held.status == 401
+        assert c.get(f"/api/sessions/{HELD}").status == 200
+        assert _delete_as_nobody(c.url, DELETION, UNKNOWN).status == 404
+        assert _delete_as_nobody(c.url, DELETION, HELD).status == 200
+        assert c.get(f"/api/sessions/{HELD}").status == 404
+
+
+@needs_root
+def test_without_a_deletion_token_deletion_is_disabled(tmp_path: Path) -> None:
+    """No deletion token set: nobody deletes anything (403, the same for every id), and the
+    collector says so at start and on each refused request."""
+    with running_collector(tmp_path / "state") as c:
+        assert c.post(sample_report(HELD, 0)).status == 200
+        held = _delete_as_nobody(c.url, "any-token-0123456789abcdef", HELD)
+        unknown = _delete_as_nobody(c.url, "any-token-0123456789abcdef", UNKNOWN)
+        assert held.status == unknown.status == 403
+        assert held.body == unknown.body
+        assert c.get(f"/api/sessions/{HELD}").status == 200
+        assert c.events("deletion.disabled", at_least=2)
+
+
+def test_a_deletion_token_that_is_also_an_ingest_token_is_refused() -> None:
+    """Exit 78, naming deletion_tokens, without quoting either token."""
+    env = {
+        "USAGESTATSD_COLLECTOR_INGEST_TOKENS": f"{INGEST},{DELETION}",
+        "USAGESTATSD_COLLECTOR_DELETION_TOKENS": DELETION,
+    }
+    result = run_collector(["serve", "--config", "/dev/null"], env)
+    assert result.returncode == 78, result
+    assert "invalid setting deletion_tokens" in result.stderr
+    assert DELETION not in result.stderr and INGEST not in result.stderr
+
+
+def test_settings_errors_never_quote_a_secret(tmp_path: Path) -> None:
+    """A bad token, a bad DSN with a password, a misspelt token key: named, never quoted."""
+    secret = "hunter2-hunter2-hunter2"
+    misspelt = tmp_path / "collector.toml"
+    misspelt.write_text(f'ingest_token = ["{secret}"]\n')
+    cases = [
+        (["--config", "/dev/null"], {"USAGESTATSD_COLLECTOR_INGEST_TOKENS": f"{secret} x"}),
+        (["--config", "/dev/null"], {"USAGESTATSD_COLLECTOR_DELETION_TOKENS": f"{secret}\u00e9"}),
+        (["--config", "/dev/null", "--database-url", f"mysql://u:{secret}@db/x"], {}),
+        (["--config", "/dev/null", "--database-url", f"mysql://db/x?password={secret}"], {}),
+        (["--config", str(misspelt)], {}),
+    ]
+    for args, env in cases:
+        result = run_collector(["serve", *args], env)
+        assert result.returncode == 78, (args, result)
+        assert "invalid setting" in result.stderr
+        assert secret not in result.stderr, result.stderr
