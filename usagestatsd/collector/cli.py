@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from usagestatsd import __version__, logs
 from usagestatsd.collector.app import Collector
+from usagestatsd.collector.listener import IDLE_DEADLINE_S, Listener
 from usagestatsd.collector.migrations import SchemaTooNew
 from usagestatsd.collector.settings import CollectorSettings, load_settings
 from usagestatsd.collector.store import DAY_MS, SqlStore
@@ -31,6 +33,7 @@ from usagestatsd.systemd import Notifier
 
 EXIT_CONFIG = 78
 RETENTION_EVERY_S = 3600.0
+FD_RESERVE = 64  # descriptors kept for the database, the log and the listening socket
 log = structlog.get_logger()
 
 
@@ -92,6 +95,35 @@ def open_store(settings: CollectorSettings) -> SqlStore:
     return store
 
 
+def _server(runner: web.AppRunner) -> web.Server:
+    assert runner.server is not None  # set up before the first connection is accepted
+    return runner.server
+
+
+def _connection_cap(wanted: int) -> int:
+    """`max_connections`, within the descriptors the process may open.
+
+    The soft limit is raised to the hard one (systemd's LimitNOFILE= sets both); what is
+    left after a reserve for the database and the log is the most connections held at once,
+    so accepting never runs out of descriptors.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted + FD_RESERVE and soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    cap = min(wanted, soft - FD_RESERVE)
+    if cap < wanted:
+        log.warning(
+            "collector.connections_capped",
+            max_connections=wanted,
+            cap=cap,
+            open_files_limit=soft,
+            hint="raise LimitNOFILE= (the unit sets 8192)",
+        )
+    return max(cap, 1)
+
+
 async def _retention(collector: Collector, days: int) -> None:
     while True:
         cutoff = int(time.time() * 1000) - days * DAY_MS
@@ -115,17 +147,20 @@ async def serve(settings: CollectorSettings, store: SqlStore) -> int:
     loop = asyncio.get_running_loop()
     writer = Writer(store, loop)
     collector = Collector(settings, store, writer)
-    runner = web.AppRunner(collector.app(), access_log=None)  # no access log: no addresses
+    app = collector.app()
+    listener = Listener(lambda: _server(runner)(), _connection_cap(settings.max_connections))
+    app.middlewares.append(listener.middleware)
+    # No access log: no addresses. aiohttp's own keep-alive timer agrees with ours.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_DEADLINE_S)
     await runner.setup()
     host, port = settings.listen
     notifier = Notifier(settings.notify_socket)
     try:
         try:
-            await web.TCPSite(runner, host, port, backlog=1024).start()
+            bound = listener.listen(host, port)
         except OSError as exc:
             log.error("collector.listen_failed", listen=f"{host}:{port}", error=exc.strerror)
             return 1
-        bound = runner.addresses[0][1] if runner.addresses else port
         where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -147,6 +182,7 @@ async def serve(settings: CollectorSettings, store: SqlStore) -> int:
         log.info("collector.stopping")
         return 0
     finally:
+        await listener.stop()
         await runner.cleanup()
         await asyncio.to_thread(writer.stop)
         notifier.close()

@@ -138,6 +138,7 @@ class CollectorSettings:
     )
     max_report_bytes: int = setting(64 << 10, _integer(4096, 16 << 20))
     max_pending: int = setting(5000, _integer(10, 1_000_000))
+    max_connections: int = setting(512, _integer(16, 1 << 20))
     log_format: LogFormat = setting(
         "auto", _choice(LOG_FORMATS), env=("USAGESTATSD_COLLECTOR_LOG_FORMAT",), flag=Flag()
     )

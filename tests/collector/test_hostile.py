@@ -1,0 +1,116 @@
+"""Hostile senders, run as the local user nobody: whatever they send or hold open, an honest
+sender is answered, the collector's descriptors and log stay bounded."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import select
+import socket
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.collector.harness import CollectorProcess, running_collector, sample_report
+from tests.support.hostile import as_user, needs_root, running_as
+
+IDLE_CONNECTIONS = 1100
+DESCRIPTORS = 1024  # what the collector may open: a common default soft limit
+SENDER_TIMEOUT_S = 10.0  # Ray's own reporter gives up after 10 s
+# Loaded now: the child acting as nobody cannot import from root's interpreter directory.
+"127.0.0.1".encode("idna")
+
+
+@contextlib.contextmanager
+def descriptor_limit(limit: int) -> Iterator[None]:
+    """Processes started in the block start with a soft limit of `limit` descriptors."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+def _open_idle(url: str, count: int) -> list[socket.socket]:
+    """`count` connections that never send a byte."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    held = []
+    for _ in range(count):
+        with contextlib.suppress(OSError):
+            held.append(socket.create_connection((host, int(port)), timeout=5))
+    return held
+
+
+def _hold_idle(url: str, count: int) -> Callable[[Callable[[str], None]], None]:
+    def serve(ready: Callable[[str], None]) -> None:
+        held = _open_idle(url, count)
+        ready(str(len(held)))
+        time.sleep(3600)
+
+    return serve
+
+
+def _honest_post(url: str, report: dict[str, object]) -> int:
+    request = urllib.request.Request(
+        url, json.dumps(report).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=SENDER_TIMEOUT_S) as answer:
+        return int(answer.status)
+
+
+def _descriptors(collector: CollectorProcess) -> int:
+    return len(os.listdir(f"/proc/{collector.proc.pid}/fd"))
+
+
+@needs_root
+def test_idle_connections_do_not_keep_an_honest_sender_out(tmp_path: Path) -> None:
+    """nobody holds 1,100 idle connections to a collector allowed 1,024 descriptors: an
+    honest report is still answered within a sender's timeout, the collector holds at most
+    its connection cap, and its log has no traceback and a handful of lines."""
+    with descriptor_limit(DESCRIPTORS), running_collector(tmp_path / "state") as collector:
+        start = len(collector.lines)
+        with running_as(_hold_idle(collector.url, IDLE_CONNECTIONS)) as (_, opened):
+            assert int(opened) >= 1000
+            statuses = [_honest_post(collector.url, sample_report("ab" * 16, n)) for n in range(3)]
+            assert statuses == [200, 200, 200]
+            assert _descriptors(collector) <= 512 + 64
+        during = collector.lines[start:]
+        assert not [line for line in during if "Traceback" in line]
+        assert len(during) < 20, during[:5]
+        closed = collector.events("http.connections_closed", at_least=1)
+        assert closed and all("address" not in e and "peer" not in e for e in closed)
+        assert collector.get("/api/fleet").json()["reports_stored"] == 3
+
+
+@needs_root
+def test_idle_connections_are_closed(tmp_path: Path) -> None:
+    """Connections that send nothing (or half a request head) are closed by the collector
+    within its head deadline, not held forever."""
+
+    def attack() -> str:
+        held = _open_idle(url, 50)
+        for sock in held[::2]:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")  # a head never finished
+        deadline = time.monotonic() + 40
+        closed: set[socket.socket] = set()
+        while len(closed) < len(held) and time.monotonic() < deadline:
+            readable, _, _ = select.select([s for s in held if s not in closed], [], [], 1)
+            for sock in readable:
+                with contextlib.suppress(OSError):
+                    if sock.recv(4096):
+                        continue
+                closed.add(sock)
+        return f"{len(closed)}/{len(held)}"
+
+    with running_collector(tmp_path / "state") as collector:
+        url = collector.url
+        assert as_user(attack) == "50/50"
+        assert collector.get("/healthz").status == 200
