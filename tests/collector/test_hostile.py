@@ -10,11 +10,10 @@ import resource
 import select
 import socket
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.collector.harness import CollectorProcess, running_collector, sample_report
 from tests.support.hostile import as_user, needs_root, running_as
@@ -114,3 +113,67 @@ def test_idle_connections_are_closed(tmp_path: Path) -> None:
         url = collector.url
         assert as_user(attack) == "50/50"
         assert collector.get("/healthz").status == 200
+
+
+def _post_as_nobody(url: str, bodies: list[bytes]) -> list[int]:
+    """POST each body from a process of the local user nobody; the statuses."""
+
+    def attack() -> str:
+        statuses = []
+        for body in bodies:
+            request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    statuses.append(answer.status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+        return json.dumps(statuses)
+
+    result = as_user(attack)
+    assert result.startswith("["), result
+    return [int(s) for s in json.loads(result)]
+
+
+def _bloated_report(seq: int) -> bytes:
+    """A report the guard lets through whole, about 60 KB (a real one is about 1.9 KB)."""
+    body = sample_report("bb" * 16, seq)
+    body["extra_usage_tags"] = {f"k{i:03d}" + "a" * 58: "v" * 160 for i in range(200)}
+    body["library_usages"] = [f"lib{i:03d}" + "b" * 40 for i in range(200)]
+    return json.dumps(body).encode()
+
+
+@needs_root
+def test_bloated_reports_are_refused(collector: CollectorProcess) -> None:
+    """Reports far larger than any real one are answered 413 and not stored; a real one is."""
+    bodies = [_bloated_report(n) for n in range(5)]
+    assert all(50_000 < len(b) < 65_536 for b in bodies)
+    assert _post_as_nobody(collector.url, bodies) == [413] * 5
+    assert collector.get("/api/fleet").json()["reports_stored"] == 0
+    rejected = collector.events("ingest.rejected", at_least=5)
+    assert [e["reason"] for e in rejected] == ["too_large"] * 5
+    assert _post_as_nobody(collector.url, [json.dumps(sample_report("bb" * 16, 9)).encode()]) == [
+        200
+    ]
+
+
+@needs_root
+def test_deeply_nested_reports_are_refused_before_parsing(collector: CollectorProcess) -> None:
+    """A report nested 450 deep is a 400 with one warning naming it, not a 500 and a
+    traceback; the collector goes on serving."""
+    nested: object = {"a": 1}
+    for _ in range(450):
+        nested = {"x": nested}
+    listed: object = [1]
+    for _ in range(450):
+        listed = [listed]
+    bodies = [
+        json.dumps(sample_report("cc" * 16, 0, extra_usage_tags=nested)).encode(),
+        json.dumps(sample_report("cc" * 16, 1, library_usages=listed)).encode(),
+        b"[" * 100_000 + b"]" * 100_000,
+    ]
+    assert _post_as_nobody(collector.url, bodies) == [400, 400, 413]
+    rejected = collector.events("ingest.rejected", at_least=3)
+    assert [e["reason"] for e in rejected] == ["schema", "schema", "too_large"]
+    assert "nests deeper" in rejected[0]["detail"]
+    assert not [line for line in collector.lines if "Traceback" in line or "Recursion" in line]
+    assert collector.get("/healthz").status == 200

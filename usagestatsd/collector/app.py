@@ -15,6 +15,7 @@ import json
 import re
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
@@ -32,6 +33,7 @@ DELETION_PROTOCOL = "usagestatsd-deletion/1"
 MAX_DELETION_IDS = 1000
 MAX_DELETION_BYTES = 256 << 10
 RETRY_AFTER_S = 5
+BODY_DEADLINE_S = 10.0  # from the end of the request head to the end of its body
 SESSION_ID = re.compile(r"^[0-9a-f-]{8,128}$")
 _HTML_HEADERS = {
     # No script may run, nothing is fetched from elsewhere: the page is self-contained.
@@ -103,6 +105,8 @@ class Collector:
         self.store = store
         self.writer = writer
         self.metrics = Metrics()
+        # Two threads: one slow body never holds up the others' checks alone.
+        self.validators = ThreadPoolExecutor(2, thread_name_prefix="collector-validate")
 
     async def ingest(self, request: web.Request) -> web.Response:
         """POST /: one schema-0.1 report."""
@@ -123,8 +127,17 @@ class Collector:
                 "too_large", f"body larger than {settings.max_report_bytes} bytes"
             )
         else:
-            raw = await request.read()  # bounded by client_max_size
-            result = validate(raw, settings.max_report_bytes)
+            try:
+                raw = await self._body(request)
+            except TimeoutError:
+                log.warning("ingest.rejected", reason="too_slow", detail="body not sent in time")
+                return web.json_response({"error": "body not sent in time"}, status=408)
+            # Off the event loop: the guard's cost grows with what a sender puts in the
+            # strings, and every other connection is served meanwhile.
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(
+                self.validators, validate, raw, settings.max_report_bytes
+            )
         if isinstance(result, Rejected):
             metrics.rejected[result.reason] += 1
             log.warning("ingest.rejected", reason=result.reason, detail=result.detail)
@@ -166,7 +179,10 @@ class Collector:
         # whether a session is held (404 or 200) is told only to the token's holder.
         if not _authorised(request, settings.deletion_tokens):
             return _unauthorised(metrics, "deletion")
-        ids = _deletion_ids(await request.read())
+        try:
+            ids = _deletion_ids(await self._body(request))
+        except TimeoutError:
+            ids = "body not sent in time"
         if isinstance(ids, str):
             log.warning("deletion.rejected", detail=ids)
             return web.json_response({"error": ids}, status=400)
@@ -181,6 +197,11 @@ class Collector:
         if known == 0 and removed == 0:
             return web.json_response({"error": "no data held for these session ids"}, status=404)
         return web.json_response({"deleted_sessions": known, "deleted_reports": removed})
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The request body (bounded by client_max_size), within BODY_DEADLINE_S."""
+        async with asyncio.timeout(BODY_DEADLINE_S):
+            return await request.read()
 
     async def fleet_page(self, request: web.Request) -> web.Response:
         """GET /: the fleet page."""

@@ -184,6 +184,7 @@ async def serve(settings: CollectorSettings, store: SqlStore) -> int:
     finally:
         await listener.stop()
         await runner.cleanup()
+        collector.validators.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(writer.stop)
         notifier.close()
 
