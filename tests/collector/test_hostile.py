@@ -115,13 +115,16 @@ def test_idle_connections_are_closed(tmp_path: Path) -> None:
         assert collector.get("/healthz").status == 200
 
 
-def _post_as_nobody(url: str, bodies: list[bytes]) -> list[int]:
+def _post_as_nobody(url: str, bodies: list[bytes], token: str = "") -> list[int]:
     """POST each body from a process of the local user nobody; the statuses."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
 
     def attack() -> str:
         statuses = []
         for body in bodies:
-            request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+            request = urllib.request.Request(url, body, headers)
             try:
                 with urllib.request.urlopen(request, timeout=30) as answer:
                     statuses.append(answer.status)
@@ -177,3 +180,46 @@ def test_deeply_nested_reports_are_refused_before_parsing(collector: CollectorPr
     assert "nests deeper" in rejected[0]["detail"]
     assert not [line for line in collector.lines if "Traceback" in line or "Recursion" in line]
     assert collector.get("/healthz").status == 200
+
+
+def _nodes(collector: CollectorProcess, session_id: str) -> int:
+    """The node count the page shows for a session (its newest report's)."""
+    sessions = collector.get("/api/fleet").json()["recent_sessions"]
+    return int(next(s["nodes"] for s in sessions if s["session_id"] == session_id))
+
+
+@needs_root
+def test_an_ingest_token_holder_cannot_hijack_a_sessions_seq_numbers(tmp_path: Path) -> None:
+    """nobody holds the shared ingest token and a session id read from the page: its
+    far-future reports (seq 2^53, or past the window) are refused and its forged facts do
+    not stand; a report it slipped in at the head's next seq is not passed off as a repeat
+    of the head's own (409 conflict, logged and counted: the operator sees it)."""
+    token = "ingest-token-0123456789abcdef"
+    env = {"USAGESTATSD_COLLECTOR_INGEST_TOKENS": token}
+    auth = {"Authorization": f"Bearer {token}"}
+    sid = "ee" * 16
+    with running_collector(tmp_path / "state", env=env) as collector:
+        for seq in range(3):
+            honest = sample_report(sid, seq, total_num_nodes=4)
+            assert collector.post(honest, headers=auth).status == 200
+        forged = [
+            json.dumps(sample_report(sid, seq, total_num_nodes=999)).encode()
+            for seq in (2**53, 5000, 3)
+        ]
+        statuses = _post_as_nobody(collector.url, forged, token)
+        # Within the window a token holder is a sender like any other: its seq 3 is stored
+        # and is the newest, until the head's own next report.
+        assert statuses == [409, 409, 200]
+        assert _nodes(collector, sid) == 999
+        answer = collector.post(sample_report(sid, 3, total_num_nodes=4), headers=auth)
+        assert answer.status == 409 and "another report" in answer.json()["error"]
+        reasons = [e["reason"] for e in collector.events("ingest.rejected", at_least=3)]
+        assert reasons == ["ahead", "ahead", "conflict"]
+        metrics = collector.get("/metrics").body.decode()
+        assert 'reports_rejected_total{reason="conflict"} 1' in metrics
+        assert collector.post(sample_report(sid, 4, total_num_nodes=4), headers=auth).status == 200
+        nodes = {
+            s["session_id"]: s["nodes"]
+            for s in collector.get("/api/fleet").json()["recent_sessions"]
+        }
+        assert nodes[sid] == 4

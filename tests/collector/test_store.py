@@ -13,7 +13,16 @@ import pytest
 from tests.collector.harness import PostgresServer, running_collector, sample_report
 from usagestatsd.collector.fleet import fleet
 from usagestatsd.collector.migrations import LATEST, SchemaTooNew
-from usagestatsd.collector.store import DAY_MS, SqlStore
+from usagestatsd.collector.store import (
+    AHEAD,
+    CONFLICT,
+    DAY_MS,
+    DUPLICATE,
+    NEW,
+    RESTART_AFTER_MS,
+    SEQ_WINDOW,
+    SqlStore,
+)
 from usagestatsd.collector.store_sqlite import SqliteStore
 from usagestatsd.collector.validate import Accepted, validate
 
@@ -67,8 +76,8 @@ def test_ingest_is_idempotent_and_rolls_up(store: SqlStore) -> None:
             worker_node_instance_types=["g5.2xlarge"],
         ),
     ]
-    assert store.ingest(batch, NOW) == [True, False, True, True]
-    assert store.ingest([accepted(a, 1, total_num_nodes=2), batch[0]], NOW + 1) == [True, False]
+    assert store.ingest(batch, NOW) == [NEW, DUPLICATE, NEW, NEW]
+    assert store.ingest([accepted(a, 1, total_num_nodes=2), batch[0]], NOW + 1) == [NEW, DUPLICATE]
     assert store.counts() == (4, 2)
     data = fleet(store, NOW + 2)
     assert data["clusters"] == {"stored": 2, "seen_24h": 2, "seen_7d": 2}
@@ -202,3 +211,22 @@ def test_postgres_deletion_leaves_no_tuple_holding_the_session(postgres: Postgre
             if table == "reports":
                 assert any(kept.encode() in bytes(data) for (data,) in rows)
     assert held == dict.fromkeys(tables, 0)
+
+
+def test_seq_numbers_far_ahead_and_conflicting_repeats_are_refused(store: SqlStore) -> None:
+    """A known session takes seq_numbers up to SEQ_WINDOW past its newest; a different
+    report under a stored key is a conflict, not a repeat; a session silent for
+    RESTART_AFTER_MS (or unknown) starts at any seq_number."""
+    a, b = "aa" * 16, "bb" * 16
+    assert store.ingest([accepted(a, 5000), accepted(b, 0)], NOW) == [NEW, NEW]
+    far, near = accepted(a, 5000 + SEQ_WINDOW + 1), accepted(a, 5000 + SEQ_WINDOW)
+    assert store.ingest([far, accepted(b, 2**53, total_num_nodes=999)], NOW) == [AHEAD, AHEAD]
+    forged = accepted(a, 5000, total_num_nodes=999)
+    assert store.ingest([near, forged, accepted(a, 5000)], NOW) == [NEW, CONFLICT, DUPLICATE]
+    assert store.ingest([accepted(b, 1), accepted(b, 1, total_num_nodes=9)], NOW) == [
+        NEW,
+        CONFLICT,
+    ]
+    assert [r.seq_number for r in store.session_reports(b)] == [1, 0]
+    later = NOW + RESTART_AFTER_MS + 1
+    assert store.ingest([accepted(b, 90_000)], later) == [NEW]

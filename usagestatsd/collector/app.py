@@ -25,7 +25,7 @@ from usagestatsd.collector import page
 from usagestatsd.collector.fleet import fleet
 from usagestatsd.collector.metrics import Metrics
 from usagestatsd.collector.settings import CollectorSettings
-from usagestatsd.collector.store import SqlStore
+from usagestatsd.collector.store import AHEAD, CONFLICT, NEW, SEQ_WINDOW, SqlStore
 from usagestatsd.collector.validate import Rejected, validate
 from usagestatsd.collector.writer import Writer
 
@@ -40,6 +40,11 @@ _HTML_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
+}
+# Refused by the store (409, final for the sender): what the answer and the log say.
+_REFUSED = {
+    CONFLICT: "another report is stored under this session_id and seq_number",
+    AHEAD: f"seq_number is more than {SEQ_WINDOW} ahead of the session's newest report",
 }
 log = structlog.get_logger()
 
@@ -152,18 +157,27 @@ class Collector:
                 reasons=sorted({r.reason for r in result.redactions}),
             )
         try:
-            new = await self.writer.ingest(result)
+            outcome = await self.writer.ingest(result)
         except Exception:
             return web.json_response(
                 {"error": "storage unavailable; retry later"},
                 status=503,
                 headers={"Retry-After": str(RETRY_AFTER_S * 6)},
             )
-        if new:
+        if outcome in _REFUSED:
+            metrics.rejected[outcome] += 1
+            log.warning(
+                "ingest.rejected",
+                reason=outcome,
+                session_id=result.session_id,
+                detail=_REFUSED[outcome],
+            )
+            return web.json_response({"error": _REFUSED[outcome]}, status=409)
+        if outcome == NEW:
             metrics.ingested += 1
         else:
             metrics.duplicates += 1
-        return web.json_response({"stored": True, "duplicate": not new})
+        return web.json_response({"stored": True, "duplicate": outcome != NEW})
 
     async def delete(self, request: web.Request) -> web.Response:
         """POST /delete: usagestatsd-deletion/1."""
