@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -26,8 +27,9 @@ from usagestatsd import __version__, logs
 from usagestatsd.collector.app import Collector
 from usagestatsd.collector.listener import IDLE_DEADLINE_S, Listener
 from usagestatsd.collector.migrations import SchemaTooNew
-from usagestatsd.collector.settings import CollectorSettings, load_settings
+from usagestatsd.collector.settings import CollectorSettings, load_settings, mask_dsn
 from usagestatsd.collector.store import DAY_MS, SqlStore
+from usagestatsd.collector.store_postgres import DriverMissing
 from usagestatsd.settings import LOG_FORMATS, SettingsError
 from usagestatsd.systemd import Notifier
 
@@ -189,6 +191,16 @@ async def serve(settings: CollectorSettings, store: SqlStore) -> int:
         notifier.close()
 
 
+def _open_problem(exc: Exception, settings: CollectorSettings) -> str:
+    """The error's own text (the database server's, for PostgreSQL: a wrong password, an
+    unknown role, a refused connection), on one line, never with the DSN's password."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    password = urlsplit(settings.database).password
+    if password:
+        text = text.replace(password, "***")
+    return mask_dsn(text)[:500]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script entry point."""
     args = _parser().parse_args(argv)
@@ -212,13 +224,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SchemaTooNew as exc:
         log.error("store.schema_too_new", error=str(exc))
         return 1
+    except DriverMissing as exc:
+        # Restarting cannot install a package: say which one, once, and stop (78).
+        log.error("store.driver_missing", backend=settings.backend, detail=str(exc))
+        return EXIT_CONFIG
     except Exception as exc:
-        # The message of a driver error can hold the DSN's host; name the kind only.
         log.error(
             "store.open_failed",
             backend=settings.backend,
             error=type(exc).__name__,
-            detail=str(exc) if settings.backend == "sqlite" else None,
+            detail=_open_problem(exc, settings),
         )
         return 1
     try:
