@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.collector.harness import Answer, http, run_collector, running_collector, sample_report
+import pytest
+
+from tests.collector.harness import (
+    Answer,
+    PostgresServer,
+    http,
+    run_collector,
+    running_collector,
+    sample_report,
+)
 from tests.support.hostile import as_user, needs_root
 
 PROTOCOL = "usagestatsd-deletion/1"
@@ -91,3 +100,64 @@ def test_settings_errors_never_quote_a_secret(tmp_path: Path) -> None:
         assert result.returncode == 78, (args, result)
         assert "invalid setting" in result.stderr
         assert secret not in result.stderr, result.stderr
+
+
+def _secret_file(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(mode)
+    return path
+
+
+@needs_root
+@pytest.mark.postgres
+def test_database_password_from_a_file_is_not_in_ps(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """`--database-url-file`: the collector runs on PostgreSQL, and nobody reading its
+    command line (what `ps` shows every user) finds no password; nor does its log."""
+    password = "pg-password-0123456789"
+    dsn = postgres.dsn.replace("@", f":{password}@", 1)
+    url_file = _secret_file(tmp_path / "database_url", dsn)
+    with running_collector(tmp_path / "state", ["--database-url-file", str(url_file)]) as c:
+        assert c.events("collector.listening", at_least=1)[0]["backend"] == "postgresql"
+        pid = c.proc.pid
+        seen = as_user(lambda: Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
+        assert "--database-url-file" in seen and password not in seen
+        assert c.post(sample_report(HELD, 0)).status == 200
+        c.stop()
+        assert password not in "\n".join(c.lines)
+
+
+def test_tokens_from_a_file_and_from_a_systemd_credential(tmp_path: Path) -> None:
+    """USAGESTATSD_COLLECTOR_INGEST_TOKENS_FILE and $CREDENTIALS_DIRECTORY/deletion_tokens
+    (LoadCredential=): both in force, neither logged."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    _secret_file(credentials / "deletion_tokens", DELETION, 0o400)
+    env = {
+        "USAGESTATSD_COLLECTOR_INGEST_TOKENS_FILE": str(
+            _secret_file(tmp_path / "ingest", f"{INGEST}\nsecond-token-0123456789")
+        ),
+        "CREDENTIALS_DIRECTORY": str(credentials),
+    }
+    with running_collector(tmp_path / "state", env=env) as c:
+        assert c.post(sample_report(HELD, 0)).status == 401
+        auth = {"Authorization": "Bearer second-token-0123456789"}
+        assert c.post(sample_report(HELD, 0), headers=auth).status == 200
+        deletion = {"protocol": PROTOCOL, "session_ids": [HELD]}
+        assert c.post(deletion, "delete", {"Authorization": f"Bearer {INGEST}"}).status == 401
+        assert c.post(deletion, "delete", {"Authorization": f"Bearer {DELETION}"}).status == 200
+        c.stop()
+        logs = "\n".join(c.lines)
+    assert INGEST not in logs and DELETION not in logs
+
+
+def test_a_secret_file_others_may_read_is_refused(tmp_path: Path) -> None:
+    """Mode 0644: exit 78 naming the setting and the file, its content not quoted."""
+    loose = _secret_file(tmp_path / "ingest", INGEST, 0o644)
+    result = run_collector(
+        ["serve", "--config", "/dev/null"], {"USAGESTATSD_COLLECTOR_INGEST_TOKENS_FILE": str(loose)}
+    )
+    assert result.returncode == 78, result
+    assert "invalid setting ingest_tokens" in result.stderr and "0600" in result.stderr
+    assert INGEST not in result.stderr

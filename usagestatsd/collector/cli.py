@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:18924)")
     serve.add_argument("--state-dir", help="directory of the SQLite database")
     serve.add_argument("--database-url", help="postgresql:// DSN, or sqlite:///PATH")
+    serve.add_argument(
+        "--database-url-file", help="read the database URL from this file (mode 0600)"
+    )
     serve.add_argument("--retention-days", help="keep reports this many days")
     serve.add_argument("--log-format", choices=LOG_FORMATS)
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -208,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "listen": args.listen,
         "state_dir": args.state_dir,
         "database_url": args.database_url,
+        "database_url_file": args.database_url_file,
         "retention_days": args.retention_days,
         "log_format": args.log_format,
         "log_level": args.log_level,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from usagestatsd.collector.secrets import MASKED, secret_values
 from usagestatsd.settings import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 from usagestatsd.settings_declare import (
     Declaration,
@@ -30,7 +31,6 @@ DEFAULT_SETTINGS_FILE = Path("/etc/usagestatsd-collector/collector.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/usagestatsd-collector")
 DEFAULT_PORT = 18924
 MAX_SETTINGS_FILE_BYTES = 1 << 20
-MASKED = "(withheld)"
 # Values never echoed in an error: a token, or a DSN's password.
 SECRET_SETTINGS = ("ingest_tokens", "deletion_tokens")
 _DSN_PASSWORD = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@|(password=)[^&\s]*", re.IGNORECASE)
@@ -217,9 +217,18 @@ def load_settings(
 def _load(
     env: Mapping[str, str], cli: Mapping[str, object] | None, path: Path | None
 ) -> CollectorSettings:
+    cli = cli or {}
     file_path = path or DEFAULT_SETTINGS_FILE
     file_values = read_settings_file(file_path, path is not None)
-    got = gather(DECLARED, file_values, f"settings file {file_path}", env, cli or {})
+    layered = {k: v for k, v in cli.items() if k != "database_url_file"}
+    got = gather(DECLARED, file_values, f"settings file {file_path}", env, layered)
+    secrets = secret_values(
+        env, str(cli["database_url_file"]) if cli.get("database_url_file") else None
+    )
+    for d in DECLARED:
+        if d.name in secrets:
+            text, source = secrets[d.name]
+            got.take(d.name, text, source, d.text_parse)
     shared = set(got.values.get("ingest_tokens", ())) & set(got.values.get("deletion_tokens", ()))
     if shared:
         raise SettingsError(
