@@ -118,14 +118,13 @@ def _hostile_sender(url: str, body: bytes, stop: Any) -> None:
 
 
 @contextlib.contextmanager
-def hostile(url: str, port: int, body: bytes) -> Iterator[None]:
-    """1,000 idle connections and 4 hostile senders, in processes of their own."""
+def hostile(url: str, port: int, body: bytes, idle: int, senders: int) -> Iterator[None]:
+    """`idle` idle connections and `senders` hostile senders, in processes of their own."""
     context = multiprocessing.get_context("fork")
     stop = context.Event()
-    workers = [context.Process(target=_hold_idle, args=(port, IDLE, stop))]
+    workers = [context.Process(target=_hold_idle, args=(port, idle, stop))] if idle else []
     workers += [
-        context.Process(target=_hostile_sender, args=(url, body, stop))
-        for _ in range(HOSTILE_SENDERS)
+        context.Process(target=_hostile_sender, args=(url, body, stop)) for _ in range(senders)
     ]
     for worker in workers:
         worker.start()
@@ -169,6 +168,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--honest", type=int, default=300)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--idle", type=int, default=IDLE)
+    parser.add_argument("--senders", type=int, default=HOSTILE_SENDERS)
     opts = parser.parse_args()
     results: dict[str, Any] = {"load_average_at_start": os.getloadavg()}
     guard = guard_figures()
@@ -181,10 +182,10 @@ def main() -> int:
     ):
         port = int(c.url.rsplit(":", 1)[1].strip("/"))
         results["quiet"] = honest_latency(c.url, 100)
-        with hostile(c.url, port, crafted(PATTERNS[worst])):
+        with hostile(c.url, port, crafted(PATTERNS[worst]), opts.idle, opts.senders):
             results["under_attack"] = honest_latency(c.url, opts.honest)
             results["open_descriptors"] = len(os.listdir(f"/proc/{c.proc.pid}/fd"))
-        results["attack"] = f"{HOSTILE_SENDERS} senders of '{worst}' reports, {IDLE} idle"
+        results["attack"] = f"{opts.senders} senders of '{worst}' reports, {opts.idle} idle"
         results["log_lines"] = len(c.lines)
     results["load_average_at_end"] = os.getloadavg()
     text = json.dumps(results, indent=1)

@@ -20,6 +20,7 @@ from tests.support.hostile import as_user, needs_root, running_as
 
 IDLE_CONNECTIONS = 1100
 DESCRIPTORS = 1024  # what the collector may open: a common default soft limit
+CAP = 256  # max_connections, below the 1,100 held: the collector must make room
 SENDER_TIMEOUT_S = 10.0  # Ray's own reporter gives up after 10 s
 # Loaded now: the child acting as nobody cannot import from root's interpreter directory.
 "127.0.0.1".encode("idna")
@@ -71,16 +72,22 @@ def _descriptors(collector: CollectorProcess) -> int:
 
 @needs_root
 def test_idle_connections_do_not_keep_an_honest_sender_out(tmp_path: Path) -> None:
-    """nobody holds 1,100 idle connections to a collector allowed 1,024 descriptors: an
-    honest report is still answered within a sender's timeout, the collector holds at most
-    its connection cap, and its log has no traceback and a handful of lines."""
-    with descriptor_limit(DESCRIPTORS), running_collector(tmp_path / "state") as collector:
+    """nobody holds 1,100 idle connections to a collector allowed 1,024 descriptors and
+    256 connections: an honest report is still answered within a sender's timeout, the
+    collector holds at most its connection cap, and its log has no traceback and a handful
+    of lines."""
+    config = tmp_path / "collector.toml"
+    config.write_text(f"max_connections = {CAP}\n")
+    with (
+        descriptor_limit(DESCRIPTORS),
+        running_collector(tmp_path / "state", config=config) as collector,
+    ):
         start = len(collector.lines)
         with running_as(_hold_idle(collector.url, IDLE_CONNECTIONS)) as (_, opened):
             assert int(opened) >= 1000
             statuses = [_honest_post(collector.url, sample_report("ab" * 16, n)) for n in range(3)]
             assert statuses == [200, 200, 200]
-            assert _descriptors(collector) <= 512 + 64
+            assert _descriptors(collector) <= CAP + 64
         during = collector.lines[start:]
         assert not [line for line in during if "Traceback" in line]
         assert len(during) < 20, during[:5]

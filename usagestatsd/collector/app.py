@@ -12,10 +12,11 @@ import base64
 import binascii
 import hmac
 import json
+import multiprocessing
 import re
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import structlog
@@ -33,7 +34,7 @@ DELETION_PROTOCOL = "usagestatsd-deletion/1"
 MAX_DELETION_IDS = 1000
 MAX_DELETION_BYTES = 256 << 10
 RETRY_AFTER_S = 5
-VALIDATOR_THREADS = 8
+VALIDATOR_PROCESSES = 6
 BODY_DEADLINE_S = 10.0  # from the end of the request head to the end of its body
 SESSION_ID = re.compile(r"^[0-9a-f-]{8,128}$")
 _HTML_HEADERS = {
@@ -103,6 +104,21 @@ def _deletion_ids(raw: bytes) -> list[str] | str:
     return sorted(set(ids))
 
 
+def validator_pool() -> ProcessPoolExecutor:
+    """Processes that run `validate`, off the event loop and outside its GIL.
+
+    Not threads: the guard's patterns run in C without releasing the GIL, so a string that
+    is costly for them would stop the event loop and every other check for as long as it
+    takes. Separate processes are scheduled by the kernel, so an honest report is checked
+    while costly ones are, and the event loop only waits on a pipe. Six: more than a few
+    slow bodies at once, under 20 MiB each. Forked from a server that imported only the
+    validation modules, never from this process (its threads and sockets).
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["usagestatsd.collector.validate"])
+    return ProcessPoolExecutor(VALIDATOR_PROCESSES, mp_context=context)
+
+
 class Collector:
     """The request handlers and what they share: settings, store, writer, counters."""
 
@@ -111,12 +127,7 @@ class Collector:
         self.store = store
         self.writer = writer
         self.metrics = Metrics()
-        # Several threads, not one queue: the checks hold the GIL, and threads share it in
-        # 5 ms slices, so an honest report's 1 to 2 ms of checks is done within a few
-        # slices even while slow bodies (costly strings for the guard) are being checked.
-        self.validators = ThreadPoolExecutor(
-            VALIDATOR_THREADS, thread_name_prefix="collector-validate"
-        )
+        self.validators = validator_pool()
 
     async def ingest(self, request: web.Request) -> web.Response:
         """POST /: one schema-0.1 report."""

@@ -30,6 +30,7 @@ from usagestatsd.collector.migrations import SchemaTooNew
 from usagestatsd.collector.settings import CollectorSettings, load_settings, mask_dsn
 from usagestatsd.collector.store import DAY_MS, SqlStore
 from usagestatsd.collector.store_postgres import DriverMissing
+from usagestatsd.collector.validate import validate
 from usagestatsd.settings import LOG_FORMATS, SettingsError
 from usagestatsd.systemd import Notifier
 
@@ -167,6 +168,8 @@ async def serve(settings: CollectorSettings, store: SqlStore) -> int:
             log.error("collector.listen_failed", listen=f"{host}:{port}", error=exc.strerror)
             return 1
         where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        # The validation processes start now, not on the first report.
+        await loop.run_in_executor(collector.validators, validate, b"{}", 1)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

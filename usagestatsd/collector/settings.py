@@ -140,7 +140,10 @@ class CollectorSettings:
     # eight times that, and bounds what one sender can make the collector store.
     max_report_bytes: int = setting(16 << 10, _integer(4096, 16 << 20))
     max_pending: int = setting(5000, _integer(10, 1_000_000))
-    max_connections: int = setting(512, _integer(16, 1 << 20))
+    # Enough that a thousand idle connections are simply held (each costs a descriptor and
+    # a few KiB) until their deadline; past it, making room costs an accept and a close
+    # per connection for as long as a sender keeps reconnecting.
+    max_connections: int = setting(4096, _integer(16, 1 << 20))
     log_format: LogFormat = setting(
         "auto", _choice(LOG_FORMATS), env=("USAGESTATSD_COLLECTOR_LOG_FORMAT",), flag=Flag()
     )
