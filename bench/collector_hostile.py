@@ -141,7 +141,8 @@ def hostile(url: str, port: int, body: bytes, idle: int, senders: int) -> Iterat
 
 def honest_latency(url: str, count: int) -> dict[str, Any]:
     """`count` real reports, one at a time: p50/p99/max ms and the statuses seen."""
-    times, statuses = [], {}
+    times: list[float] = []
+    statuses: dict[int, int] = {}
     for seq in range(count):
         body = json.dumps(sample_report("cd" * 16, seq)).encode()
         request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
