@@ -59,16 +59,18 @@ def test_the_ingest_token_deletes_nothing_and_tells_nothing(tmp_path: Path) -> N
 
 @needs_root
 def test_without_a_deletion_token_deletion_is_disabled(tmp_path: Path) -> None:
-    """No deletion token set: nobody deletes anything (403, the same for every id), and the
-    collector says so at start and on each refused request."""
-    with running_collector(tmp_path / "state") as c:
-        assert c.post(sample_report(HELD, 0)).status == 200
-        held = _delete_as_nobody(c.url, "any-token-0123456789abcdef", HELD)
-        unknown = _delete_as_nobody(c.url, "any-token-0123456789abcdef", UNKNOWN)
+    """Ingest tokens set, no deletion token: nobody holding the ingest token deletes
+    nothing (403, the same for every id), and the collector says so on each request."""
+    env = {"USAGESTATSD_COLLECTOR_INGEST_TOKENS": INGEST}
+    with running_collector(tmp_path / "state", env=env) as c:
+        auth = {"Authorization": f"Bearer {INGEST}"}
+        assert c.post(sample_report(HELD, 0), headers=auth).status == 200
+        held = _delete_as_nobody(c.url, INGEST, HELD)
+        unknown = _delete_as_nobody(c.url, INGEST, UNKNOWN)
         assert held.status == unknown.status == 403
         assert held.body == unknown.body
         assert c.get(f"/api/sessions/{HELD}").status == 200
-        assert c.events("deletion.disabled", at_least=2)
+        assert len(c.events("deletion.disabled", at_least=2)) == 2
 
 
 def test_a_deletion_token_that_is_also_an_ingest_token_is_refused() -> None:
