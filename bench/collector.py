@@ -44,6 +44,10 @@ from usagestatsd.collector.store import DAY_MS, SqlStore  # noqa: E402
 from usagestatsd.collector.validate import Accepted, validate  # noqa: E402
 
 SESSIONS = 10_000
+DELETION_VARIABLE, DELETION_TOKEN = (
+    "USAGESTATSD_COLLECTOR_DELETION_TOKENS",
+    "bench-deletion-0123456789",
+)
 HOUR_MS = 3_600_000
 
 
@@ -170,11 +174,15 @@ def seed(store: SqlStore, reports: int, now_ms: int, settle: Any = None) -> list
 
 
 def timed(
-    c: CollectorProcess, method: str, path: str, body: bytes | None = None
+    c: CollectorProcess,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[float, int]:
     """One request's wall time in ms, and its status."""
     started = time.perf_counter()
-    answer = http(c.url + path.lstrip("/"), body if method == "POST" else None)
+    answer = http(c.url + path.lstrip("/"), body if method == "POST" else None, headers)
     return (time.perf_counter() - started) * 1000, answer.status
 
 
@@ -190,14 +198,15 @@ def stored_figures(
     total, _ = store.counts()
     store.close()
     out: dict[str, Any] = {"stored_reports": total, "seed_s": round(seed_s, 1)}
-    with running_collector(state, args) as c:
+    with running_collector(state, args, {DELETION_VARIABLE: DELETION_TOKEN}) as c:
         timed(c, "GET", "/")
         pages = [timed(c, "GET", "/") for _ in range(10)]
         apis = [timed(c, "GET", "/api/fleet") for _ in range(5)]
         deletions = []
         for sid in ids[:10]:
             body = json.dumps({"protocol": "usagestatsd-deletion/1", "session_ids": [sid]}).encode()
-            deletions.append(timed(c, "POST", "/delete", body))
+            auth = {"Authorization": f"Bearer {DELETION_TOKEN}"}
+            deletions.append(timed(c, "POST", "/delete", body, auth))
         assert all(status == 200 for _, status in pages + apis + deletions)
         out["rss_with_data_mib"] = round(rss_kib(c.proc.pid)["VmRSS"] / 1024, 1)
     page_ms = sorted(ms for ms, _ in pages)

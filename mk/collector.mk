@@ -25,9 +25,11 @@ collector-deps:
 test-collector: $(STAMP) collector-deps
 	$(VPY) -m pytest -q tests/collector
 
-## make bench-collector: ingest rate, latency, page render and deletion with 1,000,000 reports
+## make bench-collector: ingest rate, latency, page render and deletion with 1,000,000
+## reports; then the guard's worst case and an honest sender's latency under hostile ones
 bench-collector: $(STAMP) collector-deps
 	$(VPY) bench/collector.py
+	$(VPY) bench/collector_hostile.py
 
 ## make collector-screenshots: docs/collector-*.png from a demo fleet
 collector-screenshots: $(STAMP) collector-deps

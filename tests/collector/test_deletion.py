@@ -12,6 +12,9 @@ from tests.support.processes import daemon_env, run_cli, running_daemon
 from usagestatsd.demo import DemoCluster
 
 PROTOCOL = "usagestatsd-deletion/1"
+DELETION_TOKEN = "deletion-token-0123456789abcdef"
+DELETION_ENV = {"USAGESTATSD_COLLECTOR_DELETION_TOKENS": DELETION_TOKEN}
+DELETION_AUTH = {"Authorization": f"Bearer {DELETION_TOKEN}"}
 
 
 def _rows_mentioning(db: Path, session_id: str) -> int:
@@ -40,7 +43,7 @@ async def test_daemon_reports_then_forget_leaves_nothing(
     URL (Basic auth): no daemon change is needed to use tokens.
     """
     token = "fleet-token-0123456789abcdef"
-    tokens = {"USAGESTATSD_COLLECTOR_INGEST_TOKENS": token}
+    tokens = {"USAGESTATSD_COLLECTOR_INGEST_TOKENS": token, **DELETION_ENV}
     with running_collector(tmp_path / "collector", env=tokens) as collector:
         other = sample_report("feedfacefeedfacefeedfacefeedface", 0)
         auth = {"Authorization": f"Bearer {token}"}
@@ -48,10 +51,14 @@ async def test_daemon_reports_then_forget_leaves_nothing(
         url = collector.url.replace("http://", f"http://collector:{token}@")
         env = daemon_env(temp_root, state_dir, url)
         settings = tmp_path / "usagestatsd.toml"
-        settings.write_text(f'[[endpoints]]\nurl = "{url}"\ndeletion_url = "{url}delete"\n')
+        deletion_url = collector.url.replace("http://", f"http://forget:{DELETION_TOKEN}@")
+        settings.write_text(
+            f'[[endpoints]]\nurl = "{url}"\ndeletion_url = "{deletion_url}delete"\n'
+        )
         with running_daemon(env, settings_file=settings) as daemon:
             await until(lambda: collector.get("/api/fleet").json()["reports_stored"] >= 3)
         assert token not in "\n".join(daemon.lines)
+        assert DELETION_TOKEN not in "\n".join(daemon.lines)
         fleet = collector.get("/api/fleet").json()
         sid = next(
             s["session_id"]
@@ -72,7 +79,9 @@ async def test_daemon_reports_then_forget_leaves_nothing(
         assert [s["session_id"] for s in after["recent_sessions"]] == [other["session_id"]]
         assert after["reports_stored"] == 1
         again = collector.post(
-            json.dumps({"protocol": PROTOCOL, "session_ids": [sid]}).encode(), "delete", auth
+            json.dumps({"protocol": PROTOCOL, "session_ids": [sid]}).encode(),
+            "delete",
+            DELETION_AUTH,
         )
         assert again.status == 404
         metrics = collector.get("/metrics").body.decode()
@@ -86,8 +95,13 @@ async def test_daemon_reports_then_forget_leaves_nothing(
     assert sid.encode() not in raw
 
 
-def test_deletion_requests_are_checked(collector: CollectorProcess) -> None:
+def test_deletion_requests_are_checked(tmp_path: Path) -> None:
     """Wrong protocol, bad ids, too many ids: 400, and nothing is deleted."""
+    with running_collector(tmp_path / "state", env=DELETION_ENV) as collector:
+        _check_deletion_requests(collector)
+
+
+def _check_deletion_requests(collector: CollectorProcess) -> None:
     sid = "0123456789abcdef0123456789abcdef"
     assert collector.post(sample_report(sid, 0)).status == 200
     bad = [
@@ -98,8 +112,34 @@ def test_deletion_requests_are_checked(collector: CollectorProcess) -> None:
         {"protocol": PROTOCOL, "session_ids": sid},
     ]
     for body in bad:
-        assert collector.post(body, "delete").status == 400, body
-    assert collector.post(b"{", "delete").status == 400
+        assert collector.post(body, "delete", DELETION_AUTH).status == 400, body
+    assert collector.post(b"{", "delete", DELETION_AUTH).status == 400
     assert collector.get("/api/fleet").json()["reports_stored"] == 1
-    ok = collector.post({"protocol": PROTOCOL, "session_ids": [sid, "ffffffffffff"]}, "delete")
+    ids = [sid, "ffffffffffff"]
+    ok = collector.post({"protocol": PROTOCOL, "session_ids": ids}, "delete", DELETION_AUTH)
     assert ok.json() == {"deleted_sessions": 1, "deleted_reports": 1}
+
+
+def _database_bytes(state_dir: Path) -> bytes:
+    """Every byte of every file the database uses (main file, -wal, -shm, any journal)."""
+    return b"".join(p.read_bytes() for p in sorted(state_dir.iterdir()) if p.is_file())
+
+
+def test_answered_deletion_leaves_no_copy_in_any_database_file(tmp_path: Path) -> None:
+    """While the collector keeps running, right after its 200, no file it writes (the
+    write-ahead log included) holds the deleted session's id; another session's stays."""
+    sid, kept = "5e55105e5e55105e5e55105e5e55105e", "4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b"
+    with running_collector(tmp_path / "state", env=DELETION_ENV) as collector:
+        for seq in range(5):
+            assert collector.post(sample_report(sid, seq)).status == 200
+        assert collector.post(sample_report(kept, 0)).status == 200
+        assert sid.encode() in _database_bytes(collector.state_dir)
+        answer = collector.post(
+            {"protocol": PROTOCOL, "session_ids": [sid]}, "delete", DELETION_AUTH
+        )
+        assert answer.json() == {"deleted_sessions": 1, "deleted_reports": 5}
+        files = sorted(p.name for p in collector.state_dir.iterdir())
+        raw = _database_bytes(collector.state_dir)
+        assert sid.encode() not in raw, files
+        assert kept.encode() in raw
+        assert collector.get(f"/api/sessions/{kept}").status == 200

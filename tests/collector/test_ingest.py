@@ -137,8 +137,11 @@ def test_sender_address_and_headers_are_never_kept(tmp_path: Path) -> None:
 
 def test_bearer_tokens(tmp_path: Path) -> None:
     """With tokens: 401 without one; Bearer, or Basic with the token as password, accepted."""
-    token = "s3cret-token-0123456789"
-    env = {"USAGESTATSD_COLLECTOR_INGEST_TOKENS": token}
+    token, deletion_token = "s3cret-token-0123456789", "deletion-token-0123456789"
+    env = {
+        "USAGESTATSD_COLLECTOR_INGEST_TOKENS": token,
+        "USAGESTATSD_COLLECTOR_DELETION_TOKENS": deletion_token,
+    }
     with running_collector(tmp_path / "state", env=env) as c:
         report = sample_report(SID, 0)
         denied = c.post(report)
@@ -153,10 +156,12 @@ def test_bearer_tokens(tmp_path: Path) -> None:
         )
         deletion = json.dumps({"protocol": "usagestatsd-deletion/1", "session_ids": [SID]}).encode()
         assert c.post(deletion, "delete").status == 401
-        assert c.post(deletion, "delete", {"Authorization": f"Bearer {token}"}).status == 200
+        assert c.post(deletion, "delete", {"Authorization": f"Bearer {token}"}).status == 401
+        auth = {"Authorization": f"Bearer {deletion_token}"}
+        assert c.post(deletion, "delete", auth).status == 200
         c.stop()
         logs = "\n".join(c.lines)
-    assert token not in logs
+    assert token not in logs and deletion_token not in logs
 
 
 def test_busy_writer_answers_429_with_retry_after(tmp_path: Path) -> None:

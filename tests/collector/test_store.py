@@ -13,7 +13,16 @@ import pytest
 from tests.collector.harness import PostgresServer, running_collector, sample_report
 from usagestatsd.collector.fleet import fleet
 from usagestatsd.collector.migrations import LATEST, SchemaTooNew
-from usagestatsd.collector.store import DAY_MS, SqlStore
+from usagestatsd.collector.store import (
+    AHEAD,
+    CONFLICT,
+    DAY_MS,
+    DUPLICATE,
+    NEW,
+    RESTART_AFTER_MS,
+    SEQ_WINDOW,
+    SqlStore,
+)
 from usagestatsd.collector.store_sqlite import SqliteStore
 from usagestatsd.collector.validate import Accepted, validate
 
@@ -67,8 +76,8 @@ def test_ingest_is_idempotent_and_rolls_up(store: SqlStore) -> None:
             worker_node_instance_types=["g5.2xlarge"],
         ),
     ]
-    assert store.ingest(batch, NOW) == [True, False, True, True]
-    assert store.ingest([accepted(a, 1, total_num_nodes=2), batch[0]], NOW + 1) == [True, False]
+    assert store.ingest(batch, NOW) == [NEW, DUPLICATE, NEW, NEW]
+    assert store.ingest([accepted(a, 1, total_num_nodes=2), batch[0]], NOW + 1) == [NEW, DUPLICATE]
     assert store.counts() == (4, 2)
     data = fleet(store, NOW + 2)
     assert data["clusters"] == {"stored": 2, "seen_24h": 2, "seen_7d": 2}
@@ -116,7 +125,8 @@ def test_collector_process_on_postgres(postgres: PostgresServer, tmp_path: Path)
     """The real collector with a DSN: ingest, duplicate, page data, deletion."""
     dsn = _fresh_database(postgres)
     sid = "ab" * 16
-    with running_collector(tmp_path / "state", ["--database-url", dsn]) as c:
+    deletion = {"USAGESTATSD_COLLECTOR_DELETION_TOKENS": "deletion-token-0123456789"}
+    with running_collector(tmp_path / "state", ["--database-url", dsn], env=deletion) as c:
         listening = c.events("collector.listening", at_least=1)[0]
         assert listening["backend"] == "postgresql"
         assert c.post(sample_report(sid, 0)).json()["duplicate"] is False
@@ -124,7 +134,8 @@ def test_collector_process_on_postgres(postgres: PostgresServer, tmp_path: Path)
         assert c.get("/api/fleet").json()["clusters"]["seen_24h"] == 1
         assert "Ray fleet usage" in c.get("/").body.decode()
         body = {"protocol": "usagestatsd-deletion/1", "session_ids": [sid]}
-        assert c.post(body, "delete").status == 200
+        auth = {"Authorization": "Bearer deletion-token-0123456789"}
+        assert c.post(body, "delete", auth).status == 200
         assert c.get(f"/api/sessions/{sid}").status == 404
         c.stop()
         logs = "\n".join(c.lines)
@@ -136,7 +147,8 @@ def test_collector_process_on_postgres(postgres: PostgresServer, tmp_path: Path)
 def test_collector_survives_a_postgres_restart(postgres: PostgresServer, tmp_path: Path) -> None:
     """The server restarts: at most a 503 (Retry-After) for the batch that hit it, then 200s."""
     dsn = _fresh_database(postgres)
-    with running_collector(tmp_path / "state", ["--database-url", dsn]) as c:
+    deletion = {"USAGESTATSD_COLLECTOR_DELETION_TOKENS": "deletion-token-0123456789"}
+    with running_collector(tmp_path / "state", ["--database-url", dsn], env=deletion) as c:
         assert c.post(sample_report("ab" * 16, 0)).status == 200
         postgres.restart()
         answers = [c.post(sample_report("ab" * 16, seq)) for seq in range(1, 4)]
@@ -164,3 +176,57 @@ def test_retention_setting_expires_old_reports_at_start(tmp_path: Path) -> None:
         assert c.get(f"/api/sessions/{'aa' * 16}").status == 404
         assert c.get("/api/fleet").json()["reports_stored"] == 1
         assert "reports_expired_total 1" in c.get("/metrics").body.decode()
+
+
+@pytest.mark.postgres
+def test_postgres_deletion_leaves_no_tuple_holding_the_session(postgres: PostgresServer) -> None:
+    """What docs/collector.md promises for PostgreSQL: once deletion returns, no tuple of the
+    collector's tables (dead ones included, read page by page with pageinspect) holds the id."""
+    import psycopg
+
+    from usagestatsd.collector.store_postgres import PostgresStore
+
+    dsn = _fresh_database(postgres)
+    store = PostgresStore(dsn)
+    store.migrate()
+    sid, kept = "d1" * 16, "e2" * 16
+    try:
+        store.ingest([accepted(sid, n) for n in range(20)] + [accepted(kept, 0)], NOW)
+        assert store.delete_sessions([sid]) == (1, 20)
+    finally:
+        store.close()
+    tables = ("reports", "sessions", "session_facets", "session_days")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        held: dict[str, int] = {}
+        for table in tables:
+            pages = conn.execute(f"SELECT pg_relation_size('{table}') / 8192").fetchone()
+            assert pages is not None
+            rows = conn.execute(
+                "SELECT t_data FROM generate_series(0, %s - 1) AS page, "
+                "LATERAL heap_page_items(get_raw_page(%s, page::int)) WHERE t_data IS NOT NULL",
+                (int(pages[0]), table),
+            ).fetchall()
+            held[table] = sum(1 for (data,) in rows if sid.encode() in bytes(data))
+            if table == "reports":
+                assert any(kept.encode() in bytes(data) for (data,) in rows)
+    assert held == dict.fromkeys(tables, 0)
+
+
+def test_seq_numbers_far_ahead_and_conflicting_repeats_are_refused(store: SqlStore) -> None:
+    """A known session takes seq_numbers up to SEQ_WINDOW past its newest; a different
+    report under a stored key is a conflict, not a repeat; a session silent for
+    RESTART_AFTER_MS (or unknown) starts at any seq_number."""
+    a, b = "aa" * 16, "bb" * 16
+    assert store.ingest([accepted(a, 5000), accepted(b, 0)], NOW) == [NEW, NEW]
+    far, near = accepted(a, 5000 + SEQ_WINDOW + 1), accepted(a, 5000 + SEQ_WINDOW)
+    assert store.ingest([far, accepted(b, 2**53, total_num_nodes=999)], NOW) == [AHEAD, AHEAD]
+    forged = accepted(a, 5000, total_num_nodes=999)
+    assert store.ingest([near, forged, accepted(a, 5000)], NOW) == [NEW, CONFLICT, DUPLICATE]
+    assert store.ingest([accepted(b, 1), accepted(b, 1, total_num_nodes=9)], NOW) == [
+        NEW,
+        CONFLICT,
+    ]
+    assert [r.seq_number for r in store.session_reports(b)] == [1, 0]
+    later = NOW + RESTART_AFTER_MS + 1
+    assert store.ingest([accepted(b, 90_000)], later) == [NEW]

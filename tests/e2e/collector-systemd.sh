@@ -71,6 +71,12 @@ owner=$(in_c dpkg -S /usr/lib/python3/dist-packages/usagestatsd/collector 2>/dev
 [ "$owner" = usagestatsd-collector ]; check "dpkg: usagestatsd/collector/ belongs to usagestatsd-collector" $? "$owner"
 
 # ---------------------------------------------------------------- the daemon reports into it
+# Deletion needs its own token (never an ingest token); systemd reads collector.env (0600).
+DELETION_TOKEN=e2e-deletion-token-0123456789
+in_c sh -ec "mkdir -p -m 0755 /etc/usagestatsd-collector; umask 077
+    echo USAGESTATSD_COLLECTOR_DELETION_TOKENS=$DELETION_TOKEN >/etc/usagestatsd-collector/collector.env"
+in_c systemctl restart usagestatsd-collector
+check "collector restarted with a deletion token (collector.env)" $?
 in_c systemd-run --quiet --unit=demo-ray usagestatsd demo-cluster --temp-root /tmp/ray
 wait_for 15 "$C" exec "$wd" -- sh -c 'ls /tmp/ray/session_latest/sockets/ | grep -q .'
 check "demo Ray session serving under /tmp/ray" $?
@@ -81,7 +87,7 @@ report_interval_s = 2
 
 [[endpoints]]
 url = \"$URL/\"
-deletion_url = \"$URL/delete\"
+deletion_url = \"${URL/http:\/\//http://forget:$DELETION_TOKEN@}/delete\"
 EOF"
 in_c systemctl restart usagestatsd; rc=$?
 check "systemctl restart usagestatsd (endpoint $URL/)" "$rc"

@@ -12,9 +12,11 @@ import base64
 import binascii
 import hmac
 import json
+import multiprocessing
 import re
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import structlog
@@ -24,7 +26,7 @@ from usagestatsd.collector import page
 from usagestatsd.collector.fleet import fleet
 from usagestatsd.collector.metrics import Metrics
 from usagestatsd.collector.settings import CollectorSettings
-from usagestatsd.collector.store import SqlStore
+from usagestatsd.collector.store import AHEAD, CONFLICT, NEW, SEQ_WINDOW, SqlStore
 from usagestatsd.collector.validate import Rejected, validate
 from usagestatsd.collector.writer import Writer
 
@@ -32,12 +34,19 @@ DELETION_PROTOCOL = "usagestatsd-deletion/1"
 MAX_DELETION_IDS = 1000
 MAX_DELETION_BYTES = 256 << 10
 RETRY_AFTER_S = 5
+VALIDATOR_PROCESSES = 6
+BODY_DEADLINE_S = 10.0  # from the end of the request head to the end of its body
 SESSION_ID = re.compile(r"^[0-9a-f-]{8,128}$")
 _HTML_HEADERS = {
     # No script may run, nothing is fetched from elsewhere: the page is self-contained.
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
+}
+# Refused by the store (409, final for the sender): what the answer and the log say.
+_REFUSED = {
+    CONFLICT: "another report is stored under this session_id and seq_number",
+    AHEAD: f"seq_number is more than {SEQ_WINDOW} ahead of the session's newest report",
 }
 log = structlog.get_logger()
 
@@ -95,6 +104,21 @@ def _deletion_ids(raw: bytes) -> list[str] | str:
     return sorted(set(ids))
 
 
+def validator_pool() -> ProcessPoolExecutor:
+    """Processes that run `validate`, off the event loop and outside its GIL.
+
+    Not threads: the guard's patterns run in C without releasing the GIL, so a string that
+    is costly for them would stop the event loop and every other check for as long as it
+    takes. Separate processes are scheduled by the kernel, so an honest report is checked
+    while costly ones are, and the event loop only waits on a pipe. Six: more than a few
+    slow bodies at once, under 20 MiB each. Forked from a server that imported only the
+    validation modules, never from this process (its threads and sockets).
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["usagestatsd.collector.validate"])
+    return ProcessPoolExecutor(VALIDATOR_PROCESSES, mp_context=context)
+
+
 class Collector:
     """The request handlers and what they share: settings, store, writer, counters."""
 
@@ -103,6 +127,7 @@ class Collector:
         self.store = store
         self.writer = writer
         self.metrics = Metrics()
+        self.validators = validator_pool()
 
     async def ingest(self, request: web.Request) -> web.Response:
         """POST /: one schema-0.1 report."""
@@ -123,8 +148,17 @@ class Collector:
                 "too_large", f"body larger than {settings.max_report_bytes} bytes"
             )
         else:
-            raw = await request.read()  # bounded by client_max_size
-            result = validate(raw, settings.max_report_bytes)
+            try:
+                raw = await self._body(request)
+            except TimeoutError:
+                log.warning("ingest.rejected", reason="too_slow", detail="body not sent in time")
+                return web.json_response({"error": "body not sent in time"}, status=408)
+            # Off the event loop: the guard's cost grows with what a sender puts in the
+            # strings, and every other connection is served meanwhile.
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(
+                self.validators, validate, raw, settings.max_report_bytes
+            )
         if isinstance(result, Rejected):
             metrics.rejected[result.reason] += 1
             log.warning("ingest.rejected", reason=result.reason, detail=result.detail)
@@ -139,25 +173,46 @@ class Collector:
                 reasons=sorted({r.reason for r in result.redactions}),
             )
         try:
-            new = await self.writer.ingest(result)
+            outcome = await self.writer.ingest(result)
         except Exception:
             return web.json_response(
                 {"error": "storage unavailable; retry later"},
                 status=503,
                 headers={"Retry-After": str(RETRY_AFTER_S * 6)},
             )
-        if new:
+        if outcome in _REFUSED:
+            metrics.rejected[outcome] += 1
+            log.warning(
+                "ingest.rejected",
+                reason=outcome,
+                session_id=result.session_id,
+                detail=_REFUSED[outcome],
+            )
+            return web.json_response({"error": _REFUSED[outcome]}, status=409)
+        if outcome == NEW:
             metrics.ingested += 1
         else:
             metrics.duplicates += 1
-        return web.json_response({"stored": True, "duplicate": not new})
+        return web.json_response({"stored": True, "duplicate": outcome != NEW})
 
     async def delete(self, request: web.Request) -> web.Response:
         """POST /delete: usagestatsd-deletion/1."""
         settings, metrics = self.settings, self.metrics
-        if not _authorised(request, settings.deletion_tokens or settings.ingest_tokens):
+        if not settings.deletion_tokens:
+            # Never the ingest tokens: every head holds those, and a deletion is final.
+            log.warning("deletion.disabled", reason="no deletion_tokens are set")
+            return web.json_response(
+                {"error": "deletion is not enabled on this collector (no deletion token)"},
+                status=403,
+            )
+        # Without the deletion token every request gets the same 401, whatever the ids:
+        # whether a session is held (404 or 200) is told only to the token's holder.
+        if not _authorised(request, settings.deletion_tokens):
             return _unauthorised(metrics, "deletion")
-        ids = _deletion_ids(await request.read())
+        try:
+            ids = _deletion_ids(await self._body(request))
+        except TimeoutError:
+            ids = "body not sent in time"
         if isinstance(ids, str):
             log.warning("deletion.rejected", detail=ids)
             return web.json_response({"error": ids}, status=400)
@@ -172,6 +227,11 @@ class Collector:
         if known == 0 and removed == 0:
             return web.json_response({"error": "no data held for these session ids"}, status=404)
         return web.json_response({"deleted_sessions": known, "deleted_reports": removed})
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The request body (bounded by client_max_size), within BODY_DEADLINE_S."""
+        async with asyncio.timeout(BODY_DEADLINE_S):
+            return await request.read()
 
     async def fleet_page(self, request: web.Request) -> web.Response:
         """GET /: the fleet page."""

@@ -12,25 +12,31 @@ import contextlib
 import functools
 import logging
 import os
+import resource
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
 
 from usagestatsd import __version__, logs
 from usagestatsd.collector.app import Collector
+from usagestatsd.collector.listener import IDLE_DEADLINE_S, Listener
 from usagestatsd.collector.migrations import SchemaTooNew
-from usagestatsd.collector.settings import CollectorSettings, load_settings
+from usagestatsd.collector.settings import CollectorSettings, load_settings, mask_dsn
 from usagestatsd.collector.store import DAY_MS, SqlStore
+from usagestatsd.collector.store_postgres import DriverMissing
+from usagestatsd.collector.validate import validate
 from usagestatsd.settings import LOG_FORMATS, SettingsError
 from usagestatsd.systemd import Notifier
 
 EXIT_CONFIG = 78
 RETENTION_EVERY_S = 3600.0
+FD_RESERVE = 64  # descriptors kept for the database, the log and the listening socket
 log = structlog.get_logger()
 
 
@@ -67,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:18924)")
     serve.add_argument("--state-dir", help="directory of the SQLite database")
     serve.add_argument("--database-url", help="postgresql:// DSN, or sqlite:///PATH")
+    serve.add_argument(
+        "--database-url-file", help="read the database URL from this file (mode 0600)"
+    )
     serve.add_argument("--retention-days", help="keep reports this many days")
     serve.add_argument("--log-format", choices=LOG_FORMATS)
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -92,6 +101,35 @@ def open_store(settings: CollectorSettings) -> SqlStore:
     return store
 
 
+def _server(runner: web.AppRunner) -> web.Server:
+    assert runner.server is not None  # set up before the first connection is accepted
+    return runner.server
+
+
+def _connection_cap(wanted: int) -> int:
+    """`max_connections`, within the descriptors the process may open.
+
+    The soft limit is raised to the hard one (systemd's LimitNOFILE= sets both); what is
+    left after a reserve for the database and the log is the most connections held at once,
+    so accepting never runs out of descriptors.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted + FD_RESERVE and soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    cap = min(wanted, soft - FD_RESERVE)
+    if cap < wanted:
+        log.warning(
+            "collector.connections_capped",
+            max_connections=wanted,
+            cap=cap,
+            open_files_limit=soft,
+            hint="raise LimitNOFILE= (the unit sets 8192)",
+        )
+    return max(cap, 1)
+
+
 async def _retention(collector: Collector, days: int) -> None:
     while True:
         cutoff = int(time.time() * 1000) - days * DAY_MS
@@ -115,18 +153,23 @@ async def serve(settings: CollectorSettings, store: SqlStore) -> int:
     loop = asyncio.get_running_loop()
     writer = Writer(store, loop)
     collector = Collector(settings, store, writer)
-    runner = web.AppRunner(collector.app(), access_log=None)  # no access log: no addresses
+    app = collector.app()
+    listener = Listener(lambda: _server(runner)(), _connection_cap(settings.max_connections))
+    app.middlewares.append(listener.middleware)
+    # No access log: no addresses. aiohttp's own keep-alive timer agrees with ours.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_DEADLINE_S)
     await runner.setup()
     host, port = settings.listen
     notifier = Notifier(settings.notify_socket)
     try:
         try:
-            await web.TCPSite(runner, host, port, backlog=1024).start()
+            bound = listener.listen(host, port)
         except OSError as exc:
             log.error("collector.listen_failed", listen=f"{host}:{port}", error=exc.strerror)
             return 1
-        bound = runner.addresses[0][1] if runner.addresses else port
         where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        # The validation processes start now, not on the first report.
+        await loop.run_in_executor(collector.validators, validate, b"{}", 1)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -147,9 +190,21 @@ async def serve(settings: CollectorSettings, store: SqlStore) -> int:
         log.info("collector.stopping")
         return 0
     finally:
+        await listener.stop()
         await runner.cleanup()
+        collector.validators.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(writer.stop)
         notifier.close()
+
+
+def _open_problem(exc: Exception, settings: CollectorSettings) -> str:
+    """The error's own text (the database server's, for PostgreSQL: a wrong password, an
+    unknown role, a refused connection), on one line, never with the DSN's password."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    password = urlsplit(settings.database).password
+    if password:
+        text = text.replace(password, "***")
+    return mask_dsn(text)[:500]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "listen": args.listen,
         "state_dir": args.state_dir,
         "database_url": args.database_url,
+        "database_url_file": args.database_url_file,
         "retention_days": args.retention_days,
         "log_format": args.log_format,
         "log_level": args.log_level,
@@ -175,13 +231,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SchemaTooNew as exc:
         log.error("store.schema_too_new", error=str(exc))
         return 1
+    except DriverMissing as exc:
+        # Restarting cannot install a package: say which one, once, and stop (78).
+        log.error("store.driver_missing", backend=settings.backend, detail=str(exc))
+        return EXIT_CONFIG
     except Exception as exc:
-        # The message of a driver error can hold the DSN's host; name the kind only.
         log.error(
             "store.open_failed",
             backend=settings.backend,
             error=type(exc).__name__,
-            detail=str(exc) if settings.backend == "sqlite" else None,
+            detail=_open_problem(exc, settings),
         )
         return 1
     try:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-REJECT_REASONS = ("too_large", "not_json", "schema", "limits", "privacy", "unauthorized")
+REJECT_REASONS = (
+    "too_large",
+    "too_slow",
+    "not_json",
+    "schema",
+    "limits",
+    "privacy",
+    "unauthorized",
+    "conflict",
+    "ahead",
+)
 
 
 @dataclass

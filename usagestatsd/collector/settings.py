@@ -6,12 +6,14 @@ daemon) naming the setting, where it came from and what is accepted, and the CLI
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from usagestatsd.collector.secrets import MASKED, secret_values
 from usagestatsd.settings import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 from usagestatsd.settings_declare import (
     Declaration,
@@ -29,6 +31,9 @@ DEFAULT_SETTINGS_FILE = Path("/etc/usagestatsd-collector/collector.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/usagestatsd-collector")
 DEFAULT_PORT = 18924
 MAX_SETTINGS_FILE_BYTES = 1 << 20
+# Values never echoed in an error: a token, or a DSN's password.
+SECRET_SETTINGS = ("ingest_tokens", "deletion_tokens")
+_DSN_PASSWORD = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@|(password=)[^&\s]*", re.IGNORECASE)
 
 
 def parse_listen(raw: object) -> tuple[str, int]:
@@ -131,8 +136,14 @@ class CollectorSettings:
     deletion_tokens: tuple[str, ...] = setting(
         (), _tokens, env=("USAGESTATSD_COLLECTOR_DELETION_TOKENS",)
     )
-    max_report_bytes: int = setting(64 << 10, _integer(4096, 16 << 20))
+    # A real report is 1 to 2 KB (Ray 2.60 with its usage tags: about 1.9 KB); 16 KiB is
+    # eight times that, and bounds what one sender can make the collector store.
+    max_report_bytes: int = setting(16 << 10, _integer(4096, 16 << 20))
     max_pending: int = setting(5000, _integer(10, 1_000_000))
+    # Enough that a thousand idle connections are simply held (each costs a descriptor and
+    # a few KiB) until their deadline; past it, making room costs an accept and a close
+    # per connection for as long as a sender keeps reconnecting.
+    max_connections: int = setting(4096, _integer(16, 1 << 20))
     log_format: LogFormat = setting(
         "auto", _choice(LOG_FORMATS), env=("USAGESTATSD_COLLECTOR_LOG_FORMAT",), flag=Flag()
     )
@@ -176,13 +187,59 @@ def read_settings_file(path: Path, explicit: bool) -> dict[str, Any]:
     return table
 
 
+def mask_dsn(text: str) -> str:
+    """A database URL with its password (userinfo or `password=` parameter) withheld."""
+    return _DSN_PASSWORD.sub(
+        lambda m: (m.group(1) or m.group(2)) + "***" + ("@" if m.group(1) else ""), text
+    )
+
+
+def _masked(exc: SettingsError) -> SettingsError:
+    """The same error, its value withheld when it may be a secret (a token, a password, or
+    any value of an unknown key: a misspelt `ingest_token` is still a token)."""
+    if exc.name == "database_url" and isinstance(exc.value, str):
+        value: object = mask_dsn(exc.value)
+    elif exc.name in SECRET_SETTINGS or exc.name not in (*SETTING_NAMES, "config"):
+        value = MASKED
+    else:
+        return exc
+    return SettingsError(exc.name, exc.source, value, exc.accepted)
+
+
 def load_settings(
     env: Mapping[str, str], cli: Mapping[str, object] | None = None, path: Path | None = None
 ) -> CollectorSettings:
-    """Build the settings from every layer; raises SettingsError on the first bad value."""
+    """Build the settings from every layer; raises SettingsError on the first bad value,
+    never quoting a secret."""
+    try:
+        return _load(env, cli, path)
+    except SettingsError as exc:
+        raise _masked(exc) from None
+
+
+def _load(
+    env: Mapping[str, str], cli: Mapping[str, object] | None, path: Path | None
+) -> CollectorSettings:
+    cli = cli or {}
     file_path = path or DEFAULT_SETTINGS_FILE
     file_values = read_settings_file(file_path, path is not None)
-    got = gather(DECLARED, file_values, f"settings file {file_path}", env, cli or {})
+    layered = {k: v for k, v in cli.items() if k != "database_url_file"}
+    got = gather(DECLARED, file_values, f"settings file {file_path}", env, layered)
+    secrets = secret_values(
+        env, str(cli["database_url_file"]) if cli.get("database_url_file") else None
+    )
+    for d in DECLARED:
+        if d.name in secrets:
+            text, source = secrets[d.name]
+            got.take(d.name, text, source, d.text_parse)
+    shared = set(got.values.get("ingest_tokens", ())) & set(got.values.get("deletion_tokens", ()))
+    if shared:
+        raise SettingsError(
+            "deletion_tokens",
+            "the settings",
+            MASKED,
+            "tokens that are not also ingest tokens (every head holds those)",
+        )
     return CollectorSettings(
         settings_file=file_path if file_values else None,
         notify_socket=env.get("NOTIFY_SOCKET") or None,

@@ -18,6 +18,16 @@ from usagestatsd.collector.migrations import CREATE_VERSIONS, pending
 from usagestatsd.collector.validate import Accepted
 
 DAY_MS = 86_400_000
+# What a report can be, once offered to the store.
+NEW, DUPLICATE, CONFLICT, AHEAD = "new", "duplicate", "conflict", "ahead"
+# How far a session's seq_number may jump past its newest stored one: a head reports
+# hourly, so this is six weeks of reports the collector missed. Anyone holding an ingest
+# token could otherwise post a session's far-future seq_numbers: its facts would stand
+# for good and the head's own next reports would be taken for repeats.
+SEQ_WINDOW = 1000
+# A session silent this long (a stopped cluster, or one whose sender could not reach
+# the collector) may start again at any seq_number.
+RESTART_AFTER_MS = 7 * DAY_MS
 _ROWS_PER_INSERT = 200
 # Reports carry at most this many rows in their rollups' facet lists (validate limits lists).
 _FACETS = (("library", "library_usages"), ("hardware", "hardware_usages"))
@@ -113,6 +123,10 @@ class SqlStore:
         if rows:
             conn.cursor().executemany(self.sql(text), rows)
 
+    def scrub(self) -> None:
+        """After a committed deletion: make the backend drop the old copies it still holds
+        (SQLite's write-ahead log, PostgreSQL's dead tuples)."""
+
     def recover(self, which: str) -> None:
         """After a failed statement: replace a broken connection ('write' or 'read')."""
 
@@ -141,24 +155,28 @@ class SqlStore:
         return applied
 
     # -- writes (one writer thread) ----------------------------------------------------
-    def ingest(self, items: Sequence[Accepted], now_ms: int) -> list[bool]:
-        """Store a batch in one transaction; True for each new report, False for a repeat."""
-        first: dict[tuple[str, int], int] = {}
-        for index, item in enumerate(items):
-            first.setdefault((item.session_id, item.seq_number), index)
-        unique = [items[i] for i in sorted(first.values())]
-        new: set[tuple[str, int]] = set()
+    def ingest(self, items: Sequence[Accepted], now_ms: int) -> list[str]:
+        """Store a batch in one transaction; for each item NEW, DUPLICATE (the same report
+        again), CONFLICT (another report holds its session_id and seq_number) or AHEAD
+        (its seq_number is too far ahead of the session's newest)."""
+        outcomes: dict[tuple[str, int], str] = {}
+        first: dict[tuple[str, int], Accepted] = {}
         with self.transaction(self._w):
-            for start in range(0, len(unique), _ROWS_PER_INSERT):
-                chunk = unique[start : start + _ROWS_PER_INSERT]
-                rows = ", ".join("(?, ?, ?, ?, ?)" for _ in chunk)
-                params: list[Any] = []
-                for item in chunk:
-                    params += [item.session_id, item.seq_number, now_ms, item.collect_ms]
-                    params.append(item.body.decode("utf-8"))
-                cursor = self.run(self._w, _INSERT_REPORTS.format(rows=rows), params)
-                new.update((str(sid), int(seq)) for sid, seq in cursor.fetchall())
-            fresh = [i for i in unique if (i.session_id, i.seq_number) in new]
+            heads = self._heads(sorted({item.session_id for item in items}), now_ms)
+            admitted: list[Accepted] = []
+            for item in items:
+                key = (item.session_id, item.seq_number)
+                if key in first:
+                    continue
+                head = heads.get(item.session_id)
+                if head is not None and item.seq_number > head + SEQ_WINDOW:
+                    outcomes[key] = AHEAD
+                    continue
+                first[key] = item
+                admitted.append(item)
+                heads[item.session_id] = max(item.seq_number, head or 0)
+            new = self._insert(admitted, now_ms)
+            fresh = [i for i in admitted if (i.session_id, i.seq_number) in new]
             self._rollups(fresh, now_ms)
             if fresh:
                 self.run(
@@ -166,11 +184,67 @@ class SqlStore:
                     "UPDATE totals SET value = value + ? WHERE name = 'reports'",
                     (len(fresh),),
                 )
-        return [
-            first[(item.session_id, item.seq_number)] == index
-            and (item.session_id, item.seq_number) in new
-            for index, item in enumerate(items)
-        ]
+            for item in admitted:
+                key = (item.session_id, item.seq_number)
+                outcomes[key] = NEW if key in new else self._repeat(item)
+            return [self._outcome(item, first, outcomes) for item in items]
+
+    def _outcome(
+        self,
+        item: Accepted,
+        first: dict[tuple[str, int], Accepted],
+        outcomes: dict[tuple[str, int], str],
+    ) -> str:
+        key = (item.session_id, item.seq_number)
+        kept = first.get(key)
+        if kept is None or kept is item:
+            return outcomes[key]
+        if outcomes[key] == NEW:  # a repeat within the batch of the copy just stored
+            return DUPLICATE if kept.body == item.body else CONFLICT
+        return self._repeat(item)
+
+    def _heads(self, session_ids: Sequence[str], now_ms: int) -> dict[str, int]:
+        """The highest seq_number of each session that reported within RESTART_AFTER_MS.
+
+        A session not here (never seen, deleted, expired, or silent that long) takes any
+        seq_number as its start: a collector set up or emptied after a head started must
+        still take its reports.
+        """
+        heads: dict[str, int] = {}
+        for start in range(0, len(session_ids), _ROWS_PER_INSERT):
+            chunk = session_ids[start : start + _ROWS_PER_INSERT]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self.run(
+                self._w,
+                f"SELECT session_id, seq_number FROM sessions WHERE session_id IN ({marks}) "
+                "AND last_ms >= ?",
+                [*chunk, now_ms - RESTART_AFTER_MS],
+            ).fetchall()
+            heads.update((str(sid), int(seq)) for sid, seq in rows)
+        return heads
+
+    def _insert(self, admitted: Sequence[Accepted], now_ms: int) -> set[tuple[str, int]]:
+        """Insert the reports not stored yet; the keys of those inserted."""
+        new: set[tuple[str, int]] = set()
+        for start in range(0, len(admitted), _ROWS_PER_INSERT):
+            chunk = admitted[start : start + _ROWS_PER_INSERT]
+            rows = ", ".join("(?, ?, ?, ?, ?)" for _ in chunk)
+            params: list[Any] = []
+            for item in chunk:
+                params += [item.session_id, item.seq_number, now_ms, item.collect_ms]
+                params.append(item.body.decode("utf-8"))
+            cursor = self.run(self._w, _INSERT_REPORTS.format(rows=rows), params)
+            new.update((str(sid), int(seq)) for sid, seq in cursor.fetchall())
+        return new
+
+    def _repeat(self, item: Accepted) -> str:
+        """DUPLICATE when the stored report is this one (a retry), else CONFLICT."""
+        row = self.run(
+            self._w,
+            "SELECT body FROM reports WHERE session_id = ? AND seq_number = ?",
+            (item.session_id, item.seq_number),
+        ).fetchone()
+        return DUPLICATE if row is not None and str(row[0]).encode() == item.body else CONFLICT
 
     def _rollups(self, fresh: Sequence[Accepted], now_ms: int) -> None:
         sessions: list[list[Any]] = []
@@ -205,6 +279,7 @@ class SqlStore:
                 self.run(self._w, "DELETE FROM session_facets WHERE session_id = ?", (sid,))
                 self.run(self._w, "DELETE FROM session_days WHERE session_id = ?", (sid,))
             self._count_removed(removed)
+        self.scrub()
         return known, removed
 
     def expire(self, cutoff_ms: int) -> int:
@@ -229,6 +304,8 @@ class SqlStore:
                 (cutoff_ms, cutoff_ms),
             )
             self._count_removed(removed)
+        if removed:
+            self.scrub()
         return removed
 
     def _count_removed(self, removed: int) -> None:

@@ -57,6 +57,14 @@ class PostgresStore(SqlStore):
         else:
             self._r = fresh
 
+    def scrub(self) -> None:
+        """VACUUM the tables a deletion touched: their dead tuples (the deleted rows, still
+        in the table's pages until vacuumed) are pruned now rather than whenever autovacuum
+        gets to them. What VACUUM does not do is said in docs/collector.md: it frees the
+        space without zeroing it, and the server's own WAL keeps its copies until recycled."""
+        for table in ("reports", "sessions", "session_facets", "session_days"):
+            self._w.execute(f"VACUUM {table}")
+
     def sql(self, text: str) -> str:
         """psycopg's placeholders are %s (the shared SQL never holds a literal ? or %)."""
         return text.replace("?", "%s")

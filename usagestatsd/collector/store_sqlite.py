@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from usagestatsd.collector.store import SqlStore
+
+CHECKPOINT_TRIES = 50
+CHECKPOINT_PAUSE_S = 0.02
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -49,3 +53,21 @@ class SqliteStore(SqlStore):
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def scrub(self) -> None:
+        """Copy the write-ahead log into the file and truncate it to zero bytes.
+
+        secure_delete zeroes a deleted row in the page written by the deleting transaction,
+        but the log still holds the older images of that page (the row as it was) until a
+        checkpoint, and a checkpoint alone reuses the log without clearing it. TRUNCATE
+        needs no reader to hold an older snapshot: our own reader waits on its lock, and no
+        other process opens this file (mode 0600). The -shm file holds only the log's index
+        (page numbers, checksums), never row data.
+        """
+        with self._read_lock:
+            for _ in range(CHECKPOINT_TRIES):
+                busy, _, _ = self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return
+                time.sleep(CHECKPOINT_PAUSE_S)
+        raise sqlite3.OperationalError("the write-ahead log could not be truncated (busy)")

@@ -9,6 +9,7 @@ rejects the whole report (without a trustworthy id the report cannot be deleted 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,8 @@ from usagestatsd.report import Report, SchemaError, check_schema, serialise
 MAX_STRING_CHARS = 1024
 MAX_LIST_ITEMS = 256
 MAX_TAGS = 256
-MAX_DEPTH = 4
+MAX_DEPTH = 4  # schema 0.1 needs 2: the report object, and a list or the tags inside it
+_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 MAX_INTEGER = 2**53  # stored as BIGINT; JSON readers lose precision beyond this
 _NOBODY = KnownIdentifiers()
 
@@ -44,12 +46,24 @@ class Rejected:
     detail: str
 
 
-def _depth(value: Any, level: int = 0) -> int:
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
+def nests_deeper(raw: bytes, limit: int) -> bool:
+    """Whether the JSON text opens more than `limit` arrays/objects inside each other.
+
+    Read from the bytes, before parsing: every later step (the parser, the schema check,
+    the guard) walks the value recursively, and a body nested hundreds deep would raise
+    RecursionError in one of them. Strings are skipped whole, so a bracket inside one is
+    not counted; a malformed body that fools the count is refused by the parser.
+    """
+    depth = 0
+    for token in _STRUCTURE.finditer(raw):
+        opener = token.group()
+        if opener in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif opener in (b"]", b"}"):
+            depth -= 1
+    return False
 
 
 def _reject_constant(name: str) -> Any:
@@ -89,14 +103,14 @@ def validate(raw: bytes, max_bytes: int) -> Accepted | Rejected:
     """Check one received body; never raises."""
     if len(raw) > max_bytes:
         return Rejected("too_large", f"body larger than {max_bytes} bytes")
+    if nests_deeper(raw, MAX_DEPTH):
+        return Rejected("schema", "body nests deeper than schema 0.1 allows")
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return Rejected("not_json", "body is not UTF-8 JSON")
     if not isinstance(body, dict):
         return Rejected("schema", "body is not a JSON object")
-    if _depth(body) > MAX_DEPTH:
-        return Rejected("schema", "body nests deeper than schema 0.1 allows")
     try:
         check_schema(body)
     except SchemaError as exc:
@@ -113,6 +127,9 @@ def validate(raw: bytes, max_bytes: int) -> Accepted | Rejected:
         stored = serialise(clean)
     except SchemaError:
         return Rejected("limits", "report field collect_timestamp_ms is out of range")
+    if len(stored) > max_bytes:
+        # Stored as ASCII JSON: a character outside it takes 6 or 12 bytes there.
+        return Rejected("too_large", f"report larger than {max_bytes} bytes once stored")
     return Accepted(
         session_id=clean.session_id,
         seq_number=clean.seq_number,

@@ -63,9 +63,9 @@ class Writer:
         """Give back a place taken by `admit`."""
         self._pending -= 1
 
-    async def ingest(self, item: Accepted) -> bool:
-        """Store one report; True when new, False when it was stored before."""
-        future: asyncio.Future[bool] = self._loop.create_future()
+    async def ingest(self, item: Accepted) -> str:
+        """Store one report; its outcome (store.NEW, DUPLICATE, CONFLICT or AHEAD)."""
+        future: asyncio.Future[str] = self._loop.create_future()
         self._queue.put(_Job("ingest", item, future))
         return await future
 
@@ -113,9 +113,9 @@ class Writer:
         if batch:
             try:
                 now_ms = int(time.time() * 1000)
-                new = self._store.ingest([j.payload for j in batch], now_ms)
-                for j, is_new in zip(batch, new, strict=True):
-                    self._settle(j.future, is_new, None)
+                outcomes = self._store.ingest([j.payload for j in batch], now_ms)
+                for j, outcome in zip(batch, outcomes, strict=True):
+                    self._settle(j.future, outcome, None)
             except Exception as exc:
                 log.error("store.write_failed", error=type(exc).__name__, reports=len(batch))
                 for j in batch:

@@ -1,0 +1,224 @@
+"""The listening socket and its bounds: what aiohttp's own server does not limit.
+
+Anyone who can reach the port can open connections, so the collector bounds what they cost:
+
+- at most `max_connections` connections are held; when a new one would pass that, the
+  oldest connection that is not inside a request is closed (an idle or half-sent one), so
+  a crowd of idle connections never keeps an honest sender out;
+- one deadline per connection, always running: the request head must be complete within
+  HEAD_DEADLINE_S of connecting, and the next one within IDLE_DEADLINE_S of the previous
+  answer (idle keep-alive connections are closed); a request is answered within
+  REQUEST_DEADLINE_S (the handler bounds the body itself, more tightly);
+- a resource error at accept (EMFILE, ...) is one log line per LOG_INTERVAL_S, with a
+  count of those held back, and accepting resumes after ACCEPT_RETRY_S;
+- connections closed by a deadline or to make room are counted, and logged the same way.
+
+aiohttp's TCPSite accepts without any of this (its accept errors are a traceback each),
+so the socket is ours and each accepted connection is handed to aiohttp's protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger()
+
+HEAD_DEADLINE_S = 10.0
+IDLE_DEADLINE_S = 5.0
+REQUEST_DEADLINE_S = 60.0  # body, storage (a busy database) and the answer
+ACCEPT_RETRY_S = 0.5
+LOG_INTERVAL_S = 60.0
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class Throttle:
+    """Say something at most once per interval; count how often it was held back."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._next = 0.0
+        self.held_back = 0
+
+    def due(self) -> int | None:
+        """None: stay quiet. Otherwise how many were held back before this one."""
+        now = time.monotonic()
+        if now < self._next:
+            self.held_back += 1
+            return None
+        self._next = now + self.interval_s
+        held, self.held_back = self.held_back, 0
+        return held
+
+
+class _Connection(asyncio.Protocol):
+    """aiohttp's protocol for one connection, with its deadline and its place in the count."""
+
+    def __init__(self, inner: asyncio.Protocol, listener: Listener) -> None:
+        self.inner = inner
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.busy = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def deadline(self, seconds: float, why: str) -> None:
+        """Close the connection in `seconds` unless another deadline replaces this one."""
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(seconds, self.close, why)
+
+    def close(self, why: str) -> None:
+        """Drop the connection now (abort: nothing waits for a peer that does not read)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.listener.note_closed(why)
+            self.transport.abort()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.inner.connection_made(transport)
+        self.listener.opened(self)
+        self.deadline(HEAD_DEADLINE_S, "no request head in time")
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.listener.lost(self)
+        self.inner.connection_lost(exc)
+
+
+class Listener:
+    """Accepts on one TCP socket within the bounds above; aiohttp serves each connection."""
+
+    def __init__(self, protocol: Callable[[], asyncio.Protocol], max_connections: int) -> None:
+        self._protocol = protocol
+        self.max_connections = max_connections
+        self._open: dict[asyncio.Transport, _Connection] = {}  # oldest first
+        self._sock: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
+        self._accept_log = Throttle()
+        self._close_log = Throttle()
+        self._closed_since_log = 0
+
+    @property
+    def open_connections(self) -> int:
+        """Connections held now."""
+        return len(self._open)
+
+    def listen(self, host: str, port: int, backlog: int = 1024) -> int:
+        """Bind and start accepting; returns the port (raises OSError: port taken)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.create_server((host, port), family=family, backlog=backlog)
+        self._sock.setblocking(False)
+        self._acceptor = asyncio.create_task(self._accept_loop())
+        return int(self._sock.getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop accepting (the connections are closed by aiohttp's shutdown)."""
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            await asyncio.gather(self._acceptor, return_exceptions=True)
+        if self._sock is not None:
+            self._sock.close()
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]
+    ) -> Any:
+        """Marks the connection busy while its request is handled, and moves its deadline."""
+        transport = request.transport
+        conn = self._open.get(transport) if isinstance(transport, asyncio.Transport) else None
+        if conn is None:
+            return await handler(request)
+        conn.busy = True
+        conn.deadline(REQUEST_DEADLINE_S, "request not answered in time")
+        try:
+            return await handler(request)
+        finally:
+            conn.busy = False
+            conn.deadline(IDLE_DEADLINE_S, "idle after the answer")
+
+    # -- the count ----------------------------------------------------------------
+
+    def opened(self, conn: _Connection) -> None:
+        assert conn.transport is not None
+        self._open[conn.transport] = conn
+        if len(self._open) > self.max_connections:
+            self._make_room(conn)
+
+    def lost(self, conn: _Connection) -> None:
+        if conn.transport is not None:
+            self._open.pop(conn.transport, None)
+
+    def _make_room(self, newest: _Connection) -> None:
+        for conn in self._open.values():
+            if not conn.busy and conn is not newest:
+                conn.close("closed to make room for a new connection")
+                return
+        newest.close("every connection is inside a request")
+
+    def note_closed(self, why: str) -> None:
+        self._closed_since_log += 1
+        held = self._close_log.due()
+        if held is not None:
+            log.info(
+                "http.connections_closed",
+                reason=why,
+                closed=self._closed_since_log,
+                open=len(self._open),
+                max_connections=self.max_connections,
+            )
+            self._closed_since_log = 0
+
+    # -- accepting ----------------------------------------------------------------
+
+    async def _accept_loop(self) -> None:
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as exc:
+                self._accept_failed(exc)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            try:
+                await loop.connect_accepted_socket(
+                    lambda: _Connection(self._protocol(), self), conn
+                )
+            except OSError:
+                conn.close()
+
+    def _accept_failed(self, exc: OSError) -> None:
+        held = self._accept_log.due()
+        if held is None:
+            return
+        # Out of descriptors or memory is the machine's state, not a bug: no traceback.
+        level = log.warning if exc.errno in _RESOURCE_ERRORS else log.info
+        level(
+            "http.accept_failed",
+            problem=exc.strerror or str(exc),
+            retry_s=ACCEPT_RETRY_S,
+            held_back=held,
+            open=len(self._open),
+        )
