@@ -102,8 +102,11 @@ async def test_costly_cluster_config_never_stalls_a_cycle(
 
 @pytest.fixture
 def collector(tmp_path: Path) -> Iterator[CollectorProcess]:
-    """A real collector on 127.0.0.1, storing in SQLite."""
-    with running_collector(tmp_path / "state") as running:
+    """A real collector on 127.0.0.1, storing in SQLite, taking reports of up to 64 KiB
+    (its default, 16 KiB, would refuse the costly report before the guard sees it)."""
+    config = tmp_path / "collector.toml"
+    config.write_text(f"max_report_bytes = {64 << 10}\n")
+    with running_collector(tmp_path / "state", config=config) as running:
         yield running
 
 
