@@ -20,6 +20,7 @@ from usagestatsd.cycle import Clock, CycleOutcome, ReportCycle
 from usagestatsd.follow import SessionFollower
 from usagestatsd.intake import RayIntake
 from usagestatsd.privacy import KnownIdentifiers
+from usagestatsd.published import Publisher
 from usagestatsd.running import ServiceRecord
 from usagestatsd.schedule import Schedule, Slot
 from usagestatsd.session import Session
@@ -49,6 +50,11 @@ class Reporter:
         self.follower = SessionFollower(settings, Schedule(settings.report_interval_s, rng))
         self.beside = BesideRay(settings.beside_ray, lambda: self.follower.session)
         self.cycle = ReportCycle(settings, known, self.beside, clock, withheld)
+        self.published = Publisher(settings)  # every user's view (published.py)
+        self.published.state = self.cycle.state
+        if self.announce.service is not None:
+            self.announce.service.on_write = self.published.record_changed
+            self.published.record_changed(self.announce.service.record)
         self.nudge = asyncio.Event()  # look at the temp root now (a session appeared, see watch.py)
         self._intake: RayIntake | None = None
         self._watch: SessionWatch | None = None
@@ -155,3 +161,4 @@ class Reporter:
             # Interrupted (SIGTERM, a bug): what it changed so far is saved too.
             if outcome is None or outcome.state_changed:
                 self.cycle.save()
+            self.published.state_changed(self.cycle.state)

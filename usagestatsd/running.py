@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,12 @@ def _from_json(data: dict[str, Any]) -> ServiceRecord:
         raise ValueError(f"unknown format {data.get('format')!r}")
     fields = dict(data)
     del fields["format"]
+    return record_from_dict(fields)
+
+
+def record_from_dict(data: dict[str, Any]) -> ServiceRecord:
+    """A record from its fields as `asdict` gives them (service.json, status.json)."""
+    fields = dict(data)
     consent = dict(fields["consent"])
     consent["consulted"] = tuple(Consulted(**c) for c in consent.get("consulted", ()))
     fields["consent"] = Decision(**consent)
@@ -209,6 +216,8 @@ class RecordKeeper:
     store: RecordStore
     record: ServiceRecord
     problems: list[str] = field(default_factory=list)
+    # Told each record written, for every user's status.json (published.py).
+    on_write: Callable[[ServiceRecord], None] | None = None
 
     def update(self, **changes: Any) -> None:
         """Apply changes; write the file only when something changed."""
@@ -223,3 +232,5 @@ class RecordKeeper:
             self.store.save(self.record)
         except OSError as exc:
             self.problems.append(f"{self.store.path}: {exc.strerror or exc}")
+        if self.on_write is not None:
+            self.on_write(self.record)
