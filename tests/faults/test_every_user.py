@@ -139,7 +139,9 @@ class Head:
 
 
 @contextlib.asynccontextmanager
-async def started_head(endpoint: ScriptedEndpoint, publish: bool) -> AsyncIterator[Head]:
+async def started_head(
+    endpoint: ScriptedEndpoint, publish: bool, url: str | None = None
+) -> AsyncIterator[Head]:
     """Ray (the demo cluster) and the service, both as RAY_UID, after REPORTS reports.
 
     `publish`: the runtime directory exists (systemd's RuntimeDirectory=); without it the
@@ -167,7 +169,7 @@ async def started_head(endpoint: ScriptedEndpoint, publish: bool) -> AsyncIterat
         **head.shell(RAY_UID),
         "STATE_DIRECTORY": str(state),  # systemd's, in the service's environment alone
         "RAY_USAGE_STATS_ENABLED": "1",
-        "RAY_USAGE_STATS_REPORT_URL": endpoint.url,
+        "RAY_USAGE_STATS_REPORT_URL": url or endpoint.url,
         "RAY_USAGE_STATS_REPORT_INTERVAL_S": "0.5",
         "USAGESTATSD_RETRY_INITIAL_DELAY_S": "0.05",
         "USAGESTATSD_RAY_INTAKE": "127.0.0.1:0",
@@ -284,3 +286,22 @@ async def test_without_the_document_another_user_is_told_what_to_run(
     assert code == 1 and out == ""
     assert "run `sudo usagestatsd history`" in err and "Traceback" not in err
     assert preview_code == 1 and "run `sudo usagestatsd preview`" in preview_err
+
+
+async def test_the_document_is_world_readable_and_holds_no_credential(
+    endpoint: ScriptedEndpoint,
+) -> None:
+    """The service alone writes it (0644, its user's), without the userinfo of its endpoint
+    URL or its environment; what it shows is what the service sent."""
+    port = endpoint.url.rsplit(":", 1)[1].strip("/")
+    url = f"http://reporter:s3cret-token@127.0.0.1:{port}/"
+    async with started_head(endpoint, publish=True, url=url) as head:
+        document = head.runtime / "status.json"
+        info = os.stat(document)
+        raw = document.read_text()
+        code, out, _ = await head.run(NOBODY, "history", "--raw")
+    assert (info.st_mode & 0o777, info.st_uid) == (0o644, RAY_UID)
+    assert "s3cret" not in raw
+    sent = b"".join(body for _, body, _ in endpoint.received)
+    assert code == 0 and out and out.encode() in sent
+    assert json.loads(raw)["record"]["endpoints"] == [f"http://127.0.0.1:{port}/"]
