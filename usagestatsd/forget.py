@@ -63,12 +63,12 @@ def show_history(
     return 0
 
 
-def _service_history(settings: Settings) -> Loaded | None:
+def _service_history(settings: Settings, command: str = "history") -> Loaded | None:
     """The service's history: its file when this user can read it, else the last records
     the service publishes for every user (said on stderr); None (said why) if neither."""
     published, published_problem = read_published(settings.runtime_dir)
     history = history_of(settings, service_state_dir(settings, published))
-    blocked = cannot_read(history.path, "history")
+    blocked = cannot_read(history.path, command)
     if blocked is None:
         return history.load()
     if published is not None and published.state_dir == history.directory:
@@ -104,7 +104,10 @@ def deletion_request_text(sessions: Sequence[dict[str, Any]]) -> str:
 
 def list_sessions(settings: Settings) -> int:
     """`forget` without arguments: the sessions reported from here and how to delete them."""
-    sessions = summarise_sessions(history_of(settings).load().records)
+    loaded = _service_history(settings, "forget")
+    if loaded is None:
+        return 1
+    sessions = summarise_sessions(loaded.records)
     if not sessions:
         print("This head has no reported sessions in its history.")
         return 0

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.hostile import NOBODY, needs_root, open_dir
+from tests.support.hostile import NOBODY, as_user, needs_root, open_dir
 from tests.support.poll import until
 from tests.support.processes import run_cli
 from tests.support.servers import ScriptedEndpoint
@@ -305,3 +305,21 @@ async def test_the_document_is_world_readable_and_holds_no_credential(
     sent = b"".join(body for _, body, _ in endpoint.received)
     assert code == 0 and out and out.encode() in sent
     assert json.loads(raw)["record"]["endpoints"] == [f"http://127.0.0.1:{port}/"]
+
+
+def test_a_file_closed_to_others_is_named_with_its_owner_and_mode() -> None:
+    """StateDirectory= at systemd's default mode (0755) and the service's files 0640: the
+    file itself keeps another user out, and the message says whose it is."""
+    from usagestatsd.published import cannot_read
+
+    state = open_dir() / "state"
+    state.mkdir(mode=0o755)
+    history = state / "history.jsonl"
+    history.write_text("")
+    history.chmod(0o640)
+    for path in (state, history):
+        os.chown(path, RAY_UID, RAY_UID)
+    assert as_user(lambda: str(cannot_read(history, "history"))) == (
+        f"cannot read {history} (owned by uid {RAY_UID}, mode 0640): run `sudo usagestatsd history`"
+    )
+    assert cannot_read(history, "history") is None  # root reads it
