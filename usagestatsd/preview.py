@@ -33,7 +33,7 @@ def _service_state(settings: Settings) -> State | None:
         return published.state
     if published_problem:
         blocked += f" (and {published_problem})"
-    _note(f"{blocked}: the counters and session_id are the service's")
+    _note(f"the counters and session_id are the service's, and {blocked}")
     return None
 
 

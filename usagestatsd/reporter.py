@@ -52,9 +52,6 @@ class Reporter:
         self.cycle = ReportCycle(settings, known, self.beside, clock, withheld)
         self.published = Publisher(settings)  # every user's view (published.py)
         self.published.state = self.cycle.state
-        if self.announce.service is not None:
-            self.announce.service.on_write = self.published.record_changed
-            self.published.record_changed(self.announce.service.record)
         self.nudge = asyncio.Event()  # look at the temp root now (a session appeared, see watch.py)
         self._intake: RayIntake | None = None
         self._watch: SessionWatch | None = None
@@ -71,6 +68,9 @@ class Reporter:
 
     async def start(self, look_s: float) -> None:
         """Listen for Ray's reporter and watch the temp root, then say READY=1."""
+        if self.announce.service is not None:  # from now on, every record is published
+            self.announce.service.on_write = self.published.record_changed
+            self.published.record_changed(self.announce.service.record)
         await self._start_intake()
         self._watch = self._watch_sessions(look_s)
 

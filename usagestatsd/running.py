@@ -9,6 +9,9 @@ stopped when it stops. The record also keeps the inputs of the decision (the var
 settings are read from, the command-line overrides, the settings file), so that `status`
 can recompute what a restart would decide from the current files and compare.
 
+Other users than root and the service's own cannot read the state directory: the record
+also goes, without its inputs, into the document every user may read (published.py).
+
 It holds no fact about the cluster, only the service's own choices. A daemon that is
 disabled writes it only into a state directory that already exists (systemd's
 StateDirectory=): disabled, it creates nothing.
