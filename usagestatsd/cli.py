@@ -167,6 +167,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             RecordStore(settings.state_dir).save(stopped, create=False)
         except OSError as exc:
             log.warning("service_record.write_failed", problem=exc.strerror or str(exc))
+        from usagestatsd.published import Publisher
+
+        Publisher(settings).record_changed(stopped)  # for every user's status
         return EXIT_OK
     from usagestatsd.daemon import run_daemon
 

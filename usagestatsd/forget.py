@@ -17,7 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from usagestatsd.history import Record, history_of, summarise_sessions
+from usagestatsd.history import Loaded, Record, history_of, summarise_sessions
+from usagestatsd.published import cannot_read, describe_source, read_published, service_state_dir
 from usagestatsd.sender import deliver
 from usagestatsd.settings import DEFAULT_ENDPOINT_URL, Endpoint, Settings, redact_url
 from usagestatsd.state import EndpointResult
@@ -34,7 +35,9 @@ def show_history(
     settings: Settings, as_json: bool, last: int | None, session: str | None, raw: bool
 ) -> int:
     """Print the history (table, JSON lines, or the raw bytes of the selected bodies)."""
-    loaded = history_of(settings).load()
+    loaded = _service_history(settings)
+    if loaded is None:
+        return 1
     records = [r for r in loaded.records if session is None or r.session_id == session]
     if last is not None:
         records = records[-last:] if last > 0 else []
@@ -60,6 +63,27 @@ def show_history(
     return 0
 
 
+def _service_history(settings: Settings, command: str = "history") -> Loaded | None:
+    """The service's history: its file when this user can read it, else the last records
+    the service publishes for every user (said on stderr); None (said why) if neither."""
+    published, published_problem = read_published(settings.runtime_dir)
+    history = history_of(settings, service_state_dir(settings, published))
+    blocked = cannot_read(history.path, command)
+    if blocked is None:
+        return history.load()
+    if published is not None and published.state_dir == history.directory:
+        print(
+            f"usagestatsd: {blocked}; these are the last {len(published.history)} records, "
+            f"{describe_source(published)}",
+            file=sys.stderr,
+        )
+        return Loaded(published.history, 0)
+    if published_problem:
+        blocked += f" (and {published_problem})"
+    print(f"usagestatsd: {blocked}", file=sys.stderr)
+    return None
+
+
 def deletion_request_text(sessions: Sequence[dict[str, Any]]) -> str:
     """The message a user sends under the policy to have Ray's copy deleted."""
     lines = [
@@ -80,7 +104,10 @@ def deletion_request_text(sessions: Sequence[dict[str, Any]]) -> str:
 
 def list_sessions(settings: Settings) -> int:
     """`forget` without arguments: the sessions reported from here and how to delete them."""
-    sessions = summarise_sessions(history_of(settings).load().records)
+    loaded = _service_history(settings, "forget")
+    if loaded is None:
+        return 1
+    sessions = summarise_sessions(loaded.records)
     if not sessions:
         print("This head has no reported sessions in its history.")
         return 0

@@ -72,7 +72,8 @@ class Record:
 _FIELDS = set(Record.__dataclass_fields__)
 
 
-def _parse(line: bytes) -> Record | None:
+def parse_record(line: bytes) -> Record | None:
+    """One history line as a Record; None when it is damaged."""
     try:
         data = json.loads(line)
     except (ValueError, RecursionError):
@@ -120,7 +121,7 @@ class History:
         for line in lines[:-1]:
             if not line:
                 continue
-            record = _parse(line)
+            record = parse_record(line)
             if record is None:
                 skipped += 1
             else:
@@ -201,7 +202,7 @@ class History:
     def _oldest_too_old(self, now_ms: int) -> bool:
         try:
             with open(self.path, "rb") as handle:
-                first = _parse(handle.readline(1 << 20))
+                first = parse_record(handle.readline(1 << 20))
         except OSError:
             return False
         return first is not None and now_ms - first.time_ms > self.max_age_ms
@@ -231,7 +232,7 @@ class History:
             sizes = array("L")  # per line: its record's size if fresh, else 0
             records = 0
             for line in handle:
-                record = _parse(line) if line.endswith(b"\n") else None  # torn: no newline
+                record = parse_record(line) if line.endswith(b"\n") else None  # torn: no newline
                 records += record is not None
                 fresh = (
                     record is not None
@@ -250,7 +251,7 @@ class History:
             def kept() -> Iterator[bytes]:
                 handle.seek(0)
                 for index, line in enumerate(handle):
-                    record = _parse(line) if index >= first and sizes[index] else None
+                    record = parse_record(line) if index >= first and sizes[index] else None
                     if record is not None:
                         yield record.to_line()
 
@@ -277,9 +278,12 @@ def _write_all(fd: int, payload: bytes, size: int) -> None:
         raise
 
 
-def history_of(settings: Settings) -> History:
-    """The history store the settings describe (shared by the daemon and the commands)."""
-    return History(settings.state_dir, settings.history_max_bytes, settings.history_max_age_days)
+def history_of(settings: Settings, directory: Path | None = None) -> History:
+    """The history store the settings describe (shared by the daemon and the commands), in
+    `directory` when given (the service's, as a command found it)."""
+    return History(
+        directory or settings.state_dir, settings.history_max_bytes, settings.history_max_age_days
+    )
 
 
 def summarise_sessions(records: Iterable[Record]) -> list[dict[str, Any]]:

@@ -6,14 +6,35 @@ import sys
 import time
 
 from usagestatsd.pipeline import collect_known_identifiers, prepare_report
+from usagestatsd.published import cannot_read, describe_source, read_published, service_state_dir
 from usagestatsd.refusal import cluster_refusal
 from usagestatsd.session import find_session, trusted_uids
 from usagestatsd.settings import Settings
-from usagestatsd.state import StateStore
+from usagestatsd.state import State, StateStore
 
 
 def _note(text: str) -> None:
     print(f"usagestatsd preview: {text}", file=sys.stderr)
+
+
+def _service_state(settings: Settings) -> State | None:
+    """The service's counters and session_id: its state.json when this user can read it,
+    else the document it publishes for every user; None (said why) if neither."""
+    published, published_problem = read_published(settings.runtime_dir)
+    store = StateStore(service_state_dir(settings, published))
+    blocked = cannot_read(store.path, "preview")
+    if blocked is None:
+        state, state_problem = store.peek()
+        if state_problem:
+            _note(f"state not readable ({state_problem}); counters shown from zero")
+        return state
+    if published is not None and published.state_dir == store.directory:
+        _note(f"counters and session_id {describe_source(published)}")
+        return published.state
+    if published_problem:
+        blocked += f" (and {published_problem})"
+    _note(f"the counters and session_id are the service's, and {blocked}")
+    return None
 
 
 async def preview(settings: Settings, withheld: tuple[str, ...] = ()) -> int:
@@ -23,9 +44,9 @@ async def preview(settings: Settings, withheld: tuple[str, ...] = ()) -> int:
         _note(f"no Ray session under {settings.temp_root}: nothing would be sent")
         return 1
     session = found.session
-    state, state_problem = StateStore(settings.state_dir).peek()
-    if state_problem:
-        _note(f"state not readable ({state_problem}); counters shown from zero")
+    state = _service_state(settings)
+    if state is None:
+        return 1
     prepared = await prepare_report(
         settings, session, state, collect_known_identifiers(), int(time.time() * 1000), withheld
     )

@@ -22,6 +22,7 @@ from usagestatsd.follow import SessionFollower
 from usagestatsd.intake import RayIntake
 from usagestatsd.intake_socket import INTAKE_FD_NAME, inherited_sockets
 from usagestatsd.privacy import KnownIdentifiers
+from usagestatsd.published import Publisher
 from usagestatsd.running import ServiceRecord
 from usagestatsd.schedule import Schedule, Slot
 from usagestatsd.session import Session
@@ -51,6 +52,8 @@ class Reporter:
         self.follower = SessionFollower(settings, Schedule(settings.report_interval_s, rng))
         self.beside = BesideRay(settings.beside_ray, lambda: self.follower.session)
         self.cycle = ReportCycle(settings, known, self.beside, clock, withheld)
+        self.published = Publisher(settings)  # every user's view (published.py)
+        self.published.state = self.cycle.state
         self.nudge = asyncio.Event()  # look at the temp root now (a session appeared, see watch.py)
         self._intake: RayIntake | None = None
         self._watch: SessionWatch | None = None
@@ -67,6 +70,9 @@ class Reporter:
 
     async def start(self, look_s: float) -> None:
         """Listen for Ray's reporter and watch the temp root, then say READY=1."""
+        if self.announce.service is not None:  # from now on, every record is published
+            self.announce.service.on_write = self.published.record_changed
+            self.published.record_changed(self.announce.service.record)
         await self._start_intake()
         self._watch = self._watch_sessions(look_s)
 
@@ -171,3 +177,4 @@ class Reporter:
             # Interrupted (SIGTERM, a bug): what it changed so far is saved too.
             if outcome is None or outcome.state_changed:
                 self.cycle.save()
+            self.published.state_changed(self.cycle.state)

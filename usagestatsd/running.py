@@ -9,6 +9,9 @@ stopped when it stops. The record also keeps the inputs of the decision (the var
 settings are read from, the command-line overrides, the settings file), so that `status`
 can recompute what a restart would decide from the current files and compare.
 
+Other users than root and the service's own cannot read the state directory: the record
+also goes, without its inputs, into the document every user may read (published.py).
+
 It holds no fact about the cluster, only the service's own choices. A daemon that is
 disabled writes it only into a state directory that already exists (systemd's
 StateDirectory=): disabled, it creates nothing.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -160,6 +164,12 @@ def _from_json(data: dict[str, Any]) -> ServiceRecord:
         raise ValueError(f"unknown format {data.get('format')!r}")
     fields = dict(data)
     del fields["format"]
+    return record_from_dict(fields)
+
+
+def record_from_dict(data: dict[str, Any]) -> ServiceRecord:
+    """A record from its fields as `asdict` gives them (service.json, status.json)."""
+    fields = dict(data)
     consent = dict(fields["consent"])
     consent["consulted"] = tuple(Consulted(**c) for c in consent.get("consulted", ()))
     fields["consent"] = Decision(**consent)
@@ -209,6 +219,8 @@ class RecordKeeper:
     store: RecordStore
     record: ServiceRecord
     problems: list[str] = field(default_factory=list)
+    # Told each record written, for every user's status.json (published.py).
+    on_write: Callable[[ServiceRecord], None] | None = None
 
     def update(self, **changes: Any) -> None:
         """Apply changes; write the file only when something changed."""
@@ -223,3 +235,5 @@ class RecordKeeper:
             self.store.save(self.record)
         except OSError as exc:
             self.problems.append(f"{self.store.path}: {exc.strerror or exc}")
+        if self.on_write is not None:
+            self.on_write(self.record)

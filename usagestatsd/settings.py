@@ -149,6 +149,14 @@ class Settings:
         doc_default="`/var/lib/usagestatsd` (root), else `$XDG_STATE_HOME/usagestatsd`",
         default_from=state_dir_default,
     )
+    # Where the service publishes status.json for every local user (published.py): the
+    # same for every user by default, so that a command finds the service's facts.
+    runtime_dir: Path = setting(
+        Path("/run/usagestatsd"),
+        absolute_path,
+        env=("USAGESTATSD_RUNTIME_DIR",),
+        doc=_ABSOLUTE,
+    )
     endpoints: tuple[Endpoint, ...] = setting(
         (Endpoint(DEFAULT_ENDPOINT_URL),),
         endpoint_tables,

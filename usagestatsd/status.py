@@ -16,11 +16,12 @@ from typing import Any
 from usagestatsd.cluster import PROVIDER_SOCKET
 from usagestatsd.consent import Decision, decide, read_consent_file
 from usagestatsd.fieldsets import CURRENT_VERSION, withheld
+from usagestatsd.published import describe_source, service_facts
 from usagestatsd.ray_consent import read_ray_configs
-from usagestatsd.running import RecordStore, ServiceRecord, intake_address, is_running
+from usagestatsd.running import ServiceRecord, intake_address, is_running
 from usagestatsd.session import Discovery, Session, find_session, trusted_uids, untrusted_text
 from usagestatsd.settings import Settings, SettingsError, load_settings
-from usagestatsd.state import State, StateStore
+from usagestatsd.state import State
 
 
 def _when(ms: int | None) -> str | None:
@@ -82,7 +83,7 @@ def restart_changes(record: ServiceRecord, settings: Settings, decision: Decisio
 def _service(record: ServiceRecord | None, running: bool, problem: str | None) -> dict[str, Any]:
     if record is None:
         state = "unknown" if problem else "no record (never started with this state directory)"
-        return {"state": state, "problem": problem}
+        return {"state": state, "problem": problem, "known": problem is None}
     if running:
         state = "running"
     elif not record.consent.enabled:
@@ -99,6 +100,7 @@ def _service(record: ServiceRecord | None, running: bool, problem: str | None) -
         "stopped": _when(record.stopped_ms),
         "status_line": record.status_line,
         "problem": problem,
+        "known": True,
     }
 
 
@@ -111,10 +113,16 @@ def _untrusted(discovery: Discovery, settings: Settings) -> str | None:
 
 def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
     """Everything `status` shows, as JSON-ready values (`decision`: this command's own)."""
-    state, state_problem = StateStore(settings.state_dir).peek()
-    record, record_problem = RecordStore(settings.state_dir).load()
+    facts = service_facts(settings)
+    record, record_problem, state = facts.record, facts.record_problem, facts.state
     running = record is not None and is_running(record)
-    new_settings, new_decision, error = restart_view(record) if record else (None, None, None)
+    if record is None:
+        new_settings, new_decision, error = None, None, None
+    elif facts.published is not None:  # its inputs (its environment) are not published
+        new_settings, new_decision = None, None
+        error = "not known to this user: run `sudo usagestatsd status`"
+    else:
+        new_settings, new_decision, error = restart_view(record)
     # The session as the service sees it: its ray_user (often set in its unit's environment,
     # by `setup --apply`) is trusted here too, beside this command's own settings.
     service_ray_user = new_settings.ray_user if new_settings else None
@@ -141,8 +149,9 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
         "settings_file": str(settings.settings_file) if settings.settings_file else None,
         "consent_file": str(settings.consent_file),
         "temp_root": str(settings.temp_root),
-        "state_dir": str(settings.state_dir),
-        "state_problem": state_problem,
+        "state_dir": str(facts.state_dir),
+        "state_problem": facts.state_problem,
+        "facts_from": None if facts.published is None else describe_source(facts.published),
         "endpoints": list(record.endpoints) if record else [e.display for e in settings.endpoints],
         "session": _session(found, state),
         "session_untrusted": _untrusted(discovery, settings),
@@ -310,9 +319,12 @@ def render(info: dict[str, Any]) -> str:
         )
     for name, why in f["redacted"].items():
         lines.append(f"  redacted {name} ({why})")
-    lines += _beside_lines(info["beside_ray"], service.get("running", False))
-    if info["state_problem"]:
-        lines.append(f"State:          unreadable ({info['state_problem']})")
+    lines += _beside_lines(info["beside_ray"], service)
+    problem = info["state_problem"]
+    if problem and problem != service.get("problem"):
+        lines.append(f"State:          unreadable ({problem})")
+    if info["facts_from"]:
+        lines.append(f"Facts:          {info['facts_from']}")
     return "\n".join(lines)
 
 
@@ -324,8 +336,11 @@ def _service_lines(service: dict[str, Any], after: dict[str, Any] | None) -> lis
         lines[0] += f" at {service['stopped']}"
     if service.get("status_line"):
         lines.append(f"  its status:   {service['status_line']}")
-    if service.get("problem"):
-        lines.append(f"  record:       unreadable ({service['problem']})")
+    problem = service.get("problem")
+    if problem and problem.startswith("cannot read"):
+        lines.append(f"  {problem}")
+    elif problem:
+        lines.append(f"  record:       unreadable ({problem})")
     if after is None:
         return lines
     if after.get("error"):
@@ -340,6 +355,8 @@ def _service_lines(service: dict[str, Any], after: dict[str, Any] | None) -> lis
 
 def _no_next(info: dict[str, Any]) -> str:
     """Why no report is planned: never a time that will not come."""
+    if not info["service"].get("known", True):
+        return "unknown (the service's record cannot be read)"
     if not info["service"].get("running"):
         return "none (the service is not running)"
     if not info["enabled"]:
@@ -351,7 +368,8 @@ def _no_next(info: dict[str, Any]) -> str:
     return "not scheduled"
 
 
-def _beside_lines(b: dict[str, Any], running: bool) -> list[str]:
+def _beside_lines(b: dict[str, Any], service: dict[str, Any]) -> list[str]:
+    running = service.get("running", False)
     explain = {
         "routed": "Ray's reporter sends to this daemon's intake; only usagestatsd reports",
         "direct": "Ray's own reporter sends this session's reports itself"
@@ -367,6 +385,8 @@ def _beside_lines(b: dict[str, Any], running: bool) -> list[str]:
             "reporter cannot be routed here; free the port or choose another with ray_intake, "
             "then restart the service"
         )
+    elif b["intake_address"] and not service.get("known", True):
+        lines.append(f"  intake {b['intake_address']}: unknown (its record is unreadable)")
     elif b["intake_address"] and not running:
         lines.append(f"  intake {b['intake_address']}: not listening (the service is not running)")
     elif b["intake_address"] is None:

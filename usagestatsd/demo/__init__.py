@@ -201,7 +201,8 @@ async def run_demo(interval_s: float = 5.0) -> int:
     """`usagestatsd demo` (`make run`): cluster, receiver and a real daemon process, together."""
     with tempfile.TemporaryDirectory(prefix="usagestatsd-demo-") as tmp:
         root = Path(tmp)
-        temp_root, state_dir = root / "ray", root / "state"
+        temp_root, state_dir, runtime_dir = root / "ray", root / "state", root / "run"
+        runtime_dir.mkdir(mode=0o755)  # what systemd's RuntimeDirectory= makes
         settings_file = root / "usagestatsd.toml"
         settings_file.write_text("# demo: everything else comes from the environment\n")
         cluster = DemoCluster(make_session_dir(temp_root))
@@ -216,6 +217,7 @@ async def run_demo(interval_s: float = 5.0) -> int:
                 "RAY_USAGE_STATS_ENABLED": "1",
                 "USAGESTATSD_TEMP_ROOT": str(temp_root),
                 "USAGESTATSD_STATE_DIR": str(state_dir),
+                "USAGESTATSD_RUNTIME_DIR": str(runtime_dir),
                 "RAY_USAGE_STATS_REPORT_URL": receiver.url,
                 "RAY_USAGE_STATS_REPORT_INTERVAL_S": str(interval_s),
                 # No Ray reporter in the demo, and port 18922 may belong to a real service.
