@@ -148,6 +148,24 @@ log=$(invocation_log)
 grep -q '^report.sent' <<<"$log" && grep -q '^beside_ray.report_absorbed' <<<"$log"
 check "journal: Ray's report absorbed at the intake, then report.sent" $?
 ! grep -q '^beside_ray.standing_down' <<<"$log"; check "journal: no standing down" $?
+# Every user sees the service's facts (or is told what to run): root, Ray's user, another.
+in_c useradd --create-home --shell /bin/bash other 2>/dev/null
+for who in root ray other; do
+    if [ $who = root ]; then as=(); else as=(runuser -u $who --); fi
+    st=$(in_c "${as[@]}" usagestatsd status 2>&1)
+    grep -q '^Service: *running since' <<<"$st" && grep -qE '^Last report: .* seq [0-9]+' <<<"$st"
+    check "usagestatsd status as $who: the service runs, its last report" $? \
+        "$(grep -m1 '^Service:' <<<"$st" | cut -c1-60); $(grep -m1 '^Last report:' <<<"$st" | cut -c1-60)"
+    hist=$(in_c "${as[@]}" usagestatsd history 2>&1)
+    grep -qE ' report +sent +200 ' <<<"$hist"
+    check "usagestatsd history as $who: the reports sent" $? "$(grep -m1 -E 'report|cannot' <<<"$hist" | cut -c1-120)"
+    if [ $who = other ]; then
+        grep -q 'run `sudo usagestatsd history`' <<<"$hist"
+        check "usagestatsd history as $who: says what it cannot read, and the command" $?
+    fi
+    seq=$(in_c "${as[@]}" usagestatsd preview 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["seq_number"])' 2>&1)
+    [ "${seq:-0}" -ge 1 ] 2>/dev/null; check "usagestatsd preview as $who: numbered after the service's reports" $? "seq_number ${seq:-?}"
+done
 # A clean setup and start: nothing at warning or worse from the service as it runs now.
 warn=$(in_c journalctl -q -o cat --no-pager -p warning "_SYSTEMD_INVOCATION_ID=$(prop InvocationID)")
 [ -z "$warn" ]; check "journalctl -u usagestatsd -p warning: empty since the service started as ray" $? \
