@@ -10,7 +10,7 @@ import pytest
 from tests.unit.test_report import recorded_report
 from usagestatsd.identifiers import KnownIdentifiers
 from usagestatsd.privacy import guard
-from usagestatsd.ray_tags import RAY_TAG_KEYS, RAY_TAG_SHAPES
+from usagestatsd.ray_tags import _BY_SHAPE, RAY_TAG_KEYS, RAY_TAG_SHAPES
 from usagestatsd.report import ProviderFacts
 
 DATA = Path(__file__).parents[1] / "data"
@@ -120,3 +120,9 @@ def test_ray_version_is_rays_own_form(version: str, kept: bool) -> None:
     clean, redactions = guard(recorded_report().with_fields(ray_version=version), KNOWN)
     assert (clean.ray_version == version) is kept
     assert [r.field for r in redactions] == ([] if kept else ["ray_version"])
+
+
+def test_each_ray_tag_is_declared_once_under_one_shape() -> None:
+    """The tag names are declared once, each under its shape: none twice, 115 in all."""
+    declared = [name for _, names in _BY_SHAPE for name in names]
+    assert len(declared) == len(set(declared)) == len(RAY_TAG_KEYS) == 115
