@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 
 from usagestatsd.pipeline import collect_known_identifiers, prepare_report
 from usagestatsd.published import cannot_read, describe_source, read_published, service_state_dir
@@ -37,8 +38,22 @@ def _service_state(settings: Settings) -> State | None:
     return None
 
 
+def _trusting_the_service(settings: Settings) -> Settings:
+    """Trust the service's own user as the service does: its ray_user may be set only in its
+    unit's environment (`setup --apply`), which this command never sees. The user is the
+    owner of the document it publishes (only it and root may write its runtime directory)."""
+    if settings.ray_user is not None:
+        return settings
+    published, _ = read_published(settings.runtime_dir)
+    owner = published.owner_uid if published else None
+    if owner is None or owner == 0:
+        return settings
+    return replace(settings, ray_user=owner)
+
+
 async def preview(settings: Settings, withheld: tuple[str, ...] = ()) -> int:
     """Print the report body on stdout (notes on stderr); 1 when nothing would be sent."""
+    settings = _trusting_the_service(settings)
     found = find_session(settings.temp_root, trusted_uids(settings.ray_user))
     if found.session is None:
         _note(f"no Ray session under {settings.temp_root}: nothing would be sent")

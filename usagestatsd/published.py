@@ -54,6 +54,9 @@ class Published:
     record: ServiceRecord | None
     state: State
     history: list[Record]
+    # Who wrote it: the service's own uid (systemd makes the runtime directory the
+    # service's, and only it and root may write there), trusted like the service itself.
+    owner_uid: int | None = None
 
 
 # -- the service's side ------------------------------------------------------------------
@@ -154,6 +157,7 @@ def read_published(directory: Path) -> tuple[Published | None, str | None]:
             record_from_dict(record) if record else None,
             state_from_dict(data["state"]),
             [r for r in history if r is not None],
+            os.stat(path, follow_symlinks=False).st_uid,
         ), None
     except FileNotFoundError:
         return None, None

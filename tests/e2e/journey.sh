@@ -163,6 +163,13 @@ for who in root ray other; do
         grep -q 'run `sudo usagestatsd history`' <<<"$hist"
         check "usagestatsd history as $who: says what it cannot read, and the command" $?
     fi
+    if [ $who = other ]; then
+        # Only Ray's user and root may connect to Ray's sockets: it says so, and what to do.
+        err=$(in_c "${as[@]}" usagestatsd preview 2>&1 >/dev/null); rc=$?
+        [ $rc = 1 ] && grep -q "as the user that started Ray (or root)" <<<"$err"
+        check "usagestatsd preview as $who: says why it cannot, and what to run" $? "exit $rc; $(tail -n1 <<<"$err" | cut -c1-140)"
+        continue
+    fi
     seq=$(in_c "${as[@]}" usagestatsd preview 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["seq_number"])' 2>&1)
     [ "${seq:-0}" -ge 1 ] 2>/dev/null; check "usagestatsd preview as $who: numbered after the service's reports" $? "seq_number ${seq:-?}"
 done

@@ -257,6 +257,18 @@ async def test_preview_carries_the_service_counters(head: Head, user: str) -> No
     assert body["seq_number"] >= REPORTS and body["total_success"] >= REPORTS, out
 
 
+async def test_root_preview_trusts_the_service_user_it_was_not_told_of(head: Head) -> None:
+    """`sudo usagestatsd preview` with no ray_user in root's settings (setup --apply sets it
+    in the service's unit only): the service's user, the owner of the document it
+    publishes, is trusted as the service trusts it; the session and its counters show."""
+    bare = head.base / "no-ray-user.toml"
+    kept = [line for line in head.settings_file.read_text().splitlines() if "ray_user" not in line]
+    bare.write_text("\n".join(kept) + "\n")
+    code, out, err = await run_cli(["preview", "--config", str(bare)], head.shell(0))
+    assert code == 0, err
+    assert json.loads(out)["seq_number"] >= REPORTS, out
+
+
 async def test_preview_by_another_user_never_starts_from_zero(head: Head) -> None:
     """Another user: the service's counters from the published document (said so), or
     nothing; never a report numbered from zero."""
