@@ -102,8 +102,13 @@ async def test_loop_ignores_wall_clock_jumps(
             assert await serving == 0
     times = [when for when, _, _ in endpoint.received]
     gaps = [b - a for a, b in pairwise(times)]
-    assert gaps[0] <= interval + 0.2  # the random first offset is within one interval
-    assert all(interval - 0.08 <= gap <= interval + 0.2 for gap in gaps[1:]), gaps
+    # Slots are fixed on the monotonic clock: a cycle late on a loaded machine is followed
+    # by a shorter gap, so the rhythm is the mean gap. A loop led by the jumping wall clock
+    # would sleep for hours (no tenth report) or send in bursts (a mean near zero).
+    assert gaps[0] <= 2 * interval  # the random first offset is within one interval
+    mean = (times[-1] - times[1]) / (len(times) - 2)
+    assert 0.8 * interval <= mean <= 1.5 * interval, gaps
+    assert max(gaps) < 5 * interval, gaps
     stamps = [body["collect_timestamp_ms"] for body in endpoint.bodies()]
     assert max(stamps) - min(stamps) > 2 * HOUR * 1000  # the wall clock really did jump
     assert [b["seq_number"] for b in endpoint.bodies()] == list(range(len(stamps)))
