@@ -11,10 +11,12 @@ from pathlib import Path
 from pwd import getpwuid
 
 from usagestatsd.discovery import RayHead
+from usagestatsd.fileio import read_regular_file
 from usagestatsd.settings import Settings
 from usagestatsd.unitstate import DAEMON_UNIT, Unit
 
 UNIT_DIR = Path("/etc/systemd/system")
+ROUTE_DROPIN = "usagestatsd-route.conf"  # in Ray's unit; packaging removes it at removal
 DROPIN_NAME = "usagestatsd-setup.conf"  # after override.conf (systemctl edit): it wins
 DEFAULT_TEMP_ROOT = str(Settings.temp_root)  # Ray's default, and so the declared one
 
@@ -192,7 +194,17 @@ def _ray_fix(found: Found, plan: Plan) -> None:
         f"restarted with RAY_USAGE_STATS_REPORT_URL={url}."
     )
     if head.unit:
-        path = found.unit_dir / f"{head.unit}.d" / "usagestatsd-route.conf"
+        path = found.unit_dir / f"{head.unit}.d" / ROUTE_DROPIN
+        theirs = operators_route(path.parent)
+        if theirs is not None:
+            # systemd applies drop-ins in name order, so ours would silently win over
+            # `systemctl edit`'s override.conf: an operator's own setting is theirs to change.
+            plan.notes.append(
+                f"{theirs} (an operator's drop-in) sets RAY_USAGE_STATS_REPORT_URL for "
+                f"{head.unit}: setup leaves it alone. Set it there to {url} (or remove that "
+                f"line), then: systemctl daemon-reload; systemctl restart {head.unit}"
+            )
+            return
         plan.ray_files[path] = _dropin([f"Environment=RAY_USAGE_STATS_REPORT_URL={url}"])
         plan.ray_commands += ["systemctl daemon-reload", f"systemctl restart {head.unit}"]
         return
@@ -206,6 +218,24 @@ def _ray_fix(found: Found, plan: Plan) -> None:
         "it again with the same options plus the report URL:"
     )
     plan.ray_commands.append(f"{as_user}{start} <your usual options>")
+
+
+def operators_route(dropin_dir: Path) -> Path | None:
+    """A drop-in of the operator's (not setup's) that sets Ray's report URL, if any."""
+    try:
+        candidates = sorted(p for p in dropin_dir.glob("*.conf") if p.name != ROUTE_DROPIN)
+    except OSError:
+        return None
+    for candidate in candidates:
+        try:
+            text = read_regular_file(candidate, 64 << 10).decode("utf-8", "replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("Environment=") and "RAY_USAGE_STATS_REPORT_URL=" in line:
+                return candidate
+    return None
 
 
 def user_name(uid: int) -> str:

@@ -227,6 +227,21 @@ def test_default_head_as_user_ray_unrouted_without_provider(tmp_path: Path) -> N
     assert oct(ray_dropin.stat().st_mode & 0o777) == "0o644"
 
 
+def test_an_operators_override_of_the_report_url_is_left_to_them(tmp_path: Path) -> None:
+    """`systemctl edit ray-head` set the report URL (override.conf): setup writes no route of
+    its own, which would silently win (drop-ins apply in name order), and says what to do."""
+    head = head_as("ray", environ={})
+    override = tmp_path / "ray-head.service.d" / "override.conf"
+    override.parent.mkdir()
+    override.write_text("[Service]\nEnvironment=RAY_USAGE_STATS_REPORT_URL=https://elsewhere/\n")
+    f = found(head, tmp_path)
+    result = plan(f)
+    assert result.ray_files == {} and result.ray_commands == []
+    text = render(head, f, result)
+    assert f"{override} (an operator's drop-in) sets RAY_USAGE_STATS_REPORT_URL" in text
+    assert f"Set it there to {INTAKE}" in text
+
+
 def test_shell_started_ray_gets_a_start_command_not_a_unit(tmp_path: Path) -> None:
     head = head_as("ray", environ={}, unit=None, temp_root="/data/raytmp")
     result = plan(found(head, tmp_path))
