@@ -273,6 +273,17 @@ newest=$(in_c usagestatsd history --json --last 1 2>/dev/null | python3 -c 'impo
 check "after forget: the next report is in the history" $? "newest record: $newest"
 ! invocation_log | grep -q '^history.write_failed'; check "journal: no history.write_failed" $?
 
+# ---------------------------------------------------------------- purge
+in_c apt-get purge -y -q usagestatsd >"$wd/apt-purge.log" 2>&1; rc=$?
+check "apt-get purge usagestatsd" $rc
+grep -q 'ray-head.service keeps sending .*systemctl restart ray-head.service' "$wd/apt-purge.log"
+check "purge names the Ray still routed to the intake until restarted" $? \
+    "$(grep -m1 'usagestatsd: removed' "$wd/apt-purge.log" | cut -c1-140)"
+left=$(in_c sh -c 'ls -d /etc/systemd/system/*.d/usagestatsd-* 2>/dev/null; true')
+[ -z "$left" ]; check "purge left no drop-in of setup's" $? "${left:-none}"
+! in_c systemctl show -p Environment --value ray-head.service | grep -q RAY_USAGE_STATS_REPORT_URL
+check "Ray's unit no longer routes its reporter to the intake" $?
+
 echo
 echo "journey: ray start (routed) -> first complete report: $(secs $first_ms)"
 finish "$(secs $(($(now_ms) - t0))) in all"
