@@ -27,12 +27,14 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+
+# typing's generics, not collections.abc's: those are subscriptable only from Python 3.9, and
+# this file runs on every Python a Ray with usage stats runs on (3.7 and later).
+from typing import Any, Callable, Mapping, Sequence  # noqa: UP035
 
 PROTOCOL_VERSION = 1
 SOCKET_NAME = "usagestatsd_provider"
@@ -102,6 +104,14 @@ def usage_body(usage: Usage, now_ms: int) -> dict[str, object]:
 def error_body(message: str) -> dict[str, object]:
     """The JSON object answered with any non-200 status."""
     return {"protocol_version": PROTOCOL_VERSION, "error": message}
+
+
+def _shutdown_now(executor: ThreadPoolExecutor) -> None:
+    """Stop the reader without waiting; queued reads are dropped where Python can (3.9+)."""
+    try:
+        executor.shutdown(wait=False, cancel_futures=True)
+    except TypeError:  # Python 3.7 and 3.8 have no cancel_futures
+        executor.shutdown(wait=False)
 
 
 # --------------------------------------------------------------------------- HTTP layer
@@ -216,7 +226,7 @@ class ProviderServer:
             self._bind()
         except BaseException:
             self._httpd.server_close()
-            self._executor.shutdown(wait=False)
+            _shutdown_now(self._executor)
             raise
 
     def _bind(self) -> None:
@@ -262,7 +272,7 @@ class ProviderServer:
             self._thread.join(timeout=5)
             self._thread = None
         self._httpd.server_close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        _shutdown_now(self._executor)
         try:
             st = os.lstat(self.socket_path)
         except OSError:
