@@ -387,11 +387,13 @@ def read_gcs_address(temp_root: str | os.PathLike[str]) -> str:
 
 # ------------------------------------------------- Ray's GCS client, across versions
 #
-# What the client is called and what it takes changed often (measured on 2.9.3 to 2.60.0):
-# `GcsClient(address=...)` up to 2.30, `NewGcsClient.standalone(...)` in 2.40,
-# `InnerGcsClient.standalone(...)` from 2.44; the cluster id is `get_cluster_id()` (a hex
-# string) before 2.20's `cluster_id` property; node infos are dicts before 2.40 and
-# protobuf messages after; `state_filter` exists only from 2.60.
+# What the client is called and what it takes changed often (measured on 2.2.0 to 2.60.0):
+# `ray._private.gcs_utils.GcsClient` (Python, over gRPC) up to 2.4, where `ray._raylet` has
+# none; `ray._raylet.GcsClient(address=...)` from 2.5 to 2.30, `NewGcsClient.standalone(...)`
+# in 2.40, `InnerGcsClient.standalone(...)` from 2.44; the cluster id is `get_cluster_id()`
+# (a hex string) before 2.20's `cluster_id` property, and absent before 2.9; job infos are
+# dicts up to 2.6; node infos are dicts before 2.40 and protobuf messages after;
+# `state_filter` exists only from 2.60.
 
 
 def make_gcs_client(raylet: Any, address: str, timeout_s: float) -> Any:
@@ -400,7 +402,10 @@ def make_gcs_client(raylet: Any, address: str, timeout_s: float) -> Any:
         standalone = getattr(getattr(raylet, name, None), "standalone", None)
         if standalone is not None:
             return standalone(address, None, int(timeout_s * 1000))
-    return raylet.GcsClient(address=address)
+    client_class = getattr(raylet, "GcsClient", None)
+    if client_class is None:  # up to Ray 2.4: the Python client of ray._private.gcs_utils
+        client_class = importlib.import_module("ray._private.gcs_utils").GcsClient
+    return client_class(address=address)
 
 
 def cluster_id_of(client: Any) -> str | None:
@@ -592,15 +597,19 @@ class GcsUsageReader:
                 {"timeout": self.gcs_timeout_s},
                 {"skip_submission_job_info_field": True, "skip_is_running_tasks_field": True},
             )
+            return sum(1 for job in jobs.values() if counted_job(job))
         except Exception as exc:
             log("gcs.jobs_failed", error=_describe(exc))
             return None
-        return sum(
-            1
-            for job in jobs.values()
-            if not job.is_dead
-            and not job.config.ray_namespace.startswith(RAY_INTERNAL_NAMESPACE_PREFIX)
-        )
+
+
+def counted_job(job: Any) -> bool:
+    """Ray's rule for a running job; a job info is a dict up to Ray 2.6, a message after."""
+    if isinstance(job, dict):
+        dead, namespace = job.get("is_dead"), (job.get("config") or {}).get("ray_namespace")
+    else:
+        dead, namespace = job.is_dead, job.config.ray_namespace
+    return not dead and not str(namespace or "").startswith(RAY_INTERNAL_NAMESPACE_PREFIX)
 
 
 def _describe(exc: BaseException) -> str:
