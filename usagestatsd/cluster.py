@@ -182,6 +182,9 @@ async def gather(
         if provider_present
         else _none(),
     )
+    if metadata is None and provider is not None and provider.cluster_metadata is not None:
+        metadata = provider.cluster_metadata
+        problems[:] = metadata_served_elsewhere(problems)
     config = await read_cluster_config(
         cluster_config_path(session, config_path), kuberay, kubernetes, problems
     )
@@ -204,3 +207,9 @@ async def gather(
 
 async def _none() -> None:
     return None
+
+
+def metadata_served_elsewhere(problems: list[SourceError]) -> list[SourceError]:
+    """The problems without the metadata's: a dashboard older than Ray 2.3 has no such path,
+    and the provider gave the metadata from the GCS, so that 404 is no fault."""
+    return [p for p in problems if not p.source.endswith(METADATA_PATH)]

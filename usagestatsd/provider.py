@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import http.server
 import importlib
 import inspect
@@ -45,6 +46,11 @@ LIBRARY_USAGE_PREFIX = b"library_usage_"
 HARDWARE_USAGE_PREFIX = b"hardware_usage_"
 EXTRA_USAGE_TAG_PREFIX = b"extra_usage_tag_"
 SESSION_NAMESPACE = b"session"
+# What `ray start` records about the cluster (versions, start time: consent), as JSON. Ray
+# 2.3 and later also serve it as the dashboard's /api/v0/cluster_metadata; 1.13 to 2.2 not.
+CLUSTER_NAMESPACE = b"cluster"
+CLUSTER_METADATA_KEY = b"CLUSTER_METADATA"
+MAX_METADATA_BYTES = 16384
 SESSION_NAME_KEY = b"session_name"
 RAY_INTERNAL_NAMESPACE_PREFIX = "_ray_internal"
 ADDRESS_FILE = "ray_current_cluster"
@@ -70,6 +76,7 @@ class Usage:
     hardware_usages: list[str] = field(default_factory=list)
     total_num_nodes: int | None = None
     total_num_running_jobs: int | None = None
+    cluster_metadata: dict[str, object] | None = None
 
 
 ReadUsage = Callable[[], Usage]
@@ -97,6 +104,7 @@ def usage_body(usage: Usage, now_ms: int) -> dict[str, object]:
         "hardware_usages": list(usage.hardware_usages),
         "total_num_nodes": usage.total_num_nodes,
         "total_num_running_jobs": usage.total_num_running_jobs,
+        "cluster_metadata": usage.cluster_metadata,
         "collected_at_ms": now_ms,
     }
 
@@ -531,16 +539,39 @@ class GcsUsageReader:
                     raise UsageUnavailable(_describe(exc)) from None
         raise UsageUnavailable("the GCS client failed twice")
 
+    def _kv(self, method: Callable[..., Any], first: Any, namespace: bytes) -> Any:
+        """One KV read; `timeout` only where the client takes one (not Ray 1.13's)."""
+        call = functools.partial(method, first)
+        return call_accepting(call, {"namespace": namespace}, {"timeout": self.gcs_timeout_s})
+
     def _keys(self, client: Any, prefix: bytes) -> list[bytes]:
-        keys = client.internal_kv_keys(
-            prefix, namespace=USAGE_NAMESPACE, timeout=self.gcs_timeout_s
-        )
+        keys = self._kv(client.internal_kv_keys, prefix, USAGE_NAMESPACE)
         return sorted(keys)[:MAX_ITEMS]
 
+    def _values(self, client: Any, keys: list[bytes]) -> dict[bytes, Any]:
+        """Values of `keys`: one call where the client has multi_get (Ray 2.5+), else each."""
+        if hasattr(client, "internal_kv_multi_get"):
+            found = self._kv(client.internal_kv_multi_get, keys, USAGE_NAMESPACE)
+            return dict(found)
+        return {key: self._kv(client.internal_kv_get, key, USAGE_NAMESPACE) for key in keys}
+
+    def _metadata(self, client: Any) -> dict[str, object] | None:
+        """What `ray start` recorded about the cluster (a JSON object), or None."""
+        try:
+            raw = self._kv(client.internal_kv_get, CLUSTER_METADATA_KEY, CLUSTER_NAMESPACE)
+            if raw is None or len(raw) > MAX_METADATA_BYTES:
+                return None
+            doc = json.loads(raw.decode("utf-8", "replace"))
+        except Exception as exc:
+            log("gcs.metadata_failed", error=_describe(exc))
+            return None
+        if not isinstance(doc, dict):
+            return None
+        return {str(k)[:64]: v for k, v in doc.items() if isinstance(v, (str, int, bool))}
+
     def _read_with(self, client: Any, session_dir: str | None) -> Usage:
-        t = self.gcs_timeout_s
         if session_dir is not None:
-            name = client.internal_kv_get(SESSION_NAME_KEY, namespace=SESSION_NAMESPACE, timeout=t)
+            name = self._kv(client.internal_kv_get, SESSION_NAME_KEY, SESSION_NAMESPACE)
             expected = os.path.basename(session_dir)
             if name is not None and name.decode("utf-8", "replace") != expected:
                 raise UsageUnavailable(
@@ -557,7 +588,7 @@ class GcsUsageReader:
         tag_keys = self._keys(client, EXTRA_USAGE_TAG_PREFIX)
         tags: dict[str, str] = {}
         if tag_keys:
-            values = client.internal_kv_multi_get(tag_keys, namespace=USAGE_NAMESPACE, timeout=t)
+            values = self._values(client, tag_keys)
             for key in tag_keys:
                 value = values.get(key)
                 if value is not None:
@@ -569,12 +600,13 @@ class GcsUsageReader:
             hardware_usages=hardware,
             total_num_nodes=self._alive_nodes(client),
             total_num_running_jobs=self._running_jobs(client),
+            cluster_metadata=self._metadata(client),
         )
 
     def _alive_nodes(self, client: Any) -> int | None:
         """ALIVE nodes, as Ray's reporter counts them; None if not readable."""
-        if self._alive_state is None:
-            return None
+        if self._alive_state is None or not hasattr(client, "get_all_node_info"):
+            return None  # Ray 1.13's client cannot list nodes: the dashboard's count stands
         try:
             # Ray 2.60 filters in the GCS; older clients take no state_filter (2.40 raises
             # TypeError on it) and return every node, dead ones included: count ALIVE here.
@@ -583,13 +615,16 @@ class GcsUsageReader:
                 {"timeout": self.gcs_timeout_s},
                 {"state_filter": self._alive_state},
             )
-            return sum(1 for info in nodes.values() if _node_state(info) == self._alive_state)
+            infos = _infos(nodes, "node_info_list")
+            return sum(1 for info in infos if _node_state(info) == self._alive_state)
         except Exception as exc:
             log("gcs.nodes_failed", error=_describe(exc))
             return None
 
     def _running_jobs(self, client: Any) -> int | None:
         """Jobs not dead and outside ``_ray_internal*`` namespaces, as Ray counts them."""
+        if not hasattr(client, "get_all_job_info"):
+            return None  # Ray 1.13's client cannot list jobs: the dashboard's count stands
         try:
             # The skip_* arguments (Ray 2.40+) only save work; older clients lack them.
             jobs = call_accepting(
@@ -597,10 +632,15 @@ class GcsUsageReader:
                 {"timeout": self.gcs_timeout_s},
                 {"skip_submission_job_info_field": True, "skip_is_running_tasks_field": True},
             )
-            return sum(1 for job in jobs.values() if counted_job(job))
+            return sum(1 for job in _infos(jobs, "job_info_list") if counted_job(job))
         except Exception as exc:
             log("gcs.jobs_failed", error=_describe(exc))
             return None
+
+
+def _infos(answer: Any, list_name: str) -> Any:
+    """The infos of a listing: a dict's values (Ray 2.5+), or the gRPC reply's list (2.4-)."""
+    return answer.values() if hasattr(answer, "values") else getattr(answer, list_name)
 
 
 def counted_job(job: Any) -> bool:

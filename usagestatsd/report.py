@@ -59,6 +59,8 @@ class ProviderFacts:
     # Exact counts from the GCS, preferred over the dashboard's when present.
     total_num_nodes: int | None = None
     total_num_running_jobs: int | None = None
+    # What `ray start` recorded, read from the GCS: Ray 1.13 to 2.2 serve it over no HTTP.
+    cluster_metadata: ClusterMetadata | None = None
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,12 @@ def _count(source: str, value: Any, what: str, limit: float = _MAX_COUNT) -> int
 def parse_cluster_metadata(doc: Any) -> ClusterMetadata:
     """`GET /api/v0/cluster_metadata` from dash_ReportHead."""
     source = "dash_ReportHead /api/v0/cluster_metadata"
-    data = _unwrap(source, doc)
+    return metadata_of(source, _unwrap(source, doc))
+
+
+def metadata_of(source: str, data: Mapping[str, Any]) -> ClusterMetadata:
+    """The cluster metadata `ray start` recorded (the dashboard's `data`, or the provider's
+    `cluster_metadata` where the dashboard does not serve it: Ray 1.13 to 2.2)."""
     start = data.get("sessionStartTimestampMs")
     start_ms = (
         None if start is None else _count(source, start, "sessionStartTimestampMs", _YEAR_2100_MS)
@@ -266,6 +271,9 @@ def parse_provider(doc: Any) -> ProviderFacts:
     if len(tags) > 1000:
         raise SourceError(source, "extra_usage_tags has more than 1000 entries")
     nodes, jobs = doc.get("total_num_nodes"), doc.get("total_num_running_jobs")
+    metadata = doc.get("cluster_metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise SourceError(source, "cluster_metadata is not an object")
     return ProviderFacts(
         cluster_id=cluster_id,
         library_usages=_str_list(source, doc.get("library_usages"), "library_usages"),
@@ -273,6 +281,7 @@ def parse_provider(doc: Any) -> ProviderFacts:
         hardware_usages=_str_list(source, doc.get("hardware_usages"), "hardware_usages"),
         total_num_nodes=None if nodes is None else _count(source, nodes, "total_num_nodes"),
         total_num_running_jobs=None if jobs is None else _count(source, jobs, "running jobs"),
+        cluster_metadata=None if metadata is None else metadata_of(source, metadata),
     )
 
 

@@ -1,0 +1,65 @@
+"""A Ray version the daemon cannot report is named everywhere, and setup does not route it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from tests.unit.test_refusal import facts, metadata
+from tests.unit.test_setup import INTAKE, found, head_as
+from usagestatsd.ray_support import unsupported
+from usagestatsd.refusal import RefusalKind, cluster_refusal
+from usagestatsd.setup_plan import plan
+
+
+@pytest.mark.parametrize(
+    ("version", "metadata_known", "named"),
+    [
+        ("1.12.1", True, "Ray 1.12 is not supported: Ray collects usage stats from 1.13 on"),
+        ("0.8.7", False, "Ray 0.8 is not supported"),
+        ("2.2.0", False, "Ray 2.2 is not supported without the usagestatsd provider"),
+        ("1.13.0", False, "Ray 1.13 is not supported without the usagestatsd provider"),
+        ("2.2.0", True, None),
+        ("1.13.0", True, None),
+        ("2.3.0", False, None),  # its dashboard serves the metadata: an ordinary failure
+        ("2.60.0", True, None),
+        (None, False, None),
+    ],
+)
+def test_which_versions_are_named(version: str | None, metadata_known: bool, named: str) -> None:
+    why = unsupported(version, metadata_known)
+    assert why == named if named is None else why is not None and why.startswith(named)
+
+
+def test_the_refusal_names_the_version_from_the_dashboard_process() -> None:
+    """No metadata (1.12 has none): the version the dashboard's install says is named."""
+    old = facts(running=True)
+    old = replace(old, origins=replace(old.origins, ray_version="1.12.1"))  # type: ignore[arg-type]
+    refusal = cluster_refusal(old)
+    assert refusal is not None and refusal.kind is RefusalKind.UNSUPPORTED
+    assert refusal.level == "warning" and refusal.message.startswith("Ray 1.12 is not supported")
+    assert not refusal.kind.source_warnings  # one warning, not one per failing socket
+
+
+def test_a_served_version_is_not_refused_for_its_version() -> None:
+    assert cluster_refusal(facts(metadata=metadata())) is None
+
+
+@pytest.mark.parametrize(
+    ("version", "provider_problem"), [("1.12.1", None), ("2.2.0", "socket is absent")]
+)
+def test_setup_does_not_route_what_cannot_be_reported(
+    version: str, provider_problem: str | None
+) -> None:
+    head = head_as(version=version, environ={})
+    result = plan(found(head, provider_problem=provider_problem))
+    assert not result.ray_files and not result.ray_commands
+    assert any("is not supported" in m and "not routed" in m for m in result.missing)
+    assert not any(INTAKE in m for m in result.missing)
+
+
+def test_setup_routes_ray_2_2_when_the_provider_serves() -> None:
+    head = head_as(version="2.2.0", environ={})
+    result = plan(found(head))
+    assert result.ray_files and not any("is not supported" in m for m in result.missing)
