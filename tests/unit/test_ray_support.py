@@ -35,7 +35,8 @@ def test_which_versions_are_named(version: str | None, metadata_known: bool, nam
 def test_the_refusal_names_the_version_from_the_dashboard_process() -> None:
     """No metadata (1.12 has none): the version the dashboard's install says is named."""
     old = facts(running=True)
-    old = replace(old, origins=replace(old.origins, ray_version="1.12.1"))  # type: ignore[arg-type]
+    assert old.origins is not None
+    old = replace(old, origins=replace(old.origins, ray_version="1.12.1"))
     refusal = cluster_refusal(old)
     assert refusal is not None and refusal.kind is RefusalKind.UNSUPPORTED
     assert refusal.level == "warning" and refusal.message.startswith("Ray 1.12 is not supported")
