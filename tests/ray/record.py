@@ -142,7 +142,10 @@ def main() -> int:
         )
         docs: dict[str, Any] = {}
         for name, sock, path in PATHS:
-            docs[name] = dashboard_get(head, session, sock, path)
+            try:
+                docs[name] = dashboard_get(head, session, sock, path)
+            except RuntimeError as exc:  # e.g. no /api/v0/cluster_metadata before Ray 2.3
+                docs[name] = {"recorded_error": str(exc)}
         provider = session / "sockets" / "usagestatsd_provider"
         wait_until(
             provider.exists, 30, "the provider socket", lambda: "\n".join(head.provider_lines)

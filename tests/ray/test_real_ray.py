@@ -137,7 +137,14 @@ def record_comparison(ray: dict[str, Any], ours: dict[str, Any]) -> None:
         return
     table = {}
     for group, names in GROUPS.items():
-        if not all(_same(n, ours[n], ray[n]) for n in names):
+        # A field this Ray's own report lacks (fields.ray_keys) must be absent from ours too.
+        if any((n in ours) != (n in ray) for n in names):
+            table[group] = "differs"
+            continue
+        names = tuple(n for n in names if n in ray)
+        if not names:
+            table[group] = "not in this Ray"
+        elif not all(_same(n, ours[n], ray[n]) for n in names):
             table[group] = "differs"
         elif all(ray[n] in (None, [], {}) for n in names):
             table[group] = "null"

@@ -41,10 +41,14 @@ def recorded(version: str, name: str) -> Any:
 
 def ours(version: str) -> dict[str, Any]:
     """The report usagestatsd builds from that version's recorded replies."""
-    metadata = parse_cluster_metadata(recorded(version, "dash_report_cluster_metadata.json"))
+    provider = parse_provider(recorded(version, "provider_usage.json"))
+    metadata_doc = recorded(version, "dash_report_cluster_metadata.json")
+    if "recorded_error" in metadata_doc:  # no such path before Ray 2.3: the provider's, as
+        metadata = provider.cluster_metadata  # cluster.gather takes it
+    else:
+        metadata = parse_cluster_metadata(metadata_doc)
     totals = parse_cluster_status(recorded(version, "dash_report_cluster_status.json"))
     jobs = parse_job_list(recorded(version, "dash_job_list.json"))
-    provider = parse_provider(recorded(version, "provider_usage.json"))
     facts = ClusterFacts(metadata, totals, jobs, ClusterConfigFacts("unknown"), provider, (), True)
     report = build_report(
         source="OSS",
