@@ -231,8 +231,12 @@ def parse_job_list(doc: Any) -> int:
     count it: so only RUNNING entries with a job_id count (measured on Ray 2.60).
     """
     source = "dash_JobHead /api/jobs/"
+    if isinstance(doc, dict) and all(isinstance(job, dict) for job in doc.values()):
+        # Ray 1.13: {submission id: job info}, without job_id (its reports have no running
+        # jobs field: counting only keeps the source readable, without a warning).
+        doc = [{"job_id": key, **job} for key, job in doc.items()]
     if not isinstance(doc, list):
-        raise SourceError(source, "reply is not a JSON array")
+        raise SourceError(source, "reply is not a JSON array (nor Ray 1.13's object of jobs)")
     running = 0
     for job in doc:
         if not isinstance(job, dict) or not isinstance(job.get("status"), str):
@@ -248,6 +252,16 @@ def _str_list(source: str, value: Any, what: str) -> tuple[str, ...]:
     if len(value) > 1000:
         raise SourceError(source, f"{what} has more than 1000 entries")
     return tuple(value)
+
+
+def _camel(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The GCS keeps the metadata in snake_case (`ray_version`); the dashboard of Ray 2.3+
+    answers it in camelCase (`rayVersion`), the spelling `metadata_of` reads."""
+    out = dict(stored)
+    for key, value in stored.items():
+        head, *rest = key.split("_")
+        out.setdefault(head + "".join(word.capitalize() for word in rest), value)
+    return out
 
 
 def parse_provider(doc: Any) -> ProviderFacts:
@@ -281,7 +295,7 @@ def parse_provider(doc: Any) -> ProviderFacts:
         hardware_usages=_str_list(source, doc.get("hardware_usages"), "hardware_usages"),
         total_num_nodes=None if nodes is None else _count(source, nodes, "total_num_nodes"),
         total_num_running_jobs=None if jobs is None else _count(source, jobs, "running jobs"),
-        cluster_metadata=None if metadata is None else metadata_of(source, metadata),
+        cluster_metadata=None if metadata is None else metadata_of(source, _camel(metadata)),
     )
 
 

@@ -136,7 +136,11 @@ def main() -> int:
         wait_until(has_usage, 60, "the autoscaler's first usage report")
         head.submit_job()
         wait_until(
-            lambda: any(b["total_num_running_jobs"] == 1 for b in receiver.bodies()),
+            lambda: any(
+                b.get("total_num_running_jobs", 1) == 1  # 1.13's report has no such key
+                and "job_submission" in b["library_usages"]
+                for b in receiver.bodies()
+            ),
             120,
             "Ray's report showing the job",
         )

@@ -11,6 +11,7 @@ from tests.unit.test_setup import INTAKE, found, head_as
 from usagestatsd.ray_support import unsupported
 from usagestatsd.refusal import RefusalKind, cluster_refusal
 from usagestatsd.setup_plan import plan
+from usagestatsd.sources import parse_job_list, parse_provider
 
 
 @pytest.mark.parametrize(
@@ -64,3 +65,30 @@ def test_setup_routes_ray_2_2_when_the_provider_serves() -> None:
     head = head_as(version="2.2.0", environ={})
     result = plan(found(head))
     assert result.ray_files and not any("is not supported" in m for m in result.missing)
+
+
+def test_ray_1_13_job_object_is_read() -> None:
+    """1.13's /api/jobs/ is an object keyed by submission id, not a list."""
+    doc = {"raysubmit_a": {"status": "RUNNING"}, "raysubmit_b": {"status": "SUCCEEDED"}}
+    assert parse_job_list(doc) == 1
+
+
+def test_the_providers_metadata_is_read_in_the_gcs_spelling() -> None:
+    """The GCS keeps snake_case keys; read as the dashboard's camelCase ones."""
+    doc = {
+        "protocol_version": 1,
+        "cluster_id": None,
+        "library_usages": [],
+        "extra_usage_tags": {},
+        "hardware_usages": [],
+        "cluster_metadata": {
+            "ray_version": "2.2.0",
+            "session_id": "a327bfe0-9ecf-4e63-a7f8-04f774cf532f",
+            "session_start_timestamp_ms": 5,
+        },
+    }
+    md = parse_provider(doc).cluster_metadata
+    assert md is not None and md.ray_version == "2.2.0" and md.usage_stats_enabled
+    assert md.session_id == "a327bfe0-9ecf-4e63-a7f8-04f774cf532f"
+    without = parse_provider({**doc, "cluster_metadata": None}).cluster_metadata
+    assert without is None
