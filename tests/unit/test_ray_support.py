@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_ray_1_13_job_object_is_read() -> None:
 
 def test_the_providers_metadata_is_read_in_the_gcs_spelling() -> None:
     """The GCS keeps snake_case keys; read as the dashboard's camelCase ones."""
-    doc = {
+    doc: dict[str, Any] = {
         "protocol_version": 1,
         "cluster_id": None,
         "library_usages": [],
