@@ -286,11 +286,24 @@ class RayHead:
         metadata = self.cluster_metadata()
         if metadata.get("sessionId"):
             return str(metadata["sessionId"])
+        if metadata.get("session_id"):  # the GCS's spelling (the provider's, Ray 1.13-2.2)
+            return str(metadata["session_id"])
         return str(self.dashboard_json("/cluster_id")["data"]["clusterId"])
 
     def ray_version(self) -> str:
         """The version of Ray this head runs."""
-        return str(self.cluster_metadata()["rayVersion"])
+        return str(self.installed_version())
+
+    def installed_version(self) -> str:
+        """`ray.__version__` of this head's Python."""
+        done = subprocess.run(
+            [self.python, "-c", "import ray; print(ray.__version__)"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return done.stdout.strip()
 
     def cluster_metadata(self) -> dict[str, Any]:
         """What `ray start` recorded: from the dashboard (Ray 2.3+), else the provider's
