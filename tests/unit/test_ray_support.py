@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from tests.unit.test_refusal import facts, metadata
+from tests.unit.test_report import recorded_report
 from tests.unit.test_setup import INTAKE, found, head_as
+from usagestatsd.privacy import KnownIdentifiers, guard
 from usagestatsd.ray_support import unsupported
 from usagestatsd.refusal import RefusalKind, cluster_refusal
 from usagestatsd.setup_plan import plan
@@ -93,3 +95,12 @@ def test_the_providers_metadata_is_read_in_the_gcs_spelling() -> None:
     assert md.session_id == "a327bfe0-9ecf-4e63-a7f8-04f774cf532f"
     without = parse_provider({**doc, "cluster_metadata": None}).cluster_metadata
     assert without is None
+
+
+def test_a_metadata_uuid_with_digit_runs_is_a_session_id() -> None:
+    """Ray <= 2.20's session UUID (1.13 included) whose digits look like an IPv4 address or
+    an AWS account id is still the session id: before, every cycle of that session crashed."""
+    for uuid in ("39836106-38bf-4fc4-a1ee-43dd68f82c82", "0f3c2b1a-1d2e-4c5b-9a8f-123456789012"):
+        report = recorded_report().with_fields(session_id=uuid)
+        clean, redactions = guard(report, KnownIdentifiers())
+        assert clean.session_id == uuid and redactions == []
