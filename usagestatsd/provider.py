@@ -21,6 +21,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import signal
 import socket
 import socketserver
@@ -484,6 +485,9 @@ class GcsUsageReader:
         connect_s = str(max(1, round(gcs_timeout_s)))
         os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", connect_s)
         self._raylet: Any = importlib.import_module("ray._raylet")
+        version = str(getattr(importlib.import_module("ray"), "__version__", ""))
+        # Ray 2.0 and 2.1 also report the libraries recorded as files in the temp root.
+        self._library_files = version.startswith(("2.0.", "2.1."))
         self._alive_state: Any = None
         with contextlib.suppress(Exception):
             gcs_pb2 = importlib.import_module("ray.core.generated.gcs_pb2")
@@ -581,6 +585,8 @@ class GcsUsageReader:
             _decode(k[len(LIBRARY_USAGE_PREFIX) :])
             for k in self._keys(client, LIBRARY_USAGE_PREFIX)
         ]
+        if self._library_files:
+            libraries = sorted(set(libraries) | set(library_files(default_temp_root())))
         hardware = [
             _decode(k[len(HARDWARE_USAGE_PREFIX) :])
             for k in self._keys(client, HARDWARE_USAGE_PREFIX)
@@ -650,6 +656,21 @@ def counted_job(job: Any) -> bool:
     else:
         dead, namespace = job.is_dead, job.config.ray_namespace
     return not dead and not str(namespace or "").startswith(RAY_INTERNAL_NAMESPACE_PREFIX)
+
+
+LIBRARY_FILE = re.compile(r"_ray_lib_usage-([0-9a-zA-Z_]+)\.txt")
+
+
+def library_files(temp_root: str) -> list[str]:
+    """Libraries Ray 2.0/2.1 record as `_ray_lib_usage-<name>.txt` in its default temp root
+    whatever --temp-dir says (a process without a cluster, as `ray job submit`, cannot write
+    the GCS), as its reporter reads them."""
+    try:
+        names = os.listdir(temp_root)
+    except OSError:
+        return []
+    found = (LIBRARY_FILE.fullmatch(name) for name in names)
+    return sorted(m.group(1) for m in found if m)[:MAX_ITEMS]
 
 
 def _describe(exc: BaseException) -> str:
@@ -765,15 +786,19 @@ def wait_for_stop_signal(timeout_s: float) -> bool:
     return True
 
 
+def default_temp_root() -> str:
+    """Ray's own rule: its temp root is $RAY_TMPDIR/ray, not $RAY_TMPDIR itself."""
+    ray_tmpdir = os.environ.get("RAY_TMPDIR")
+    return os.path.join(ray_tmpdir, "ray") if ray_tmpdir else "/tmp/ray"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
         prog="usagestatsd-provider",
         description="Serve Ray GCS usage facts to usagestatsd over a Unix socket.",
     )
-    # Ray's own rule: its temp root is $RAY_TMPDIR/ray, not $RAY_TMPDIR itself.
-    ray_tmpdir = os.environ.get("RAY_TMPDIR")
-    default_root = os.path.join(ray_tmpdir, "ray") if ray_tmpdir else "/tmp/ray"
+    default_root = default_temp_root()
     parser.add_argument(
         "--temp-root",
         default=default_root,

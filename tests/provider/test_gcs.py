@@ -23,6 +23,7 @@ from usagestatsd.provider import (
     call_accepting,
     cluster_id_of,
     counted_job,
+    library_files,
     make_gcs_client,
 )
 from usagestatsd.sources import parse_provider
@@ -137,3 +138,12 @@ async def test_the_daemon_accepts_the_providers_socket() -> None:
         assert parse_provider(doc).cluster_id == "ab" * 28
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def test_ray_2_0_library_files_are_read(tmp_path: Path) -> None:
+    """Ray 2.0/2.1 also report `_ray_lib_usage-<name>.txt` files; nothing else is taken."""
+    for name in ("_ray_lib_usage-job_submission.txt", "_ray_lib_usage-tune.txt", "other.txt"):
+        (tmp_path / name).touch()
+    (tmp_path / "_ray_lib_usage-bad name.txt").touch()
+    assert library_files(str(tmp_path)) == ["job_submission", "tune"]
+    assert library_files(str(tmp_path / "absent")) == []
