@@ -204,7 +204,7 @@ def test_report_matches_rays_own_field_by_field(lab: Lab) -> None:
     if "total_num_running_jobs" in ray:  # not in 1.13's report, nor this library
         assert "job_submission" in ray["library_usages"]  # "core" too from Ray 2.44
     assert ray.get("total_num_running_jobs", 1) == 1  # 1.13 reports none
-    ray_tags = ray.get("extra_usage_tags", {"dashboard_used": "False"})  # none in 1.13
+    ray_tags = ray.get("extra_usage_tags", {})
     # The session id is Ray's: the metadata's UUID up to 2.20, the cluster id after.
     ray_id = head.ray_session_id()
     assert ours["session_id"] == ray["session_id"] == ray_id
@@ -223,7 +223,8 @@ def test_report_matches_rays_own_field_by_field(lab: Lab) -> None:
         assert facts_from["metadata"] == ("sockets" if unix else "dashboard HTTP")
     # Nothing usagestatsd asked made Ray record a usage tag.
     assert_no_state_api_tags(a.bodies() + b.bodies())
-    assert ray_tags.get("dashboard_used") == "False"
+    if ray_tags:  # Ray 2.0 reported no tags on this head (and 1.13 has no such field)
+        assert ray_tags.get("dashboard_used") == "False"
     print("\nRay's report:", json.dumps(ray, sort_keys=True))
     print("our report:  ", json.dumps(ours, sort_keys=True))
 
