@@ -194,7 +194,10 @@ async def _get(
             http.get(f"{base_url}{url_path}", allow_redirects=False) as response,
         ):
             if response.status != 200:
-                why = error_text(await response.content.read(ERROR_BODY_MAX_BYTES))
+                # Only the provider's own sentences: another source's could carry anything.
+                ours = source.startswith("usagestatsd_provider")
+                body = await response.content.read(ERROR_BODY_MAX_BYTES) if ours else b""
+                why = error_text(body)
                 suffix = f": {why}" if why else ""
                 raise SourceError(source, f"HTTP status {response.status}{suffix}")
             # Chunks joined once: a reply arriving in many small pieces then costs linear

@@ -145,7 +145,9 @@ _RAY_RELEASE = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})")
 
 def ray_release(ray_version: str | None) -> tuple[int, int] | None:
     """(major, minor) of a Ray version string, or None when there is none to read."""
-    found = _RAY_RELEASE.match(ray_version or "")
+    if ray_version is None or not RAY_VERSION.fullmatch(ray_version):
+        return None  # not a version (a hostile or broken metadata): decides nothing
+    found = _RAY_RELEASE.match(ray_version)
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
