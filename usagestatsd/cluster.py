@@ -22,7 +22,7 @@ import asyncio
 import os
 import pwd
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -288,6 +288,10 @@ async def gather(
         if provider_present
         else _none(),
     )
+    from_gcs = metadata is None and provider is not None and provider.cluster_metadata is not None
+    if from_gcs:
+        metadata = provider.cluster_metadata if provider else None
+        problems[:] = metadata_served_elsewhere(problems)
     config = await read_cluster_config(
         cluster_config_path(session, config_path), kuberay, kubernetes, problems
     )
@@ -295,6 +299,9 @@ async def gather(
     running = None
     if metadata is None and totals.total_num_nodes is None and jobs is None:
         running = dashboard.session_running(session)
+    origins = dashboard.origins_of(session, way, metadata, totals, jobs, provider)
+    if from_gcs:
+        origins = replace(origins, metadata=dashboard.PROVIDER)
     return ClusterFacts(
         metadata=metadata,
         totals=totals,
@@ -303,10 +310,16 @@ async def gather(
         provider=provider,
         problems=tuple(problems),
         provider_present=provider_present,
-        origins=dashboard.origins_of(session, way, metadata, totals, jobs, provider),
+        origins=origins,
         session_running=running,
     )
 
 
 async def _none() -> None:
     return None
+
+
+def metadata_served_elsewhere(problems: list[SourceError]) -> list[SourceError]:
+    """The problems without the metadata's: a dashboard older than Ray 2.3 has no such path,
+    and the provider gave the metadata from the GCS, so that 404 is no fault."""
+    return [p for p in problems if not p.source.endswith(METADATA_PATH)]

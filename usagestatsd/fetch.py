@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
+import re
 import socket
 import stat
 from collections.abc import Collection
@@ -265,7 +267,12 @@ async def _get(
             http.get(f"{base_url}{url_path}", allow_redirects=False) as response,
         ):
             if response.status != 200:
-                raise SourceError(source, f"HTTP status {response.status}")
+                # Only the provider's own sentences: another source's could carry anything.
+                ours = source.startswith("usagestatsd_provider")
+                body = await response.content.read(ERROR_BODY_MAX_BYTES) if ours else b""
+                why = error_text(body)
+                suffix = f": {why}" if why else ""
+                raise SourceError(source, f"HTTP status {response.status}{suffix}")
             # Chunks joined once: a reply arriving in many small pieces then costs linear
             # time, where `body += chunk` would copy everything read so far at each piece.
             chunks: list[bytes] = []
@@ -295,6 +302,30 @@ async def _get(
     except aiohttp.ClientError as exc:
         raise SourceError(source, f"bad HTTP reply ({type(exc).__name__})") from None
     return decode_json(source, body, limits.max_decode_bytes)
+
+
+ERROR_BODY_MAX_BYTES = 4096
+ERROR_TEXT_MAX_CHARS = 200
+_ADDRESS = re.compile(
+    r"\b\d{1,3}(?:\.\d{1,3}){3}\b|(?:[0-9A-Fa-f]{0,4}:){2,}[0-9A-Fa-f]{0,4}(?:%\w+)?"
+)
+
+
+def error_text(body: bytes) -> str | None:
+    """The `error` sentence of a JSON error reply (the provider's 503 says why it cannot
+    read the cluster), or None: one line of printable ASCII, addresses masked, bounded."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, str):
+        return None
+    text = "".join(c if c.isascii() and c.isprintable() else " " for c in error)
+    text = _ADDRESS.sub("<address>", " ".join(text.split()))
+    if len(text) > ERROR_TEXT_MAX_CHARS:
+        text = text[: ERROR_TEXT_MAX_CHARS - 3] + "..."
+    return text or None
 
 
 def capped(limits: Limits, path: str) -> Limits:

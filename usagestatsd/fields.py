@@ -5,7 +5,9 @@ shape or limit, the consent field-set version that added it (`since`), whether a
 administrator may redact it, and so its blank value. Everything else is derived from
 `FIELDS`: the JSON Schema, the schema check and the key order (report.py), the privacy
 guard's shapes and limits (privacy.py), the field sets of versioned consent and the
-redactable fields (fieldsets.py), the blanks (report.nulls_for). The typed `Report` value
+redactable fields (fieldsets.py), the blanks (report.nulls_for), and which keys a report
+of each Ray version carries (`ray_since`, `ray_keys`: exactly the keys Ray's own report of
+that version has). The typed `Report` value
 (report.py) spells the same names out for mypy; a test holds it to this declaration.
 """
 
@@ -22,6 +24,9 @@ SCHEMA_VERSION = "0.1"
 # 1: the fields of Ray's original usage-stats policy (Ray 1.13 to 2.x), the base set.
 # 2: adds what Ray's reporter learned to collect later, about the machine itself.
 BASE_VERSION = 1
+
+# The first Ray with usage stats (its report has 22 keys); `ray_since` of the original keys.
+FIRST_RAY = (1, 13)
 
 
 class Json(Enum):
@@ -93,6 +98,9 @@ class Field:
     # person never accepts them separately and an administrator cannot blank them.
     redactable: bool = True
     const: str | None = None  # the one value the field may have
+    # The Ray release whose own report first carried the key (measured on recorded reports,
+    # tests/data/ray-*/report_payload.json): a report for an older Ray leaves the key out.
+    ray_since: tuple[int, int] = FIRST_RAY
 
     @property
     def blank(self) -> Any:
@@ -138,13 +146,45 @@ FIELDS: tuple[Field, ...] = (
         shape=TAG_VALUE,
         key_shape=TAG_KEY_RE,
         max_chars=MAX_TAG_VALUE_CHARS,
+        ray_since=(2, 0),
     ),
-    Field("total_num_nodes", _I, nullable=True, limit=10_000_000),
-    Field("total_num_running_jobs", _I, nullable=True, limit=100_000_000),
-    Field("libc_version", _S, nullable=True, shape=LIBC_VERSION, max_chars=36, since=2),
-    Field("hardware_usages", _L, shape=HARDWARE, max_chars=64, since=2),
+    Field("total_num_nodes", _I, nullable=True, limit=10_000_000, ray_since=(2, 0)),
+    Field("total_num_running_jobs", _I, nullable=True, limit=100_000_000, ray_since=(2, 0)),
+    Field(
+        "libc_version",
+        _S,
+        nullable=True,
+        shape=LIBC_VERSION,
+        max_chars=36,
+        since=2,
+        ray_since=(2, 5),
+    ),
+    Field("hardware_usages", _L, shape=HARDWARE, max_chars=64, since=2, ray_since=(2, 9)),
 )
 
 REPORT_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS)
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 CURRENT_VERSION = max(f.since for f in FIELDS)
+
+_RAY_RELEASE = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})")
+
+
+def ray_release(ray_version: str | None) -> tuple[int, int] | None:
+    """(major, minor) of a Ray version string, or None when there is none to read."""
+    if ray_version is None or not RAY_VERSION.fullmatch(ray_version):
+        return None  # not a version (a hostile or broken metadata): decides nothing
+    found = _RAY_RELEASE.match(ray_version)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def ray_keys(ray_version: str | None) -> tuple[str, ...]:
+    """The keys Ray's own report of `ray_version` carries, in Ray's order.
+
+    Every key for an unknown version (no metadata, or a version string not understood):
+    the newest schema is the safe default. Below 1.13 Ray reported nothing; those get the
+    first set (and the daemon names such a version unsupported, refusal.py).
+    """
+    release = ray_release(ray_version)
+    if release is None:
+        return REPORT_FIELDS
+    return tuple(f.name for f in FIELDS if f.ray_since <= max(release, FIRST_RAY))

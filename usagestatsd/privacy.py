@@ -104,6 +104,12 @@ class _Pass:
     def scalar(self, spec: Field, value: str | None) -> str | None:
         if value is None:
             return None
+        # A session id is random by construction (a UUID, hex): its digit runs are not
+        # addresses or account ids (about 1 UUID in 40 looked like one, and its session
+        # crashed). Its length is bounded before its shape is matched.
+        bounded = spec.max_chars is not None and len(value) <= spec.max_chars
+        if spec.name == "session_id" and bounded and spec.shape and spec.shape.fullmatch(value):
+            return value
         reason = self.problem(value, spec.shape, spec.max_chars)
         if reason:
             self.redactions.append(Redaction(spec.name, reason))

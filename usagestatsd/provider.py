@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import http.server
 import importlib
 import inspect
 import json
 import os
+import re
 import signal
 import socket
 import socketserver
@@ -27,12 +29,14 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+
+# typing's generics, not collections.abc's: those are subscriptable only from Python 3.9, and
+# this file runs on every Python a Ray with usage stats runs on (3.7 and later).
+from typing import Any, Callable, Mapping, Sequence  # noqa: UP035
 
 PROTOCOL_VERSION = 1
 SOCKET_NAME = "usagestatsd_provider"
@@ -43,6 +47,11 @@ LIBRARY_USAGE_PREFIX = b"library_usage_"
 HARDWARE_USAGE_PREFIX = b"hardware_usage_"
 EXTRA_USAGE_TAG_PREFIX = b"extra_usage_tag_"
 SESSION_NAMESPACE = b"session"
+# What `ray start` records about the cluster (versions, start time: consent), as JSON. Ray
+# 2.3 and later also serve it as the dashboard's /api/v0/cluster_metadata; 1.13 to 2.2 not.
+CLUSTER_NAMESPACE = b"cluster"
+CLUSTER_METADATA_KEY = b"CLUSTER_METADATA"
+MAX_METADATA_BYTES = 16384
 SESSION_NAME_KEY = b"session_name"
 RAY_INTERNAL_NAMESPACE_PREFIX = "_ray_internal"
 ADDRESS_FILE = "ray_current_cluster"
@@ -68,6 +77,7 @@ class Usage:
     hardware_usages: list[str] = field(default_factory=list)
     total_num_nodes: int | None = None
     total_num_running_jobs: int | None = None
+    cluster_metadata: dict[str, object] | None = None
 
 
 ReadUsage = Callable[[], Usage]
@@ -95,6 +105,7 @@ def usage_body(usage: Usage, now_ms: int) -> dict[str, object]:
         "hardware_usages": list(usage.hardware_usages),
         "total_num_nodes": usage.total_num_nodes,
         "total_num_running_jobs": usage.total_num_running_jobs,
+        "cluster_metadata": usage.cluster_metadata,
         "collected_at_ms": now_ms,
     }
 
@@ -102,6 +113,14 @@ def usage_body(usage: Usage, now_ms: int) -> dict[str, object]:
 def error_body(message: str) -> dict[str, object]:
     """The JSON object answered with any non-200 status."""
     return {"protocol_version": PROTOCOL_VERSION, "error": message}
+
+
+def _shutdown_now(executor: ThreadPoolExecutor) -> None:
+    """Stop the reader without waiting; queued reads are dropped where Python can (3.9+)."""
+    try:
+        executor.shutdown(wait=False, cancel_futures=True)
+    except TypeError:  # Python 3.7 and 3.8 have no cancel_futures
+        executor.shutdown(wait=False)
 
 
 # --------------------------------------------------------------------------- HTTP layer
@@ -216,7 +235,7 @@ class ProviderServer:
             self._bind()
         except BaseException:
             self._httpd.server_close()
-            self._executor.shutdown(wait=False)
+            _shutdown_now(self._executor)
             raise
 
     def _bind(self) -> None:
@@ -262,7 +281,7 @@ class ProviderServer:
             self._thread.join(timeout=5)
             self._thread = None
         self._httpd.server_close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        _shutdown_now(self._executor)
         try:
             st = os.lstat(self.socket_path)
         except OSError:
@@ -377,11 +396,13 @@ def read_gcs_address(temp_root: str | os.PathLike[str]) -> str:
 
 # ------------------------------------------------- Ray's GCS client, across versions
 #
-# What the client is called and what it takes changed often (measured on 2.9.3 to 2.60.0):
-# `GcsClient(address=...)` up to 2.30, `NewGcsClient.standalone(...)` in 2.40,
-# `InnerGcsClient.standalone(...)` from 2.44; the cluster id is `get_cluster_id()` (a hex
-# string) before 2.20's `cluster_id` property; node infos are dicts before 2.40 and
-# protobuf messages after; `state_filter` exists only from 2.60.
+# What the client is called and what it takes changed often (measured on 2.2.0 to 2.60.0):
+# `ray._private.gcs_utils.GcsClient` (Python, over gRPC) up to 2.4, where `ray._raylet` has
+# none; `ray._raylet.GcsClient(address=...)` from 2.5 to 2.30, `NewGcsClient.standalone(...)`
+# in 2.40, `InnerGcsClient.standalone(...)` from 2.44; the cluster id is `get_cluster_id()`
+# (a hex string) before 2.20's `cluster_id` property, and absent before 2.9; job infos are
+# dicts up to 2.6; node infos are dicts before 2.40 and protobuf messages after;
+# `state_filter` exists only from 2.60.
 
 
 def make_gcs_client(raylet: Any, address: str, timeout_s: float) -> Any:
@@ -390,7 +411,10 @@ def make_gcs_client(raylet: Any, address: str, timeout_s: float) -> Any:
         standalone = getattr(getattr(raylet, name, None), "standalone", None)
         if standalone is not None:
             return standalone(address, None, int(timeout_s * 1000))
-    return raylet.GcsClient(address=address)
+    client_class = getattr(raylet, "GcsClient", None)
+    if client_class is None:  # up to Ray 2.4: the Python client of ray._private.gcs_utils
+        client_class = importlib.import_module("ray._private.gcs_utils").GcsClient
+    return client_class(address=address)
 
 
 def cluster_id_of(client: Any) -> str | None:
@@ -461,6 +485,9 @@ class GcsUsageReader:
         connect_s = str(max(1, round(gcs_timeout_s)))
         os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", connect_s)
         self._raylet: Any = importlib.import_module("ray._raylet")
+        version = str(getattr(importlib.import_module("ray"), "__version__", ""))
+        # Ray 2.0 and 2.1 also report the libraries recorded as files in the temp root.
+        self._library_files = version.startswith(("2.0.", "2.1."))
         self._alive_state: Any = None
         with contextlib.suppress(Exception):
             gcs_pb2 = importlib.import_module("ray.core.generated.gcs_pb2")
@@ -516,16 +543,39 @@ class GcsUsageReader:
                     raise UsageUnavailable(_describe(exc)) from None
         raise UsageUnavailable("the GCS client failed twice")
 
+    def _kv(self, method: Callable[..., Any], first: Any, namespace: bytes) -> Any:
+        """One KV read; `timeout` only where the client takes one (not Ray 1.13's)."""
+        call = functools.partial(method, first)
+        return call_accepting(call, {"namespace": namespace}, {"timeout": self.gcs_timeout_s})
+
     def _keys(self, client: Any, prefix: bytes) -> list[bytes]:
-        keys = client.internal_kv_keys(
-            prefix, namespace=USAGE_NAMESPACE, timeout=self.gcs_timeout_s
-        )
+        keys = self._kv(client.internal_kv_keys, prefix, USAGE_NAMESPACE)
         return sorted(keys)[:MAX_ITEMS]
 
+    def _values(self, client: Any, keys: list[bytes]) -> dict[bytes, Any]:
+        """Values of `keys`: one call where the client has multi_get (Ray 2.5+), else each."""
+        if hasattr(client, "internal_kv_multi_get"):
+            found = self._kv(client.internal_kv_multi_get, keys, USAGE_NAMESPACE)
+            return dict(found)
+        return {key: self._kv(client.internal_kv_get, key, USAGE_NAMESPACE) for key in keys}
+
+    def _metadata(self, client: Any) -> dict[str, object] | None:
+        """What `ray start` recorded about the cluster (a JSON object), or None."""
+        try:
+            raw = self._kv(client.internal_kv_get, CLUSTER_METADATA_KEY, CLUSTER_NAMESPACE)
+            if raw is None or len(raw) > MAX_METADATA_BYTES:
+                return None
+            doc = json.loads(raw.decode("utf-8", "replace"))
+        except Exception as exc:
+            log("gcs.metadata_failed", error=_describe(exc))
+            return None
+        if not isinstance(doc, dict):
+            return None
+        return {str(k)[:64]: v for k, v in doc.items() if isinstance(v, (str, int, bool))}
+
     def _read_with(self, client: Any, session_dir: str | None) -> Usage:
-        t = self.gcs_timeout_s
         if session_dir is not None:
-            name = client.internal_kv_get(SESSION_NAME_KEY, namespace=SESSION_NAMESPACE, timeout=t)
+            name = self._kv(client.internal_kv_get, SESSION_NAME_KEY, SESSION_NAMESPACE)
             expected = os.path.basename(session_dir)
             if name is not None and name.decode("utf-8", "replace") != expected:
                 raise UsageUnavailable(
@@ -535,6 +585,8 @@ class GcsUsageReader:
             _decode(k[len(LIBRARY_USAGE_PREFIX) :])
             for k in self._keys(client, LIBRARY_USAGE_PREFIX)
         ]
+        if self._library_files:
+            libraries = sorted(set(libraries) | set(library_files(default_temp_root())))
         hardware = [
             _decode(k[len(HARDWARE_USAGE_PREFIX) :])
             for k in self._keys(client, HARDWARE_USAGE_PREFIX)
@@ -542,7 +594,7 @@ class GcsUsageReader:
         tag_keys = self._keys(client, EXTRA_USAGE_TAG_PREFIX)
         tags: dict[str, str] = {}
         if tag_keys:
-            values = client.internal_kv_multi_get(tag_keys, namespace=USAGE_NAMESPACE, timeout=t)
+            values = self._values(client, tag_keys)
             for key in tag_keys:
                 value = values.get(key)
                 if value is not None:
@@ -554,12 +606,13 @@ class GcsUsageReader:
             hardware_usages=hardware,
             total_num_nodes=self._alive_nodes(client),
             total_num_running_jobs=self._running_jobs(client),
+            cluster_metadata=self._metadata(client),
         )
 
     def _alive_nodes(self, client: Any) -> int | None:
         """ALIVE nodes, as Ray's reporter counts them; None if not readable."""
-        if self._alive_state is None:
-            return None
+        if self._alive_state is None or not hasattr(client, "get_all_node_info"):
+            return None  # Ray 1.13's client cannot list nodes: the dashboard's count stands
         try:
             # Ray 2.60 filters in the GCS; older clients take no state_filter (2.40 raises
             # TypeError on it) and return every node, dead ones included: count ALIVE here.
@@ -568,13 +621,16 @@ class GcsUsageReader:
                 {"timeout": self.gcs_timeout_s},
                 {"state_filter": self._alive_state},
             )
-            return sum(1 for info in nodes.values() if _node_state(info) == self._alive_state)
+            infos = _infos(nodes, "node_info_list")
+            return sum(1 for info in infos if _node_state(info) == self._alive_state)
         except Exception as exc:
             log("gcs.nodes_failed", error=_describe(exc))
             return None
 
     def _running_jobs(self, client: Any) -> int | None:
         """Jobs not dead and outside ``_ray_internal*`` namespaces, as Ray counts them."""
+        if not hasattr(client, "get_all_job_info"):
+            return None  # Ray 1.13's client cannot list jobs: the dashboard's count stands
         try:
             # The skip_* arguments (Ray 2.40+) only save work; older clients lack them.
             jobs = call_accepting(
@@ -582,15 +638,39 @@ class GcsUsageReader:
                 {"timeout": self.gcs_timeout_s},
                 {"skip_submission_job_info_field": True, "skip_is_running_tasks_field": True},
             )
+            return sum(1 for job in _infos(jobs, "job_info_list") if counted_job(job))
         except Exception as exc:
             log("gcs.jobs_failed", error=_describe(exc))
             return None
-        return sum(
-            1
-            for job in jobs.values()
-            if not job.is_dead
-            and not job.config.ray_namespace.startswith(RAY_INTERNAL_NAMESPACE_PREFIX)
-        )
+
+
+def _infos(answer: Any, list_name: str) -> Any:
+    """The infos of a listing: a dict's values (Ray 2.5+), or the gRPC reply's list (2.4-)."""
+    return answer.values() if hasattr(answer, "values") else getattr(answer, list_name)
+
+
+def counted_job(job: Any) -> bool:
+    """Ray's rule for a running job; a job info is a dict up to Ray 2.6, a message after."""
+    if isinstance(job, dict):
+        dead, namespace = job.get("is_dead"), (job.get("config") or {}).get("ray_namespace")
+    else:
+        dead, namespace = job.is_dead, job.config.ray_namespace
+    return not dead and not str(namespace or "").startswith(RAY_INTERNAL_NAMESPACE_PREFIX)
+
+
+LIBRARY_FILE = re.compile(r"_ray_lib_usage-([0-9a-zA-Z_]+)\.txt")
+
+
+def library_files(temp_root: str) -> list[str]:
+    """Libraries Ray 2.0/2.1 record as `_ray_lib_usage-<name>.txt` in its default temp root
+    whatever --temp-dir says (a process without a cluster, as `ray job submit`, cannot write
+    the GCS), as its reporter reads them."""
+    try:
+        names = os.listdir(temp_root)
+    except OSError:
+        return []
+    found = (LIBRARY_FILE.fullmatch(name) for name in names)
+    return sorted(m.group(1) for m in found if m)[:MAX_ITEMS]
 
 
 def _describe(exc: BaseException) -> str:
@@ -706,15 +786,19 @@ def wait_for_stop_signal(timeout_s: float) -> bool:
     return True
 
 
+def default_temp_root() -> str:
+    """Ray's own rule: its temp root is $RAY_TMPDIR/ray, not $RAY_TMPDIR itself."""
+    ray_tmpdir = os.environ.get("RAY_TMPDIR")
+    return os.path.join(ray_tmpdir, "ray") if ray_tmpdir else "/tmp/ray"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
         prog="usagestatsd-provider",
         description="Serve Ray GCS usage facts to usagestatsd over a Unix socket.",
     )
-    # Ray's own rule: its temp root is $RAY_TMPDIR/ray, not $RAY_TMPDIR itself.
-    ray_tmpdir = os.environ.get("RAY_TMPDIR")
-    default_root = os.path.join(ray_tmpdir, "ray") if ray_tmpdir else "/tmp/ray"
+    default_root = default_temp_root()
     parser.add_argument(
         "--temp-root",
         default=default_root,

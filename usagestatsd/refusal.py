@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Literal
 
 from usagestatsd.cluster import PROVIDER_SOCKET, SOCKETS, ClusterFacts
+from usagestatsd.ray_support import unsupported
 from usagestatsd.sources import Failure
 
 Level = Literal["info", "warning"]
@@ -23,6 +24,7 @@ class RefusalKind(Enum):
     #                (level,     per-source warnings)
     NOT_RUNNING = ("info", False)  # a stopped head: one info line, not one per socket
     CANNOT_READ = ("warning", False)  # runs, but unreadable: one warning that says the fix
+    UNSUPPORTED = ("warning", False)  # a Ray version that cannot be reported: named once
     NO_METADATA = ("warning", True)  # the cluster's consent cannot be confirmed
     LOCAL_CLUSTER = ("info", True)  # a local ray.init() cluster
     STATS_DISABLED = ("info", True)  # started with usage stats disabled
@@ -58,6 +60,10 @@ def cluster_refusal(facts: ClusterFacts) -> Refusal | None:
     md = facts.metadata
     if md is None and cluster_not_running(facts):
         return Refusal(RefusalKind.NOT_RUNNING, NOT_RUNNING)
+    version = md.ray_version if md else facts.origins.ray_version if facts.origins else None
+    why = unsupported(version, md is not None)
+    if why is not None:
+        return Refusal(RefusalKind.UNSUPPORTED, why)
     if md is None and facts.session_running:
         return Refusal(RefusalKind.CANNOT_READ, cannot_read(facts))
     if md is None:

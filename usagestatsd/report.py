@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from usagestatsd.fields import BY_NAME, FIELDS, Field, Json
+from usagestatsd.fields import BY_NAME, FIELDS, Field, Json, ray_keys
 from usagestatsd.fields import REPORT_FIELDS as REPORT_FIELDS  # re-exported: Ray's key order
 from usagestatsd.fields import SCHEMA_VERSION as SCHEMA_VERSION
 
@@ -59,6 +59,8 @@ class ProviderFacts:
     # Exact counts from the GCS, preferred over the dashboard's when present.
     total_num_nodes: int | None = None
     total_num_running_jobs: int | None = None
+    # What `ray start` recorded, read from the GCS: Ray 1.13 to 2.2 serve it over no HTTP.
+    cluster_metadata: ClusterMetadata | None = None
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,10 @@ class Report:
     hardware_usages: tuple[str, ...]
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready values, keys in Ray's order."""
+        """The report as JSON-ready values: the keys Ray's own report of this `ray_version`
+        carries (fields.ray_keys), in Ray's order."""
         out: dict[str, Any] = {}
-        for name in REPORT_FIELDS:
+        for name in ray_keys(self.ray_version):
             value = getattr(self, name)
             if isinstance(value, tuple):
                 value = list(value)
@@ -296,12 +299,15 @@ def _matches(value: Any, schema: Mapping[str, Any]) -> bool:
 
 
 def check_schema(body: Mapping[str, Any]) -> None:
-    """Raise SchemaError unless `body` has exactly the schema-0.1 keys with their types."""
-    missing = [name for name in REPORT_FIELDS if name not in body]
-    extra = sorted(set(body) - set(REPORT_FIELDS))
+    """Raise SchemaError unless `body` has exactly the schema-0.1 keys of its Ray version
+    (the keys Ray's own report of that version has, fields.ray_keys) with their types."""
+    version = body.get("ray_version")
+    expected = ray_keys(version if isinstance(version, str) else None)
+    missing = [name for name in expected if name not in body]
+    extra = sorted(set(body) - set(expected))
     if missing or extra:
         raise SchemaError(f"report keys differ from schema 0.1: missing {missing}, extra {extra}")
-    for name in REPORT_FIELDS:
+    for name in expected:
         if not _matches(body[name], _FIELD_SCHEMAS[name]):
             raise SchemaError(f"report field {name} has a value of the wrong type or range")
 

@@ -12,6 +12,7 @@ from pwd import getpwuid
 
 from usagestatsd.discovery import RayHead
 from usagestatsd.fileio import read_regular_file
+from usagestatsd.ray_support import unsupported
 from usagestatsd.settings import Settings
 from usagestatsd.unitstate import DAEMON_UNIT, Unit
 
@@ -171,6 +172,11 @@ def _ray_fix(found: Found, plan: Plan) -> None:
             "Ray was started with usage stats disabled (RAY_USAGE_STATS_ENABLED=0 or "
             "--disable-usage-stats): this cluster is never reported. That is its opt-out."
         )
+        return
+    why = unsupported(head.version, found.provider_problem is None)
+    if why is not None:
+        # Routed, Ray's reports would be absorbed by an intake whose daemon reports nothing.
+        plan.missing.append(f"{why}. Ray's reporter is not routed to usagestatsd's intake.")
         return
     if url is None:
         plan.missing.append(

@@ -121,7 +121,12 @@ def _count(source: str, value: Any, what: str, limit: float = _MAX_COUNT) -> int
 def parse_cluster_metadata(doc: Any) -> ClusterMetadata:
     """`GET /api/v0/cluster_metadata` from dash_ReportHead."""
     source = "dash_ReportHead /api/v0/cluster_metadata"
-    data = _unwrap(source, doc)
+    return metadata_of(source, _unwrap(source, doc))
+
+
+def metadata_of(source: str, data: Mapping[str, Any]) -> ClusterMetadata:
+    """The cluster metadata `ray start` recorded (the dashboard's `data`, or the provider's
+    `cluster_metadata` where the dashboard does not serve it: Ray 1.13 to 2.2)."""
     start = data.get("sessionStartTimestampMs")
     start_ms = (
         None if start is None else _count(source, start, "sessionStartTimestampMs", _YEAR_2100_MS)
@@ -229,8 +234,12 @@ def parse_job_list(doc: Any) -> int:
     count it: so only RUNNING entries with a job_id count (measured on Ray 2.60).
     """
     source = "dash_JobHead /api/jobs/"
+    if isinstance(doc, dict) and all(isinstance(job, dict) for job in doc.values()):
+        # Ray 1.13: {submission id: job info}, without job_id (its reports have no running
+        # jobs field: counting only keeps the source readable, without a warning).
+        doc = [{"job_id": key, **job} for key, job in doc.items()]
     if not isinstance(doc, list):
-        raise SourceError(source, "reply is not a JSON array")
+        raise SourceError(source, "reply is not a JSON array (nor Ray 1.13's object of jobs)")
     running = 0
     for job in doc:
         if not isinstance(job, dict) or not isinstance(job.get("status"), str):
@@ -246,6 +255,16 @@ def _str_list(source: str, value: Any, what: str) -> tuple[str, ...]:
     if len(value) > 1000:
         raise SourceError(source, f"{what} has more than 1000 entries")
     return tuple(value)
+
+
+def _camel(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The GCS keeps the metadata in snake_case (`ray_version`); the dashboard of Ray 2.3+
+    answers it in camelCase (`rayVersion`), the spelling `metadata_of` reads."""
+    out = dict(stored)
+    for key, value in stored.items():
+        head, *rest = key.split("_")
+        out.setdefault(head + "".join(word.capitalize() for word in rest), value)
+    return out
 
 
 def parse_provider(doc: Any) -> ProviderFacts:
@@ -269,6 +288,9 @@ def parse_provider(doc: Any) -> ProviderFacts:
     if len(tags) > 1000:
         raise SourceError(source, "extra_usage_tags has more than 1000 entries")
     nodes, jobs = doc.get("total_num_nodes"), doc.get("total_num_running_jobs")
+    metadata = doc.get("cluster_metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise SourceError(source, "cluster_metadata is not an object")
     return ProviderFacts(
         cluster_id=cluster_id,
         library_usages=_str_list(source, doc.get("library_usages"), "library_usages"),
@@ -276,6 +298,7 @@ def parse_provider(doc: Any) -> ProviderFacts:
         hardware_usages=_str_list(source, doc.get("hardware_usages"), "hardware_usages"),
         total_num_nodes=None if nodes is None else _count(source, nodes, "total_num_nodes"),
         total_num_running_jobs=None if jobs is None else _count(source, jobs, "running jobs"),
+        cluster_metadata=None if metadata is None else metadata_of(source, _camel(metadata)),
     )
 
 

@@ -7,9 +7,10 @@ shapes measured there (tests/data/ray-*/provider_log.txt) so `make test` covers 
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from usagestatsd.provider import (
     Usage,
     call_accepting,
     cluster_id_of,
+    counted_job,
+    library_files,
     make_gcs_client,
 )
 from usagestatsd.sources import parse_provider
@@ -103,6 +106,28 @@ def test_the_client_constructor_of_each_version() -> None:
     assert made[-1] == ("Inner", ("h:1", None, 2000))
 
 
+def test_jobs_as_dicts_and_as_messages_are_counted_alike() -> None:
+    """Ray 2.5/2.6 give dicts (attribute access failed there), 2.8+ protobuf messages."""
+
+    def as_dict(dead: bool, namespace: str) -> dict[str, Any]:
+        return {"is_dead": dead, "config": {"ray_namespace": namespace}}
+
+    def as_message(dead: bool, namespace: str) -> Any:
+        return SimpleNamespace(is_dead=dead, config=SimpleNamespace(ray_namespace=namespace))
+
+    for shape in (as_dict, as_message):
+        jobs = [shape(False, "x"), shape(True, "x"), shape(False, "_ray_internal_dashboard")]
+        assert [counted_job(j) for j in jobs] == [True, False, False]
+
+
+def test_ray_up_to_2_4_uses_the_python_gcs_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ray._raylet` of 2.3/2.4 has no GcsClient: gcs_utils' Python client is used."""
+    gcs_utils = ModuleType("ray._private.gcs_utils")
+    gcs_utils.GcsClient = lambda address: ("gcs_utils.GcsClient", address)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ray._private.gcs_utils", gcs_utils)
+    assert make_gcs_client(SimpleNamespace(), "h:1", 2.0) == ("gcs_utils.GcsClient", "h:1")
+
+
 async def test_the_daemon_accepts_the_providers_socket() -> None:
     """The provider binds at its final name, so the daemon's peer check (bound path =
     connected path) accepts it; bound elsewhere and renamed, it was refused."""
@@ -113,3 +138,12 @@ async def test_the_daemon_accepts_the_providers_socket() -> None:
         assert parse_provider(doc).cluster_id == "ab" * 28
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def test_ray_2_0_library_files_are_read(tmp_path: Path) -> None:
+    """Ray 2.0/2.1 also report `_ray_lib_usage-<name>.txt` files; nothing else is taken."""
+    for name in ("_ray_lib_usage-job_submission.txt", "_ray_lib_usage-tune.txt", "other.txt"):
+        (tmp_path / name).touch()
+    (tmp_path / "_ray_lib_usage-bad name.txt").touch()
+    assert library_files(str(tmp_path)) == ["job_submission", "tune"]
+    assert library_files(str(tmp_path / "absent")) == []

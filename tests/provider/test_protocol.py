@@ -109,6 +109,7 @@ def test_usage_200_has_the_documented_shape(serve: Callable[..., ProviderServer]
         "hardware_usages": ["AMD EPYC"],
         "total_num_nodes": 1,
         "total_num_running_jobs": 2,
+        "cluster_metadata": None,
         "collected_at_ms": FIXED_MS,
     }
     assert body["protocol_version"] == 1

@@ -283,14 +283,51 @@ class RayHead:
     def ray_session_id(self) -> str:
         """The session id Ray's own reports carry: the metadata's UUID up to Ray 2.20, the
         cluster id (GET /cluster_id, Ray 2.30+) after."""
-        metadata = self.dashboard_json("/api/v0/cluster_metadata")["data"]
+        metadata = self.cluster_metadata()
         if metadata.get("sessionId"):
             return str(metadata["sessionId"])
+        if metadata.get("session_id"):  # the GCS's spelling (the provider's, Ray 1.13-2.2)
+            return str(metadata["session_id"])
         return str(self.dashboard_json("/cluster_id")["data"]["clusterId"])
 
     def ray_version(self) -> str:
         """The version of Ray this head runs."""
-        return str(self.dashboard_json("/api/v0/cluster_metadata")["data"]["rayVersion"])
+        return str(self.installed_version())
+
+    def installed_version(self) -> str:
+        """`ray.__version__` of this head's Python."""
+        done = subprocess.run(
+            [self.python, "-c", "import ray; print(ray.__version__)"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return done.stdout.strip()
+
+    def cluster_metadata(self) -> dict[str, Any]:
+        """What `ray start` recorded: from the dashboard (Ray 2.3+), else the provider's
+        reading of the GCS (1.13 to 2.2 serve it over no HTTP)."""
+        import urllib.error
+
+        try:
+            data: dict[str, Any] = self.dashboard_json("/api/v0/cluster_metadata")["data"]
+            return data
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+        session = self.session_dir()
+        assert session is not None
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(10)
+        with sock:
+            sock.connect(str(session / "sockets" / "usagestatsd_provider"))
+            sock.sendall(b"GET /v1/usage HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        metadata: dict[str, Any] = json.loads(reply.partition(b"\r\n\r\n")[2])["cluster_metadata"]
+        return metadata
 
     # -- the provider -------------------------------------------------------------
 

@@ -17,6 +17,8 @@ import pytest
 
 from tests.ray.harness import RayHead, clean_environ, ray_python_or_skip, set_subreaper
 from tests.support.poll import wait_until
+from usagestatsd.fields import ray_release
+from usagestatsd.ray_support import METADATA_OVER_HTTP
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +94,12 @@ def test_unrouted_shell_started_head_gets_the_ray_start_line(head: RayHead) -> N
     # The head's reporter sends to 127.0.0.1:18922; an intake elsewhere makes it unrouted.
     _, out = setup(head, 'ray_intake = "127.0.0.1:18923"\n')
     assert "started by:    a shell (no systemd unit)" in out
+    release = ray_release(head.installed_version())
+    if release is not None and release < METADATA_OVER_HTTP:
+        # No provider runs here, and without one such a head cannot be reported: not routed.
+        assert "is not supported without the usagestatsd provider" in out
+        assert "not routed to usagestatsd's intake" in out and "start --head" not in out
+        return
     assert "not to usagestatsd's intake http://127.0.0.1:18923/" in out
     ray_cli = head.python.rsplit("/", 1)[0] + "/ray"
     assert (

@@ -15,9 +15,10 @@ import pytest
 
 from tests.e2e.journey.compare import failed, field_checks
 from usagestatsd.cluster import ClusterFacts
+from usagestatsd.fields import ray_keys
 from usagestatsd.pipeline import choose_session_id
 from usagestatsd.privacy import KnownIdentifiers, guard
-from usagestatsd.report import REPORT_FIELDS, ClusterConfigFacts, Counters, build_report
+from usagestatsd.report import ClusterConfigFacts, Counters, build_report
 from usagestatsd.sources import (
     parse_cluster_metadata,
     parse_cluster_status,
@@ -40,10 +41,14 @@ def recorded(version: str, name: str) -> Any:
 
 def ours(version: str) -> dict[str, Any]:
     """The report usagestatsd builds from that version's recorded replies."""
-    metadata = parse_cluster_metadata(recorded(version, "dash_report_cluster_metadata.json"))
+    provider = parse_provider(recorded(version, "provider_usage.json"))
+    metadata_doc = recorded(version, "dash_report_cluster_metadata.json")
+    if "recorded_error" in metadata_doc:  # no such path before Ray 2.3: the provider's, as
+        metadata = provider.cluster_metadata  # cluster.gather takes it
+    else:
+        metadata = parse_cluster_metadata(metadata_doc)
     totals = parse_cluster_status(recorded(version, "dash_report_cluster_status.json"))
     jobs = parse_job_list(recorded(version, "dash_job_list.json"))
-    provider = parse_provider(recorded(version, "provider_usage.json"))
     facts = ClusterFacts(metadata, totals, jobs, ClusterConfigFacts("unknown"), provider, (), True)
     report = build_report(
         source="OSS",
@@ -63,15 +68,16 @@ def ours(version: str) -> dict[str, Any]:
 
 
 def test_the_matrix_is_recorded() -> None:
-    """At least the oldest, 2.40 and the newest are recorded (the issue's minimum)."""
-    assert {"2.9.3", "2.40.0", "2.60.0"} <= set(VERSIONS)
+    """Each era is recorded: 1.13 (22 keys), 2.0-2.4 (25), 2.5-2.8 (26), 2.9+ (27)."""
+    assert {"1.13.0", "2.2.0", "2.5.1", "2.8.1", "2.9.3", "2.40.0", "2.60.0"} <= set(VERSIONS)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_report_equals_rays_own(version: str) -> None:
     """Full schema 0.1, and equal to Ray's report wherever the issue asks for equality."""
     ray, mine = recorded(version, "report_payload.json"), ours(version)
-    assert list(mine) == list(REPORT_FIELDS)
+    assert list(mine) == list(ray_keys(version))
+    assert set(mine) == set(ray), "Ray's own report of this version has other keys"
     problems = failed(field_checks(mine, ray))
     assert not problems, problems
 
@@ -82,3 +88,18 @@ def test_session_id_follows_each_versions_rule() -> None:
     assert ours("2.20.0")["session_id"].count("-") == 4
     assert len(ours("2.30.0")["session_id"]) == 56
     assert len(ours("2.60.0")["session_id"]) == 56
+
+
+@pytest.mark.parametrize(
+    ("version", "count"),
+    [("1.13.0", 22), ("2.0.1", 25), ("2.4.0", 25), ("2.5.1", 26), ("2.8.1", 26), ("2.9.3", 27)],
+)
+def test_each_rays_key_count(version: str, count: int) -> None:
+    """The key count of Ray's own report in each era (from the field declarations)."""
+    assert len(ray_keys(version)) == count
+
+
+def test_an_unknown_version_gets_every_key() -> None:
+    """No metadata, or a version string not understood: the newest schema."""
+    assert ray_keys(None) == ray_keys("2.60.0") == ray_keys("garbage")
+    assert len(ray_keys(None)) == 27

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from usagestatsd.fields import MAX_TAG_KEY_CHARS, REPORT_FIELDS
+from usagestatsd.fields import BY_NAME, MAX_TAG_KEY_CHARS, REPORT_FIELDS
 from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
 from usagestatsd.report import Report, SchemaError, check_schema, serialise
 
@@ -72,8 +72,7 @@ def _reject_constant(name: str) -> Any:
 
 def _limits(body: dict[str, Any]) -> str | None:
     """The first field over a size or count limit, or None."""
-    for name in REPORT_FIELDS:
-        value = body[name]
+    for name, value in body.items():  # the keys check_schema let through
         if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
             return name
         if isinstance(value, int) and value > MAX_INTEGER:
@@ -91,11 +90,12 @@ def _limits(body: dict[str, Any]) -> str | None:
 
 
 def to_report(body: dict[str, Any]) -> Report:
-    """A schema-checked body as a Report value (lists become tuples)."""
+    """A schema-checked body as a Report value (lists become tuples); a key an older Ray's
+    report lacks is blank (serialise leaves it out again)."""
     values: dict[str, Any] = {
-        name: tuple(body[name]) if isinstance(body[name], list) else body[name]
-        for name in REPORT_FIELDS
+        name: BY_NAME[name].blank for name in REPORT_FIELDS if name not in body
     }
+    values.update({k: tuple(v) if isinstance(v, list) else v for k, v in body.items()})
     return Report(**values)
 
 
