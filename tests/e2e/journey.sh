@@ -164,10 +164,11 @@ for who in root ray other; do
         check "usagestatsd history as $who: says what it cannot read, and the command" $?
     fi
     if [ $who = other ]; then
-        # Only Ray's user and root may connect to Ray's sockets: it says so, and what to do.
+        # Only Ray's user and root may connect to Ray's sockets: what it could not read is
+        # named, with what to run (a report it prints then has those fields null).
         err=$(in_c "${as[@]}" usagestatsd preview 2>&1 >/dev/null); rc=$?
-        [ $rc = 1 ] && grep -q "as the user that started Ray (or root)" <<<"$err"
-        check "usagestatsd preview as $who: says why it cannot, and what to run" $? "exit $rc; $(tail -n1 <<<"$err" | cut -c1-140)"
+        grep -q "connecting needs write permission on Ray's socket: run usagestatsd as the" <<<"$err"
+        check "usagestatsd preview as $who: names what it cannot read, and what to run" $? "exit $rc; $(tail -n1 <<<"$err" | cut -c1-140)"
         continue
     fi
     seq=$(in_c "${as[@]}" usagestatsd preview 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["seq_number"])' 2>&1)
