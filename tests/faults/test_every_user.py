@@ -138,6 +138,24 @@ class Head:
         return os.waitstatus_to_exitcode(status), *read
 
 
+def skip_unless_other_users_can_run_this_python() -> None:
+    """Ray, the service and the commands run as other uids in forked children, which import
+    the rest of the package as they go: a checkout under root's 0700 home (a fresh clone in
+    /root) cannot be read by them."""
+    package = Path(__file__).resolve().parents[2] / "usagestatsd"
+
+    def check() -> str:
+        return "yes" if os.access(package, os.R_OK | os.X_OK) else "no"
+
+    for uid in (RAY_UID, NOBODY):
+        if as_user(check, uid) != "yes":
+            pytest.skip(
+                f"uid {uid} cannot read {package} (a checkout under a 0700 home): these "
+                "tests run Ray, the service and the commands as other users; run them from "
+                "a checkout every user can read"
+            )
+
+
 @contextlib.asynccontextmanager
 async def started_head(
     endpoint: ScriptedEndpoint, publish: bool, url: str | None = None
@@ -147,6 +165,7 @@ async def started_head(
     `publish`: the runtime directory exists (systemd's RuntimeDirectory=); without it the
     settings file names the state directory, so that every command knows where it is.
     """
+    skip_unless_other_users_can_run_this_python()
     base = open_dir()
     temp_root, state, runtime = base / "ray", base / "state", base / "run"
     made = ((temp_root, 0o755), (state, 0o700)) + (((runtime, 0o755),) if publish else ())
