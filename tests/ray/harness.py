@@ -31,6 +31,11 @@ REPO = Path(__file__).resolve().parents[2]
 PROVIDER = REPO / "usagestatsd" / "provider.py"
 # Measured step durations (seconds), printed in pytest's summary by tests/ray/conftest.py.
 TIMINGS: dict[str, float] = {}
+# Each `ray start` that failed and was tried again, with Ray's own logs: printed in the
+# same summary, so a retried start is never hidden.
+RETRIED_STARTS: list[str] = []
+# How much of each Ray log a failed start shows.
+LOG_TAIL_LINES = 15
 
 
 def ray_python_or_skip() -> str:
@@ -190,8 +195,30 @@ class RayHead:
         return done.stdout + done.stderr
 
     def start(self, usage_stats: bool = True) -> Path:
-        """`ray start --head` on loopback; returns the new session directory."""
+        """`ray start --head` on loopback; returns the new session directory.
+
+        A head that fails to come up is stopped and started once more. Old Rays give
+        their raylet a fixed 30 s to register, which a loaded machine can miss; what
+        failed (with Ray's own logs) goes in RETRIED_STARTS, shown in the summary.
+        """
         before = self.session_dir()
+        began = time.monotonic()
+        try:
+            self.cli(self._start_args(usage_stats), usage_stats=usage_stats)
+        except AssertionError as first:
+            RETRIED_STARTS.append(f"{first}\n{self.log_tails()}")
+            self.stop(force=True)
+            if self.starts == 0:  # nothing depends on the ports yet: take fresh ones
+                self.gcs_port, self.dashboard_port = free_port(), free_port()
+                self.client_port, self.agent_port = free_port(), free_port()
+            self.cli(self._start_args(usage_stats), usage_stats=usage_stats)
+        self.starts += 1
+        TIMINGS[f"ray start #{self.starts}"] = round(time.monotonic() - began, 1)
+        session = self.session_dir()
+        assert session is not None and session != before, "ray start made no new session"
+        return session
+
+    def _start_args(self, usage_stats: bool) -> list[str]:
         args = [
             "start",
             "--head",
@@ -206,13 +233,20 @@ class RayHead:
         ]
         if not usage_stats:
             args.append("--disable-usage-stats")
-        began = time.monotonic()
-        self.cli(args, usage_stats=usage_stats)
-        self.starts += 1
-        TIMINGS[f"ray start #{self.starts}"] = round(time.monotonic() - began, 1)
+        return args
+
+    def log_tails(self) -> str:
+        """The last lines of the newest session's raylet, GCS and agent logs."""
         session = self.session_dir()
-        assert session is not None and session != before, "ray start made no new session"
-        return session
+        if session is None:
+            return "(no session directory: Ray wrote no logs)"
+        parts = []
+        for pattern in ("raylet.*", "gcs_server.*", "dashboard_agent.log", "dashboard.*"):
+            for log in sorted((session / "logs").glob(pattern)):
+                with contextlib.suppress(OSError):
+                    lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+                    parts.append(f"--- {log.name}\n" + "\n".join(lines))
+        return "\n".join(parts) or f"(no logs under {session / 'logs'})"
 
     def ray_pids(self) -> dict[int, str]:
         """This head's processes: our descendants that are not our own daemons or provider."""
