@@ -154,7 +154,7 @@ class Reporter:
         self.announce.session_found(change.session.name, first)
 
     async def report(self, session: Session, advance: bool) -> None:
-        """One cycle, then the next slot, the status line, and the state saved with the plan.
+        """One cycle, then the next slot, the service record and STATUS=, and the state saved.
 
         `advance`: the cycle ran for its slot (not on request), so the next slot follows.
         """
@@ -165,14 +165,13 @@ class Reporter:
             if outcome.beside is not None:
                 self.announce.beside(outcome.beside)
             if outcome.hold is not None:
-                self.announce.hold(session.name, outcome.hold.why, outcome.hold.status)
+                self.announce.hold(session.name, outcome.hold)
         finally:
             if advance:
                 self.follower.advance(session, self.clock.monotonic())
             slot = self.follower.slot
             if slot is not None and not self.announce.holding:  # held: no report planned
                 next_wall = self.clock.time() + (slot.due - self.clock.monotonic())
-                self.cycle.plan_next(int(next_wall * 1000))
                 self.announce.planned(next_wall, self.cycle.state.last_report)
             # Interrupted (SIGTERM, a bug): what it changed so far is saved too.
             if outcome is None or outcome.state_changed:

@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -26,11 +27,14 @@ from tests.support.poll import until
 from tests.support.processes import FREE_INTAKE
 from tests.support.servers import ScriptedEndpoint
 from usagestatsd.announce import clock_text
+from usagestatsd.consent import Decision
 from usagestatsd.daemon import Daemon, build_daemon
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses, serve_on_loopback
 from usagestatsd.privacy import KnownIdentifiers
+from usagestatsd.running import Inputs, RecordStore, new_record
 from usagestatsd.schedule import Schedule
 from usagestatsd.settings import Settings
+from usagestatsd.status import describe
 from usagestatsd.systemd import Notifier
 
 HOUR = 3600.0
@@ -86,15 +90,25 @@ def loop_settings(
     return build
 
 
+DECISION = Decision(True, "environment", "RAY_USAGE_STATS_ENABLED", "1", "asked", "unset", None, ())
+
+
 class Running:
-    """A daemon serving in this event loop on a FakeClock."""
+    """A daemon serving in this event loop on a FakeClock, with its service record."""
 
     def __init__(self, settings: Settings, clock: FakeClock, notify: NotifySocket) -> None:
         self.clock = clock
+        self.settings = settings
         notifier = Notifier(settings.notify_socket)
         self.notifier = notifier
+        record = new_record(settings, DECISION, Inputs({}, {}, None))
         self.daemon: Daemon = build_daemon(
-            settings, notifier, KnownIdentifiers(), clock=clock, rng=random.Random(SEED)
+            settings,
+            notifier,
+            KnownIdentifiers(),
+            clock=clock,
+            rng=random.Random(SEED),
+            record=record,
         )
         # The socket's queue is short (net.unix.max_dgram_qlen): read it as time moves.
         self.driver = Driver(self.daemon, clock, notify.drain)
@@ -164,6 +178,28 @@ async def test_hourly_slots_report_at_their_virtual_times(
     looks = named(events, "session.looked")
     assert len(looks) >= (end - run.start) // 60
     assert named(events, "cycle.crashed") == []
+
+
+async def test_status_shows_the_next_slot_from_the_one_record(
+    running: Callable[..., Running], endpoint: ScriptedEndpoint, demo_session: DemoCluster
+) -> None:
+    """After each report the service record holds the next slot; `status` shows that time."""
+    run = running()
+    schedule = Schedule(HOUR, random.Random(SEED))
+    slots = [schedule.first(run.start)]
+    for reports in (1, 2):
+
+        def reported(n: int = reports) -> bool:
+            return len(endpoint.received) >= n
+
+        await run.driver.run_until(reported, 2 * HOUR)
+        slots.append(schedule.after(slots[-1], slots[-1].due))
+        record, _ = RecordStore(run.settings.state_dir).load()
+        assert record is not None and record.next_report_ms == wall_ms(run.clock, slots[-1].due)
+        info = describe(run.settings, DECISION)
+        shown = time.localtime(record.next_report_ms / 1000)
+        assert info["next_report"] == time.strftime("%Y-%m-%d %H:%M:%S %Z", shown)
+    assert b"next_report_ms" not in (run.settings.state_dir / "state.json").read_bytes()
 
 
 async def test_a_new_session_is_picked_up_at_once(
