@@ -23,8 +23,7 @@ from usagestatsd.beside_ray import Arrangement, BesideRay, digest
 from usagestatsd.cluster import name_tampering
 from usagestatsd.history import Record, history_of
 from usagestatsd.keeper import Keeper
-from usagestatsd.pipeline import Prepared, prepare_report
-from usagestatsd.privacy import KnownIdentifiers
+from usagestatsd.pipeline import Disclosure, Prepared, prepare_report
 from usagestatsd.refusal import Refusal, cluster_refusal
 from usagestatsd.report import local_copy
 from usagestatsd.running import Beside, Held
@@ -118,20 +117,33 @@ class ReportCycle:
     def __init__(
         self,
         settings: Settings,
-        known: KnownIdentifiers,
+        disclosure: Disclosure,
         beside: BesideRay,
+        store: StateStore,
+        state: State,
         clock: Clock | None = None,
-        withheld: tuple[str, ...] = (),
     ) -> None:
+        """Takes the state as loaded (`open` loads it): building reads and moves nothing."""
         self.settings = settings
-        self.known = known
+        self.disclosure = disclosure
         self.beside = beside
         self.clock = clock or SystemClock()
-        self.withheld = withheld
-        self.store = StateStore(settings.state_dir)
-        self.keeper = Keeper(self.store, history_of(settings))
-        self._state = load_state(self.store)
+        self.store = store
+        self.keeper = Keeper(store, history_of(settings))
+        self._state = state
         self._refused_logged: set[str] = set()  # one session.not_reported per session
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        disclosure: Disclosure,
+        beside: BesideRay,
+        clock: Clock | None = None,
+    ) -> ReportCycle:
+        """The cycle on the saved state (an unreadable state.json is set aside, logged)."""
+        store = StateStore(settings.state_dir)
+        return cls(settings, disclosure, beside, store, load_state(store), clock)
 
     @property
     def state(self) -> State:
@@ -147,7 +159,7 @@ class ReportCycle:
 
     async def _prepare(self, session: Session) -> Prepared:
         return await prepare_report(
-            self.settings, session, self._state, self.known, self._now_ms(), self.withheld
+            self.settings, session, self._state, self.disclosure, self._now_ms()
         )
 
     async def run(self, session: Session) -> CycleOutcome:

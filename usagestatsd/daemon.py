@@ -26,7 +26,7 @@ from typing import Protocol
 import structlog
 
 from usagestatsd.cycle import Clock
-from usagestatsd.pipeline import collect_known_identifiers
+from usagestatsd.pipeline import Disclosure, collect_known_identifiers
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.reporter import Reporter
 from usagestatsd.running import ServiceRecord
@@ -263,17 +263,14 @@ class Daemon:
 def build_daemon(
     settings: Settings,
     notifier: Notifier,
-    known: KnownIdentifiers,
+    disclosure: Disclosure,
     clock: LoopClock | None = None,
     rng: random.Random | None = None,
-    withheld: tuple[str, ...] = (),
     record: ServiceRecord | None = None,
 ) -> Daemon:
     """The daemon and the reporter below it, sharing one clock."""
     loop_clock: LoopClock = clock or SystemLoopClock()
-    reporter = Reporter(
-        settings, notifier, known, loop_clock, rng or random.Random(), withheld, record
-    )
+    reporter = Reporter(settings, notifier, disclosure, loop_clock, rng or random.Random(), record)
     return Daemon(settings, notifier, reporter, loop_clock)
 
 
@@ -283,12 +280,15 @@ def run_daemon(
     withheld: tuple[str, ...] = (),
     record: ServiceRecord | None = None,
 ) -> int:
-    """Build the daemon and run its loop to completion."""
+    """Build the daemon and run its loop to completion.
+
+    `withheld`: the fields newer than the field set consent was given for (sent as null).
+    """
     notifier = Notifier(settings.notify_socket)
 
     async def main() -> int:
-        known_ids = known or collect_known_identifiers()
-        daemon = build_daemon(settings, notifier, known_ids, withheld=withheld, record=record)
+        disclosure = Disclosure.of(settings, known or collect_known_identifiers(), withheld)
+        daemon = build_daemon(settings, notifier, disclosure, record=record)
         return await daemon.serve()
 
     # Start-up objects live as long as the process: keep the collector from rescanning them.

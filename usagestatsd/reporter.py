@@ -21,7 +21,7 @@ from usagestatsd.cycle import Clock, CycleOutcome, ReportCycle
 from usagestatsd.follow import SessionFollower
 from usagestatsd.intake import RayIntake
 from usagestatsd.intake_socket import INTAKE_FD_NAME, inherited_sockets
-from usagestatsd.privacy import KnownIdentifiers
+from usagestatsd.pipeline import Disclosure
 from usagestatsd.published import Publisher
 from usagestatsd.running import ServiceRecord
 from usagestatsd.schedule import Schedule, Slot
@@ -40,10 +40,9 @@ class Reporter:
         self,
         settings: Settings,
         notifier: Notifier,
-        known: KnownIdentifiers,
+        disclosure: Disclosure,
         clock: Clock,
         rng: random.Random,
-        withheld: tuple[str, ...] = (),
         record: ServiceRecord | None = None,
     ) -> None:
         self.settings = settings
@@ -51,7 +50,7 @@ class Reporter:
         self.announce = Announcer(notifier, settings.temp_root, settings.state_dir, record)
         self.follower = SessionFollower(settings, Schedule(settings.report_interval_s, rng))
         self.beside = BesideRay(settings.beside_ray, lambda: self.follower.session)
-        self.cycle = ReportCycle(settings, known, self.beside, clock, withheld)
+        self.cycle = ReportCycle.open(settings, disclosure, self.beside, clock)
         self.published = Publisher(settings)  # every user's view (published.py)
         self.published.state = self.cycle.state
         self.nudge = asyncio.Event()  # look at the temp root now (a session appeared, see watch.py)

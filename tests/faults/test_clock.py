@@ -17,6 +17,7 @@ from tests.support.processes import FREE_INTAKE
 from tests.support.servers import ScriptedEndpoint
 from usagestatsd.daemon import build_daemon
 from usagestatsd.demo import DemoCluster
+from usagestatsd.pipeline import Disclosure
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.schedule import Schedule
 from usagestatsd.settings import Settings
@@ -89,7 +90,7 @@ async def test_loop_ignores_wall_clock_jumps(
     clock = JumpingClock()
     start = clock.now
     daemon = build_daemon(
-        settings, Notifier(None), KnownIdentifiers(), clock=clock, rng=random.Random(3)
+        settings, Notifier(None), Disclosure(KnownIdentifiers()), clock=clock, rng=random.Random(3)
     )
     driver = Driver(daemon, clock)
     sent_at: list[float] = []  # the virtual monotonic time of each report

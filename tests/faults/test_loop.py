@@ -30,6 +30,7 @@ from usagestatsd.announce import clock_text
 from usagestatsd.consent import Decision
 from usagestatsd.daemon import Daemon, build_daemon
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses, serve_on_loopback
+from usagestatsd.pipeline import Disclosure
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.running import Inputs, RecordStore, new_record
 from usagestatsd.schedule import Schedule
@@ -105,7 +106,7 @@ class Running:
         self.daemon: Daemon = build_daemon(
             settings,
             notifier,
-            KnownIdentifiers(),
+            Disclosure(KnownIdentifiers()),
             clock=clock,
             rng=random.Random(SEED),
             record=record,
