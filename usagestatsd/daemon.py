@@ -175,18 +175,21 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as group:
                 if self._ping_s:
-                    group.create_task(self._watchdog(self._ping_s))
+                    group.create_task(self._watchdog())
                 group.create_task(self._looks())
                 group.create_task(self._reports())
                 group.create_task(self._until_stopped())
-        except* _Stopped:
-            pass
+        except BaseExceptionGroup as ended:
+            _, faults = ended.split(_Stopped)
+            if faults is not None:
+                # One fault, as the loop raised it before it was a group: a plain traceback.
+                raise (faults.exceptions[0] if len(faults.exceptions) == 1 else faults) from None
 
     async def _until_stopped(self) -> None:
         await self.stop_requested.wait()
         raise _Stopped
 
-    async def _watchdog(self, ping_s: float) -> None:
+    async def _watchdog(self) -> None:
         """WATCHDOG=1 on a fixed grid, through report cycles too."""
         while True:
             self.notifier.watchdog()
