@@ -2,8 +2,9 @@
 
 One method per thing that happened: waiting for a session, a session found, a session held
 (refused, or standing down beside Ray's reporter), the next report planned, the intake, the
-stop. Only decisions go to the service record (running.py), not each report's times:
-state.json has those, and the record is rewritten only when a decision changes.
+stop. Each goes to the service record (running.py), the one document `status` renders,
+and the STATUS= line is made from the same values. The record is rewritten only when it
+changes: at a decision, and once per report for the next report's time.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from usagestatsd.cycle import Hold
 from usagestatsd.intake import RayIntake
 from usagestatsd.running import Beside, Intake, RecordKeeper, RecordStore, ServiceRecord
 from usagestatsd.state import LastReport
@@ -84,7 +86,9 @@ class Announcer:
     def no_session(self, untrusted: str | None = None) -> None:
         waiting = f"Not reporting: {untrusted}" if untrusted else self.waiting_text()
         self._status(waiting)
-        self._record(session=None, not_reporting=None, next_report_ms=None, status_line=waiting)
+        self._record(
+            session=None, not_reporting=None, held=None, next_report_ms=None, status_line=waiting
+        )
 
     def session_found(self, name: str, first_wall: float) -> None:
         self._held = None
@@ -92,7 +96,8 @@ class Announcer:
         self._record(
             session=name,
             not_reporting=None,
-            next_report_ms=int(first_wall * 1000),  # later ones: state.json's next_report_ms
+            held=None,
+            next_report_ms=int(first_wall * 1000),
             status_line=None,
         )
 
@@ -100,15 +105,23 @@ class Announcer:
         """How the session is shared with Ray's own reporter."""
         self._record(beside=beside)
 
-    def hold(self, name: str, why: str, status: str) -> None:
+    def hold(self, name: str, hold: Hold) -> None:
         """The current session gets no report now: say why, and plan no report."""
-        self._held = why
-        self._status(status)
-        self._record(session=name, not_reporting=why, next_report_ms=None, status_line=status)
+        self._held = hold.why
+        self._status(hold.status)
+        self._record(
+            session=name,
+            not_reporting=hold.why,
+            held=hold.kind.value,
+            next_report_ms=None,
+            status_line=hold.status,
+        )
 
     def planned(self, next_wall: float, last: LastReport | None) -> None:
         """The next report is planned at `next_wall`; the STATUS= line says the last one."""
-        self._record(not_reporting=None, status_line=None)
+        self._record(
+            not_reporting=None, held=None, next_report_ms=int(next_wall * 1000), status_line=None
+        )
         if last is None:
             return
         outcome = "ok" if last.success else "failed"

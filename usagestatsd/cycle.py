@@ -5,8 +5,8 @@ that must not be reported (refusal.py), gives Ray's own reporter its chance and 
 beside it (beside_ray.py), reserves the seq number in state.json, sends to every endpoint
 (sender.py), saves the counters, appends to the history (keeper.py) and writes the
 session's usage_stats.json. It returns a `CycleOutcome` saying what happened and whether
-the state changed; the caller (daemon.py) plans the next report and then saves (`save`),
-so that state.json carries the planned time too.
+the state changed; the caller (reporter.py) plans the next report, puts it in the service
+record, and then saves (`save`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from usagestatsd.beside_ray import Arrangement, BesideRay, digest
 from usagestatsd.cluster import name_tampering
 from usagestatsd.history import Record, history_of
 from usagestatsd.keeper import Keeper
-from usagestatsd.pipeline import Prepared, prepare_report
-from usagestatsd.privacy import KnownIdentifiers
+from usagestatsd.pipeline import Disclosure, Prepared, prepare_report
 from usagestatsd.refusal import Refusal, cluster_refusal
 from usagestatsd.report import local_copy
-from usagestatsd.running import Beside
+from usagestatsd.running import Beside, Held
 from usagestatsd.sender import send_report
 from usagestatsd.session import Session, still_there, write_usage_stats
 from usagestatsd.settings import Settings
@@ -74,8 +73,9 @@ class Result(Enum):
 
 @dataclass(frozen=True)
 class Hold:
-    """Why the session gets no report now, in the service record's and STATUS='s words."""
+    """Why the session gets no report now: its kind, and the words of the record and STATUS=."""
 
+    kind: Held
     why: str
     status: str
 
@@ -117,20 +117,33 @@ class ReportCycle:
     def __init__(
         self,
         settings: Settings,
-        known: KnownIdentifiers,
+        disclosure: Disclosure,
         beside: BesideRay,
+        store: StateStore,
+        state: State,
         clock: Clock | None = None,
-        withheld: tuple[str, ...] = (),
     ) -> None:
+        """Takes the state as loaded (`open` loads it): building reads and moves nothing."""
         self.settings = settings
-        self.known = known
+        self.disclosure = disclosure
         self.beside = beside
         self.clock = clock or SystemClock()
-        self.withheld = withheld
-        self.store = StateStore(settings.state_dir)
-        self.keeper = Keeper(self.store, history_of(settings))
-        self._state = load_state(self.store)
+        self.store = store
+        self.keeper = Keeper(store, history_of(settings))
+        self._state = state
         self._refused_logged: set[str] = set()  # one session.not_reported per session
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        disclosure: Disclosure,
+        beside: BesideRay,
+        clock: Clock | None = None,
+    ) -> ReportCycle:
+        """The cycle on the saved state (an unreadable state.json is set aside, logged)."""
+        store = StateStore(settings.state_dir)
+        return cls(settings, disclosure, beside, store, load_state(store), clock)
 
     @property
     def state(self) -> State:
@@ -140,17 +153,13 @@ class ReportCycle:
     def _now_ms(self) -> int:
         return int(self.clock.time() * 1000)
 
-    def plan_next(self, next_report_ms: int) -> None:
-        """The next report's planned time, saved with the state at the next `save`."""
-        self._state = replace(self._state, next_report_ms=next_report_ms)
-
     def save(self) -> bool:
         """Save state.json (the history gives way on a full disk); True if saved."""
         return self.keeper.save(self._state, self._now_ms())
 
     async def _prepare(self, session: Session) -> Prepared:
         return await prepare_report(
-            self.settings, session, self._state, self.known, self._now_ms(), self.withheld
+            self.settings, session, self._state, self.disclosure, self._now_ms()
         )
 
     async def run(self, session: Session) -> CycleOutcome:
@@ -176,7 +185,7 @@ class ReportCycle:
             prepared = await self._prepare(session)
         decision = self.beside.decide(session, _session_start_ms(prepared))
         if decision.status is not None:
-            hold = Hold(STANDING_DOWN, decision.status)
+            hold = Hold(Held.STANDING_DOWN, STANDING_DOWN, decision.status)
             return CycleOutcome(Result.STOOD_DOWN, changed, hold=hold, beside=decision.beside)
         # One event per field and reason: 250 refused instance types are one line, not 250.
         named = Counter((r.field, r.reason) for r in prepared.redactions)
@@ -202,7 +211,8 @@ class ReportCycle:
             # Only an unreadable cluster is trouble; the other reasons are normal states.
             emit = log.warning if refusal.level == "warning" else log.info
             emit("session.not_reported", session_dir=str(session.path), reason=refusal.message)
-        return Hold(refusal.message, f"Not reporting session {session.name}: {refusal.message}")
+        status = f"Not reporting session {session.name}: {refusal.message}"
+        return Hold(Held.REFUSED, refusal.message, status)
 
     def _reserve(self, remembered: SessionState) -> bool:
         """Save this attempt's seq number as used (counted failed until known) before sending.

@@ -1,12 +1,15 @@
 """The imperative shell: owns the event loop, signals, the watchdog and start and stop.
 
-One loop waits on events (stop, report-now, a change in Ray's temp root seen by inotify,
-the running cycle) with a timeout to the next due report, watchdog ping or look at the
-temp root. A ping only pings: looking for the session walks /proc (session.py), so it
-runs at the session poll rate (every minute, or every report interval when shorter) and
-at once when inotify sees the temp root change. Nothing polls faster. A report cycle runs
-as a task so the watchdog keeps being fed during long retries, and so SIGTERM can cancel
-it at once. What is reported and when, and what STATUS= says around it, is reporter.py's.
+The loop is an `asyncio.TaskGroup` of coroutines, each asleep until its own deadline or
+event: the watchdog pings (only pings), the looks at the temp root (at the session poll
+rate, every minute or every report interval when shorter, and at once when inotify sees
+the temp root change: looking walks /proc, see session.py), the reports (at their slot,
+or at once on SIGUSR1), and the stop (SIGTERM/SIGINT), which ends the group. No look runs
+during a report cycle; a cycle is cancelled at once by a stop. Pings at least as frequent
+as looks carry them: a look then waits for the ping after it is due, so that both happen
+in one wake-up. Time comes from an injected clock that also sleeps, so tests drive the
+loop on a clock of their own. What is reported and when, and what STATUS= says around it,
+is reporter.py's.
 """
 
 from __future__ import annotations
@@ -17,20 +20,70 @@ import gc
 import math
 import random
 import signal
-from typing import Any
+import time
+from typing import Protocol
 
 import structlog
 
-from usagestatsd.cycle import Clock, SystemClock
-from usagestatsd.pipeline import collect_known_identifiers
+from usagestatsd.cycle import Clock
+from usagestatsd.pipeline import Disclosure, collect_known_identifiers
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.reporter import Reporter
 from usagestatsd.running import ServiceRecord
+from usagestatsd.schedule import Slot
+from usagestatsd.session import Session
 from usagestatsd.settings import Settings
 from usagestatsd.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger()
 SESSION_POLL_S = 60.0
+
+
+class LoopClock(Clock, Protocol):
+    """The daemon's time, and its waits on it (deadlines are monotonic seconds)."""
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Return at `deadline`."""
+
+    async def wait_until(self, event: asyncio.Event, deadline: float) -> None:
+        """Return when `event` is set or at `deadline` (math.inf: no deadline)."""
+
+
+class SystemLoopClock:
+    """The real clocks; deadlines are the event loop's own timers (on time.monotonic)."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep_until(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+        # call_at on the same deadline as another coroutine's: both in one wake-up.
+        timer = loop.call_at(deadline, _resolve, woken)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+
+    async def wait_until(self, event: asyncio.Event, deadline: float) -> None:
+        if deadline == math.inf:
+            await event.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await event.wait()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Stopped(Exception):
+    """Ends the task group: a stop was asked for."""
 
 
 class Daemon:
@@ -40,20 +93,25 @@ class Daemon:
         self,
         settings: Settings,
         notifier: Notifier,
-        known: KnownIdentifiers,
-        clock: Clock | None = None,
-        rng: random.Random | None = None,
-        withheld: tuple[str, ...] = (),
-        record: ServiceRecord | None = None,
+        reporter: Reporter,
+        clock: LoopClock | None = None,
     ) -> None:
         self.settings = settings
-        self.clock = clock or SystemClock()
+        self.clock: LoopClock = clock or SystemLoopClock()
         self.notifier = notifier
-        self.reporter = Reporter(
-            settings, notifier, known, self.clock, rng or random.Random(), withheld, record
-        )
+        self.reporter = reporter
         self.stop_requested = asyncio.Event()
         self.report_now = asyncio.Event()
+        self._replan = asyncio.Event()  # the report slot moved, or a report is asked for
+        self._cycle_lock = asyncio.Lock()  # held while a cycle runs: no look meanwhile
+        self._ping_s = watchdog_interval(settings.watchdog_usec, settings.watchdog_pid) or 0.0
+        self._pings_from = 0.0  # the watchdog's grid: a ping at every multiple of _ping_s
+        self._planned: tuple[Session | None, Slot | None] = (None, None)  # what _reports awaits
+
+    @property
+    def busy(self) -> bool:
+        """True while a report cycle runs."""
+        return self._cycle_lock.locked()
 
     # -- signals -------------------------------------------------------------------
 
@@ -77,7 +135,12 @@ class Daemon:
 
     def _on_usr1(self) -> None:
         log.info("report.requested", signal="SIGUSR1")
+        self.request_report()
+
+    def request_report(self) -> None:
+        """Report now (once the running cycle, if any, is over)."""
         self.report_now.set()
+        self._replan.set()
 
     # -- the loop ------------------------------------------------------------------
 
@@ -107,64 +170,111 @@ class Daemon:
         return 0
 
     async def _loop(self) -> None:
+        """The coroutines, until a stop; a fault in one ends them all and is raised."""
+        self._pings_from = self.clock.monotonic()
+        try:
+            async with asyncio.TaskGroup() as group:
+                if self._ping_s:
+                    group.create_task(self._watchdog())
+                group.create_task(self._looks())
+                group.create_task(self._reports())
+                group.create_task(self._until_stopped())
+        except BaseExceptionGroup as ended:
+            _, faults = ended.split(_Stopped)
+            if faults is not None:
+                # One fault, as the loop raised it before it was a group: a plain traceback.
+                raise (faults.exceptions[0] if len(faults.exceptions) == 1 else faults) from None
+
+    async def _until_stopped(self) -> None:
+        await self.stop_requested.wait()
+        raise _Stopped
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 on a fixed grid, through report cycles too."""
+        while True:
+            self.notifier.watchdog()
+            await self.clock.sleep_until(self._next_ping(self.clock.monotonic()))
+
+    def _next_ping(self, after: float) -> float:
+        """The first ping time strictly after `after` (a late one is skipped, not repeated)."""
+        return self._ping_tick(math.floor((after - self._pings_from) / self._ping_s) + 1)
+
+    def _ping_tick(self, ticks: int) -> float:
+        # One expression for both coroutines: a look carried by a ping has the ping's
+        # deadline to the bit, so the event loop runs both on one wake-up.
+        return self._pings_from + ticks * self._ping_s
+
+    def _look_at(self, due: float) -> float:
+        """When a look due at `due` happens: with the first ping from then, if pings carry looks.
+
+        A tenth of a ping period of slack absorbs the lateness of the wake-up the last
+        look was made in, so looks keep their period instead of slipping a ping each time.
+        """
+        if not self._ping_s or self._ping_s > self._look_s():
+            return due
+        slack = self._ping_s / 10
+        return self._ping_tick(max(0, math.ceil((due - slack - self._pings_from) / self._ping_s)))
+
+    async def _looks(self) -> None:
+        """Look at the temp root now, then at each look time or inotify nudge."""
         reporter = self.reporter
-        cycle: asyncio.Task[None] | None = None
-        next_ping = next_look = self.clock.monotonic()
-        ping_s = watchdog_interval(self.settings.watchdog_usec, self.settings.watchdog_pid)
-        while not self.stop_requested.is_set():
-            now = self.clock.monotonic()
-            if ping_s and now >= next_ping:
-                self.notifier.watchdog()
-                next_ping = now + ping_s
-            if cycle is None and (reporter.nudge.is_set() or now >= next_look):
+        look_at = self.clock.monotonic()
+        while True:
+            if not reporter.nudge.is_set() and look_at > self.clock.monotonic():
+                await self.clock.wait_until(reporter.nudge, look_at)
+            async with self._cycle_lock:
                 reporter.nudge.clear()
+                now = self.clock.monotonic()
                 reporter.look(now)
-                next_look = now + self._look_s()
+                look_at = self._look_at(now + self._look_s())
+                # A new session, none any more, or its first report pulled forward.
+                if (reporter.session, reporter.slot) != self._planned:
+                    self._replan.set()
+
+    async def _reports(self) -> None:
+        """One cycle at each slot, or on request once the session is known."""
+        reporter = self.reporter
+        while True:
+            self._planned = reporter.session, reporter.slot
+            if not self._replan.is_set():
+                slot = reporter.slot
+                due = slot.due if slot is not None else math.inf
+                await self.clock.wait_until(self._replan, due)
+            self._replan.clear()
             session, slot = reporter.session, reporter.slot
             forced = self.report_now.is_set()
             if forced and session is None:
                 log.info("report.request_ignored", reason="no Ray session to report on")
                 self.report_now.clear()
                 forced = False
-            due = slot is not None and now >= slot.due
-            if cycle is None and session and (forced or due):
+            due = slot is not None and self.clock.monotonic() >= slot.due
+            if session is not None and (forced or due):
                 self.report_now.clear()
-                cycle = asyncio.create_task(reporter.report(session, advance=due))
-            # While a cycle runs, only a ping (or the cycle's end, or a stop) wakes the loop.
-            # Pings at least as frequent as looks carry the looks: no wake-up of their own.
-            wake = next_ping if ping_s else math.inf
-            if cycle is None:
-                slot = reporter.slot
-                look = math.inf if ping_s and ping_s <= self._look_s() else next_look
-                wake = min(wake, look, slot.due if slot is not None else math.inf)
-            timeout = None if wake == math.inf else max(0.0, wake - self.clock.monotonic())
-            await self._wait(timeout, cycle)
-            if cycle is not None and cycle.done():
-                self._finish(cycle)
-                cycle = None
-        if cycle is not None:
-            cycle.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cycle
+                async with self._cycle_lock:
+                    await self._cycle(session, advance=due)
+                if self.report_now.is_set():  # asked for during the cycle: its turn now
+                    self._replan.set()
 
-    async def _wait(self, timeout: float | None, cycle: asyncio.Task[None] | None) -> None:
-        waiters = {asyncio.ensure_future(self.stop_requested.wait())}
-        if cycle is None:
-            # While a cycle runs, a report request waits for it (no busy loop on a set event).
-            waiters.add(asyncio.ensure_future(self.report_now.wait()))
-            waiters.add(asyncio.ensure_future(self.reporter.nudge.wait()))
-        pending: set[asyncio.Future[Any]] = set(waiters)
-        if cycle is not None:
-            pending.add(cycle)
-        await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
-
-    def _finish(self, cycle: asyncio.Task[None]) -> None:
-        if not cycle.cancelled() and cycle.exception() is not None:
-            exc = cycle.exception()
+    async def _cycle(self, session: Session, advance: bool) -> None:
+        try:
+            await self.reporter.report(session, advance=advance)
+        except Exception as exc:
             # A bug, not a bad input: say so loudly, keep serving.
             log.error("cycle.crashed", error=f"{type(exc).__name__}: {exc}")
+
+
+def build_daemon(
+    settings: Settings,
+    notifier: Notifier,
+    disclosure: Disclosure,
+    clock: LoopClock | None = None,
+    rng: random.Random | None = None,
+    record: ServiceRecord | None = None,
+) -> Daemon:
+    """The daemon and the reporter below it, sharing one clock."""
+    loop_clock: LoopClock = clock or SystemLoopClock()
+    reporter = Reporter(settings, notifier, disclosure, loop_clock, rng or random.Random(), record)
+    return Daemon(settings, notifier, reporter, loop_clock)
 
 
 def run_daemon(
@@ -173,12 +283,15 @@ def run_daemon(
     withheld: tuple[str, ...] = (),
     record: ServiceRecord | None = None,
 ) -> int:
-    """Build the daemon and run its loop to completion."""
+    """Build the daemon and run its loop to completion.
+
+    `withheld`: the fields newer than the field set consent was given for (sent as null).
+    """
     notifier = Notifier(settings.notify_socket)
 
     async def main() -> int:
-        known_ids = known or collect_known_identifiers()
-        daemon = Daemon(settings, notifier, known_ids, withheld=withheld, record=record)
+        disclosure = Disclosure.of(settings, known or collect_known_identifiers(), withheld)
+        daemon = build_daemon(settings, notifier, disclosure, record=record)
         return await daemon.serve()
 
     # Start-up objects live as long as the process: keep the collector from rescanning them.

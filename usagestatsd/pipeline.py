@@ -10,7 +10,8 @@ import contextlib
 import pwd
 import re
 import socket
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from usagestatsd.cluster import ClusterFacts, gather
 from usagestatsd.fetch import Limits
@@ -37,6 +38,29 @@ def collect_known_identifiers() -> KnownIdentifiers:
         if entry.pw_uid >= 1000 and entry.pw_uid != 65534:
             users.add(entry.pw_name)
     return KnownIdentifiers.of(hosts, users, homes, accounts)
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """What a report may contain, decided once at start and passed down as one value.
+
+    `known`: this machine's identifiers, which the privacy guard keeps out. `blanked`: the
+    fields sent as null, each with why (redacted by a setting, or newer than the field set
+    consent was given for).
+    """
+
+    known: KnownIdentifiers
+    blanked: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, settings: Settings, known: KnownIdentifiers, withheld: tuple[str, ...] = ()
+    ) -> Disclosure:
+        """From the redact setting and the fields consent was not given for (`withheld`)."""
+        why = f"redacted by {settings.source_of('redact')}"
+        blanked = dict.fromkeys(settings.redact, why)
+        blanked.update(dict.fromkeys(withheld, "newer than the field set consent was given for"))
+        return cls(known, blanked)
 
 
 @dataclass(frozen=True)
@@ -98,14 +122,10 @@ async def prepare_report(
     settings: Settings,
     session: Session,
     state: State,
-    known: KnownIdentifiers,
+    disclosure: Disclosure,
     now_ms: int,
-    withheld: tuple[str, ...] = (),
 ) -> Prepared:
-    """Gather, build, guard and serialise: everything before sending (shared with preview).
-
-    `withheld` are fields newer than the field set consent was given for: sent as null.
-    """
+    """Gather, build, guard and serialise: everything before sending (shared with preview)."""
     facts = await gather(
         session,
         Limits(
@@ -133,10 +153,9 @@ async def prepare_report(
         provider=facts.provider,
         extra_tags=settings.extra_tags,
     )
-    clean, redactions = guard(report, known)
+    clean, redactions = guard(report, disclosure.known)
     redactions = refused + redactions
-    blanked = {name: f"redacted by {settings.source_of('redact')}" for name in settings.redact}
-    blanked.update({name: "newer than the field set consent was given for" for name in withheld})
+    blanked = dict(disclosure.blanked)
     final = clean.with_fields(**nulls_for(list(blanked)))
     return Prepared(
         final, serialise(final), redactions, facts, session_id, remembered, blanked, id_source

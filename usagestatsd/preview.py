@@ -6,7 +6,7 @@ import sys
 import time
 from dataclasses import replace
 
-from usagestatsd.pipeline import collect_known_identifiers, prepare_report
+from usagestatsd.pipeline import Disclosure, collect_known_identifiers, prepare_report
 from usagestatsd.published import cannot_read, describe_source, read_published, service_state_dir
 from usagestatsd.refusal import cluster_refusal
 from usagestatsd.session import find_session, trusted_uids
@@ -62,9 +62,8 @@ async def preview(settings: Settings, withheld: tuple[str, ...] = ()) -> int:
     state = _service_state(settings)
     if state is None:
         return 1
-    prepared = await prepare_report(
-        settings, session, state, collect_known_identifiers(), int(time.time() * 1000), withheld
-    )
+    disclosure = Disclosure.of(settings, collect_known_identifiers(), withheld)
+    prepared = await prepare_report(settings, session, state, disclosure, int(time.time() * 1000))
     for problem in prepared.facts.problems:
         _note(f"{problem.source}: {problem.problem} (its fields are null)")
     refusal = cluster_refusal(prepared.facts)

@@ -21,7 +21,7 @@ from usagestatsd.cycle import Clock, CycleOutcome, ReportCycle
 from usagestatsd.follow import SessionFollower
 from usagestatsd.intake import RayIntake
 from usagestatsd.intake_socket import INTAKE_FD_NAME, inherited_sockets
-from usagestatsd.privacy import KnownIdentifiers
+from usagestatsd.pipeline import Disclosure
 from usagestatsd.published import Publisher
 from usagestatsd.running import ServiceRecord
 from usagestatsd.schedule import Schedule, Slot
@@ -40,10 +40,9 @@ class Reporter:
         self,
         settings: Settings,
         notifier: Notifier,
-        known: KnownIdentifiers,
+        disclosure: Disclosure,
         clock: Clock,
         rng: random.Random,
-        withheld: tuple[str, ...] = (),
         record: ServiceRecord | None = None,
     ) -> None:
         self.settings = settings
@@ -51,7 +50,7 @@ class Reporter:
         self.announce = Announcer(notifier, settings.temp_root, settings.state_dir, record)
         self.follower = SessionFollower(settings, Schedule(settings.report_interval_s, rng))
         self.beside = BesideRay(settings.beside_ray, lambda: self.follower.session)
-        self.cycle = ReportCycle(settings, known, self.beside, clock, withheld)
+        self.cycle = ReportCycle.open(settings, disclosure, self.beside, clock)
         self.published = Publisher(settings)  # every user's view (published.py)
         self.published.state = self.cycle.state
         self.nudge = asyncio.Event()  # look at the temp root now (a session appeared, see watch.py)
@@ -154,7 +153,7 @@ class Reporter:
         self.announce.session_found(change.session.name, first)
 
     async def report(self, session: Session, advance: bool) -> None:
-        """One cycle, then the next slot, the status line, and the state saved with the plan.
+        """One cycle, then the next slot, the service record and STATUS=, and the state saved.
 
         `advance`: the cycle ran for its slot (not on request), so the next slot follows.
         """
@@ -165,14 +164,13 @@ class Reporter:
             if outcome.beside is not None:
                 self.announce.beside(outcome.beside)
             if outcome.hold is not None:
-                self.announce.hold(session.name, outcome.hold.why, outcome.hold.status)
+                self.announce.hold(session.name, outcome.hold)
         finally:
             if advance:
                 self.follower.advance(session, self.clock.monotonic())
             slot = self.follower.slot
             if slot is not None and not self.announce.holding:  # held: no report planned
                 next_wall = self.clock.time() + (slot.due - self.clock.monotonic())
-                self.cycle.plan_next(int(next_wall * 1000))
                 self.announce.planned(next_wall, self.cycle.state.last_report)
             # Interrupted (SIGTERM, a bug): what it changed so far is saved too.
             if outcome is None or outcome.state_changed:

@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,20 @@ from usagestatsd.fileio import UnsafeFileError, atomic_write, read_regular_file
 from usagestatsd.settings import Settings, read_variables
 
 RECORD_FILE = "service.json"
-FORMAT = 1
+# 2: `next_report_ms` holds every planned report and `held` says what kind of hold stops
+# them. 1 (up to this version): only the first report, later ones in state.json.
+FORMAT = 2
+
+
+class Held(Enum):
+    """What kind of hold keeps the current session from being reported."""
+
+    STANDING_DOWN = "standing down"  # Ray's own reporter sends this session's reports
+    REFUSED = "refused"  # the session must not be reported (refusal.py)
+
+
+# The one text a format-1 record held for a stand-down (cycle.STANDING_DOWN then).
+_FORMAT1_STANDING_DOWN = "standing down: Ray's own reporter sends this session's reports itself"
 
 
 @dataclass(frozen=True)
@@ -81,11 +95,13 @@ class ServiceRecord:
     beside: Beside = Beside("auto")
     session: str | None = None  # the session being followed, by name
     not_reporting: str | None = None  # why the current session gets no report, if it does not
-    next_report_ms: int | None = None  # the session's first report (later: state.json's)
+    held: str | None = None  # the kind of that hold: a Held value
+    next_report_ms: int | None = None  # the next planned report, the only place it is kept
     # The STATUS= line that explains a standing decision (waiting without an intake, held,
     # disabled, stopped); None while reports flow (then systemctl shows each one).
     status_line: str | None = None
     stopped_ms: int | None = None
+    format: int = FORMAT  # the version of the service that wrote it (see FORMAT)
 
 
 def proc_start(pid: int) -> str | None:
@@ -155,21 +171,27 @@ def intake_address(intake: tuple[str, int]) -> str:
 
 
 def _to_json(record: ServiceRecord) -> bytes:
-    data = {"format": FORMAT, **asdict(record)}
+    data = asdict(replace(record, format=FORMAT))
     return json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
 
 
 def _from_json(data: dict[str, Any]) -> ServiceRecord:
-    if data.get("format") != FORMAT:
+    if data.get("format") not in (1, FORMAT):
         raise ValueError(f"unknown format {data.get('format')!r}")
-    fields = dict(data)
-    del fields["format"]
-    return record_from_dict(fields)
+    return record_from_dict(data)
 
 
 def record_from_dict(data: dict[str, Any]) -> ServiceRecord:
-    """A record from its fields as `asdict` gives them (service.json, status.json)."""
+    """A record from its fields as `asdict` gives them (service.json, status.json).
+
+    Without a format (status.json of a version that wrote format-1 records) it is 1.
+    """
     fields = dict(data)
+    fields["format"] = fields.get("format", 1)
+    if fields["format"] == 1 and fields.get("not_reporting"):
+        # Format 1 kept only the words; a stand-down's were always the same.
+        standing_down = fields["not_reporting"] == _FORMAT1_STANDING_DOWN
+        fields["held"] = (Held.STANDING_DOWN if standing_down else Held.REFUSED).value
     consent = dict(fields["consent"])
     consent["consulted"] = tuple(Consulted(**c) for c in consent.get("consulted", ()))
     fields["consent"] = Decision(**consent)

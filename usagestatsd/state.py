@@ -93,7 +93,6 @@ class State:
 
     session: SessionState | None = None
     last_report: LastReport | None = None
-    next_report_ms: int | None = None
     local_copy_pending: PendingCopy | None = None
     # Where the last cycle's facts came from, and the cluster's Ray version (for status).
     origins: Origins | None = None
@@ -115,7 +114,6 @@ def _to_json(state: State) -> bytes:
         "format": FORMAT,
         "session": asdict(state.session) if state.session else None,
         "last_report": asdict(state.last_report) if state.last_report else None,
-        "next_report_ms": state.next_report_ms,
         "origins": _origins_json(state.origins),
     }
     if state.local_copy_pending is not None:
@@ -167,12 +165,9 @@ def _from_json(data: dict[str, Any]) -> State:
         last = LastReport(**lr)
     if session is not None and "id_source" not in data["session"]:
         session = _fixed_by_last_report(session, last)
-    nxt = data.get("next_report_ms")
-    # Other keys are not read: "beside_ray", which versions up to 1.0 wrote here, is in
-    # service.json now (running.py).
-    return State(
-        session, last, nxt if isinstance(nxt, int) else None, _pending(data), _origins(data)
-    )
+    # Other keys are not read: "beside_ray", which versions up to 1.0 wrote here, and
+    # "next_report_ms", which earlier versions wrote here, are in service.json now (running.py).
+    return State(session, last, _pending(data), _origins(data))
 
 
 def _pending(data: dict[str, Any]) -> PendingCopy | None:

@@ -18,7 +18,8 @@ from usagestatsd.consent import Decision, decide, read_consent_file
 from usagestatsd.fieldsets import CURRENT_VERSION, withheld
 from usagestatsd.published import describe_source, service_facts
 from usagestatsd.ray_consent import read_ray_configs
-from usagestatsd.running import ServiceRecord, intake_address, is_running
+from usagestatsd.running import FORMAT as RECORD_FORMAT
+from usagestatsd.running import Held, ServiceRecord, intake_address, is_running
 from usagestatsd.session import Discovery, Session, find_session, trusted_uids, untrusted_text
 from usagestatsd.settings import Settings, SettingsError, load_settings
 from usagestatsd.state import State
@@ -141,7 +142,7 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
             }
         # Running: what it decided. Stopped: what the service would decide at its next start.
         in_effect = record.consent if running or new_decision is None else new_decision
-    holding = _holding(record, running, found)
+    why, kind = _holding(record, running, found)
     info: dict[str, Any] = {
         **_decision_json(in_effect),
         "service": _service(record, running, record_problem),
@@ -156,8 +157,8 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
         "session": _session(found, state),
         "session_untrusted": _untrusted(discovery, settings),
         "last_report": None,
-        "standing_down": holding if holding and holding.startswith("standing down") else None,
-        "not_reporting": holding,
+        "standing_down": why if kind == Held.STANDING_DOWN.value else None,
+        "not_reporting": why,
         "next_report": None,
         "beside_ray": _beside_ray(settings, record, running, found),
         "fields": {
@@ -176,18 +177,21 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
             "success": last.success,
             "error": last.error,
         }
-    if running and record is not None and in_effect.enabled and holding is None and found:
-        # The first report of a session is in the record; each later one in state.json.
-        planned = [ms for ms in (record.next_report_ms, state.next_report_ms) if ms is not None]
-        info["next_report"] = _when(max(planned)) if planned else None
+    if running and record is not None and in_effect.enabled and why is None and found:
+        if record.format < RECORD_FORMAT:  # it kept its later reports' times elsewhere
+            info["service"]["older_version"] = True
+        else:
+            info["next_report"] = _when(record.next_report_ms)
     return info
 
 
-def _holding(record: ServiceRecord | None, running: bool, found: Session | None) -> str | None:
-    """Why the running service reports nothing for the current session, if it does not."""
+def _holding(
+    record: ServiceRecord | None, running: bool, found: Session | None
+) -> tuple[str | None, str | None]:
+    """Why the running service reports nothing for the current session, and the kind of hold."""
     if record is None or not running or found is None or record.session != found.name:
-        return None
-    return record.not_reporting
+        return None, None
+    return record.not_reporting, record.held
 
 
 def _session(found: Session | None, state: State) -> dict[str, Any] | None:
@@ -365,6 +369,9 @@ def _no_next(info: dict[str, Any]) -> str:
         return f"none ({info['not_reporting']})"
     if info["session"] is None:
         return "none (waiting for a Ray session)"
+    if info["service"].get("older_version"):
+        # Its later reports' times are in state.json, where this version does not look.
+        return "unknown (the running service is an older version: 'systemctl restart usagestatsd')"
     return "not scheduled"
 
 

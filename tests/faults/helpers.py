@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from usagestatsd.beside_ray import BesideRay
 from usagestatsd.cycle import ReportCycle
 from usagestatsd.demo import recorded_responses
+from usagestatsd.pipeline import Disclosure
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.session import Session, find_session
 from usagestatsd.settings import Settings
@@ -63,7 +64,7 @@ def the_session(temp_root: Path) -> Session:
 def report_cycle(settings: Settings, known: KnownIdentifiers | None = None) -> ReportCycle:
     """The daemon's report cycle, built as the daemon builds it (here without an intake)."""
     beside = BesideRay(settings.beside_ray, lambda: None)
-    return ReportCycle(settings, known or KnownIdentifiers(), beside)
+    return ReportCycle.open(settings, Disclosure.of(settings, known or KnownIdentifiers()), beside)
 
 
 async def run_cycles(

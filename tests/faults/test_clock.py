@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable
 from itertools import pairwise
 
@@ -13,11 +12,12 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from tests.faults.helpers import named
-from tests.support.poll import until
+from tests.support.fakeclock import Driver, FakeClock
 from tests.support.processes import FREE_INTAKE
 from tests.support.servers import ScriptedEndpoint
-from usagestatsd.daemon import Daemon
+from usagestatsd.daemon import build_daemon
 from usagestatsd.demo import DemoCluster
+from usagestatsd.pipeline import Disclosure
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.schedule import Schedule
 from usagestatsd.settings import Settings
@@ -27,20 +27,17 @@ HOUR = 3600.0
 JUMPS = (0.0, -5 * HOUR, 7 * HOUR, -26 * HOUR, 3 * HOUR, -HOUR, 30 * 24 * HOUR)
 
 
-class JumpingClock:
-    """Monotonic time as it is; the wall clock jumps by hours, back and forth, at every reading."""
+class JumpingClock(FakeClock):
+    """Virtual monotonic time; the wall clock jumps by hours, back and forth, at every reading."""
 
     def __init__(self) -> None:
+        super().__init__(wall=1_795_823_459.0 + 24 * HOUR)  # Ray's grace long over
         self.readings = 0
-
-    def monotonic(self) -> float:
-        """The real monotonic clock."""
-        return time.monotonic()
 
     def time(self) -> float:
         """Wall time, off by a different number of hours each time it is read."""
         self.readings += 1
-        return time.time() + JUMPS[self.readings % len(JUMPS)]
+        return super().time() + JUMPS[self.readings % len(JUMPS)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -83,32 +80,39 @@ async def test_loop_ignores_wall_clock_jumps(
     demo_session: DemoCluster,
 ) -> None:
     """The real loop with a wall clock jumping hours at every reading keeps its exact rhythm."""
-    interval = 0.3
     settings = make_settings(
         {
             "RAY_USAGE_STATS_REPORT_URL": endpoint.url,
-            "RAY_USAGE_STATS_REPORT_INTERVAL_S": "0.3",
+            "RAY_USAGE_STATS_REPORT_INTERVAL_S": str(int(HOUR)),
             "USAGESTATSD_RAY_INTAKE": FREE_INTAKE,
         }
     )
     clock = JumpingClock()
-    daemon = Daemon(settings, Notifier(None), KnownIdentifiers(), clock=clock)
+    start = clock.now
+    daemon = build_daemon(
+        settings, Notifier(None), Disclosure(KnownIdentifiers()), clock=clock, rng=random.Random(3)
+    )
+    driver = Driver(daemon, clock)
+    sent_at: list[float] = []  # the virtual monotonic time of each report
+
+    def note_reports() -> None:
+        sent_at.extend([clock.now] * (len(endpoint.received) - len(sent_at)))
+
+    driver.settled = note_reports
     with capture_logs() as events:
         serving = asyncio.create_task(daemon.serve())
         try:
-            await until(lambda: len(endpoint.received) >= 10, 20)
+            await driver.run_until(lambda: len(endpoint.received) >= 10, 10 * HOUR)
         finally:
             daemon.stop_requested.set()
             assert await serving == 0
-    times = [when for when, _, _ in endpoint.received]
-    gaps = [b - a for a, b in pairwise(times)]
-    # Slots are fixed on the monotonic clock: a cycle late on a loaded machine is followed
-    # by a shorter gap, so the rhythm is the mean gap. A loop led by the jumping wall clock
-    # would sleep for hours (no tenth report) or send in bursts (a mean near zero).
-    assert gaps[0] <= 2 * interval  # the random first offset is within one interval
-    mean = (times[-1] - times[1]) / (len(times) - 2)
-    assert 0.8 * interval <= mean <= 1.5 * interval, gaps
-    assert max(gaps) < 5 * interval, gaps
+    # A loop led by the jumping wall clock would sleep for hours or send in bursts: the
+    # slots are those of the monotonic clock, exactly.
+    schedule = Schedule(HOUR, random.Random(3))
+    slots = [schedule.first(start)]
+    while len(slots) < 10:
+        slots.append(schedule.after(slots[-1], slots[-1].due))
+    assert sent_at == [slot.due for slot in slots]
     stamps = [body["collect_timestamp_ms"] for body in endpoint.bodies()]
     assert max(stamps) - min(stamps) > 2 * HOUR * 1000  # the wall clock really did jump
     assert [b["seq_number"] for b in endpoint.bodies()] == list(range(len(stamps)))

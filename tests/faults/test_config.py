@@ -240,7 +240,8 @@ async def test_bad_cluster_config_is_one_named_problem(tmp_path: Path, kind: str
 @pytest.mark.parametrize("kind", ["not JSON", "symlink", "huge", "directory", "[1, 2]"])
 def test_unusable_state_file_is_set_aside(tmp_path: Path, kind: str) -> None:
     """A broken state.json is moved aside with one warning and the daemon starts afresh."""
-    from usagestatsd.daemon import Daemon
+    from usagestatsd.daemon import build_daemon
+    from usagestatsd.pipeline import Disclosure
     from usagestatsd.privacy import KnownIdentifiers
     from usagestatsd.settings import load_settings
     from usagestatsd.systemd import Notifier
@@ -257,7 +258,7 @@ def test_unusable_state_file_is_set_aside(tmp_path: Path, kind: str) -> None:
     empty.write_text("")
     settings = load_settings({"USAGESTATSD_STATE_DIR": str(state_dir)}, {}, empty)
     with capture_logs() as events:
-        daemon = Daemon(settings, Notifier(None), KnownIdentifiers())
+        daemon = build_daemon(settings, Notifier(None), Disclosure(KnownIdentifiers()))
     [event] = named(events, "state.unreadable")
     assert str(path) in event["problem"]
     assert daemon.reporter.cycle.state.session is None

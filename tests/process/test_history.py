@@ -25,7 +25,7 @@ from tests.support.servers import Reply, ScriptedEndpoint
 from usagestatsd.demo import DemoCluster
 from usagestatsd.fieldsets import CURRENT_VERSION, redactable, withheld
 from usagestatsd.history import History, Record
-from usagestatsd.pipeline import prepare_report
+from usagestatsd.pipeline import Disclosure, prepare_report
 from usagestatsd.privacy import KnownIdentifiers
 from usagestatsd.report import REPORT_FIELDS
 from usagestatsd.session import find_session
@@ -193,7 +193,8 @@ async def test_every_field_can_be_redacted(
     settings = make_settings({"USAGESTATSD_REDACT": name})
     session = find_session(temp_root).session
     assert session is not None
-    prepared = await prepare_report(settings, session, State(), KnownIdentifiers(), 1)
+    disclosure = Disclosure.of(settings, KnownIdentifiers())
+    prepared = await prepare_report(settings, session, State(), disclosure, 1)
     body = json.loads(prepared.body)
     assert body[name] in (None, [], {})
     assert "redacted by environment variable USAGESTATSD_REDACT" in prepared.blanked[name]

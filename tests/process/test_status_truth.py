@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,45 @@ async def test_an_ipv6_intake_is_shown_in_brackets(
     assert "intake: [::1]:18922 (now: [::1]:0)" in info["after_restart"]["changes"]
     assert "intake: [::1]:18922 (now: [::1]:0)" in text
     assert "http://::1" not in text and " ::1:" not in text
+
+
+async def test_after_a_restart_status_shows_the_first_report_not_the_last_runs_plan(
+    demo_session: DemoCluster,
+    endpoint: ScriptedEndpoint,
+    temp_root: Path,
+    state_dir: Path,
+    notify: NotifySocket,
+) -> None:
+    """The last run planned a report in 50 minutes (state.json then held it); the service
+    restarted plans its first a minute on: status shows that one, the one STATUS= names."""
+    state_dir.mkdir()
+    last_runs_plan = time.time() + 50 * 60
+    (state_dir / "state.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "last_report": None,
+                "next_report_ms": int(last_runs_plan * 1000),
+                "origins": None,
+                "session": None,
+            }
+        )
+    )
+    env = daemon_env(
+        temp_root,
+        state_dir,
+        endpoint.url,
+        RAY_USAGE_STATS_REPORT_INTERVAL_S="3600",
+        NOTIFY_SOCKET=str(notify.path),
+    )
+    with running_daemon(env) as daemon:
+        await await_line(daemon, "session.found")
+        await until(lambda: any(" found; first report " in s for s in notify.statuses()))
+        code, info, text = await status(env)
+        assert daemon.stop() == 0
+    [found] = [s for s in notify.statuses() if " found; first report " in s]
+    first = found.rpartition(" ")[2]  # HH:MM:SS
+    assert code == 0 and info["next_report"] is not None
+    assert first in info["next_report"], (found, info["next_report"])
+    assert f"Next report:    {info['next_report']}" in text
+    assert time.strftime("%H:%M:%S", time.localtime(last_runs_plan)) not in text
