@@ -104,6 +104,11 @@ class SqlStore:
         self._r = read_conn
         self._read_lock = threading.Lock()
 
+    @property
+    def write_connection(self) -> Any:
+        """The writer's connection, for work done with no writer thread (`copy`)."""
+        return self._w
+
     # -- hooks a backend provides -------------------------------------------------------
     def sql(self, text: str) -> str:
         """The statement in the driver's placeholder style."""
@@ -123,6 +128,10 @@ class SqlStore:
         if rows:
             conn.cursor().executemany(self.sql(text), rows)
 
+    def lock_schema(self) -> None:
+        """Inside the migration's transaction, before anything is read: keep every other
+        collector on the same database out until this one has committed its migrations."""
+
     def scrub(self) -> None:
         """After a committed deletion: make the backend drop the old copies it still holds
         (SQLite's write-ahead log, PostgreSQL's dead tuples)."""
@@ -139,6 +148,7 @@ class SqlStore:
     def migrate(self) -> int:
         """Apply pending migrations; returns the schema version now in force."""
         with self.transaction(self._w):
+            self.lock_schema()
             self.run(self._w, CREATE_VERSIONS)
             row = self.run(self._w, "SELECT MAX(version) FROM schema_migrations").fetchone()
             applied = int(row[0] or 0)
