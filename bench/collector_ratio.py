@@ -1,6 +1,6 @@
 """The collector's ingest rate as a ratio to a bare aiohttp handler, same machine, same run.
 
-    .venv/bin/python bench/collector_ratio.py [--seconds 10] [--rounds 2] [--backends sqlite,postgresql]
+    .venv/bin/python bench/collector_ratio.py [--seconds 10] [--rounds 2] [--backends sqlite]
 
 The bare handler reads the body and answers 200: what aiohttp itself costs for the same
 requests from the same load generator (bench/collector_load.py, 100 senders on keep-alive
