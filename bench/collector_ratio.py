@@ -22,7 +22,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))
@@ -116,7 +116,7 @@ def alternate(collector: CollectorProcess, seconds: float, rounds: int) -> dict[
     runs: list[dict[str, Any]] = []
     statuses: dict[str, int] = {}
     with bare_handler() as bare:
-        load(bare, 2)  # warm both: imports, worker processes, caches
+        load(cast(CollectorProcess, bare), 2)  # warm both: imports, worker processes, caches
         load(collector, 2)
         for _ in range(rounds):
             bare_runs.append(measured(bare, bare.pid, seconds))
