@@ -37,10 +37,7 @@ class Writer:
     def __init__(self, store: SqlStore, loop: asyncio.AbstractEventLoop) -> None:
         self._store = store
         self._loop = loop
-        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
-        # Jobs created during one turn of the event loop, handed over together at its end:
-        # one wake-up of the writer thread per turn rather than one per report.
-        self._outbox: list[_Job] = []
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._pending = 0
         self._thread = threading.Thread(target=self._run, name="collector-writer", daemon=True)
         self._thread.start()
@@ -69,83 +66,66 @@ class Writer:
     async def ingest(self, item: Accepted) -> str:
         """Store one report; its outcome (store.NEW, DUPLICATE, CONFLICT or AHEAD)."""
         future: asyncio.Future[str] = self._loop.create_future()
-        self._enqueue(_Job("ingest", item, future))
+        self._queue.put(_Job("ingest", item, future))
         return await future
 
     async def call(self, work: Callable[[SqlStore], Any]) -> Any:
         """Run another write (deletion, retention) on the writer thread, in queue order."""
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._enqueue(_Job("call", work, future))
+        self._queue.put(_Job("call", work, future))
         return await future
-
-    def _enqueue(self, job: _Job) -> None:
-        self._outbox.append(job)
-        if len(self._outbox) == 1:
-            self._loop.call_soon(self._hand_over)
-
-    def _hand_over(self) -> None:
-        jobs, self._outbox = self._outbox, []
-        self._queue.put(jobs)
 
     def stop(self) -> None:
         """Finish queued jobs, then stop the thread."""
         self._queue.put(None)
         self._thread.join(30)
 
-    def _settle(self, settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-        """Answer many jobs with one wake-up of the event loop (each call_soon_threadsafe
-        writes to its self-pipe and wakes it)."""
-
+    def _settle(self, future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
         def apply() -> None:
-            for future, value, error in settled:
-                if future.done():
-                    continue
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(value)
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
 
-        if settled:
-            self._loop.call_soon_threadsafe(apply)
+        self._loop.call_soon_threadsafe(apply)
 
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            handed = self._queue.get()
+            job = self._queue.get()
             jobs: list[_Job] = []
-            while handed is not None:
-                jobs += handed
+            while job is not None:
+                jobs.append(job)
                 if len(jobs) >= MAX_BATCH:
                     break
                 try:
-                    handed = self._queue.get_nowait()
+                    job = self._queue.get_nowait()
                 except queue.Empty:
                     break
             else:
                 stopping = True
-            for start in range(0, len(jobs), MAX_BATCH):
-                self._process(jobs[start : start + MAX_BATCH])
+            self._process(jobs)
 
     def _process(self, jobs: list[_Job]) -> None:
-        settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         batch = [j for j in jobs if j.kind == "ingest"]
         if batch:
             try:
                 now_ms = int(time.time() * 1000)
                 outcomes = self._store.ingest([j.payload for j in batch], now_ms)
-                settled += [(j.future, o, None) for j, o in zip(batch, outcomes, strict=True)]
+                for j, outcome in zip(batch, outcomes, strict=True):
+                    self._settle(j.future, outcome, None)
             except Exception as exc:
                 log.error("store.write_failed", error=type(exc).__name__, reports=len(batch))
-                settled += [(j.future, None, exc) for j in batch]
+                for j in batch:
+                    self._settle(j.future, None, exc)
                 self._store.recover("write")
-        # Ingest answers go out now: a deletion or retention run queued behind them must
-        # not hold back reports already committed.
-        self._settle(settled)
         for j in jobs:
             if j.kind == "call":
                 try:
-                    self._settle([(j.future, j.payload(self._store), None)])
+                    self._settle(j.future, j.payload(self._store), None)
                 except Exception as exc:
                     log.error("store.write_failed", error=type(exc).__name__)
-                    self._settle([(j.future, None, exc)])
+                    self._settle(j.future, None, exc)
                     self._store.recover("write")
