@@ -26,9 +26,11 @@ test-collector: $(STAMP) collector-deps
 	$(VPY) -m pytest -q tests/collector
 
 ## make bench-collector: ingest rate, latency, page render and deletion with 1,000,000
-## reports; then the guard's worst case and an honest sender's latency under hostile ones
+## reports; the ingest rate as a ratio to a bare aiohttp handler (alternated); then the
+## guard's worst case and an honest sender's latency under hostile ones
 bench-collector: $(STAMP) collector-deps
 	$(VPY) bench/collector.py
+	$(VPY) bench/collector_ratio.py
 	$(VPY) bench/collector_hostile.py
 
 ## make collector-screenshots: docs/collector-*.png from a demo fleet

@@ -77,3 +77,32 @@ def test_refused_login_is_named_by_the_servers_error(
     failed = [e for e in events if e["event"] == "store.open_failed"]
     assert len(failed) == 1 and 'role "nosuchrole" does not exist' in str(failed[0]["detail"])
     assert PASSWORD not in output
+
+
+def _password_role(postgres: PostgresServer, role: str, password: str) -> None:
+    """A role that logs in with a password over TCP (the test cluster trusts the rest)."""
+    import psycopg
+
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        hba = Path(str(conn.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
+        rule = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+        if rule not in hba.read_text():
+            hba.write_text(rule + hba.read_text())
+        conn.execute("SELECT pg_reload_conf()")
+
+
+@pytest.mark.postgres
+def test_wrong_password_is_named_by_the_servers_error(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """The server's own words (password authentication failed), neither password."""
+    _password_role(postgres, "pwcollector", "the-right-one-0451")
+    dsn = f"postgresql://pwcollector:{PASSWORD}@127.0.0.1:{postgres.port}/postgres"
+    code, events, output = _serve(dsn, tmp_path)
+    assert code == 1
+    failed = [e for e in events if e["event"] == "store.open_failed"]
+    expected = 'password authentication failed for user "pwcollector"'
+    assert len(failed) == 1 and expected in str(failed[0]["detail"]), output
+    assert PASSWORD not in output and "the-right-one-0451" not in output

@@ -79,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--retention-days", help="keep reports this many days")
     serve.add_argument("--log-format", choices=LOG_FORMATS)
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    copy = commands.add_parser(
+        "copy", help="copy a SQLite store into PostgreSQL (run again: copies nothing twice)"
+    )
+    copy.add_argument("--from", dest="source", type=Path, required=True, help="SQLite file")
+    copy.add_argument(
+        "--to", help="postgresql:// DSN without a password (default: the configured database)"
+    )
+    copy.add_argument("--to-file", help="read the target DSN from this file (mode 0600)")
+    copy.add_argument("--config", type=Path, help="settings file naming the target database")
+    copy.add_argument(
+        "--merge", action="store_true", help="add to a target that already holds other data"
+    )
     return parser
 
 
@@ -210,6 +222,10 @@ def _open_problem(exc: Exception, settings: CollectorSettings) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script entry point."""
     args = _parser().parse_args(argv)
+    if args.command == "copy":
+        from usagestatsd.collector.copy_command import copy_command
+
+        return copy_command(args)
     cli = {
         "listen": args.listen,
         "state_dir": args.state_dir,

@@ -104,6 +104,11 @@ class SqlStore:
         self._r = read_conn
         self._read_lock = threading.Lock()
 
+    @property
+    def write_connection(self) -> Any:
+        """The writer's connection, for work done with no writer thread (`copy`)."""
+        return self._w
+
     # -- hooks a backend provides -------------------------------------------------------
     def sql(self, text: str) -> str:
         """The statement in the driver's placeholder style."""
@@ -123,6 +128,10 @@ class SqlStore:
         if rows:
             conn.cursor().executemany(self.sql(text), rows)
 
+    def lock_schema(self) -> None:
+        """Inside the migration's transaction, before anything is read: keep every other
+        collector on the same database out until this one has committed its migrations."""
+
     def scrub(self) -> None:
         """After a committed deletion: make the backend drop the old copies it still holds
         (SQLite's write-ahead log, PostgreSQL's dead tuples)."""
@@ -139,6 +148,7 @@ class SqlStore:
     def migrate(self) -> int:
         """Apply pending migrations; returns the schema version now in force."""
         with self.transaction(self._w):
+            self.lock_schema()
             self.run(self._w, CREATE_VERSIONS)
             row = self.run(self._w, "SELECT MAX(version) FROM schema_migrations").fetchone()
             applied = int(row[0] or 0)
@@ -175,6 +185,9 @@ class SqlStore:
                 first[key] = item
                 admitted.append(item)
                 heads[item.session_id] = max(item.seq_number, head or 0)
+            # Rows are written in key order: two collectors on one database then take
+            # their row locks in the same order and never deadlock each other.
+            admitted.sort(key=lambda item: (item.session_id, item.seq_number))
             new = self._insert(admitted, now_ms)
             fresh = [i for i in admitted if (i.session_id, i.seq_number) in new]
             self._rollups(fresh, now_ms)
@@ -261,7 +274,7 @@ class SqlStore:
             types = [r.head_node_instance_type, *(r.worker_node_instance_types or ())]
             facets.update((item.session_id, "instance_type", t) for t in types if t)
             days.add((item.session_id, now_ms // DAY_MS, r.ray_version or "unknown"))
-        self.run_many(self._w, _UPSERT_SESSION, sessions)
+        self.run_many(self._w, _UPSERT_SESSION, sorted(sessions, key=lambda row: row[0]))
         self.run_many(self._w, _INSERT_FACET, sorted(facets))
         self.run_many(self._w, _INSERT_DAY, sorted(days))
 
@@ -269,7 +282,7 @@ class SqlStore:
         """Delete every stored trace of these sessions; (sessions known, reports deleted)."""
         known = removed = 0
         with self.transaction(self._w):
-            for sid in session_ids:
+            for sid in sorted(session_ids):  # the lock order ingest uses
                 removed += max(
                     0,
                     self.run(self._w, "DELETE FROM reports WHERE session_id = ?", (sid,)).rowcount,

@@ -11,6 +11,9 @@ import structlog
 from usagestatsd.collector.store import SqlStore
 
 log = structlog.get_logger()
+# The advisory lock every collector takes to migrate (any constant both agree on: the
+# lock space is the database's own; this one spells "usagestatsd").
+MIGRATION_LOCK = 0x75736167_65737461
 
 
 class DriverMissing(Exception):
@@ -56,6 +59,13 @@ class PostgresStore(SqlStore):
             self._w = fresh
         else:
             self._r = fresh
+
+    def lock_schema(self) -> None:
+        """Two collectors started together on a fresh database would both create the
+        tables (one fails on a duplicate type) or both apply a step: the second waits here
+        until the first commits, then finds the schema current. The transaction-scoped lock
+        is released by the commit or rollback, even if the process dies."""
+        self._w.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
 
     def scrub(self) -> None:
         """VACUUM the tables a deletion touched: their dead tuples (the deleted rows, still
