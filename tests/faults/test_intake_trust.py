@@ -93,16 +93,18 @@ def send_and_close(
     body = forged_body()
 
     def attack() -> str:
+        # Bound first: the held connections' ephemeral ports could otherwise take it.
+        forged = socket.socket(family)
+        forged.bind(bound)
         held = hold(INFLATE)
         ahead = []
         for _ in range(AHEAD):
             s = socket.socket(family)
             s.connect(intake)
             ahead.append(s)
-        with socket.socket(family) as s:
-            s.bind(bound)
-            s.connect(intake)
-            s.sendall(post_head(len(body)) + body)
+        with forged:
+            forged.connect(intake)
+            forged.sendall(post_head(len(body)) + body)
         for s in ahead + held:
             s.close()
         return "sent"

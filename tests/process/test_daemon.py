@@ -206,6 +206,11 @@ async def test_no_session_waits_quietly(
     assert endpoint.received == []
 
 
+def _removed(path: Path) -> bool:
+    shutil.rmtree(path, ignore_errors=True)
+    return not path.exists()
+
+
 async def test_session_deleted_mid_run(
     demo_session: DemoCluster, endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
 ) -> None:
@@ -213,7 +218,9 @@ async def test_session_deleted_mid_run(
     with running_daemon(daemon_env(temp_root, state_dir, endpoint.url)) as daemon:
         await until(lambda: len(endpoint.received) >= 1)
         await demo_session.stop()
-        shutil.rmtree(demo_session.session_dir)
+        # The daemon may be writing usage_stats.json into it at this moment: remove
+        # until it is gone, as a `rm -rf` racing a writer would be repeated.
+        await until(lambda: _removed(demo_session.session_dir))
         await await_line(daemon, "session.missing")
         assert daemon.proc.poll() is None
 
