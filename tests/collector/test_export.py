@@ -108,7 +108,7 @@ def test_every_report_in_both_formats(collector: CollectorProcess) -> None:
     lines = _ndjson(collector, BEFORE_NOW)
     assert len(lines) == TOTAL
     keys = [(r["received_ms"], r["session_id"], r["seq_number"]) for r in lines]
-    assert keys == sorted(keys) and len(set(keys)) == TOTAL  # type: ignore[type-var]
+    assert keys == sorted(keys) and len(set(keys)) == TOTAL
     first = lines[0]
     assert first["report"] == sample_report(str(first["session_id"]), 0)
     rows = _csv(collector, BEFORE_NOW)
