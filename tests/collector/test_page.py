@@ -151,6 +151,10 @@ def test_gpus_of_cpu_only_clusters(tmp_path: Path) -> None:
         assert rows["a1" * 16][3:5] == ["8", "0"]
         assert rows["a3" * 16][3:5] == ["–", "–"]
         assert "unknown means the report carried no resource totals at all" in _text(page)
+        cpu_only_page = _text(collector.get(f"/sessions/{'a1' * 16}").body.decode())
+        assert "total_num_gpus 0 (sent as null: no GPU among the resources)" in cpu_only_page
+        blind_page = _text(collector.get(f"/sessions/{'a3' * 16}").body.decode())
+        assert "total_num_gpus –" in blind_page
 
 
 @pytest.mark.browser

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from usagestatsd.collector.fleet import gpus_shown
 from usagestatsd.collector.page import document, when
 from usagestatsd.collector.store import StoredReport
 from usagestatsd.fields import REPORT_FIELDS
@@ -71,10 +72,22 @@ def _change_cell(diff: Sequence[tuple[str, Any, Any]]) -> str:
     )
 
 
+def _value_cell(name: str, fields: dict[str, Any]) -> str:
+    value = fields[name]
+    if (
+        name == "total_num_gpus"
+        and value is None
+        and gpus_shown(fields.get("total_num_cpus"), None) == 0
+    ):
+        # Counted as 0 on the fleet page; what was stored is named too.
+        return '0 <span class="muted">(sent as null: no GPU among the resources)</span>'
+    return escape(_shown(value))
+
+
 def _newest_table(newest: dict[str, Any], changed: set[str]) -> str:
     rows = "".join(
         f"<tr{' class=changed' if name in changed else ''}><th>{escape(name)}</th>"
-        f"<td>{escape(_shown(newest[name]))}</td></tr>"
+        f"<td>{_value_cell(name, newest)}</td></tr>"
         for name in _order(set(newest))
     )
     return f"<table>{rows}</table>"
