@@ -8,6 +8,7 @@ import io
 import json
 import socket
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.collector.harness import CollectorProcess, running_collector, sample_report
+from tests.collector.harness import (
+    CollectorProcess,
+    PostgresServer,
+    running_collector,
+    sample_report,
+)
 from usagestatsd.collector.export import CSV_HEADER, PAGE_ROWS
 
 BULK_SESSIONS, BULK_SEQS = 40, 100  # 4,000 reports: eight pages of the stream
@@ -236,3 +242,38 @@ def test_large_export_is_streamed(collector: CollectorProcess) -> None:
     assert len(chunks) >= expected // PAGE_ROWS
     rows = list(csv.reader(io.StringIO(b"".join(chunks).decode(), newline="")))
     assert len(rows) == expected + 1
+
+
+@pytest.mark.postgres
+def test_export_on_postgres(postgres: PostgresServer, tmp_path: Path) -> None:
+    """The same paging and range on PostgreSQL: three pages of reports sharing received
+    times, each exported once and in order."""
+    import psycopg
+
+    from usagestatsd.collector.store_postgres import PostgresStore
+    from usagestatsd.collector.validate import Accepted, validate
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = postgres.dsn.rsplit("/", 1)[0] + "/" + name
+    store = PostgresStore(dsn)
+    store.migrate()
+    sessions, seqs = 120, 10  # 1,200 reports, 120 of them at each received time
+    for seq in range(seqs):
+        batch = []
+        for n in range(sessions):
+            body = json.dumps(sample_report(f"{n:04x}" + "c3" * 14, seq)).encode()
+            result = validate(body, 1 << 16)
+            assert isinstance(result, Accepted)
+            batch.append(result)
+        store.ingest(batch, _ms("2026-02-01T00:00:00") + seq)
+    store.close()
+    args = ["--database-url", dsn, "--retention-days", "36500"]
+    with running_collector(tmp_path / "state", args) as running:
+        lines = _ndjson(running)
+        keys = [(r["received_ms"], r["session_id"], r["seq_number"]) for r in lines]
+        assert len(keys) == sessions * seqs == len(set(keys)) and keys == sorted(keys)
+        ranged = _csv(running, "?from=2026-02-01T00:00:00.002Z&to=2026-02-01T00:00:00.005Z")
+        assert sorted({int(r[2]) for r in ranged[1:]}) == [2, 3, 4]
+        assert len(ranged) == 1 + 3 * sessions
