@@ -163,13 +163,15 @@ def test_range_counts(collector: CollectorProcess) -> None:
 )
 def test_bad_parameters(collector: CollectorProcess, query: str, parameter: str) -> None:
     """400 naming the parameter, in both formats, and a log event saying which."""
+    before = len(collector.events("export.rejected"))
     for kind in ("ndjson", "csv"):
         answer = collector.get(f"/api/export.{kind}{query}")
         assert answer.status == 400
         assert answer.json()["parameter"] == parameter
         assert answer.json()["error"].startswith(f"{parameter}: ")
-    events = collector.events("export.rejected", at_least=2)
-    assert events[-1]["parameter"] == parameter
+    # Each event is logged after its answer is sent: wait for both.
+    events = collector.events("export.rejected", at_least=before + 2)
+    assert [e["parameter"] for e in events[before:]] == [parameter, parameter]
 
 
 def test_csv_keeps_hostile_values_inert(collector: CollectorProcess) -> None:
