@@ -1,5 +1,7 @@
 """Screenshots of the collector's pages for docs/collector.md (headless chromium).
 
+The demo fleet's heads set a `team` tag, and the collector groups by it (group_by_tag).
+
 Run: .venv/bin/python bench/collector_screens.py   (writes docs/collector-*.png)
 """
 
@@ -24,10 +26,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"
         ids = populate(state)
-        with running_collector(state) as collector:
+        env = {"USAGESTATSD_COLLECTOR_GROUP_BY_TAG": "team"}
+        with running_collector(state, env=env) as collector:
+            # A session of four reports: its table shows what changed from one to the next.
             shots = {
-                "collector-fleet.png": (collector.url, "1100,2000"),
-                "collector-session.png": (f"{collector.url}sessions/{ids[3]}", "1100,900"),
+                "collector-fleet.png": (collector.url, "1100,3400"),
+                "collector-session.png": (f"{collector.url}sessions/{ids[3]}", "1100,1300"),
             }
             for name, (url, size) in shots.items():
                 result = chromium_run(

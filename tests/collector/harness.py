@@ -292,6 +292,10 @@ FLEET_CLOUDS = (
     ("kubernetes", None, None),
     ("unknown", None, None),
 )
+# The operator tag some heads set (usagestatsd's extra_tags); every fourth cluster has none.
+FLEET_TEAMS = ("ml-platform", "search", "recsys", None)
+# A real library name of Ray's longer than a chart label's line.
+LONG_LIBRARY = "util.multiprocessing.Pool"
 
 
 def populate(state_dir: Path, sessions: int = 40, days: int = 14) -> list[str]:
@@ -311,7 +315,10 @@ def populate(state_dir: Path, sessions: int = 40, days: int = 14) -> list[str]:
         nodes = (1, 2, 4, 8, 32, 100)[n % 6]
         changes: dict[str, Any] = {
             "ray_version": FLEET_VERSIONS[min(n % 7, 3)],
-            "library_usages": sorted({FLEET_LIBRARIES[n % 5], FLEET_LIBRARIES[(n * 3) % 4]}),
+            "library_usages": sorted(
+                {FLEET_LIBRARIES[n % 5], FLEET_LIBRARIES[(n * 3) % 4]}
+                | ({LONG_LIBRARY} if n % 3 == 0 else set())
+            ),
             "cloud_provider": cloud,
             "head_node_instance_type": head,
             "worker_node_instance_types": [worker] if worker else None,
@@ -319,9 +326,13 @@ def populate(state_dir: Path, sessions: int = 40, days: int = 14) -> list[str]:
             "total_num_cpus": nodes * 8,
             "total_num_gpus": nodes * (n % 3) or None,
         }
+        team = FLEET_TEAMS[n % len(FLEET_TEAMS)]
+        tags = sample_report()["extra_usage_tags"] | ({"team": team} if team else {})
         start = n % days
         for day in range(start, min(days, start + 1 + n % 5)):
             seq = day - start
+            # What a running cluster's reports change from one to the next: its task count.
+            changes["extra_usage_tags"] = tags | {"num_normal_tasks": str(seq * 40)}
             body = json.dumps(sample_report(sid, seq, **changes)).encode()
             result = validate(body, 1 << 16)
             assert isinstance(result, Accepted)

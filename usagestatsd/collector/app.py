@@ -22,7 +22,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from usagestatsd.collector import page
+from usagestatsd.collector import page, session_page
+from usagestatsd.collector.export import export
 from usagestatsd.collector.fleet import fleet
 from usagestatsd.collector.metrics import Metrics
 from usagestatsd.collector.settings import CollectorSettings
@@ -235,15 +236,18 @@ class Collector:
 
     async def fleet_page(self, request: web.Request) -> web.Response:
         """GET /: the fleet page."""
-        data = await asyncio.to_thread(fleet, self.store, int(time.time() * 1000))
+        data = await asyncio.to_thread(self._fleet)
         return web.Response(
             text=page.fleet_html(data), content_type="text/html", headers=_HTML_HEADERS
         )
 
     async def fleet_json(self, request: web.Request) -> web.Response:
         """GET /api/fleet: the same aggregates as JSON."""
-        data = await asyncio.to_thread(fleet, self.store, int(time.time() * 1000))
+        data = await asyncio.to_thread(self._fleet)
         return web.json_response(data)
+
+    def _fleet(self) -> dict[str, Any]:
+        return fleet(self.store, int(time.time() * 1000), self.settings.group_by_tag)
 
     async def _session_reports(self, request: web.Request) -> tuple[str, list[Any]]:
         sid = request.match_info["session_id"]
@@ -258,7 +262,9 @@ class Collector:
         """GET /sessions/<id>: the exact stored reports of one session."""
         sid, reports = await self._session_reports(request)
         return web.Response(
-            text=page.session_html(sid, reports), content_type="text/html", headers=_HTML_HEADERS
+            text=session_page.session_html(sid, reports),
+            content_type="text/html",
+            headers=_HTML_HEADERS,
         )
 
     async def session_json(self, request: web.Request) -> web.Response:
@@ -271,6 +277,14 @@ class Collector:
         return web.Response(
             text=f'{{"session_id": "{sid}", "reports": [{body}]}}', content_type="application/json"
         )
+
+    async def export_ndjson(self, request: web.Request) -> web.StreamResponse:
+        """GET /api/export.ndjson?from=&to=: the stored reports, one JSON object a line."""
+        return await export(request, self.store, "ndjson")
+
+    async def export_csv(self, request: web.Request) -> web.StreamResponse:
+        """GET /api/export.csv?from=&to=: the stored reports as CSV."""
+        return await export(request, self.store, "csv")
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         """GET /metrics."""
@@ -292,6 +306,8 @@ class Collector:
         app.router.add_get("/api/fleet", self.fleet_json)
         app.router.add_get("/sessions/{session_id}", self.session_page)
         app.router.add_get("/api/sessions/{session_id}", self.session_json)
+        app.router.add_get("/api/export.ndjson", self.export_ndjson)
+        app.router.add_get("/api/export.csv", self.export_csv)
         app.router.add_get("/metrics", self.metrics_text)
         app.router.add_get("/healthz", self.healthz)
         return app

@@ -6,6 +6,7 @@ One function, `fleet(store, now_ms)`, returns plain JSON-ready data; the page re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,6 +14,7 @@ from usagestatsd.collector.store import DAY_MS, Cursor, SqlStore
 
 HISTORY_DAYS = 30
 TOP = 15
+RECENT = 50  # the clusters listed on the page
 # Buckets for cluster sizes: (label, low, high) inclusive.
 _SIZE_BUCKETS = (
     ("0", 0, 0),
@@ -23,6 +25,30 @@ _SIZE_BUCKETS = (
     ("65-256", 65, 256),
     ("257+", 257, 1 << 62),
 )
+
+
+def gpus_shown(cpus: Any, gpus: Any) -> Any:
+    """A cluster's GPU count as the page shows it.
+
+    Ray reports the cluster's resource totals as read from its status: `GPU` is absent
+    from them on a cluster without GPUs, and its reporter sends `total_num_gpus: null`.
+    So a null GPU count beside a known CPU count is 0 GPUs. Only when the CPU count is
+    null as well did the report carry no resources at all (the status could not be read):
+    then the GPU count is unknown.
+    """
+    if gpus is None and cpus is not None:
+        return 0
+    return gpus
+
+
+def _tag_value(body: str, key: str) -> str | None:
+    """The value of one extra usage tag in a stored report, if it carries it."""
+    try:
+        tags = json.loads(body).get("extra_usage_tags")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    value = tags.get(key) if isinstance(tags, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _bucket(rows: Iterable[tuple[Any, Any]]) -> list[dict[str, Any]]:
@@ -55,7 +81,21 @@ def _top(rows: Iterable[tuple[Any, Any]], total: int) -> list[dict[str, Any]]:
     return out
 
 
-def _query(q: Callable[..., Cursor], now_ms: int) -> dict[str, Any]:
+def _groups(q: Callable[..., Cursor], key: str) -> dict[str, str | None]:
+    """The value of tag `key` in the newest report of each recently seen cluster.
+
+    Read from the stored reports, not a rollup: bounded to the clusters the page lists
+    (one report each, by primary key).
+    """
+    rows = q(
+        "SELECT r.session_id, r.body FROM reports r JOIN "
+        f"(SELECT session_id, seq_number FROM sessions ORDER BY last_ms DESC LIMIT {RECENT}) s "
+        "ON r.session_id = s.session_id AND r.seq_number = s.seq_number"
+    ).fetchall()
+    return {str(sid): _tag_value(str(body), key) for sid, body in rows}
+
+
+def _query(q: Callable[..., Cursor], now_ms: int, group_tag: str) -> dict[str, Any]:
     total = int(q("SELECT COUNT(*) FROM sessions").fetchone()[0])
     reports = int(q("SELECT value FROM totals WHERE name = 'reports'").fetchone()[0])
     seen = {
@@ -82,7 +122,8 @@ def _query(q: Callable[..., Cursor], now_ms: int) -> dict[str, Any]:
     def grouped(index: int) -> list[tuple[Any, Any]]:
         counts: dict[Any, int] = {}
         for row in shapes:
-            counts[row[index]] = counts.get(row[index], 0) + int(row[4])
+            value = gpus_shown(row[1], row[2]) if index == 2 else row[index]
+            counts[value] = counts.get(value, 0) + int(row[4])
         return list(counts.items())
 
     def facet(name: str) -> list[tuple[Any, Any]]:
@@ -97,8 +138,9 @@ def _query(q: Callable[..., Cursor], now_ms: int) -> dict[str, Any]:
     recent = q(
         "SELECT session_id, first_ms, last_ms, reports, ray_version, cloud_provider, "
         "total_num_nodes, total_num_cpus, total_num_gpus FROM sessions "
-        "ORDER BY last_ms DESC LIMIT 50"
+        f"ORDER BY last_ms DESC LIMIT {RECENT}"
     ).fetchall()
+    groups = _groups(q, group_tag) if group_tag else {}
     return {
         "generated_ms": now_ms,
         "clusters": {"stored": total, "seen_24h": seen["24h"], "seen_7d": seen["7d"]},
@@ -116,6 +158,7 @@ def _query(q: Callable[..., Cursor], now_ms: int) -> dict[str, Any]:
         },
         "clouds": _top(clouds, total),
         "instance_types": _top(facet("instance_type"), total),
+        "group_by_tag": group_tag or None,
         "recent_sessions": [
             {
                 "session_id": sid,
@@ -126,14 +169,16 @@ def _query(q: Callable[..., Cursor], now_ms: int) -> dict[str, Any]:
                 "cloud_provider": cloud,
                 "nodes": nodes,
                 "cpus": cpus,
-                "gpus": gpus,
+                "gpus": gpus_shown(cpus, gpus),
+                "group": groups.get(sid),
             }
             for sid, first, last, n, version, cloud, nodes, cpus, gpus in recent
         ],
     }
 
 
-def fleet(store: SqlStore, now_ms: int) -> dict[str, Any]:
-    """Every aggregate the page shows, as JSON-ready data."""
-    result: dict[str, Any] = store.read(lambda q: _query(q, now_ms))
+def fleet(store: SqlStore, now_ms: int, group_tag: str = "") -> dict[str, Any]:
+    """Every aggregate the page shows, as JSON-ready data; with `group_tag`, each listed
+    cluster's value of that operator tag (None when its newest report lacks it)."""
+    result: dict[str, Any] = store.read(lambda q: _query(q, now_ms, group_tag))
     return result

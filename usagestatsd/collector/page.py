@@ -1,4 +1,4 @@
-"""The fleet page and the session page: plain HTML, inline SVG, no JavaScript. Pure."""
+"""The fleet page: plain HTML, inline SVG, no JavaScript. Pure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from usagestatsd.collector.store import StoredReport
 from usagestatsd.collector.svg import bar_chart, line_chart
 
 MAX_VERSIONS = 8
@@ -23,14 +22,17 @@ td, th { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; }
 pre { background: #f6f6f6; padding: 8px; font-size: 12px;
       white-space: pre-wrap; overflow-wrap: anywhere; }
 .muted { color: #666; font-size: 13px; }
+.changed { background: #fff3bf; }
+del { color: #a33; } ins { color: #161; text-decoration: none; font-weight: bold; }
+td { overflow-wrap: anywhere; vertical-align: top; }
 """
 
 
-def _when(ms: int) -> str:
+def when(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000))
 
 
-def _doc(title: str, body: str) -> str:
+def document(title: str, body: str) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
@@ -65,6 +67,7 @@ def _versions(days: Sequence[dict[str, Any]]) -> str:
 
 
 def _sessions_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One table of clusters, newest first."""
     head = (
         "<tr><th>session</th><th>Ray</th><th>cloud</th><th>nodes</th><th>CPUs</th>"
         "<th>GPUs</th><th>reports</th><th>first seen</th><th>last seen</th></tr>"
@@ -73,18 +76,47 @@ def _sessions_table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         sid = escape(r["session_id"])
         cells = [
-            f'<a href="/sessions/{sid}">{sid[:16]}…</a>',
+            f'<a href="/sessions/{sid}" title="{sid}">{sid[:16]}…</a>',
             escape(str(r["ray_version"] or "unknown")),
             escape(str(r["cloud_provider"] or "unknown")),
             *(escape("–" if r[k] is None else str(r[k])) for k in ("nodes", "cpus", "gpus")),
             str(r["reports"]),
-            _when(r["first_ms"]),
-            _when(r["last_ms"]),
+            when(r["first_ms"]),
+            when(r["last_ms"]),
         ]
         lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     if not lines:
         return '<p class="muted">No reports yet.</p>'
     return f"<table>{head}{''.join(lines)}</table>"
+
+
+def _recent(data: dict[str, Any]) -> str:
+    """The recently seen clusters; grouped under each value of the operator's tag when the
+    collector is told which tag names a cluster."""
+    rows, key = data["recent_sessions"], data.get("group_by_tag")
+    if not key or not rows:
+        return "<h2>Recently seen clusters</h2>" + _sessions_table(rows)
+    groups: dict[str | None, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    named = sorted((g for g in groups if g is not None), key=lambda g: (-len(groups[g]), g))
+    parts = [
+        f"<h2>Recently seen clusters, by their {escape(key)} tag</h2>",
+        f'<p class="muted">Grouped by the value of the operator tag <code>{escape(key)}</code> '
+        "in each cluster's newest report (setting <code>group_by_tag</code>).</p>",
+    ]
+    for value in named:
+        members = groups[value]
+        parts.append(
+            f"<h3>{escape(key)} = {escape(value)} "
+            f'<span class="muted">({len(members)} cluster(s))</span></h3>'
+        )
+        parts.append(_sessions_table(members))
+    if None in groups:
+        untagged = groups[None]
+        parts.append(f"<h3>Without a {escape(key)} tag ({len(untagged)} cluster(s))</h3>")
+        parts.append(_sessions_table(untagged))
+    return "".join(parts)
 
 
 def fleet_html(data: dict[str, Any]) -> str:
@@ -102,38 +134,26 @@ def fleet_html(data: dict[str, Any]) -> str:
     sizes = data["sizes"]
     body = (
         "<h1>Ray fleet usage</h1>"
-        f'<p class="muted">Generated {_when(data["generated_ms"])}. A cluster is one Ray '
+        f'<p class="muted">Generated {when(data["generated_ms"])}. A cluster is one Ray '
         "session (a session_id). Shares are of all stored clusters.</p>"
         f'<div class="cards">{cards}</div>'
         + _versions(data["ray_versions_by_day"])
         + "<h2>Libraries in use, as a share of clusters</h2>"
-        + f'<div class="grid">{_shares("Libraries", data["libraries"])}'
-        + f"{_shares('Hardware', data['hardware'])}</div>"
+        + f'<div class="grid">{_shares("Libraries", data["libraries"])}</div>'
+        + "<h2>Hardware in use, as a share of clusters</h2>"
+        + f'<div class="grid">{_shares("Hardware", data["hardware"])}</div>'
         + "<h2>Cluster sizes</h2>"
+        + '<p class="muted">GPUs: a cluster whose report lists its CPUs but no GPU count has '
+        "0 GPUs (Ray leaves the count out when the cluster has none); unknown means the "
+        "report carried no resource totals at all.</p>"
         + f'<div class="grid">{_sizes("Nodes", sizes["nodes"])}'
         + f"{_sizes('CPUs', sizes['cpus'])}{_sizes('GPUs', sizes['gpus'])}</div>"
         + "<h2>Clouds and instance types</h2>"
         + f'<div class="grid">{_shares("Clouds", data["clouds"])}'
         + f"{_shares('Instance types', data['instance_types'])}</div>"
-        + "<h2>Recently seen clusters</h2>"
-        + _sessions_table(data["recent_sessions"])
+        + _recent(data)
         + '<p class="muted">The same figures as JSON: <a href="/api/fleet">/api/fleet</a>. '
-        'Metrics: <a href="/metrics">/metrics</a>.</p>'
+        'Every stored report: <a href="/api/export.ndjson">NDJSON</a>, '
+        '<a href="/api/export.csv">CSV</a>. Metrics: <a href="/metrics">/metrics</a>.</p>'
     )
-    return _doc("Ray fleet usage", body)
-
-
-def session_html(session_id: str, reports: Sequence[StoredReport]) -> str:
-    """Every stored report of one session, exactly as kept, newest first."""
-    sid = escape(session_id)
-    items = "".join(
-        f"<h3>Report {r.seq_number}</h3>"
-        f'<p class="muted">received {_when(r.received_ms)}</p><pre>{escape(r.body)}</pre>'
-        for r in reports
-    )
-    body = (
-        f"<h1>Session {sid}</h1>"
-        f'<p><a href="/">Back to the fleet</a> · {len(reports)} stored report(s), exactly as '
-        f'kept (also as JSON: <a href="/api/sessions/{sid}">/api/sessions/{sid}</a>).</p>' + items
-    )
-    return _doc(f"Session {session_id}", body)
+    return document("Ray fleet usage", body)

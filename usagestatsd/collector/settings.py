@@ -33,6 +33,7 @@ DEFAULT_PORT = 18924
 MAX_SETTINGS_FILE_BYTES = 1 << 20
 # Values never echoed in an error: a token, or a DSN's password.
 SECRET_SETTINGS = ("ingest_tokens", "deletion_tokens")
+_TAG_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _DSN_PASSWORD = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@|(password=)[^&\s]*", re.IGNORECASE)
 
 
@@ -90,6 +91,13 @@ def _absolute_dir(raw: object) -> Path:
     return Path(raw)
 
 
+def _tag_key(raw: object) -> str:
+    """'' (no grouping) or a tag key as usagestatsd's `extra_tags` accepts one."""
+    if not isinstance(raw, str) or not (raw == "" or _TAG_KEY.fullmatch(raw)):
+        raise ValueError("empty, or a tag key of 1 to 64 characters from A-Z a-z 0-9 _ . -")
+    return raw
+
+
 def _tokens(raw: object) -> tuple[str, ...]:
     accepted = "a list of tokens (16 to 512 printable ASCII characters, no spaces)"
     items = raw.split(",") if isinstance(raw, str) else raw
@@ -144,6 +152,10 @@ class CollectorSettings:
     # a few KiB) until their deadline; past it, making room costs an accept and a close
     # per connection for as long as a sender keeps reconnecting.
     max_connections: int = setting(4096, _integer(16, 1 << 20))
+    # The key of an operator's own usage tag (usagestatsd's `extra_tags`) whose value groups
+    # the clusters on the fleet page: a Ray restart is a new session, the tag names the
+    # cluster as the enterprise knows it.
+    group_by_tag: str = setting("", _tag_key, env=("USAGESTATSD_COLLECTOR_GROUP_BY_TAG",))
     log_format: LogFormat = setting(
         "auto", _choice(LOG_FORMATS), env=("USAGESTATSD_COLLECTOR_LOG_FORMAT",), flag=Flag()
     )

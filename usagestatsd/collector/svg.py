@@ -25,10 +25,40 @@ PALETTE = (
 _FONT = 'font-family="sans-serif" font-size="12"'
 
 
+LABEL_CHARS = 24  # per line of a bar's label
+LABEL_LINES = 3  # a longer label is cut, visibly, with its full text in a <title>
+_BREAK_AFTER = "._-/:"
+
+
+def wrap_label(label: str) -> tuple[list[str], bool]:
+    """`label` as lines of at most LABEL_CHARS, broken after a dot (or _ - / :) where one
+    falls late enough; (lines, whether it had to be cut)."""
+    lines: list[str] = []
+    rest = label
+    while rest and len(lines) < LABEL_LINES:
+        if len(rest) <= LABEL_CHARS:
+            lines.append(rest)
+            rest = ""
+            break
+        window = rest[:LABEL_CHARS]
+        cut = max(window.rfind(c) for c in _BREAK_AFTER) + 1
+        if cut < LABEL_CHARS // 2:
+            cut = LABEL_CHARS
+        lines.append(rest[:cut])
+        rest = rest[cut:]
+    if rest:
+        lines[-1] = lines[-1][: LABEL_CHARS - 1] + "…"
+    return lines, bool(rest)
+
+
 def bar_chart(title: str, items: Sequence[tuple[str, float, str]], width: int = 460) -> str:
-    """Horizontal bars; each item is (label, value, value shown as text)."""
-    row, label_w, pad = 22, 150, 8
-    height = row * max(1, len(items)) + 30
+    """Horizontal bars; each item is (label, value, value shown as text). A long label is
+    wrapped onto up to LABEL_LINES lines; past that it ends in "…" and the whole label is
+    the tooltip (never cut silently)."""
+    line_h, label_w, pad = 14, 170, 8
+    wrapped = [wrap_label(label) for label, _, _ in items]
+    heights = [max(22, 8 + line_h * len(lines)) for lines, _ in wrapped]
+    height = sum(heights) + 30 if items else 52
     top = max((v for _, v, _ in items), default=0) or 1
     bar_room = width - label_w - 70
     parts = [
@@ -38,17 +68,23 @@ def bar_chart(title: str, items: Sequence[tuple[str, float, str]], width: int = 
     ]
     if not items:
         parts.append(f'<text x="{pad}" y="40" fill="#666">no data yet</text>')
-    for index, (label, value, shown) in enumerate(items):
-        y = 20 + index * row
+    y = 20
+    for index, ((label, value, shown), (lines, cut)) in enumerate(zip(items, wrapped, strict=True)):
+        row = heights[index]
         length = max(1.0, bar_room * value / top) if value else 0.0
         colour = PALETTE[index % len(PALETTE)]
-        short = label if len(label) <= 22 else label[:21] + "…"
+        spans = "".join(
+            f'<tspan x="{label_w - pad}" dy="{0 if n == 0 else line_h}">{escape(text)}</tspan>'
+            for n, text in enumerate(lines)
+        )
+        tooltip = f"<title>{escape(label)}</title>" if cut else ""
         parts.append(
-            f'<text x="{label_w - pad}" y="{y + 14}" text-anchor="end">{escape(short)}</text>'
-            f'<rect x="{label_w}" y="{y + 2}" width="{length:.1f}" height="{row - 6}" '
+            f'<text x="{label_w - pad}" y="{y + 14}" text-anchor="end">{tooltip}{spans}</text>'
+            f'<rect x="{label_w}" y="{y + 2}" width="{length:.1f}" height="16" '
             f'fill="{colour}"><title>{escape(label)}: {escape(shown)}</title></rect>'
             f'<text x="{label_w + length + 4:.1f}" y="{y + 14}">{escape(shown)}</text>'
         )
+        y += row
     parts.append("</svg>")
     return "".join(parts)
 
