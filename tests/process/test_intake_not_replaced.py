@@ -17,7 +17,9 @@ import pytest
 from tests.support.processes import await_line, intake_env, running_daemon
 from tests.support.rayside import ray_report, recorded_json
 from tests.support.servers import ScriptedEndpoint
+from usagestatsd.beside_ray import UNDECIDED, BesideRay
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
+from usagestatsd.session import Session, find_session, trusted_uids
 
 
 async def _post_as_ray(url: str) -> tuple[int, str, dict[str, object]]:
@@ -81,3 +83,21 @@ async def test_a_reported_session_still_absorbs_rays_report(
         assert daemon.count("beside_ray.report_not_absorbed") == 0
     assert (status, body) == (200, {"accepted": True})
     assert len(endpoint.received) >= 1
+
+
+async def test_only_a_decision_on_the_followed_session_counts(
+    demo_session: DemoCluster, temp_root: Path
+) -> None:
+    """Undecided is not "reports": nor is a decision on a session no longer followed."""
+    session = find_session(temp_root, trusted_uids()).session
+    assert session is not None
+    followed: list[Session | None] = [None]
+    beside = BesideRay("auto", lambda: followed[0])
+    assert await beside.why_not_replaced(0.05) == UNDECIDED  # no session followed yet
+    followed[0] = session
+    beside.decided(session, None)
+    assert await beside.why_not_replaced(0.05) is None
+    beside.new_session(None, None, False)  # the daemon follows a new session
+    assert await beside.why_not_replaced(0.05) == UNDECIDED
+    beside.decided(session, "the cluster's consent cannot be confirmed")
+    assert await beside.why_not_replaced(0.05) == "the cluster's consent cannot be confirmed"
