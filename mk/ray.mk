@@ -13,7 +13,7 @@
 RAY_VERSION ?= 2.60.0
 RAY_MATRIX ?= 1.13.0 2.0.1 2.2.0 2.5.1 2.8.1 2.9.3 2.20.0 2.30.0 2.40.0 2.44.1 2.47.1 2.52.1 2.60.0
 RAY_RUN ?= $(RAY_MATRIX)
-RAY_CI_VERSIONS ?= 2.2.0 2.5.1 2.9.3 2.60.0
+RAY_CI_VERSIONS ?= 1.13.0 2.5.1 2.9.3 2.60.0
 RAY_VENV ?= /var/cache/usagestatsd-ray/$(RAY_VERSION)/venv
 # Ray before 2.9 runs on Python 3.10 (before 2.3 there are no wheels for 3.11) with the
 # pydantic and protobuf of its time: with today's, Ray itself fails to start.
