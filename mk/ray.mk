@@ -8,6 +8,8 @@
 #                                      time; writes the table of RAY_MATRIX (each version's
 #                                      latest result, tests/ray/matrix-results.json; "not run"
 #                                      for a version never run) into docs/real-ray.md, README.md
+#                                      (RAY_RUN="2.0.1 2.52.1": those only; RAY_RUN=: the
+#                                      table only, from the kept results)
 #   make test-ray-ci                   one head per era that passes reliably (for .ci/run)
 #   make record-ray RAY_VERSION=X      record X's replies into tests/data/ray-X/
 RAY_VERSION ?= 2.60.0
