@@ -4,13 +4,18 @@
 # passes empty.
 #
 #   make test-ray RAY_VERSION=2.40.0   one version (default: the newest, 2.60.0)
-#   make test-ray-matrix               every version of RAY_MATRIX, one at a time; writes the
-#                                      compatibility table into docs/real-ray.md and README.md
+#   make test-ray-matrix               every version of RAY_RUN (default: RAY_MATRIX), one at a
+#                                      time; writes the table of RAY_MATRIX (each version's
+#                                      latest result, tests/ray/matrix-results.json; "not run"
+#                                      for a version never run) into docs/real-ray.md, README.md
+#                                      (RAY_RUN="2.0.1 2.52.1": those only; RAY_RUN=: the
+#                                      table only, from the kept results)
 #   make test-ray-ci                   one head per era that passes reliably (for .ci/run)
 #   make record-ray RAY_VERSION=X      record X's replies into tests/data/ray-X/
 RAY_VERSION ?= 2.60.0
 RAY_MATRIX ?= 1.13.0 2.0.1 2.2.0 2.5.1 2.8.1 2.9.3 2.20.0 2.30.0 2.40.0 2.44.1 2.47.1 2.52.1 2.60.0
-RAY_CI_VERSIONS ?= 2.2.0 2.5.1 2.9.3 2.60.0
+RAY_RUN ?= $(RAY_MATRIX)
+RAY_CI_VERSIONS ?= 1.13.0 2.5.1 2.9.3 2.60.0
 RAY_VENV ?= /var/cache/usagestatsd-ray/$(RAY_VERSION)/venv
 # Ray before 2.9 runs on Python 3.10 (before 2.3 there are no wheels for 3.11) with the
 # pydantic and protobuf of its time: with today's, Ray itself fails to start.
@@ -44,7 +49,7 @@ test-ray: $(STAMP) ray-venv
 
 # Each version in turn (never in parallel: the machine's cores are shared), timed.
 test-ray-matrix: $(STAMP)
-	$(VPY) -m tests.ray.matrix --write-docs $(RAY_MATRIX)
+	$(VPY) -m tests.ray.matrix --write-docs --matrix "$(RAY_MATRIX)" $(RAY_RUN)
 
 test-ray-ci: $(STAMP)
 	$(VPY) -m tests.ray.matrix $(RAY_CI_VERSIONS)

@@ -27,6 +27,10 @@ from usagestatsd.session import Session, read_usage_stats, still_there, write_us
 
 log = structlog.get_logger()
 REWRITE_DELAY_S = 1.0
+UNDECIDED = (
+    "usagestatsd has not decided yet whether it reports this session "
+    "(it has not looked at the cluster since the session began)"
+)
 
 
 class Arrangement(StrEnum):
@@ -185,6 +189,9 @@ class BesideRay:
         self._warned: set[str] = set()  # sessions whose stand-down was logged already
         self._rewrite_pending = False  # one put-back of usage_stats.json at a time
         self._intake_url: str | None = None
+        # For the followed session: (its key, why usagestatsd does not report it, or None).
+        self._verdict: tuple[str, str | None] | None = None
+        self._decided = asyncio.Event()  # set whenever a cycle decides
 
     def listening_at(self, url: str | None, taken: bool = False) -> None:
         """The intake's URL, for the fix Ray needs (None: the intake does not listen), and
@@ -204,6 +211,35 @@ class BesideRay:
         """The daemon follows a new session: our writes there are known by these digests, and
         `routed_before` says whether an earlier run saw Ray's reporter routed in it."""
         self._neighbour.new_session(remembered_digest, pending_digest, routed_before)
+        self._verdict = None
+
+    def decided(self, session: Session, why_not: str | None) -> None:
+        """A cycle decided: usagestatsd reports `session` (None), or why it does not."""
+        self._verdict = (session.key, why_not)
+        self._decided.set()
+
+    async def why_not_replaced(self, wait_s: float) -> str | None:
+        """Why a report Ray's reporter POSTed will not be replaced by one of usagestatsd's,
+        or None when usagestatsd reports the followed session (the report may be absorbed).
+
+        The POST itself pulls the session's first cycle forward (reporter.py), so before
+        the first decision this waits up to `wait_s` for it; still undecided, it is not
+        absorbed either: absorbing a report nobody replaces would leave the session
+        unreported everywhere.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            session = self._current()
+            verdict = self._verdict
+            if session is not None and verdict is not None and verdict[0] == session.key:
+                return verdict[1]
+            left = deadline - loop.time()
+            if left <= 0:
+                return UNDECIDED
+            self._decided.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._decided.wait(), left)
 
     def wrote(self, data: bytes) -> str:
         """We wrote usage_stats.json with `data`; returns its digest."""

@@ -180,6 +180,7 @@ class ReportCycle:
                 level = log.info if problem.failure is Failure.NOT_YET else log.warning
                 level("cluster.source_failed", source=problem.source, problem=problem.problem)
         if refusal is not None:
+            self.beside.decided(session, refusal.message)
             return CycleOutcome(Result.REFUSED, changed, refusal, self._refuse(session, refusal))
         if await self.beside.wait_for_ray(_session_start_ms(prepared), self._now_ms()):
             prepared = await self._prepare(session)
@@ -187,6 +188,7 @@ class ReportCycle:
         if decision.status is not None:
             hold = Hold(Held.STANDING_DOWN, STANDING_DOWN, decision.status)
             return CycleOutcome(Result.STOOD_DOWN, changed, hold=hold, beside=decision.beside)
+        self.beside.decided(session, None)
         # One event per field and reason: 250 refused instance types are one line, not 250.
         named = Counter((r.field, r.reason) for r in prepared.redactions)
         for (field, reason), values in named.items():

@@ -16,7 +16,10 @@ daemon whatever a client does (docs/security.md, "Intake"):
   is named and binding is retried every BIND_RETRY_S;
 - the body is read in full (Content-Length, across TCP segments), within MAX_BODY;
 - a resource error at accept (EMFILE, ENFILE, ...) is logged at most once a minute, and so
-  are refused and bad requests; absorbed reports after the first five in a row too.
+  are refused and bad requests; absorbed reports after the first five in a row too;
+- a report is absorbed (200) only when the daemon reports that session itself
+  (`why_not_replaced`); otherwise Ray's reporter gets a 503 naming why, so it records a
+  failure rather than a report nobody sends (docs/beside-ray.md).
 
 A small asyncio server rather than aiohttp.web: aiohttp's server has no connection cap,
 waits for open handlers when it stops (60 s by default in 3.8), and its accept errors go to
@@ -32,7 +35,7 @@ import errno
 import json
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -52,6 +55,14 @@ BIND_RETRY_S = 30.0  # while the port is someone else's: Ray reports hourly
 BACKLOG = 64
 LOG_INTERVAL_S = 60.0
 ABSORBED_BURST = 5  # report_absorbed lines in a row before one a minute
+# How long a POST waits for the daemon's first decision on the session (the POST pulls that
+# cycle forward): within Ray's own 10 s timeout, with room to answer.
+VERDICT_WAIT_S = 7.0
+NOT_REPLACED_STATUS = "503 usagestatsd does not report this session"
+NOT_REPLACED_FIX = (
+    "Ray's reporter counts this report as failed; to have Ray send its own reports, restart "
+    "Ray without RAY_USAGE_STATS_REPORT_URL, or fix what `usagestatsd status` names"
+)
 # /proc/self/net: /proc/net itself is hidden by the unit's ProcSubset=pid.
 PROC_SELF = Path("/proc/self")
 # The kernel's overflow uid: how a uid outside the daemon's user namespace (PrivateUsers=)
@@ -124,8 +135,13 @@ def _parse_head(head: bytes) -> tuple[str, int, bool]:
     return parts[0], int(lengths[0]) if lengths else 0, expect
 
 
+async def _always_replaced(wait_s: float) -> str | None:
+    return None
+
+
 class RayIntake:
-    """A loopback HTTP endpoint for Ray's reporter: answers 200, keeps only a sighting."""
+    """A loopback HTTP endpoint for Ray's reporter: keeps only a sighting, and answers 200
+    when the daemon reports that session itself (else 503, saying why)."""
 
     def __init__(
         self,
@@ -137,6 +153,7 @@ class RayIntake:
         inherited: Sequence[socket.socket] = (),
         on_change: Callable[[RayIntake], None] | None = None,
         bind_retry_s: float = BIND_RETRY_S,
+        why_not_replaced: Callable[[float], Awaitable[str | None]] = _always_replaced,
     ) -> None:
         self.host = host
         self.port = port
@@ -145,6 +162,8 @@ class RayIntake:
         self.proc = proc
         self.on_change = on_change  # told when the intake starts listening after all
         self.bind_retry_s = bind_retry_s
+        # Why the daemon will not send its own report in place of Ray's (None: it will).
+        self.why_not_replaced = why_not_replaced
         self._inherited = list(inherited)
         self._sock: socket.socket | None = None
         self._acceptor: asyncio.Task[None] | None = None
@@ -154,6 +173,7 @@ class RayIntake:
         self._throttles = {name: Throttle() for name in ("accept", "refused", "bad")}
         # Ray reports hourly, so every real report is logged; a loop is not.
         self._throttles["absorbed"] = Throttle(burst=ABSORBED_BURST)
+        self._throttles["not_replaced"] = Throttle(burst=ABSORBED_BURST)
         self.problem: str | None = None  # why it does not listen, after a failed start()
         self.holder_uid: int | None = None  # who holds the port instead, when the kernel says
         self.taken = False  # another socket holds the port: Ray's reports may go there
@@ -312,7 +332,13 @@ class RayIntake:
             if not chunk:
                 raise _BadRequest("400 Bad Request", "body shorter than its Content-Length")
             body += chunk
-        self._absorbed(parse_sighting(body[:length], int(time.time() * 1000)))
+        sighting = parse_sighting(body[:length], int(time.time() * 1000))
+        self.on_sighting(sighting)
+        why_not = await self.why_not_replaced(VERDICT_WAIT_S)
+        if why_not is not None:
+            self._not_replaced(sighting, why_not)
+            return _response(NOT_REPLACED_STATUS, {"accepted": False, "problem": why_not})
+        self._absorbed(sighting)
         return _response("200 OK", {"accepted": True})
 
     async def _refusal(self, conn: socket.socket) -> str | None:
@@ -335,7 +361,17 @@ class RayIntake:
         held = self._throttles["absorbed"].due(time.monotonic())
         if held is not None:
             log.info("beside_ray.report_absorbed", seq=sighting.seq_number, held_back=held)
-        self.on_sighting(sighting)
+
+    def _not_replaced(self, sighting: RaySighting, why_not: str) -> None:
+        held = self._throttles["not_replaced"].due(time.monotonic())
+        if held is not None:
+            log.warning(
+                "beside_ray.report_not_absorbed",
+                seq=sighting.seq_number,
+                reason=why_not,
+                fix=NOT_REPLACED_FIX,
+                held_back=held,
+            )
 
     def _note(self, kind: str, **detail: object) -> None:
         held = self._throttles[kind].due(time.monotonic())

@@ -97,6 +97,7 @@ class Reporter:
                 self.follower.ray_uids,
                 inherited=passed.pop(INTAKE_FD_NAME, []),
                 on_change=self._intake_changed,
+                why_not_replaced=self.beside.why_not_replaced,
             )
             # Kept while it retries a taken port, so that stop() ends the retries too.
             self._intake = intake

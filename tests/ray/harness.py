@@ -191,8 +191,25 @@ class RayHead:
         if done.returncode != 0:
             raise AssertionError(
                 f"{' '.join(args[:2])} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+                + self.failure_context()
             )
         return done.stdout + done.stderr
+
+    def failure_context(self, lines: int = 15) -> str:
+        """The load and the newest session's raylet and GCS log tails: why a head did not
+        come up (the temp root is removed with the head, so they are kept in the failure)."""
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        parts = [f"\nload average (1, 5, 15 min): {load}"]
+        session = self.session_dir()
+        logs = session / "logs" if session is not None else None
+        for name in ("raylet.out", "raylet.err", "gcs_server.out", "gcs_server.err"):
+            path = logs / name if logs is not None else None
+            if path is None or not path.exists():
+                continue
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.relative_to(self.root)} (last {lines} lines)")
+            parts.extend(tail)
+        return "\n".join(parts)
 
     def start(self, usage_stats: bool = True) -> Path:
         """`ray start --head` on loopback; returns the new session directory.
