@@ -34,8 +34,6 @@ TIMINGS: dict[str, float] = {}
 # Each `ray start` that failed and was tried again, with Ray's own logs: printed in the
 # same summary, so a retried start is never hidden.
 RETRIED_STARTS: list[str] = []
-# How much of each Ray log a failed start shows.
-LOG_TAIL_LINES = 15
 
 
 def ray_python_or_skip() -> str:
@@ -223,7 +221,7 @@ class RayHead:
         try:
             self.cli(self._start_args(usage_stats), usage_stats=usage_stats)
         except AssertionError as first:
-            RETRIED_STARTS.append(f"{first}\n{self.log_tails()}")
+            RETRIED_STARTS.append(str(first))  # with the load and log tails
             self.stop(force=True)
             if self.starts == 0:  # nothing depends on the ports yet: take fresh ones
                 self.gcs_port, self.dashboard_port = free_port(), free_port()
@@ -251,19 +249,6 @@ class RayHead:
         if not usage_stats:
             args.append("--disable-usage-stats")
         return args
-
-    def log_tails(self) -> str:
-        """The last lines of the newest session's raylet, GCS and agent logs."""
-        session = self.session_dir()
-        if session is None:
-            return "(no session directory: Ray wrote no logs)"
-        parts = []
-        for pattern in ("raylet.*", "gcs_server.*", "dashboard_agent.log", "dashboard.*"):
-            for log in sorted((session / "logs").glob(pattern)):
-                with contextlib.suppress(OSError):
-                    lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-                    parts.append(f"--- {log.name}\n" + "\n".join(lines))
-        return "\n".join(parts) or f"(no logs under {session / 'logs'})"
 
     def ray_pids(self) -> dict[int, str]:
         """This head's processes: our descendants that are not our own daemons or provider."""
