@@ -89,7 +89,7 @@ def render(head: RayHead, found: Found, result: Plan, applied: bool = False) -> 
     else:
         out.append("Missing:")
         out += [f"  {i}. {text}" for i, text in enumerate(result.missing, 1)]
-    out += [f"Note: {note}" for note in result.notes if not note.startswith("Ray was started from")]
+    out += [f"Note: {note}" for note in result.notes]
     if (result.files or result.commands) and not applied:
         out += ["", "Fix usagestatsd's side (`sudo usagestatsd setup --apply` does exactly this):"]
         for path, text in result.files.items():
@@ -97,7 +97,7 @@ def render(head: RayHead, found: Found, result: Plan, applied: bool = False) -> 
         out += [f"run: {cmd}" for cmd in result.commands]
     if result.ray_commands:
         out += ["", "Ray's side (setup never restarts Ray; run this when you can restart it):"]
-        out += [f"{note}" for note in result.notes if note.startswith("Ray was started from")]
+        out += [result.ray_restart] if result.ray_restart else []
         for path, text in result.ray_files.items():
             if applied:
                 out.append(f"  (written: {path})")

@@ -48,6 +48,8 @@ class Plan:
     ray_files: dict[Path, str] = field(default_factory=dict)  # inert until Ray restarts
     ray_commands: list[str] = field(default_factory=list)  # never run by setup
     notes: list[str] = field(default_factory=list)
+    # How to restart a Ray started from a shell: shown beside ray_commands, not as a note.
+    ray_restart: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -218,7 +220,7 @@ def _ray_fix(found: Found, plan: Plan) -> None:
     temp = "" if head.temp_root == DEFAULT_TEMP_ROOT else f" --temp-dir={head.temp_root}"
     start = f"RAY_USAGE_STATS_REPORT_URL={url} {ray_cli} start --head{temp}"
     as_user = f"sudo -u {head.user} env " if head.user != "root" else ""
-    plan.notes.append(
+    plan.ray_restart = (
         f"Ray was started from a shell (pid {head.pid}, user {head.user}). Stop it by your "
         "usual means (`ray stop` stops every Ray of that user on this machine), then start "
         "it again with the same options plus the report URL:"
