@@ -23,6 +23,7 @@ import os
 import pwd
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +49,7 @@ from usagestatsd.report import (
 )
 from usagestatsd.session import Session
 from usagestatsd.sources import (
+    Asked,
     SourceError,
     parse_cluster_metadata,
     parse_cluster_status,
@@ -61,7 +63,8 @@ METADATA_PATH = "/api/v0/cluster_metadata"
 SOCKETS = dashboard.SOCKETS
 DASHBOARD_HTTP = dashboard.DASHBOARD_HTTP
 DashboardRoute = dashboard.DashboardRoute
-DASHBOARD_SOCKETS = ("dash_ReportHead", "dash_JobHead")
+REPORT_HEAD, JOB_HEAD = "dash_ReportHead", "dash_JobHead"
+DASHBOARD_SOCKETS = (REPORT_HEAD, JOB_HEAD)
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -91,11 +94,13 @@ async def _ask(
     socket_name: str,
     url_path: str,
     parse: Callable[[Any], T],
+    asked: Asked,
     problems: list[SourceError],
 ) -> T | None:
     try:
         return parse(await fetch(socket_name, url_path))
     except SourceError as exc:
+        exc.asked = asked
         problems.append(exc)
         return None
 
@@ -280,11 +285,12 @@ async def gather(
     provider_present = os.path.lexists(provider_socket)
     way = dashboard_route(session, limits, dashboard_address)
     fetch = way.fetch
+    ask = partial(_ask, problems=problems)
     metadata, totals, jobs, provider = await asyncio.gather(
-        _ask(fetch, "dash_ReportHead", METADATA_PATH, parse_cluster_metadata, problems),
-        _ask(fetch, "dash_ReportHead", "/api/cluster_status", parse_cluster_status, problems),
-        _ask(fetch, "dash_JobHead", "/api/jobs/", parse_job_list, problems),
-        _ask(_unix(session, limits), PROVIDER_SOCKET, "/v1/usage", parse_provider, problems)
+        ask(fetch, REPORT_HEAD, METADATA_PATH, parse_cluster_metadata, Asked.DASHBOARD_METADATA),
+        ask(fetch, REPORT_HEAD, "/api/cluster_status", parse_cluster_status, Asked.DASHBOARD),
+        ask(fetch, JOB_HEAD, "/api/jobs/", parse_job_list, Asked.DASHBOARD),
+        ask(_unix(session, limits), PROVIDER_SOCKET, "/v1/usage", parse_provider, Asked.PROVIDER)
         if provider_present
         else _none(),
     )
@@ -322,4 +328,4 @@ async def _none() -> None:
 def metadata_served_elsewhere(problems: list[SourceError]) -> list[SourceError]:
     """The problems without the metadata's: a dashboard older than Ray 2.3 has no such path,
     and the provider gave the metadata from the GCS, so that 404 is no fault."""
-    return [p for p in problems if not p.source.endswith(METADATA_PATH)]
+    return [p for p in problems if p.asked is not Asked.DASHBOARD_METADATA]

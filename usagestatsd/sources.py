@@ -40,13 +40,34 @@ class Failure(Enum):
     NOT_YET = "not yet"  # the source has nothing yet: ordinary in a session just started
 
 
+class Asked(Enum):
+    """Which source a SourceError came from, for decisions (its `source` words are shown)."""
+
+    OTHER = "other"
+    DASHBOARD_METADATA = "dashboard metadata"  # the dashboard's cluster metadata
+    DASHBOARD = "dashboard"  # the dashboard's other answers
+    PROVIDER = "provider"
+
+    @property
+    def dashboard(self) -> bool:
+        """Whether the dashboard was asked."""
+        return self in (Asked.DASHBOARD_METADATA, Asked.DASHBOARD)
+
+
 class SourceError(Exception):
     """A cluster source could not be used; `source` names it, the message says why."""
 
-    def __init__(self, source: str, problem: str, failure: Failure = Failure.OTHER) -> None:
+    def __init__(
+        self,
+        source: str,
+        problem: str,
+        failure: Failure = Failure.OTHER,
+        asked: Asked = Asked.OTHER,
+    ) -> None:
         self.source = source
         self.problem = problem
         self.failure = failure
+        self.asked = asked  # set by whoever asked (cluster.gather), where it knows
         super().__init__(f"{source}: {problem}")
 
 
