@@ -299,7 +299,8 @@ class Settings:
     kubernetes_in_use: bool = False  # $KUBERNETES_SERVICE_HOST is set
     consent_inputs: ConsentInputs = ConsentInputs()
     systemd: SystemdHandoff = SystemdHandoff()
-    sources: Mapping[str, str] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)  # shown: where each came from
+    set_by_flag: frozenset[str] = frozenset()  # decides: the settings a command-line flag set
 
     def source_of(self, name: str) -> str:
         """Where a setting's value came from ('default' when nobody set it)."""
@@ -385,6 +386,7 @@ def load_settings(
         consent_inputs=ConsentInputs.from_env(env),
         systemd=SystemdHandoff.from_env(env),
         sources=got.sources,
+        set_by_flag=frozenset(got.command_line),
         **values,
     )
 
