@@ -44,13 +44,14 @@ class Cap:
 
     max_bytes: int
     max_decode_bytes: int
+    error_words: bool = False  # Limits.error_words
 
 
 CAPS: dict[str, Cap] = {
     "/api/v0/cluster_metadata": Cap(64 << 10, 1 << 20),
     "/api/cluster_status": Cap(8 << 20, 40 << 20),
     "/api/jobs/": Cap(8 << 20, 40 << 20),
-    "/v1/usage": Cap(256 << 10, 4 << 20),
+    "/v1/usage": Cap(256 << 10, 4 << 20, error_words=True),  # the provider's own sentences
 }
 
 
@@ -62,6 +63,9 @@ class Limits:
     max_bytes: int = 32 << 20
     max_decode_bytes: int = 40 << 20
     trusted_uids: frozenset[int] = field(default_factory=trusted_uids)
+    # Whether a refusal's body is shown: only the provider's own sentences, as another
+    # source's could carry anything.
+    error_words: bool = False
 
 
 def unix_peer_check(
@@ -267,9 +271,8 @@ async def _get(
             http.get(f"{base_url}{url_path}", allow_redirects=False) as response,
         ):
             if response.status != 200:
-                # Only the provider's own sentences: another source's could carry anything.
-                ours = source.startswith("usagestatsd_provider")
-                body = await response.content.read(ERROR_BODY_MAX_BYTES) if ours else b""
+                words = limits.error_words
+                body = await response.content.read(ERROR_BODY_MAX_BYTES) if words else b""
                 why = error_text(body)
                 suffix = f": {why}" if why else ""
                 raise SourceError(source, f"HTTP status {response.status}{suffix}")
@@ -337,4 +340,5 @@ def capped(limits: Limits, path: str) -> Limits:
         limits,
         max_bytes=min(cap.max_bytes, limits.max_bytes),
         max_decode_bytes=cap.max_decode_bytes,
+        error_words=cap.error_words,
     )
