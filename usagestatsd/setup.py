@@ -17,6 +17,7 @@ from pathlib import Path
 
 from usagestatsd.discovery import RayHead, scan, with_version
 from usagestatsd.fileio import atomic_write
+from usagestatsd.procfs import PROC
 from usagestatsd.settings import Settings, SettingsError, load_settings
 from usagestatsd.setup_plan import Found, Plan, intake_url, plan, routes_to
 from usagestatsd.setup_trust import head_refusal, python_problem, uid_of_user
@@ -205,7 +206,7 @@ def _trusted_heads(
     return kept
 
 
-def run_setup(settings: Settings, do_apply: bool, proc: Path = Path("/proc")) -> int:
+def run_setup(settings: Settings, do_apply: bool, proc: Path = PROC) -> int:
     """The command: 0 when nothing is missing, 1 when something is (or no Ray runs)."""
     found_heads = scan(proc, versions=False)  # nothing an untrusted head names is opened
     heads = [
