@@ -40,6 +40,7 @@ from usagestatsd.fetch import (
     fetch_unix_json,
     find_renamed,
 )
+from usagestatsd.hostport import host_port
 from usagestatsd.report import (
     ClusterConfigFacts,
     ClusterMetadata,
@@ -134,7 +135,7 @@ def _tcp(session: Session, limits: Limits, address: tuple[str, int], how: str) -
     async def fetch(_socket_name: str, url_path: str) -> Any:
         host, port = address
         path = url_path.split("?")[0]
-        source = f"dashboard {host}:{port} ({how}) {path}"
+        source = f"dashboard {host_port(host, port)} ({how}) {path}"
 
         check = dashboard.listener_check(session, source)
         return await fetch_tcp_json(address, url_path, source, capped(limits, path), check)
@@ -163,7 +164,7 @@ def dashboard_route(
         host, port, how = dashboard.address_for(session, configured)
         tcp = _tcp(session, limits, (host, port), how)
         ways = dict.fromkeys(DASHBOARD_SOCKETS, DASHBOARD_HTTP)
-        http = f"{DASHBOARD_HTTP} {host}:{port} ({how})"
+        http = f"{DASHBOARD_HTTP} {host_port(host, port)} ({how})"
         taken = _other_dashboard_sockets(sockets) and dashboard.find_dashboard(session)
         return DashboardRoute(
             tcp, http, ways, _tampering({}, dict.fromkeys(missing), http) if taken else None
@@ -176,7 +177,7 @@ def dashboard_route(
         return DashboardRoute(unix, SOCKETS, ways, _tampering(renamed, {}, ""))
     host, port, how = dashboard.address_for(session, configured)
     tcp = _tcp(session, limits, (host, port), how)
-    http = f"{DASHBOARD_HTTP} {host}:{port} ({how})"
+    http = f"{DASHBOARD_HTTP} {host_port(host, port)} ({how})"
 
     async def fetch(socket_name: str, url_path: str) -> Any:
         chosen = tcp if socket_name in over_tcp else unix

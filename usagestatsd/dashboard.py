@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from usagestatsd.connectors import PeerCheck
+from usagestatsd.hostport import host_port
 from usagestatsd.peers import pids_holding, tcp_peer
 from usagestatsd.procfs import PROC, cmdline, option, owner, pids
 from usagestatsd.report import ClusterMetadata, Origins, ProviderFacts, ResourceTotals
@@ -155,8 +156,7 @@ class HolderUnseen(PermissionError):
 
 def verify_listener(sock: socket.socket, session: Session, proc: Path = PROC) -> None:
     """Raise unless the other end of `sock` is this session's dashboard (see the module doc)."""
-    host, port = sock.getpeername()[:2]
-    where = f"{host}:{port}"
+    where = host_port(*sock.getpeername()[:2])
     peer = tcp_peer(sock, proc)
     if peer is None or peer.inode is None:
         raise PermissionError(f"{where} is not a listening socket of this host")

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from usagestatsd.connectors import CheckedTCPConnector, CheckedUnixConnector, PeerCheck
+from usagestatsd.hostport import host_port
 from usagestatsd.peers import unix_peer, unix_peer_path
 from usagestatsd.session import trusted_uids
 from usagestatsd.sources import Failure, SourceError, decode_json
@@ -117,8 +118,7 @@ async def fetch_tcp_json(
 ) -> Any:
     """GET `url_path` from the loopback HTTP server at `address` once `check` accepts its
     listener (for the dashboard: dashboard.verify_listener), strict JSON, same caps."""
-    host, port = address
-    base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    base = f"http://{host_port(*address)}"
     try:
         return await asyncio.wait_for(
             _get(

@@ -38,6 +38,7 @@ from pathlib import Path
 import structlog
 
 from usagestatsd.beside_ray import RaySighting, parse_sighting
+from usagestatsd.hostport import host_port
 from usagestatsd.intake_socket import PortTaken, bind, take_inherited
 from usagestatsd.peers import Peer, tcp_client_owner
 
@@ -187,7 +188,7 @@ class RayIntake:
             if (problem, holder) != (self.problem, self.holder_uid):
                 say(
                     "beside_ray.intake_unavailable",
-                    address=f"{self.host}:{self.port}",
+                    address=host_port(self.host, self.port),
                     problem=problem,
                     held_by_uid=holder,
                     retry_s=self.bind_retry_s,

@@ -12,6 +12,7 @@ from pwd import getpwuid
 
 from usagestatsd.discovery import RayHead
 from usagestatsd.fileio import read_regular_file
+from usagestatsd.hostport import host_port
 from usagestatsd.ray_support import unsupported
 from usagestatsd.settings import Settings
 from usagestatsd.unitstate import DAEMON_UNIT, Unit
@@ -61,8 +62,7 @@ def intake_url(address: tuple[str, int] | None) -> str | None:
     """The RAY_USAGE_STATS_REPORT_URL that routes Ray's reporter to the intake."""
     if address is None:
         return None
-    host, port = address
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    return f"http://{host_port(*address)}/"
 
 
 def routes_to(url: str | None, address: tuple[str, int] | None) -> bool:

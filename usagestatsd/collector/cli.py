@@ -31,6 +31,7 @@ from usagestatsd.collector.settings import CollectorSettings, load_settings, mas
 from usagestatsd.collector.store import DAY_MS, SqlStore
 from usagestatsd.collector.store_postgres import DriverMissing
 from usagestatsd.collector.validate import validate
+from usagestatsd.hostport import host_port
 from usagestatsd.settings import LOG_FORMATS, SettingsError
 from usagestatsd.systemd import Notifier
 
@@ -165,9 +166,9 @@ async def serve(settings: CollectorSettings, store: SqlStore) -> int:
         try:
             bound = listener.listen(host, port)
         except OSError as exc:
-            log.error("collector.listen_failed", listen=f"{host}:{port}", error=exc.strerror)
+            log.error("collector.listen_failed", listen=host_port(host, port), error=exc.strerror)
             return 1
-        where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        where = host_port(host, bound)
         # The validation processes start now, not on the first report.
         await loop.run_in_executor(collector.validators, validate, b"{}", 1)
         stop = asyncio.Event()
