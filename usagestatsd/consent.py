@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 FIELDS_VERSION_KEY = "usage_stats_fields_version"
 
 MAX_CONSENT_FILE_BYTES = 64 << 10
-_TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 

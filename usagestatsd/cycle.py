@@ -5,7 +5,7 @@ that must not be reported (refusal.py), gives Ray's own reporter its chance and 
 beside it (beside_ray.py), reserves the seq number in state.json, sends to every endpoint
 (sender.py), saves the counters, appends to the history (keeper.py) and writes the
 session's usage_stats.json. It returns a `CycleOutcome` saying what happened and whether
-the state changed; the caller (daemon.py) plans the next report and then saves (`save`),
+the state changed; the caller (reporter.py) plans the next report and then saves (`save`),
 so that state.json carries the planned time too.
 """
 

@@ -82,7 +82,7 @@ def decode_cost(body: bytes) -> int:
     array with `[`, every value after the first in a container follows a `,` and every key
     precedes a `:` (each up to ~64 bytes: a slot and a small value). Counting those bytes
     inside strings too only overstates the cost. Checked on the costliest shapes (`[{},...]`,
-    `[{"a":1},...]`, short strings, big numbers): docs/security.md, row 3 of issue 12.
+    `[{"a":1},...]`, short strings, big numbers): docs/security.md.
     """
     return 360 * body.count(b"{") + 64 * (body.count(b"[") + body.count(b",") + body.count(b":"))
 
@@ -184,12 +184,6 @@ def _resource(source: str, resources: Mapping[str, Any], name: str) -> float | N
     if not math.isfinite(value) or value < 0 or value > _MAX_RESOURCE:
         raise SourceError(source, f"resource {name} is out of range")
     return float(value)
-
-
-def _add(total: float | None, value: float | None) -> float | None:
-    if value is None:
-        return total
-    return value if total is None else total + value
 
 
 def _usage_total(source: str, usage: Mapping[str, Any], name: str) -> float | None:
