@@ -1,11 +1,11 @@
-"""Issue 12, rows 3 and 8: what a hostile (trusted) source or cluster config costs the daemon.
+"""What a hostile (trusted) source or cluster config costs the daemon.
 
     .venv/bin/python bench/hostile_sources.py                 # this worktree's code
     cd /tmp/old && /path/.venv/bin/python /path/bench/hostile_sources.py --code .   # old code
 
 Runs the real daemon (`python -m usagestatsd run`, from `--code`) against a demo session
-whose dash_JobHead is served, as root, by a raw server answering 32 MiB of `[{},{},...]`
-(row 3), or with a cluster config of 1 MiB of costly YAML (row 8), and prints:
+whose dash_JobHead is served, as root, by a raw server answering 32 MiB of `[{},{},...]`,
+or with a cluster config of 1 MiB of costly YAML, and prints:
 - peak extra RSS: VmHWM once the reports have come in, minus VmHWM after two healthy
   cycles; and VmRSS at the end (what the daemon keeps);
 - SIGTERM: seconds from SIGTERM to exit, sent while the hostile answer is being handled;

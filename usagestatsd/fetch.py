@@ -78,10 +78,10 @@ def unix_peer_check(
 ) -> PeerCheck:
     """The check run on a connected Unix socket before a byte is sent or trusted.
 
-    The kernel's word only: `SO_PEERCRED` names the uid that listens (rows 1 and 2: any
+    The kernel's word only: `SO_PEERCRED` names the uid that listens (any
     local user can bind a name in Ray's 0777 `sockets/`), and the peer must have bound its
-    socket in the directory asked for (row 12: a symlink swapped in before the connect
-    leads elsewhere). The directory, not the name: a server may bind a temporary name and
+    socket in the directory asked for (a symlink swapped in before the
+    connect leads elsewhere). The directory, not the name: a server may bind a temporary name and
     rename it into place (the provider does, so the name appears at once and whole).
     `aliases` are other spellings of the same path (the temp root as configured, before
     symlinks in it were resolved), which is how Ray names its sockets.
@@ -157,7 +157,7 @@ async def fetch_unix_json(
             raise SourceError(source, f"{socket_path} is not a socket")
         check = unix_peer_check(socket_path, source, limits.trusted_uids, aliases, bound_as)
         # Connecting through the pinned descriptor reaches exactly the socket file that was
-        # checked: a name swapped meanwhile is not followed (row 12).
+        # checked: a name swapped meanwhile is not followed.
         return await asyncio.wait_for(
             _get(socket_path, url_path, source, limits, check, via=f"/proc/self/fd/{fd}"),
             limits.timeout_s,

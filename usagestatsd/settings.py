@@ -79,7 +79,7 @@ BesideRay = Literal["auto", "report"]
 LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
 # An operator's tag value is one short token (a team code, a version, a flag): never free
-# text, where a person's name could ride along (issue 12 row 14). The privacy guard checks
+# text, where a person's name could ride along. The privacy guard checks
 # it again for addresses, host names and secrets.
 TAG_VALUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}|")
 MAX_TAG_VALUE_CHARS = 64
