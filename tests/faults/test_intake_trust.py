@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.test_intake import intake_port, post, post_head, status_json
+from tests.faults.test_intake_local_user import intake_port, post, post_head, status_json
 from tests.support.hostile import NOBODY, as_user, needs_root, running_as
 from tests.support.poll import until
 from tests.support.processes import (
