@@ -12,8 +12,13 @@ import os
 from pathlib import Path
 
 from tests.support.hostile import NOBODY, needs_root
-from tests.support.poll import until
-from tests.support.processes import await_line, daemon_env, run_cli, running_daemon
+from tests.support.processes import (
+    await_line,
+    await_looks,
+    daemon_env,
+    run_cli,
+    running_daemon,
+)
 from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster, make_session_dir
 
@@ -37,9 +42,7 @@ async def test_a_ray_of_an_untrusted_user_is_named_with_the_fix(
     try:
         with running_daemon(env) as daemon:
             line = await await_line(daemon, "session.untrusted")
-            looked = daemon.count("session.looked")
-            # Evidence first: the temp root is looked at three more times, finding the same.
-            await until(lambda: daemon.count("session.looked") >= looked + 3)
+            await await_looks(daemon, 3)  # evidence first: three more looks, the same found
             assert daemon.count("session.untrusted") == 1
             _, out, _ = await run_cli(["status", "--config", "/dev/null"], env)
             _, out_json, _ = await run_cli(["status", "--config", "/dev/null", "--json"], env)
