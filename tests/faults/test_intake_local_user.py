@@ -29,6 +29,7 @@ from tests.support.poll import until
 from tests.support.processes import (
     DaemonProcess,
     await_line,
+    await_looks,
     intake_env,
     running_daemon,
 )
@@ -232,13 +233,13 @@ async def test_row5_post_from_another_user_does_not_cancel_the_stand_down(
 ) -> None:
     """Ray sends by itself; nobody POSTs the session's start time: still standing down."""
     (demo_session.session_dir / "usage_stats.json").write_bytes(ray_style_copy(3))
-    env = intake_env(temp_root, state_dir, endpoint.url)
+    env = intake_env(temp_root, state_dir, endpoint.url, USAGESTATSD_LOG_LEVEL="debug")
     body = json.dumps({"session_start_timestamp_ms": START_MS, "seq_number": 0}).encode()
     with running_daemon(env) as daemon:
         port = intake_port(daemon)
         answer = await asyncio.to_thread(as_user, lambda: post(port, body))
         await until(lambda: daemon.count("beside_ray.standing_down") > 0 or bool(endpoint.received))
-        await asyncio.sleep(3)  # six more cycles at 0.5 s
+        await await_looks(daemon, 6)  # six more turns of the loop
         status = status_json(env)
     print(
         f"a POST from nobody: answered {answer!r}; {len(endpoint.received)} reports sent, "

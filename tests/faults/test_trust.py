@@ -7,7 +7,6 @@ daemon's own code runs here as root. docs/security.md lists each row with its te
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -24,7 +23,7 @@ import pytest
 from tests.faults.helpers import named, responses_with, run_cycles
 from tests.support.hostile import NOBODY, as_user, needs_root, open_dir, running_as
 from tests.support.poll import until
-from tests.support.processes import await_line, daemon_env, running_daemon
+from tests.support.processes import await_line, await_looks, daemon_env, running_daemon
 from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded
 from usagestatsd.settings import Settings
@@ -277,12 +276,12 @@ async def test_row9_temp_root_made_by_another_user_is_not_trusted(
     planted = root / "session_2099-01-01_00-00-00_000000_1"
     assert as_user(lambda: attacker_session(root, planted.name)) == "made"
     assert as_user(lambda: repoint_latest(root, planted)) == "repointed"
-    env = daemon_env(root, state_dir, endpoint.url)
+    env = daemon_env(root, state_dir, endpoint.url, USAGESTATSD_LOG_LEVEL="debug")
     try:
         impostor = fake_dashboard(planted / "sockets" / "dash_ReportHead", ENABLED_METADATA)
         with running_as(impostor), running_daemon(env) as daemon:
             line = await await_line(daemon, "session.missing")
-            await asyncio.sleep(2.0)  # four report intervals
+            await await_looks(daemon, 4)  # four more looks, none of them reporting
             assert daemon.proc.poll() is None
     finally:
         await cluster.stop()
