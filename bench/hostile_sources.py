@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.harness import seconds_to_exit
 from tests.faults.test_trust import (
     COSTLY_LINE,
     EMPTY_OBJECTS,
@@ -82,11 +82,7 @@ async def row(kind: str, code: Path) -> dict[str, float]:
             out["rss_kept_mb"] = vm_kib(daemon.proc.pid, "VmRSS") / 1024
             # SIGTERM in the middle of the next hostile cycle (the interval is 0.5 s).
             await asyncio.sleep(0.6)
-            started = time.monotonic()
-            daemon.proc.send_signal(signal.SIGTERM)
-            while daemon.proc.poll() is None and time.monotonic() - started < 120:
-                await asyncio.sleep(0.01)
-            out["sigterm_s"] = time.monotonic() - started
+            out["sigterm_s"] = await seconds_to_exit(daemon.proc)
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
