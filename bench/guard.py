@@ -30,6 +30,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.harness import seconds_to_exit
+
 MAX_REPORT = 64 << 10
 
 
@@ -159,12 +161,8 @@ async def sigterm_figures(code: Path, after: float) -> dict[str, float]:
     out: dict[str, float] = {}
     try:
         await asyncio.sleep(after)
-        started = time.monotonic()
         cpu = cpu_seconds(daemon.proc.pid)
-        daemon.proc.send_signal(signal.SIGTERM)
-        while daemon.proc.poll() is None and time.monotonic() - started < 120:
-            await asyncio.sleep(0.01)
-        out["sigterm_s"] = time.monotonic() - started
+        out["sigterm_s"] = await seconds_to_exit(daemon.proc)
         out["reports_before"] = len(endpoint.received)
         out["cpu_before_s"] = cpu
     finally:

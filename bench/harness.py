@@ -6,6 +6,7 @@ nothing is ever stopped by name.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -44,6 +46,15 @@ def stop(proc: subprocess.Popen[str], timeout: float = 10.0) -> int | None:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+async def seconds_to_exit(proc: subprocess.Popen[Any], limit_s: float = 120.0) -> float:
+    """SIGTERM, then poll until `proc` exits (or `limit_s` passes): the seconds it took."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    while proc.poll() is None and time.monotonic() - started < limit_s:
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
 
 
 def cleanup() -> None:

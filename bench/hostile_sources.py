@@ -1,11 +1,11 @@
-"""Issue 12, rows 3 and 8: what a hostile (trusted) source or cluster config costs the daemon.
+"""What a hostile (trusted) source or cluster config costs the daemon.
 
     .venv/bin/python bench/hostile_sources.py                 # this worktree's code
     cd /tmp/old && /path/.venv/bin/python /path/bench/hostile_sources.py --code .   # old code
 
 Runs the real daemon (`python -m usagestatsd run`, from `--code`) against a demo session
-whose dash_JobHead is served, as root, by a raw server answering 32 MiB of `[{},{},...]`
-(row 3), or with a cluster config of 1 MiB of costly YAML (row 8), and prints:
+whose dash_JobHead is served, as root, by a raw server answering 32 MiB of `[{},{},...]`,
+or with a cluster config of 1 MiB of costly YAML, and prints:
 - peak extra RSS: VmHWM once the reports have come in, minus VmHWM after two healthy
   cycles; and VmRSS at the end (what the daemon keeps);
 - SIGTERM: seconds from SIGTERM to exit, sent while the hostile answer is being handled;
@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.harness import seconds_to_exit
 from tests.faults.test_trust import (
     COSTLY_LINE,
     EMPTY_OBJECTS,
@@ -82,11 +82,7 @@ async def row(kind: str, code: Path) -> dict[str, float]:
             out["rss_kept_mb"] = vm_kib(daemon.proc.pid, "VmRSS") / 1024
             # SIGTERM in the middle of the next hostile cycle (the interval is 0.5 s).
             await asyncio.sleep(0.6)
-            started = time.monotonic()
-            daemon.proc.send_signal(signal.SIGTERM)
-            while daemon.proc.poll() is None and time.monotonic() - started < 120:
-                await asyncio.sleep(0.01)
-            out["sigterm_s"] = time.monotonic() - started
+            out["sigterm_s"] = await seconds_to_exit(daemon.proc)
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()

@@ -24,13 +24,17 @@ from usagestatsd.cli_args import cli_overrides
 from usagestatsd.consent import (
     ConsentFileError,
     Decision,
+    Unheeded,
+    consulted_value,
     decide,
     read_consent_file,
+    unheeded,
     write_consent_file,
 )
 from usagestatsd.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
+    from usagestatsd.ray_consent import RayConfig
     from usagestatsd.running import ServiceRecord
 
 EXIT_OK = 0
@@ -86,7 +90,7 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
     return handler(args, settings)
 
 
-def _decision(settings: Settings, allow_prompt: bool) -> Decision:
+def _decision(settings: Settings, allow_prompt: bool) -> tuple[Decision, tuple[RayConfig, ...]]:
     interactive = allow_prompt and sys.stdin.isatty() and sys.stderr.isatty()
 
     def prompt() -> bool:
@@ -97,28 +101,40 @@ def _decision(settings: Settings, allow_prompt: bool) -> Decision:
     from usagestatsd.ray_consent import read_ray_configs
 
     consent_file = read_consent_file(settings.consent_file)
-    return decide(settings, consent_file, interactive, prompt, read_ray_configs(settings))
+    ray_configs = read_ray_configs(settings)
+    return decide(settings, consent_file, interactive, prompt, ray_configs), ray_configs
 
 
-def _log_decision(decision: Decision) -> None:
+# The warning for a Ray config file whose word was not taken, by why it was not.
+_UNHEEDED = {
+    Unheeded.UNTRUSTED: (
+        "consent.ray_config_untrusted",
+        {"detail": "only a file of root, the service's user or ray_user decides"},
+    ),
+    Unheeded.UNUSABLE: (
+        "consent.ray_config_unreadable",
+        {
+            "detail": "a 'ray disable-usage-stats' recorded there cannot be seen",
+            "fix": "run the service as that user, or opt out with 'usagestatsd disable'",
+        },
+    ),
+}
+
+
+def _log_unheeded(ray_configs: Sequence[RayConfig]) -> None:
+    """One warning for each Ray config file that said nothing, naming whose it is and why."""
+    for ray in ray_configs:
+        why = unheeded(ray.file)
+        if why is not None:
+            event, words = _UNHEEDED[why]
+            problem = consulted_value(ray.file)
+            log.warning(event, whose=f"({ray.whose})", problem=problem, **words)
+
+
+def _log_decision(decision: Decision, ray_configs: Sequence[RayConfig]) -> None:
     if decision.error:
         log.error("consent.invalid", problem=decision.error)
-    for c in decision.consulted:
-        if c.layer.startswith("Ray config file") and (c.value or "").startswith("ignored"):
-            log.warning(
-                "consent.ray_config_untrusted",
-                whose=c.layer.removeprefix("Ray config file "),
-                problem=c.value,
-                detail="only a file of root, the service's user or ray_user decides",
-            )
-        if c.layer.startswith("Ray config file") and (c.value or "").startswith("unusable"):
-            log.warning(
-                "consent.ray_config_unreadable",
-                whose=c.layer.removeprefix("Ray config file "),
-                problem=c.value,
-                detail="a 'ray disable-usage-stats' recorded there cannot be seen",
-                fix="run the service as that user, or opt out with 'usagestatsd disable'",
-            )
+    _log_unheeded(ray_configs)
     if decision.enabled:
         if decision.layer == "default":
             log.warning(
@@ -141,13 +157,13 @@ def _log_decision(decision: Decision) -> None:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """`usagestatsd run`: decide once, then serve (or exit 0, silently, when disabled)."""
     logs.configure(settings.log_format, settings.log_level, settings.journal_stream)
-    decision = _decision(settings, allow_prompt=True)
+    decision, ray_configs = _decision(settings, allow_prompt=True)
     if decision.save_prompt_answer:
         try:
             write_consent_file(settings.consent_file, decision.enabled)
         except (OSError, ConsentFileError) as exc:
             log.warning("consent.save_failed", path=str(settings.consent_file), problem=str(exc))
-    _log_decision(decision)
+    _log_decision(decision, ray_configs)
     from usagestatsd.running import RecordStore, inputs_of, new_record
     from usagestatsd.systemd import Notifier
 
@@ -231,7 +247,7 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     from usagestatsd.fieldsets import withheld
     from usagestatsd.preview import preview
 
-    decision = _decision(settings, allow_prompt=False)
+    decision, _ = _decision(settings, allow_prompt=False)
     return asyncio.run(preview(settings, withheld(decision.accepted_fields_version)))
 
 
@@ -239,7 +255,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """`usagestatsd status`: enabled or not and why, the session, last and next report."""
     from usagestatsd.status import describe, render
 
-    decision = _decision(settings, allow_prompt=False)
+    decision, _ = _decision(settings, allow_prompt=False)
     info = describe(settings, decision)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -23,6 +23,7 @@ import os
 import pwd
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +40,7 @@ from usagestatsd.fetch import (
     fetch_unix_json,
     find_renamed,
 )
+from usagestatsd.hostport import host_port
 from usagestatsd.report import (
     ClusterConfigFacts,
     ClusterMetadata,
@@ -48,6 +50,7 @@ from usagestatsd.report import (
 )
 from usagestatsd.session import Session
 from usagestatsd.sources import (
+    Asked,
     SourceError,
     parse_cluster_metadata,
     parse_cluster_status,
@@ -61,7 +64,8 @@ METADATA_PATH = "/api/v0/cluster_metadata"
 SOCKETS = dashboard.SOCKETS
 DASHBOARD_HTTP = dashboard.DASHBOARD_HTTP
 DashboardRoute = dashboard.DashboardRoute
-DASHBOARD_SOCKETS = ("dash_ReportHead", "dash_JobHead")
+REPORT_HEAD, JOB_HEAD = "dash_ReportHead", "dash_JobHead"
+DASHBOARD_SOCKETS = (REPORT_HEAD, JOB_HEAD)
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -91,11 +95,13 @@ async def _ask(
     socket_name: str,
     url_path: str,
     parse: Callable[[Any], T],
+    asked: Asked,
     problems: list[SourceError],
 ) -> T | None:
     try:
         return parse(await fetch(socket_name, url_path))
     except SourceError as exc:
+        exc.asked = asked
         problems.append(exc)
         return None
 
@@ -129,7 +135,7 @@ def _tcp(session: Session, limits: Limits, address: tuple[str, int], how: str) -
     async def fetch(_socket_name: str, url_path: str) -> Any:
         host, port = address
         path = url_path.split("?")[0]
-        source = f"dashboard {host}:{port} ({how}) {path}"
+        source = f"dashboard {host_port(host, port)} ({how}) {path}"
 
         check = dashboard.listener_check(session, source)
         return await fetch_tcp_json(address, url_path, source, capped(limits, path), check)
@@ -158,7 +164,7 @@ def dashboard_route(
         host, port, how = dashboard.address_for(session, configured)
         tcp = _tcp(session, limits, (host, port), how)
         ways = dict.fromkeys(DASHBOARD_SOCKETS, DASHBOARD_HTTP)
-        http = f"{DASHBOARD_HTTP} {host}:{port} ({how})"
+        http = f"{DASHBOARD_HTTP} {host_port(host, port)} ({how})"
         taken = _other_dashboard_sockets(sockets) and dashboard.find_dashboard(session)
         return DashboardRoute(
             tcp, http, ways, _tampering({}, dict.fromkeys(missing), http) if taken else None
@@ -171,7 +177,7 @@ def dashboard_route(
         return DashboardRoute(unix, SOCKETS, ways, _tampering(renamed, {}, ""))
     host, port, how = dashboard.address_for(session, configured)
     tcp = _tcp(session, limits, (host, port), how)
-    http = f"{DASHBOARD_HTTP} {host}:{port} ({how})"
+    http = f"{DASHBOARD_HTTP} {host_port(host, port)} ({how})"
 
     async def fetch(socket_name: str, url_path: str) -> Any:
         chosen = tcp if socket_name in over_tcp else unix
@@ -280,11 +286,12 @@ async def gather(
     provider_present = os.path.lexists(provider_socket)
     way = dashboard_route(session, limits, dashboard_address)
     fetch = way.fetch
+    ask = partial(_ask, problems=problems)
     metadata, totals, jobs, provider = await asyncio.gather(
-        _ask(fetch, "dash_ReportHead", METADATA_PATH, parse_cluster_metadata, problems),
-        _ask(fetch, "dash_ReportHead", "/api/cluster_status", parse_cluster_status, problems),
-        _ask(fetch, "dash_JobHead", "/api/jobs/", parse_job_list, problems),
-        _ask(_unix(session, limits), PROVIDER_SOCKET, "/v1/usage", parse_provider, problems)
+        ask(fetch, REPORT_HEAD, METADATA_PATH, parse_cluster_metadata, Asked.DASHBOARD_METADATA),
+        ask(fetch, REPORT_HEAD, "/api/cluster_status", parse_cluster_status, Asked.DASHBOARD),
+        ask(fetch, JOB_HEAD, "/api/jobs/", parse_job_list, Asked.DASHBOARD),
+        ask(_unix(session, limits), PROVIDER_SOCKET, "/v1/usage", parse_provider, Asked.PROVIDER)
         if provider_present
         else _none(),
     )
@@ -322,4 +329,4 @@ async def _none() -> None:
 def metadata_served_elsewhere(problems: list[SourceError]) -> list[SourceError]:
     """The problems without the metadata's: a dashboard older than Ray 2.3 has no such path,
     and the provider gave the metadata from the GCS, so that 404 is no fault."""
-    return [p for p in problems if not p.source.endswith(METADATA_PATH)]
+    return [p for p in problems if p.asked is not Asked.DASHBOARD_METADATA]

@@ -1,7 +1,7 @@
 """Read the autoscaler's cluster config YAML without letting it stall the daemon.
 
-The file lives in Ray's user's home, where any Ray job can write (row 8 of issue 12:
-1 MiB of hostile YAML cost 26 s of CPU on the event loop every cycle). So it is:
+The file lives in Ray's user's home, where any Ray job can write (1 MiB
+of hostile YAML cost 26 s of CPU on the event loop every cycle). So it is:
 
 - capped small (`MAX_CONFIG_BYTES`; real configs are a few KB, setup commands included);
 - parsed in a child process (`usagestatsd.clusterconfig` in an isolated interpreter:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 FIELDS_VERSION_KEY = "usage_stats_fields_version"
 
 MAX_CONSENT_FILE_BYTES = 64 << 10
-_TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 
@@ -140,8 +140,7 @@ def write_consent_file(path: Path, enabled: bool) -> None:
 
 
 def _disable_flag_layer(settings: Settings) -> tuple[str, str]:
-    source = settings.source_of("disable_usage_stats")
-    if source.startswith("command line"):
+    if "disable_usage_stats" in settings.set_by_flag:
         return "command line", "--disable-usage-stats"
     return "settings file", f"{settings.settings_file}: disable_usage_stats = true"
 
@@ -168,9 +167,9 @@ def decide(
         ),
         Consulted("RAY_USAGE_STATS_ENABLED", "environment", env),
         Consulted("DO_NOT_TRACK", "environment", dnt),
-        Consulted("config file", str(consent_file.path), _file_value(consent_file)),
+        Consulted("config file", str(consent_file.path), consulted_value(consent_file)),
         *(
-            Consulted(f"Ray config file ({r.whose})", str(r.file.path), _file_value(r.file))
+            Consulted(f"Ray config file ({r.whose})", str(r.file.path), consulted_value(r.file))
             for r in ray_configs
         ),
     )
@@ -354,11 +353,27 @@ def _ray_layer(
     return None
 
 
-def _file_value(consent_file: ConsentFile) -> str | None:
+class Unheeded(Enum):
+    """Why a consulted file said nothing: its value in `consulted` starts with the word."""
+
+    UNTRUSTED = "ignored"  # owned by a uid that may not decide for Ray's users
+    UNUSABLE = "unusable"  # cannot be read, or does not hold a usable value
+
+
+def unheeded(consent_file: ConsentFile) -> Unheeded | None:
+    """Why the file's word was not taken, if it was not (and not for lack of a file)."""
     if consent_file.untrusted_owner is not None:
-        return f"ignored: {consent_file.problem}"
+        return Unheeded.UNTRUSTED
     if consent_file.problem:
-        return f"unusable: {consent_file.problem}"
+        return Unheeded.UNUSABLE
+    return None
+
+
+def consulted_value(consent_file: ConsentFile) -> str | None:
+    """What `consulted` shows for a file: its value, or why it said nothing."""
+    why = unheeded(consent_file)
+    if why is not None:
+        return f"{why.value}: {consent_file.problem}"
     if not consent_file.exists:
         return "absent"
     return None if consent_file.value is None else str(consent_file.value).lower()

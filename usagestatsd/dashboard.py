@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from usagestatsd.connectors import PeerCheck
-from usagestatsd.peers import PROC, cmdline, pids, pids_holding, tcp_peer
+from usagestatsd.hostport import host_port
+from usagestatsd.peers import pids_holding, tcp_peer
+from usagestatsd.procfs import PROC, cmdline, option, owner, pids
 from usagestatsd.report import ClusterMetadata, Origins, ProviderFacts, ResourceTotals
 from usagestatsd.session import Session
 from usagestatsd.sources import Failure, SourceError
@@ -55,25 +57,8 @@ class DashboardProcess:
     script: str
 
 
-def _option(args: list[str], name: str) -> str | None:
-    """The value of `--name=value` or `--name value` in an argument list."""
-    for i, arg in enumerate(args):
-        if arg.startswith(name + "="):
-            return arg[len(name) + 1 :]
-        if arg == name and i + 1 < len(args):
-            return args[i + 1]
-    return None
-
-
 def _script(args: list[str]) -> str | None:
     return next((a for a in args[:3] if a.endswith(_DASHBOARD_SCRIPT)), None)
-
-
-def _owner(pid: int, proc: Path) -> int | None:
-    try:
-        return os.stat(proc / str(pid)).st_uid
-    except OSError:
-        return None
 
 
 def _same_dir(named: str | None, session: Session) -> bool:
@@ -89,13 +74,13 @@ def as_dashboard_of(pid: int, session: Session, proc: Path = PROC) -> DashboardP
     """`pid` as the session's dashboard: run by the session's owner, naming its directory."""
     args = cmdline(pid, proc)
     script = _script(args)
-    if script is None or not _same_dir(_option(args, "--session-dir"), session):
+    if script is None or not _same_dir(option(args, "--session-dir"), session):
         return None
-    if _owner(pid, proc) != session.owner_uid:
+    if owner(pid, proc) != session.owner_uid:
         return None
-    port_text = _option(args, "--port")
+    port_text = option(args, "--port")
     port = int(port_text) if port_text and port_text.isdigit() else None
-    return DashboardProcess(pid, _option(args, "--host"), port, script)
+    return DashboardProcess(pid, option(args, "--host"), port, script)
 
 
 def find_dashboard(session: Session, proc: Path = PROC) -> DashboardProcess | None:
@@ -113,7 +98,7 @@ def session_running(session: Session, proc: Path = PROC) -> bool:
     # holds a symlink), so both spellings count.
     markers = [str(session.path)] + ([str(session.alias)] if session.alias else [])
     for pid in pids(proc):
-        if _owner(pid, proc) != session.owner_uid:
+        if owner(pid, proc) != session.owner_uid:
             continue
         if any(m in arg for arg in cmdline(pid, proc) for m in markers):
             return True
@@ -171,8 +156,7 @@ class HolderUnseen(PermissionError):
 
 def verify_listener(sock: socket.socket, session: Session, proc: Path = PROC) -> None:
     """Raise unless the other end of `sock` is this session's dashboard (see the module doc)."""
-    host, port = sock.getpeername()[:2]
-    where = f"{host}:{port}"
+    where = host_port(*sock.getpeername()[:2])
     peer = tcp_peer(sock, proc)
     if peer is None or peer.inode is None:
         raise PermissionError(f"{where} is not a listening socket of this host")

@@ -18,11 +18,9 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from usagestatsd.fileio import read_regular_file
-from usagestatsd.peers import pids, split_nul
+from usagestatsd.procfs import PROC, option, pids, read_proc_file, split_nul
 
 DASHBOARD_SCRIPT = "dashboard/dashboard.py"
-_MAX_PROC_FILE = 1 << 20  # a command line or environment longer than this is not Ray's
 # The environment variables setup looks at; nothing else of Ray's environment is kept.
 KEPT_ENV = (
     "RAY_USAGE_STATS_REPORT_URL",
@@ -82,17 +80,6 @@ def parse_environ(raw: bytes, keep: tuple[str, ...] = KEPT_ENV) -> dict[str, str
     return found
 
 
-def _option(args: list[str], name: str) -> str | None:
-    """`--name=value` or `--name value`; the last one wins, as with argparse."""
-    value = None
-    for i, arg in enumerate(args):
-        if arg.startswith(name + "="):
-            value = arg[len(name) + 1 :]
-        elif arg == name and i + 1 < len(args):
-            value = args[i + 1]
-    return value
-
-
 def parse_dashboard(argv: list[str], exe: str | None) -> DashboardArgs | None:
     """The dashboard's command line, or None if `argv` is not a Ray dashboard.
 
@@ -112,8 +99,8 @@ def parse_dashboard(argv: list[str], exe: str | None) -> DashboardArgs | None:
     return DashboardArgs(
         python=python,
         script=argv[script_at],
-        temp_root=_option(rest, "--temp-dir"),
-        session_dir=_option(rest, "--session-dir"),
+        temp_root=option(rest, "--temp-dir"),
+        session_dir=option(rest, "--session-dir"),
     )
 
 
@@ -132,7 +119,7 @@ def version_from_site(site_packages: Path) -> str | None:
 
 def version_from_report(session_dir: Path) -> str | None:
     """`ray_version` of the session's usage_stats.json (Ray's, or ours: the same value)."""
-    raw = _read(session_dir / "usage_stats.json")
+    raw = read_proc_file(session_dir / "usage_stats.json")
     try:
         value = json.loads(raw or b"").get("ray_version")
     except (ValueError, AttributeError):
@@ -171,7 +158,7 @@ def _uid_of(status: str) -> int | None:
 
 def process_uid(pid_dir: Path) -> int | None:
     """The uid of the process at /proc/<pid> (None: gone, or set-uid)."""
-    status = _read(pid_dir / "status")
+    status = read_proc_file(pid_dir / "status")
     return _uid_of(status.decode(errors="replace")) if status else None
 
 
@@ -183,26 +170,9 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
-def command_line(pid_dir: Path) -> list[str]:
-    """The arguments of the process at /proc/<pid> ([] if gone or not readable)."""
-    return split_nul(_read(pid_dir / "cmdline") or b"")
-
-
-def _read(path: Path) -> bytes | None:
-    """A /proc or session file, or None: never through a symlink, and only a regular file.
-
-    The session directory is 0777: another user can put a FIFO (an open would wait for a
-    writer for ever) or a symlink where a file is expected.
-    """
-    try:
-        return read_regular_file(path, _MAX_PROC_FILE)
-    except (OSError, ValueError):
-        return None
-
-
 def head_from_proc(pid_dir: Path) -> RayHead | None:
     """The head whose dashboard is this /proc/<pid> entry, or None."""
-    raw = _read(pid_dir / "cmdline")
+    raw = read_proc_file(pid_dir / "cmdline")
     if not raw or DASHBOARD_SCRIPT.encode() not in raw:
         return None
     exe = None
@@ -212,9 +182,9 @@ def head_from_proc(pid_dir: Path) -> RayHead | None:
     uid = process_uid(pid_dir)
     if args is None or uid is None:
         return None
-    env_raw = _read(pid_dir / "environ")
+    env_raw = read_proc_file(pid_dir / "environ")
     environ = parse_environ(env_raw) if env_raw is not None else None
-    cgroup = _read(pid_dir / "cgroup")
+    cgroup = read_proc_file(pid_dir / "cgroup")
     session = args.session_dir
     temp_root = args.temp_root or (str(Path(session).parent) if session else "/tmp/ray")
     return RayHead(
@@ -245,7 +215,7 @@ def with_version(head: RayHead) -> RayHead:
     return replace(head, version=version, version_source="Ray's last report" if version else None)
 
 
-def scan(proc: Path = Path("/proc"), versions: bool = True) -> list[RayHead]:
+def scan(proc: Path = PROC, versions: bool = True) -> list[RayHead]:
     """Every running Ray head on this machine (one dashboard each), oldest pid first;
     without `versions`, only what /proc says (nothing else is opened)."""
     heads = []

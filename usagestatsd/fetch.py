@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from usagestatsd.connectors import CheckedTCPConnector, CheckedUnixConnector, PeerCheck
+from usagestatsd.hostport import host_port
 from usagestatsd.peers import unix_peer, unix_peer_path
 from usagestatsd.session import trusted_uids
 from usagestatsd.sources import Failure, SourceError, decode_json
@@ -44,13 +45,14 @@ class Cap:
 
     max_bytes: int
     max_decode_bytes: int
+    error_words: bool = False  # Limits.error_words
 
 
 CAPS: dict[str, Cap] = {
     "/api/v0/cluster_metadata": Cap(64 << 10, 1 << 20),
     "/api/cluster_status": Cap(8 << 20, 40 << 20),
     "/api/jobs/": Cap(8 << 20, 40 << 20),
-    "/v1/usage": Cap(256 << 10, 4 << 20),
+    "/v1/usage": Cap(256 << 10, 4 << 20, error_words=True),  # the provider's own sentences
 }
 
 
@@ -62,6 +64,9 @@ class Limits:
     max_bytes: int = 32 << 20
     max_decode_bytes: int = 40 << 20
     trusted_uids: frozenset[int] = field(default_factory=trusted_uids)
+    # Whether a refusal's body is shown: only the provider's own sentences, as another
+    # source's could carry anything.
+    error_words: bool = False
 
 
 def unix_peer_check(
@@ -73,10 +78,10 @@ def unix_peer_check(
 ) -> PeerCheck:
     """The check run on a connected Unix socket before a byte is sent or trusted.
 
-    The kernel's word only: `SO_PEERCRED` names the uid that listens (rows 1 and 2: any
+    The kernel's word only: `SO_PEERCRED` names the uid that listens (any
     local user can bind a name in Ray's 0777 `sockets/`), and the peer must have bound its
-    socket in the directory asked for (row 12: a symlink swapped in before the connect
-    leads elsewhere). The directory, not the name: a server may bind a temporary name and
+    socket in the directory asked for (a symlink swapped in before the
+    connect leads elsewhere). The directory, not the name: a server may bind a temporary name and
     rename it into place (the provider does, so the name appears at once and whole).
     `aliases` are other spellings of the same path (the temp root as configured, before
     symlinks in it were resolved), which is how Ray names its sockets.
@@ -113,8 +118,7 @@ async def fetch_tcp_json(
 ) -> Any:
     """GET `url_path` from the loopback HTTP server at `address` once `check` accepts its
     listener (for the dashboard: dashboard.verify_listener), strict JSON, same caps."""
-    host, port = address
-    base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    base = f"http://{host_port(*address)}"
     try:
         return await asyncio.wait_for(
             _get(
@@ -153,7 +157,7 @@ async def fetch_unix_json(
             raise SourceError(source, f"{socket_path} is not a socket")
         check = unix_peer_check(socket_path, source, limits.trusted_uids, aliases, bound_as)
         # Connecting through the pinned descriptor reaches exactly the socket file that was
-        # checked: a name swapped meanwhile is not followed (row 12).
+        # checked: a name swapped meanwhile is not followed.
         return await asyncio.wait_for(
             _get(socket_path, url_path, source, limits, check, via=f"/proc/self/fd/{fd}"),
             limits.timeout_s,
@@ -267,9 +271,8 @@ async def _get(
             http.get(f"{base_url}{url_path}", allow_redirects=False) as response,
         ):
             if response.status != 200:
-                # Only the provider's own sentences: another source's could carry anything.
-                ours = source.startswith("usagestatsd_provider")
-                body = await response.content.read(ERROR_BODY_MAX_BYTES) if ours else b""
+                words = limits.error_words
+                body = await response.content.read(ERROR_BODY_MAX_BYTES) if words else b""
                 why = error_text(body)
                 suffix = f": {why}" if why else ""
                 raise SourceError(source, f"HTTP status {response.status}{suffix}")
@@ -337,4 +340,5 @@ def capped(limits: Limits, path: str) -> Limits:
         limits,
         max_bytes=min(cap.max_bytes, limits.max_bytes),
         max_decode_bytes=cap.max_decode_bytes,
+        error_words=cap.error_words,
     )

@@ -19,6 +19,9 @@ from enum import Enum
 from typing import Any
 
 SCHEMA_VERSION = "0.1"
+# What `usagestatsd forget` sends and the collector honours (docs/deletion-protocol.md):
+# the request names the sessions it deletes by their session_id, of SESSION_ID's shape.
+DELETION_PROTOCOL = "usagestatsd-deletion/1"
 
 # Field-set versions of versioned consent (docs/consent.md):
 # 1: the fields of Ray's original usage-stats policy (Ray 1.13 to 2.x), the base set.

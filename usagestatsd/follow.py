@@ -3,7 +3,7 @@
 Looked at at the session poll rate and whenever inotify sees the temp root change
 (watch.py). A new
 session gets its first slot (schedule.py); a session that went away ends the plan. The
-daemon (daemon.py) turns each change into a log line, a STATUS= line and the service record.
+reporter (reporter.py) turns each change into a log line, a STATUS= line and the service record.
 """
 
 from __future__ import annotations

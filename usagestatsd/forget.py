@@ -17,13 +17,13 @@ from typing import Any
 
 import aiohttp
 
+from usagestatsd.fields import DELETION_PROTOCOL
 from usagestatsd.history import Loaded, Record, history_of, summarise_sessions
 from usagestatsd.published import cannot_read, describe_source, read_published, service_state_dir
 from usagestatsd.sender import deliver
 from usagestatsd.settings import DEFAULT_ENDPOINT_URL, Endpoint, Settings, redact_url
 from usagestatsd.state import EndpointResult
 
-PROTOCOL = "usagestatsd-deletion/1"
 RAY_DELETION_ADDRESS = "usage_stats@ray.io"
 
 
@@ -155,7 +155,7 @@ def _outcome(result: EndpointResult) -> str:
 
 
 async def _request(settings: Settings, ids: list[str]) -> list[EndpointResult]:
-    body = json.dumps({"protocol": PROTOCOL, "session_ids": ids}).encode()
+    body = json.dumps({"protocol": DELETION_PROTOCOL, "session_ids": ids}).encode()
     targets = [
         Endpoint(e.deletion_url, e.ca_bundle, e.proxy) for e in settings.endpoints if e.deletion_url
     ]

@@ -5,7 +5,7 @@ fsynced. A record torn by a crash (no final newline, or not valid JSON) is skipp
 reading and never glued to the next record. The file is kept under a size cap and an age
 cap by rewriting it atomically (newest records kept) when either is exceeded.
 
-The history is the one that gives way when its file system fills (issue 12 row 13):
+The history is the one that gives way when its file system fills:
 `state.json` lives beside it and must always fit. An append never leaves less than
 `FREE_SPACE_RESERVE` free (the oldest records are dropped to make room, or the append is
 refused), and `give_way` frees space for the daemon's state when a save meets ENOSPC.

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import socket
 import time
@@ -41,8 +40,10 @@ from pathlib import Path
 import structlog
 
 from usagestatsd.beside_ray import RaySighting, parse_sighting
+from usagestatsd.hostport import host_port
 from usagestatsd.intake_socket import PortTaken, bind, take_inherited
 from usagestatsd.peers import Peer, tcp_client_owner
+from usagestatsd.throttle import Throttle, accept_failed
 
 log = structlog.get_logger()
 
@@ -53,7 +54,6 @@ MAX_BODY = 256 * 1024  # a Ray report is about 3 KB
 ACCEPT_RETRY_S = 1.0  # after a resource error at accept, wait before trying again
 BIND_RETRY_S = 30.0  # while the port is someone else's: Ray reports hourly
 BACKLOG = 64
-LOG_INTERVAL_S = 60.0
 ABSORBED_BURST = 5  # report_absorbed lines in a row before one a minute
 # How long a POST waits for the daemon's first decision on the session (the POST pulls that
 # cycle forward): within Ray's own 10 s timeout, with room to answer.
@@ -68,32 +68,6 @@ PROC_SELF = Path("/proc/self")
 # The kernel's overflow uid: how a uid outside the daemon's user namespace (PrivateUsers=)
 # appears. It stands for every such user at once, so it is never trusted.
 OVERFLOW_UID = 65534
-_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
-class Throttle:
-    """Say something at most `burst` times in a row, then once per interval (a token bucket);
-    count how often it was held back in between."""
-
-    def __init__(self, interval_s: float = LOG_INTERVAL_S, burst: int = 1) -> None:
-        self.interval_s = interval_s
-        self.burst = burst
-        self._tokens = float(burst)
-        self._last: float | None = None
-        self.held_back = 0
-
-    def due(self, now: float) -> int | None:
-        """None: stay quiet. Otherwise how many occurrences were held back before this one."""
-        if self._last is not None:
-            refill = (now - self._last) / self.interval_s
-            self._tokens = min(float(self.burst), self._tokens + refill)
-        self._last = now
-        if self._tokens < 1.0:
-            self.held_back += 1
-            return None
-        self._tokens -= 1.0
-        held, self.held_back = self.held_back, 0
-        return held
 
 
 class _BadRequest(Exception):
@@ -207,7 +181,7 @@ class RayIntake:
             if (problem, holder) != (self.problem, self.holder_uid):
                 say(
                     "beside_ray.intake_unavailable",
-                    address=f"{self.host}:{self.port}",
+                    address=host_port(self.host, self.port),
                     problem=problem,
                     held_by_uid=holder,
                     retry_s=self.bind_retry_s,
@@ -275,17 +249,8 @@ class RayIntake:
         self._slots.release()
 
     def _accept_failed(self, exc: OSError) -> None:
-        held = self._throttles["accept"].due(time.monotonic())
-        if held is None:
-            return
-        # Out of descriptors or memory is the machine's state, not a bug: no traceback.
-        level = log.warning if exc.errno in _RESOURCE_ERRORS else log.info
-        level(
-            "beside_ray.intake_accept_failed",
-            problem=exc.strerror or str(exc),
-            retry_s=ACCEPT_RETRY_S,
-            held_back=held,
-        )
+        event = "beside_ray.intake_accept_failed"
+        accept_failed(self._throttles["accept"], event, exc, ACCEPT_RETRY_S)
 
     # -- one connection -----------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """What the daemon keeps on disk after each attempt, in order: state.json, then the history.
 
 Both live in the state directory, so they share one file system. `state.json` (the counters,
-the last result) must always fit; the history is the one that gives way (issue 12 row 13).
+the last result) must always fit; the history is the one that gives way.
 Every failure is one structured event; nothing here raises.
 """
 

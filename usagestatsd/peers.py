@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usagestatsd import sockdiag
+from usagestatsd.procfs import PROC, pids
 
-PROC = Path("/proc")
 _TCP_TABLES = ("tcp", "tcp6")
 _LISTEN = "0A"  # the state column of a listening socket
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -189,47 +189,18 @@ def tcp_peer(sock: socket.socket, proc: Path = PROC) -> Peer | None:
 def pids_holding(inode: int, proc: Path = PROC) -> list[int]:
     """The processes with an open descriptor on socket `inode` (those this user may see)."""
     target = f"socket:[{inode}]"
-    pids: list[int] = []
-    for entry in os.scandir(proc):
-        if not entry.name.isdigit():
-            continue
+    holders: list[int] = []
+    for pid in pids(proc):
         try:
-            fds = os.scandir(Path(entry.path) / "fd")
+            fds = os.scandir(proc / str(pid) / "fd")
         except OSError:
             continue  # gone, or another user's process we may not look into
         with fds:
             for fd in fds:
                 try:
                     if os.readlink(fd.path) == target:
-                        pids.append(int(entry.name))
+                        holders.append(pid)
                         break
                 except OSError:
                     continue
-    return pids
-
-
-def split_nul(raw: bytes) -> list[str]:
-    """A /proc cmdline or environ: NUL-separated items (a trailing NUL ends the last)."""
-    if not raw:
-        return []
-    parts = raw.split(b"\0")
-    if parts[-1] == b"":
-        parts.pop()
-    return [p.decode("utf-8", "surrogateescape") for p in parts]
-
-
-def cmdline(pid: int, proc: Path = PROC) -> list[str]:
-    """A process's command line as its arguments ([] if gone or not ours to read)."""
-    try:
-        raw = (proc / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return []
-    return split_nul(raw)
-
-
-def pids(proc: Path = PROC) -> list[int]:
-    """The processes this user may see, lowest pid first ([] without a /proc)."""
-    try:
-        return sorted(int(e.name) for e in os.scandir(proc) if e.name.isdigit())
-    except OSError:
-        return []
+    return holders

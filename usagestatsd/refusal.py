@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from usagestatsd.cluster import PROVIDER_SOCKET, SOCKETS, ClusterFacts
+from usagestatsd.cluster import SOCKETS, ClusterFacts
 from usagestatsd.ray_support import unsupported
-from usagestatsd.sources import Failure
+from usagestatsd.sources import Asked, Failure
 
 Level = Literal["info", "warning"]
 
@@ -88,7 +88,7 @@ def cluster_not_running(facts: ClusterFacts) -> bool:
         # No dash_* sockets and no visible process of the session; but a listener whose
         # holder cannot be seen (/proc hidden from this user) may well be Ray's: unknown.
         return not any(p.failure is Failure.HOLDER_UNSEEN for p in facts.problems)
-    dashboard = [p for p in facts.problems if p.source.startswith("dash_")]
+    dashboard = [p for p in facts.problems if p.asked.dashboard]
     return bool(dashboard) and all(
         p.failure in (Failure.ABSENT, Failure.NOBODY_LISTENS) for p in dashboard
     )
@@ -101,7 +101,7 @@ def cannot_read(facts: ClusterFacts) -> str:
     route = origins.dashboard if origins else SOCKETS
     seen: dict[str, None] = {}
     for problem in facts.problems:
-        if not problem.source.startswith(PROVIDER_SOCKET):
+        if problem.asked is not Asked.PROVIDER:
             seen.setdefault(problem.problem, None)
     tried = "; ".join(seen) or "no answer"
     return (

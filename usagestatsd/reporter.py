@@ -19,6 +19,7 @@ from usagestatsd.announce import Announcer
 from usagestatsd.beside_ray import BesideRay, RaySighting
 from usagestatsd.cycle import Clock, CycleOutcome, ReportCycle
 from usagestatsd.follow import SessionFollower
+from usagestatsd.hostport import host_port
 from usagestatsd.intake import RayIntake
 from usagestatsd.intake_socket import INTAKE_FD_NAME, inherited_sockets
 from usagestatsd.pipeline import Disclosure
@@ -102,7 +103,9 @@ class Reporter:
             # Kept while it retries a taken port, so that stop() ends the retries too.
             self._intake = intake
             if not await intake.start():
-                waiting += f" (intake {host}:{port} not listening: Ray cannot be routed here)"
+                waiting += (
+                    f" (intake {host_port(host, port)} not listening: Ray cannot be routed here)"
+                )
             self._intake_changed(intake)
         for socks in passed.values():  # ray_intake = "off", or a socket of another name
             for sock in socks:

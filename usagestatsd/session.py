@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usagestatsd.fileio import atomic_write, read_regular_file
+from usagestatsd.procfs import PROC, SESSION_ARG, cmdline, owner, pids
 
 LATEST_LINK = "session_latest"
 USAGE_STATS_FILE = "usage_stats.json"
-PROC = Path("/proc")
-_SESSION_ARG = b"--session-name="
 
 
 # Below this uid, Debian's accounts are system accounts (root, `ray` made with useradd
@@ -145,23 +144,12 @@ def _as_session(
 def live_session_names(trusted: Collection[int], proc: Path = PROC) -> frozenset[str]:
     """Session names that a process of a trusted uid runs for (`--session-name=NAME`)."""
     names: set[str] = set()
-    try:
-        entries = list(os.scandir(proc))
-    except OSError:
-        return frozenset()
-    for entry in entries:
-        if not entry.name.isdigit():
+    for pid in pids(proc):
+        if owner(pid, proc) not in trusted:
             continue
-        try:
-            if entry.stat().st_uid not in trusted:  # /proc/<pid> is owned by its euid
-                continue
-            with open(os.path.join(entry.path, "cmdline"), "rb") as f:
-                raw = f.read(1 << 16)
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        for arg in raw.split(b"\0"):
-            if arg.startswith(_SESSION_ARG):
-                names.add(arg[len(_SESSION_ARG) :].decode("utf-8", "replace"))
+        for arg in cmdline(pid, proc):  # [] once gone, or when not ours to read
+            if arg.startswith(SESSION_ARG):
+                names.add(arg.removeprefix(SESSION_ARG))
     return frozenset(names)
 
 

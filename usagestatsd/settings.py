@@ -79,7 +79,7 @@ BesideRay = Literal["auto", "report"]
 LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
 # An operator's tag value is one short token (a team code, a version, a flag): never free
-# text, where a person's name could ride along (issue 12 row 14). The privacy guard checks
+# text, where a person's name could ride along. The privacy guard checks
 # it again for addresses, host names and secrets.
 TAG_VALUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}|")
 MAX_TAG_VALUE_CHARS = 64
@@ -299,7 +299,8 @@ class Settings:
     kubernetes_in_use: bool = False  # $KUBERNETES_SERVICE_HOST is set
     consent_inputs: ConsentInputs = ConsentInputs()
     systemd: SystemdHandoff = SystemdHandoff()
-    sources: Mapping[str, str] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)  # shown: where each came from
+    set_by_flag: frozenset[str] = frozenset()  # decides: the settings a command-line flag set
 
     def source_of(self, name: str) -> str:
         """Where a setting's value came from ('default' when nobody set it)."""
@@ -385,6 +386,7 @@ def load_settings(
         consent_inputs=ConsentInputs.from_env(env),
         systemd=SystemdHandoff.from_env(env),
         sources=got.sources,
+        set_by_flag=frozenset(got.command_line),
         **values,
     )
 

@@ -286,6 +286,7 @@ class Gathered:
 
     values: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    command_line: set[str] = field(default_factory=set)  # the names set by a flag
 
     def take(self, name: str, raw: object, source: str, parse: Parser) -> None:
         try:
@@ -314,4 +315,5 @@ def gather(
         if cli.get(d.name) is not None:
             flag = d.flag_name or d.name  # every setting cli.py passes declares its flag
             got.take(d.name, cli[d.name], f"command line {flag}", d.text_parse)
+            got.command_line.add(d.name)
     return got

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from usagestatsd.discovery import RayHead, scan, with_version
 from usagestatsd.fileio import atomic_write
+from usagestatsd.procfs import PROC
 from usagestatsd.settings import Settings, SettingsError, load_settings
 from usagestatsd.setup_plan import Found, Plan, intake_url, plan, routes_to
 from usagestatsd.setup_trust import head_refusal, python_problem, uid_of_user
@@ -89,7 +90,7 @@ def render(head: RayHead, found: Found, result: Plan, applied: bool = False) -> 
     else:
         out.append("Missing:")
         out += [f"  {i}. {text}" for i, text in enumerate(result.missing, 1)]
-    out += [f"Note: {note}" for note in result.notes if not note.startswith("Ray was started from")]
+    out += [f"Note: {note}" for note in result.notes]
     if (result.files or result.commands) and not applied:
         out += ["", "Fix usagestatsd's side (`sudo usagestatsd setup --apply` does exactly this):"]
         for path, text in result.files.items():
@@ -97,7 +98,7 @@ def render(head: RayHead, found: Found, result: Plan, applied: bool = False) -> 
         out += [f"run: {cmd}" for cmd in result.commands]
     if result.ray_commands:
         out += ["", "Ray's side (setup never restarts Ray; run this when you can restart it):"]
-        out += [f"{note}" for note in result.notes if note.startswith("Ray was started from")]
+        out += [result.ray_restart] if result.ray_restart else []
         for path, text in result.ray_files.items():
             if applied:
                 out.append(f"  (written: {path})")
@@ -205,7 +206,7 @@ def _trusted_heads(
     return kept
 
 
-def run_setup(settings: Settings, do_apply: bool, proc: Path = Path("/proc")) -> int:
+def run_setup(settings: Settings, do_apply: bool, proc: Path = PROC) -> int:
     """The command: 0 when nothing is missing, 1 when something is (or no Ray runs)."""
     found_heads = scan(proc, versions=False)  # nothing an untrusted head names is opened
     heads = [

@@ -12,6 +12,7 @@ from pwd import getpwuid
 
 from usagestatsd.discovery import RayHead
 from usagestatsd.fileio import read_regular_file
+from usagestatsd.hostport import host_port
 from usagestatsd.ray_support import unsupported
 from usagestatsd.settings import Settings
 from usagestatsd.unitstate import DAEMON_UNIT, Unit
@@ -48,6 +49,8 @@ class Plan:
     ray_files: dict[Path, str] = field(default_factory=dict)  # inert until Ray restarts
     ray_commands: list[str] = field(default_factory=list)  # never run by setup
     notes: list[str] = field(default_factory=list)
+    # How to restart a Ray started from a shell: shown beside ray_commands, not as a note.
+    ray_restart: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -59,8 +62,7 @@ def intake_url(address: tuple[str, int] | None) -> str | None:
     """The RAY_USAGE_STATS_REPORT_URL that routes Ray's reporter to the intake."""
     if address is None:
         return None
-    host, port = address
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    return f"http://{host_port(*address)}/"
 
 
 def routes_to(url: str | None, address: tuple[str, int] | None) -> bool:
@@ -218,7 +220,7 @@ def _ray_fix(found: Found, plan: Plan) -> None:
     temp = "" if head.temp_root == DEFAULT_TEMP_ROOT else f" --temp-dir={head.temp_root}"
     start = f"RAY_USAGE_STATS_REPORT_URL={url} {ray_cli} start --head{temp}"
     as_user = f"sudo -u {head.user} env " if head.user != "root" else ""
-    plan.notes.append(
+    plan.ray_restart = (
         f"Ray was started from a shell (pid {head.pid}, user {head.user}). Stop it by your "
         "usual means (`ray stop` stops every Ray of that user on this machine), then start "
         "it again with the same options plus the report URL:"

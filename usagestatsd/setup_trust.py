@@ -26,11 +26,10 @@ import stat
 from collections.abc import Collection
 from pathlib import Path
 
-from usagestatsd.discovery import RayHead, command_line, process_uid
-from usagestatsd.peers import pids
+from usagestatsd.discovery import RayHead, process_uid
+from usagestatsd.procfs import SESSION_ARG, cmdline, pids
 
 OVERFLOW_UID = 65534
-_SESSION_ARG = "--session-name="
 
 
 def uid_of_user(name: str) -> int | None:
@@ -83,10 +82,9 @@ def _owned_dir(path: Path, uid: int) -> bool:
 
 
 def _runs_session(uid: int, name: str, proc: Path) -> bool:
-    wanted = _SESSION_ARG + name
+    wanted = SESSION_ARG + name
     for pid in pids(proc):
-        pid_dir = proc / str(pid)
-        if process_uid(pid_dir) == uid and wanted in command_line(pid_dir):
+        if process_uid(proc / str(pid)) == uid and wanted in cmdline(pid, proc):
             return True
     return False
 

@@ -40,13 +40,34 @@ class Failure(Enum):
     NOT_YET = "not yet"  # the source has nothing yet: ordinary in a session just started
 
 
+class Asked(Enum):
+    """Which source a SourceError came from, for decisions (its `source` words are shown)."""
+
+    OTHER = "other"
+    DASHBOARD_METADATA = "dashboard metadata"  # the dashboard's cluster metadata
+    DASHBOARD = "dashboard"  # the dashboard's other answers
+    PROVIDER = "provider"
+
+    @property
+    def dashboard(self) -> bool:
+        """Whether the dashboard was asked."""
+        return self in (Asked.DASHBOARD_METADATA, Asked.DASHBOARD)
+
+
 class SourceError(Exception):
     """A cluster source could not be used; `source` names it, the message says why."""
 
-    def __init__(self, source: str, problem: str, failure: Failure = Failure.OTHER) -> None:
+    def __init__(
+        self,
+        source: str,
+        problem: str,
+        failure: Failure = Failure.OTHER,
+        asked: Asked = Asked.OTHER,
+    ) -> None:
         self.source = source
         self.problem = problem
         self.failure = failure
+        self.asked = asked  # set by whoever asked (cluster.gather), where it knows
         super().__init__(f"{source}: {problem}")
 
 
@@ -61,7 +82,7 @@ def decode_cost(body: bytes) -> int:
     array with `[`, every value after the first in a container follows a `,` and every key
     precedes a `:` (each up to ~64 bytes: a slot and a small value). Counting those bytes
     inside strings too only overstates the cost. Checked on the costliest shapes (`[{},...]`,
-    `[{"a":1},...]`, short strings, big numbers): docs/security.md, row 3 of issue 12.
+    `[{"a":1},...]`, short strings, big numbers): docs/security.md.
     """
     return 360 * body.count(b"{") + 64 * (body.count(b"[") + body.count(b",") + body.count(b":"))
 
@@ -163,12 +184,6 @@ def _resource(source: str, resources: Mapping[str, Any], name: str) -> float | N
     if not math.isfinite(value) or value < 0 or value > _MAX_RESOURCE:
         raise SourceError(source, f"resource {name} is out of range")
     return float(value)
-
-
-def _add(total: float | None, value: float | None) -> float | None:
-    if value is None:
-        return total
-    return value if total is None else total + value
 
 
 def _usage_total(source: str, usage: Mapping[str, Any], name: str) -> float | None:

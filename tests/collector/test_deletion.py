@@ -108,6 +108,8 @@ def _check_deletion_requests(collector: CollectorProcess) -> None:
         {"protocol": "usagestatsd-deletion/2", "session_ids": [sid]},
         {"protocol": PROTOCOL, "session_ids": []},
         {"protocol": PROTOCOL, "session_ids": ["../etc/passwd"]},
+        {"protocol": PROTOCOL, "session_ids": ["ffffffffffff"]},  # hex, not a session_id's shape
+        {"protocol": PROTOCOL, "session_ids": ["--------"]},
         {"protocol": PROTOCOL, "session_ids": [sid] * 1001},
         {"protocol": PROTOCOL, "session_ids": sid},
     ]
@@ -115,7 +117,7 @@ def _check_deletion_requests(collector: CollectorProcess) -> None:
         assert collector.post(body, "delete", DELETION_AUTH).status == 400, body
     assert collector.post(b"{", "delete", DELETION_AUTH).status == 400
     assert collector.get("/api/fleet").json()["reports_stored"] == 1
-    ids = [sid, "ffffffffffff"]
+    ids = [sid, "f" * 32]  # of the shape, never reported: nothing to delete
     ok = collector.post({"protocol": PROTOCOL, "session_ids": ids}, "delete", DELETION_AUTH)
     assert ok.json() == {"deleted_sessions": 1, "deleted_reports": 1}
 

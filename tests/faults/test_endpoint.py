@@ -34,6 +34,9 @@ from usagestatsd.state import EndpointResult
 POLICY = RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.02, budget_s=5)
 ONCE = RetryPolicy(max_attempts=1, initial_delay_s=0.01, max_delay_s=0.02, budget_s=5)
 BODY = b'{"schema_version": "0.1"}'
+# A generous promise, not a measurement: a trickled reply needs 64 s (its body) to 124 s (head
+# and body) to arrive; not waiting for it means being done in well under half of that.
+NOT_WAITED_FOR_S = 30.0
 
 
 async def send(
@@ -78,7 +81,7 @@ async def test_trickling_reply_times_out() -> None:
         server.close()
     assert not failed.ok and failed.error == "timed out"
     assert one_outcome(events)["reason"] == "timed out"
-    assert elapsed < 3.0
+    assert elapsed < NOT_WAITED_FOR_S
     assert recovered.ok
 
 
@@ -92,7 +95,7 @@ async def test_trickling_body_is_not_waited_for(status: str, ok: bool) -> None:
         server.close()
     assert result.ok is ok and result.attempts == 1
     assert one_outcome(events)["event"] == ("report.sent" if ok else "report.failed")
-    assert elapsed < 2.0
+    assert elapsed < NOT_WAITED_FOR_S
 
 
 @pytest.mark.parametrize(("status", "ok"), [("200 OK", True), ("503 Service Unavailable", False)])
@@ -101,14 +104,14 @@ async def test_endless_body_is_not_read_past_the_cap(status: str, ok: bool) -> N
     endless = Endless(status)
     server = RawTcpServer([endless])
     try:
-        result, events, elapsed = await send(Endpoint(server.url()), ONCE)
+        result, events, _ = await send(Endpoint(server.url()), ONCE)
         await until(lambda: len(endless.sent) == server.connections, 10)
     finally:
         server.close()
     assert result.ok is ok and result.attempts == 1
     assert one_outcome(events)["event"] == ("report.sent" if ok else "report.failed")
-    assert elapsed < 2.0
-    # What the peer could push before the reset: the cap plus kernel socket buffers.
+    # What the peer could push before the reset (the evidence it was dropped at once, not
+    # read on): the cap plus kernel socket buffers.
     assert max(endless.sent) < 32 << 20
 
 

@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 
 from tests.collector.harness import CollectorProcess, running_collector, sample_report
 from tests.faults.helpers import named, provider_doc, report_cycle, responses_with, the_session
-from tests.faults.test_privacy import metadata_doc
+from tests.faults.test_privacy_hostile_cluster import metadata_doc
 from tests.support.hostile import as_user, needs_root, open_dir
 from tests.support.poll import until
 from tests.support.processes import daemon_env, running_daemon

@@ -30,11 +30,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.test_intake import intake_port, post, post_head, status_json
+from tests.faults.test_intake_local_user import intake_port, post, post_head, status_json
 from tests.support.hostile import NOBODY, as_user, needs_root, running_as
 from tests.support.poll import until
 from tests.support.processes import (
     DaemonProcess,
+    await_looks,
     daemon_env,
     end_process,
     intake_env,
@@ -163,7 +164,13 @@ async def test_forged_report_from_beside_a_root_listener_is_refused(
     """nobody binds the port of a root listener of the other family, POSTs and closes: refused."""
     ray_sends_by_itself(demo_session.session_dir)
     where = f"[{intake_host}]:0" if ":" in intake_host else f"{intake_host}:0"
-    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_RAY_INTAKE=where)
+    env = daemon_env(
+        temp_root,
+        state_dir,
+        endpoint.url,
+        USAGESTATSD_RAY_INTAKE=where,
+        USAGESTATSD_LOG_LEVEL="debug",
+    )
     with running_daemon(env) as daemon, contextlib.ExitStack() as listeners:
         intake = (intake_host, intake_port(daemon))
         tries = []
@@ -175,7 +182,7 @@ async def test_forged_report_from_beside_a_root_listener_is_refused(
         # forged report before it has been looked at.
         last = await asyncio.to_thread(as_user, lambda: post_to(family, intake, b"{}"))
         await until(lambda: daemon.count("beside_ray.standing_down") > 0 or bool(endpoint.received))
-        await asyncio.sleep(2)  # four more cycles at 0.5 s
+        await await_looks(daemon, 4)  # four more turns of the loop
         status = status_json(env)
     beside = status["beside_ray"]
     print(

@@ -1,4 +1,4 @@
-"""Issue 12 row 11: an endpoint (or a proxy) answering with malformed HTTP never crashes a cycle.
+"""An endpoint (or a proxy) answering with malformed HTTP never crashes a cycle.
 
 Before the fix the parser's exception escaped the sender: every cycle crashed, the good
 endpoint got the same seq number again and again, nothing reached the history and the
@@ -23,7 +23,7 @@ from usagestatsd.demo import DemoCluster
 from usagestatsd.sender import send_report
 from usagestatsd.settings import Endpoint, RetryPolicy
 
-# The table of row 11: what a hostile endpoint or proxy sends back after reading the report.
+# What a hostile endpoint or proxy sends back after reading the report.
 MALFORMED: dict[str, bytes] = {
     "bad status line": b"HTTP/1.1 OK200\r\nContent-Length: 0\r\n\r\n",
     "header over 8 KiB": b"HTTP/1.1 200 OK\r\nX-Big: "

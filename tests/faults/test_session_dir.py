@@ -193,7 +193,7 @@ async def test_state_dir_full_keeps_counters(
     """State dir full: state.json stays the old version and no seq number is sent unsaved.
 
     The report whose seq number cannot be saved first waits (report.not_sent) and goes out,
-    with that number, once space returns (issue 12 row 13: a restart never reuses one).
+    with that number, once space returns (a restart never reuses one).
     """
     state_dir = tmp_path / "full-state"
     with tmpfs(state_dir, "64k"):

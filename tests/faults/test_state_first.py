@@ -1,4 +1,4 @@
-"""Issue 12 row 13: a full state file system; state first, the history gives way.
+"""A full state file system; state first, the history gives way.
 
 Before the fix the history filled the disk, `state.json` could no longer be saved, and after
 a restart the seq number went back (384 to 51 in the review). Now every seq number is saved

@@ -1,4 +1,4 @@
-"""Issue 12, the trust rows on the cluster side: another local user serves Ray's sockets.
+"""The cluster side's trust attacks: another local user serves Ray's sockets.
 
 Each attack runs as the real unprivileged uid `nobody` in a forked child (tests/support/hostile.py)
 against Ray-like directories made as Ray makes them (0777, no sticky bit), while the
@@ -7,7 +7,6 @@ daemon's own code runs here as root. docs/security.md lists each row with its te
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -24,7 +23,7 @@ import pytest
 from tests.faults.helpers import named, responses_with, run_cycles
 from tests.support.hostile import NOBODY, as_user, needs_root, open_dir, running_as
 from tests.support.poll import until
-from tests.support.processes import await_line, daemon_env, running_daemon
+from tests.support.processes import await_line, await_looks, daemon_env, running_daemon
 from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded
 from usagestatsd.settings import Settings
@@ -122,7 +121,7 @@ async def test_row1_provider_socket_bound_by_another_user_is_refused(
     endpoint: ScriptedEndpoint,
     ray_session: DemoCluster,
 ) -> None:
-    """Row 1: nobody binds usagestatsd_provider with forged facts; none reach the report."""
+    """nobody binds usagestatsd_provider with forged facts; none reach the report."""
     path = ray_session.session_dir / "sockets" / "usagestatsd_provider"
     settings = make_settings({"RAY_USAGE_STATS_REPORT_URL": endpoint.url})
     with running_as(fake_dashboard(path, FORGED_PROVIDER)):
@@ -138,7 +137,7 @@ async def test_row1_provider_socket_bound_by_another_user_is_refused(
 async def test_row2_dashboard_socket_replaced_by_another_user_is_refused(
     make_settings: Callable[..., Settings], endpoint: ScriptedEndpoint, temp_root: Path
 ) -> None:
-    """Row 2: a --disable-usage-stats cluster; nobody moves dash_ReportHead away and binds
+    """a --disable-usage-stats cluster; nobody moves dash_ReportHead away and binds
     an impostor claiming usage stats are on: the cluster is still not reported."""
     session_dir = make_session_dir(temp_root)
     answers = responses_with()
@@ -218,7 +217,7 @@ async def test_row12_symlink_swapped_before_the_connect_is_not_followed(
     ray_session: DemoCluster,
     root_only_socket: tuple[Path, Callable[[], int]],
 ) -> None:
-    """Row 12: nobody flips dash_JobHead between a socket and a symlink to a root-only
+    """nobody flips dash_JobHead between a socket and a symlink to a root-only
     socket: the daemon never connects to the root-only socket, and refuses the decoy."""
     private, reached = root_only_socket
     path = ray_session.session_dir / "sockets" / "dash_JobHead"
@@ -266,7 +265,7 @@ def repoint_latest(root: Path, target: Path) -> str:
 async def test_row9_temp_root_made_by_another_user_is_not_trusted(
     endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
 ) -> None:
-    """Row 9: nobody makes the temp root before Ray does and plants a session serving a
+    """nobody makes the temp root before Ray does and plants a session serving a
     forged 'usage stats on'; Ray's session lands in it too: none of it is reported."""
     temp_root.parent.chmod(0o1777)  # like /tmp
     root = temp_root.parent / "ray-early"
@@ -277,12 +276,12 @@ async def test_row9_temp_root_made_by_another_user_is_not_trusted(
     planted = root / "session_2099-01-01_00-00-00_000000_1"
     assert as_user(lambda: attacker_session(root, planted.name)) == "made"
     assert as_user(lambda: repoint_latest(root, planted)) == "repointed"
-    env = daemon_env(root, state_dir, endpoint.url)
+    env = daemon_env(root, state_dir, endpoint.url, USAGESTATSD_LOG_LEVEL="debug")
     try:
         impostor = fake_dashboard(planted / "sockets" / "dash_ReportHead", ENABLED_METADATA)
         with running_as(impostor), running_daemon(env) as daemon:
             line = await await_line(daemon, "session.missing")
-            await asyncio.sleep(2.0)  # four report intervals
+            await await_looks(daemon, 4)  # four more looks, none of them reporting
             assert daemon.proc.poll() is None
     finally:
         await cluster.stop()
@@ -294,7 +293,7 @@ async def test_row9_temp_root_made_by_another_user_is_not_trusted(
 async def test_row10_session_latest_repointed_at_a_dead_session_follows_the_live_one(
     endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
 ) -> None:
-    """Row 10: nobody re-points session_latest at an old root-owned session (and runs a
+    """nobody re-points session_latest at an old root-owned session (and runs a
     process claiming it); the daemon keeps reporting the live one, which Ray's processes
     run for."""
     old = make_session_dir(temp_root, time.time() - 86400)  # yesterday's, Ray stopped
@@ -341,7 +340,7 @@ def vm_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} for pid {pid}")
 
 
-# Row 3's body, and the costliest bodies still within the job list's caps (docs/security.md).
+# A hostile job list, and the costliest bodies still within the job list's caps (docs/security.md).
 EMPTY_OBJECTS = b"[" + b",".join([b"{}"] * ((32 << 20) // 3 - 1)) + b"]"  # 32 MiB of [{},{},...]
 ONE_KEY_OBJECTS = b"[" + b",".join([b'{"a":1}'] * 85_000) + b"]"  # decode cost just under 40 MiB
 LONG_STRING = b'["' + b"x" * ((8 << 20) - 8) + b'"]'  # just under 8 MiB
@@ -351,7 +350,7 @@ LONG_STRING = b'["' + b"x" * ((8 << 20) - 8) + b'"]'  # just under 8 MiB
 async def test_row3_huge_answers_cost_little_memory_and_time(
     endpoint: ScriptedEndpoint, temp_root: Path, state_dir: Path
 ) -> None:
-    """Row 3: dash_JobHead answers 32 MiB of [{},{},...] (as nobody, then as root), then
+    """dash_JobHead answers 32 MiB of [{},{},...] (as nobody, then as root), then
     the costliest bodies within its caps: the daemon's peak RSS grows by < 100 MB, and it
     keeps reporting on schedule."""
     session_dir = make_session_dir(temp_root)
@@ -401,7 +400,7 @@ def write_yaml(path: Path, size: int) -> str:
 async def test_row8_costly_cluster_config_never_stalls_the_loop(
     endpoint: ScriptedEndpoint, ray_session: DemoCluster, state_dir: Path, size: int
 ) -> None:
-    """Row 8: nobody fills the cluster config with costly YAML; reports keep coming, and the
+    """nobody fills the cluster config with costly YAML; reports keep coming, and the
     daemon's own CPU stays low (parsed in a child, once, within a cap and a deadline)."""
     config = open_dir() / "ray_bootstrap_config.yaml"
     assert as_user(lambda: write_yaml(config, size)) == "written"

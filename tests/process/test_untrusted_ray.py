@@ -7,13 +7,18 @@ one warning, STATUS= and `usagestatsd status` say whose the files are and what t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
 
 from tests.support.hostile import NOBODY, needs_root
-from tests.support.processes import await_line, daemon_env, run_cli, running_daemon
+from tests.support.processes import (
+    await_line,
+    await_looks,
+    daemon_env,
+    run_cli,
+    running_daemon,
+)
 from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster, make_session_dir
 
@@ -33,11 +38,11 @@ async def test_a_ray_of_an_untrusted_user_is_named_with_the_fix(
     cluster = DemoCluster(make_session_dir(temp_root))
     await cluster.start()
     _as_if_ray_ran_as_nobody(temp_root)
-    env = daemon_env(temp_root, state_dir, endpoint.url)
+    env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_LOG_LEVEL="debug")
     try:
         with running_daemon(env) as daemon:
             line = await await_line(daemon, "session.untrusted")
-            await asyncio.sleep(1.5)  # the temp root is looked at again meanwhile
+            await await_looks(daemon, 3)  # evidence first: three more looks, the same found
             assert daemon.count("session.untrusted") == 1
             _, out, _ = await run_cli(["status", "--config", "/dev/null"], env)
             _, out_json, _ = await run_cli(["status", "--config", "/dev/null", "--json"], env)

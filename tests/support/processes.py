@@ -201,6 +201,13 @@ async def await_line(daemon: DaemonProcess, needle: str, timeout: float = 20.0) 
     return daemon.wait_for(needle, timeout=0.5)
 
 
+async def await_looks(daemon: DaemonProcess, n: int, timeout: float = 20.0) -> None:
+    """Evidence that the daemon's loop went on: `n` more looks at the temp root (the debug
+    event `session.looked`: run the daemon with USAGESTATSD_LOG_LEVEL=debug)."""
+    looked = daemon.count("session.looked")
+    await until(lambda: daemon.count("session.looked") >= looked + n, timeout, f"{n} more looks")
+
+
 async def report_then_stop(env: Mapping[str, str], endpoint: ScriptedEndpoint, count: int) -> None:
     """Run a daemon until `endpoint` has received `count` reports in all, then stop it."""
     with running_daemon(env) as daemon:

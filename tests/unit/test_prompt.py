@@ -1,7 +1,7 @@
 """Ray's consent prompt (prompt.ask) on real pipes, its ten seconds on a fake clock.
 
 The prompt on a real terminal, answered y or n, is tested through the CLI on a
-pseudo-terminal (tests/process/test_cli.py); here the clock is scripted, so the ten seconds
+pseudo-terminal (tests/process/test_commands.py); here the clock is scripted, so the ten seconds
 take no real time.
 """
 

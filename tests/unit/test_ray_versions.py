@@ -76,7 +76,7 @@ def test_the_matrix_is_recorded() -> None:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_report_equals_rays_own(version: str) -> None:
-    """Full schema 0.1, and equal to Ray's report wherever the issue asks for equality."""
+    """Full schema 0.1, and equal to Ray's report wherever Ray's own report is the reference."""
     ray, mine = recorded(version, "report_payload.json"), ours(version)
     assert list(mine) == list(ray_keys(version))
     assert set(mine) == set(ray), "Ray's own report of this version has other keys"

@@ -7,7 +7,7 @@ import pytest
 from usagestatsd.cluster import SOCKETS, ClusterFacts
 from usagestatsd.refusal import CANNOT_READ, NOT_RUNNING, RefusalKind, cluster_refusal
 from usagestatsd.report import ClusterConfigFacts, ClusterMetadata, Origins, ResourceTotals
-from usagestatsd.sources import Failure, SourceError
+from usagestatsd.sources import Asked, Failure, SourceError
 
 
 def facts(
@@ -35,7 +35,9 @@ def metadata(enabled: bool = True, local: bool = False) -> ClusterMetadata:
 
 
 def dash(failure: Failure, words: str) -> SourceError:
-    return SourceError("dash_ReportHead /api/v0/cluster_metadata", words, failure)
+    return SourceError(
+        "dash_ReportHead /api/v0/cluster_metadata", words, failure, Asked.DASHBOARD_METADATA
+    )
 
 
 def test_a_stopped_head_is_known_by_the_kind_of_failure_not_by_its_words() -> None:

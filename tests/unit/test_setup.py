@@ -26,7 +26,7 @@ from usagestatsd.discovery import (
     scan,
     unit_from_cgroup,
 )
-from usagestatsd.peers import split_nul
+from usagestatsd.procfs import split_nul
 from usagestatsd.settings import load_settings
 from usagestatsd.setup import Found, apply, plan, render, routes_to, run_setup
 from usagestatsd.unitstate import Unit, parse_show, provider_problem

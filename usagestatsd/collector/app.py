@@ -13,7 +13,6 @@ import binascii
 import hmac
 import json
 import multiprocessing
-import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,14 +29,13 @@ from usagestatsd.collector.settings import CollectorSettings
 from usagestatsd.collector.store import AHEAD, CONFLICT, NEW, SEQ_WINDOW, SqlStore
 from usagestatsd.collector.validate import Rejected, validate
 from usagestatsd.collector.writer import Writer
+from usagestatsd.fields import DELETION_PROTOCOL, SESSION_ID
 
-DELETION_PROTOCOL = "usagestatsd-deletion/1"
 MAX_DELETION_IDS = 1000
 MAX_DELETION_BYTES = 256 << 10
 RETRY_AFTER_S = 5
 VALIDATOR_PROCESSES = 6
 BODY_DEADLINE_S = 10.0  # from the end of the request head to the end of its body
-SESSION_ID = re.compile(r"^[0-9a-f-]{8,128}$")
 _HTML_HEADERS = {
     # No script may run, nothing is fetched from elsewhere: the page is self-contained.
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
@@ -100,7 +98,7 @@ def _deletion_ids(raw: bytes) -> list[str] | str:
     ids = body.get("session_ids")
     if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_DELETION_IDS:
         return f"session_ids must be a list of 1 to {MAX_DELETION_IDS} ids"
-    if not all(isinstance(i, str) and SESSION_ID.match(i) for i in ids):
+    if not all(isinstance(i, str) and SESSION_ID.fullmatch(i) for i in ids):
         return "session_ids holds a value that is not a session id"
     return sorted(set(ids))
 
@@ -251,7 +249,7 @@ class Collector:
 
     async def _session_reports(self, request: web.Request) -> tuple[str, list[Any]]:
         sid = request.match_info["session_id"]
-        if not SESSION_ID.match(sid):
+        if not SESSION_ID.fullmatch(sid):
             raise web.HTTPNotFound(text="no such session")
         reports = await asyncio.to_thread(self.store.session_reports, sid)
         if not reports:

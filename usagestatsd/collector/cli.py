@@ -24,14 +24,16 @@ import structlog
 from aiohttp import web
 
 from usagestatsd import __version__, logs
+from usagestatsd.cli_args import add_flag
 from usagestatsd.collector.app import Collector
 from usagestatsd.collector.listener import IDLE_DEADLINE_S, Listener
 from usagestatsd.collector.migrations import SchemaTooNew
-from usagestatsd.collector.settings import CollectorSettings, load_settings, mask_dsn
+from usagestatsd.collector.settings import DECLARED, CollectorSettings, load_settings, mask_dsn
 from usagestatsd.collector.store import DAY_MS, SqlStore
 from usagestatsd.collector.store_postgres import DriverMissing
 from usagestatsd.collector.validate import validate
-from usagestatsd.settings import LOG_FORMATS, SettingsError
+from usagestatsd.hostport import host_port
+from usagestatsd.settings import SettingsError
 from usagestatsd.systemd import Notifier
 
 EXIT_CONFIG = 78
@@ -70,15 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the collector (HTTP on --listen)")
     serve.add_argument("--config", type=Path, help="settings file (TOML)")
-    serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:18924)")
-    serve.add_argument("--state-dir", help="directory of the SQLite database")
-    serve.add_argument("--database-url", help="postgresql:// DSN, or sqlite:///PATH")
-    serve.add_argument(
-        "--database-url-file", help="read the database URL from this file (mode 0600)"
-    )
-    serve.add_argument("--retention-days", help="keep reports this many days")
-    serve.add_argument("--log-format", choices=LOG_FORMATS)
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    for d in DECLARED:  # the flags the settings declare, in their order
+        add_flag(serve, d)
+        if d.name == "database_url":  # a file holding that secret: not a setting of its own
+            serve.add_argument(
+                "--database-url-file", help="read the database URL from this file (mode 0600)"
+            )
     copy = commands.add_parser(
         "copy", help="copy a SQLite store into PostgreSQL (run again: copies nothing twice)"
     )
@@ -177,9 +176,9 @@ async def serve(settings: CollectorSettings, store: SqlStore) -> int:
         try:
             bound = listener.listen(host, port)
         except OSError as exc:
-            log.error("collector.listen_failed", listen=f"{host}:{port}", error=exc.strerror)
+            log.error("collector.listen_failed", listen=host_port(host, port), error=exc.strerror)
             return 1
-        where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        where = host_port(host, bound)
         # The validation processes start now, not on the first report.
         await loop.run_in_executor(collector.validators, validate, b"{}", 1)
         stop = asyncio.Event()
@@ -227,13 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return copy_command(args)
     cli = {
-        "listen": args.listen,
-        "state_dir": args.state_dir,
-        "database_url": args.database_url,
+        **{d.name: getattr(args, d.name) for d in DECLARED if d.flag is not None},
         "database_url_file": args.database_url_file,
-        "retention_days": args.retention_days,
-        "log_format": args.log_format,
-        "log_level": args.log_level,
     }
     try:
         settings = load_settings(os.environ, cli, args.config)

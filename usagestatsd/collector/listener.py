@@ -20,7 +20,6 @@ so the socket is ours and each accepted connection is handed to aiohttp's protoc
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -29,33 +28,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from usagestatsd.throttle import Throttle, accept_failed
+
 log = structlog.get_logger()
 
 HEAD_DEADLINE_S = 10.0
 IDLE_DEADLINE_S = 5.0
 REQUEST_DEADLINE_S = 60.0  # body, storage (a busy database) and the answer
 ACCEPT_RETRY_S = 0.5
-LOG_INTERVAL_S = 60.0
-_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
-class Throttle:
-    """Say something at most once per interval; count how often it was held back."""
-
-    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
-        self.interval_s = interval_s
-        self._next = 0.0
-        self.held_back = 0
-
-    def due(self) -> int | None:
-        """None: stay quiet. Otherwise how many were held back before this one."""
-        now = time.monotonic()
-        if now < self._next:
-            self.held_back += 1
-            return None
-        self._next = now + self.interval_s
-        held, self.held_back = self.held_back, 0
-        return held
 
 
 class _Connection(asyncio.Protocol):
@@ -120,11 +100,6 @@ class Listener:
         self._close_log = Throttle()
         self._closed_since_log = 0
 
-    @property
-    def open_connections(self) -> int:
-        """Connections held now."""
-        return len(self._open)
-
     def listen(self, host: str, port: int, backlog: int = 1024) -> int:
         """Bind and start accepting; returns the port (raises OSError: port taken)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -179,7 +154,7 @@ class Listener:
 
     def note_closed(self, why: str) -> None:
         self._closed_since_log += 1
-        held = self._close_log.due()
+        held = self._close_log.due(time.monotonic())
         if held is not None:
             log.info(
                 "http.connections_closed",
@@ -210,15 +185,5 @@ class Listener:
                 conn.close()
 
     def _accept_failed(self, exc: OSError) -> None:
-        held = self._accept_log.due()
-        if held is None:
-            return
-        # Out of descriptors or memory is the machine's state, not a bug: no traceback.
-        level = log.warning if exc.errno in _RESOURCE_ERRORS else log.info
-        level(
-            "http.accept_failed",
-            problem=exc.strerror or str(exc),
-            retry_s=ACCEPT_RETRY_S,
-            held_back=held,
-            open=len(self._open),
-        )
+        open_now = len(self._open)
+        accept_failed(self._accept_log, "http.accept_failed", exc, ACCEPT_RETRY_S, open=open_now)

@@ -7,7 +7,7 @@ daemon) naming the setting, where it came from and what is accepted, and the CLI
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,13 @@ from usagestatsd.settings_declare import (
     read_toml_file,
     setting,
 )
-from usagestatsd.settings_values import first_entry, is_ip_or_localhost, split_host_port
+from usagestatsd.settings_values import (
+    Choice,
+    first_entry,
+    integer_in,
+    is_ip_or_localhost,
+    split_host_port,
+)
 
 DEFAULT_SETTINGS_FILE = Path("/etc/usagestatsd-collector/collector.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/usagestatsd-collector")
@@ -60,29 +66,6 @@ def parse_database_url(raw: object) -> str:
     if scheme in ("postgresql", "postgres"):
         return text
     raise ValueError(accepted)
-
-
-def _integer(low: int, high: int) -> Callable[[object], int]:
-    accepted = f"a whole number from {low} to {high}"
-
-    def parse(raw: object) -> int:
-        if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-            raise ValueError(accepted)
-        text = str(raw).strip()
-        if not text.lstrip("-").isdigit() or not low <= int(text) <= high:
-            raise ValueError(accepted)
-        return int(text)
-
-    return parse
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[object], str]:
-    def parse(raw: object) -> str:
-        if not isinstance(raw, str) or raw not in options:
-            raise ValueError("one of " + ", ".join(options))
-        return raw
-
-    return parse
 
 
 def _absolute_dir(raw: object) -> Path:
@@ -124,19 +107,25 @@ class CollectorSettings:
         ("127.0.0.1", DEFAULT_PORT),
         parse_listen,
         env=("USAGESTATSD_COLLECTOR_LISTEN",),
-        flag=Flag(),
+        flag=Flag(help="HOST:PORT (default 127.0.0.1:18924)"),
     )
     state_dir: Path = setting(
         DEFAULT_STATE_DIR,
         _absolute_dir,
         env=(Env("STATE_DIRECTORY", pick=first_entry), "USAGESTATSD_COLLECTOR_STATE_DIR"),
-        flag=Flag(),
+        flag=Flag(help="directory of the SQLite database"),
     )
     database_url: str = setting(
-        "", parse_database_url, env=("USAGESTATSD_COLLECTOR_DATABASE_URL",), flag=Flag()
+        "",
+        parse_database_url,
+        env=("USAGESTATSD_COLLECTOR_DATABASE_URL",),
+        flag=Flag(help="postgresql:// DSN, or sqlite:///PATH"),
     )
     retention_days: int = setting(
-        365, _integer(1, 36500), env=("USAGESTATSD_COLLECTOR_RETENTION_DAYS",), flag=Flag()
+        365,
+        integer_in(1, 36500),
+        env=("USAGESTATSD_COLLECTOR_RETENTION_DAYS",),
+        flag=Flag(help="keep reports this many days"),
     )
     ingest_tokens: tuple[str, ...] = setting(
         (), _tokens, env=("USAGESTATSD_COLLECTOR_INGEST_TOKENS",)
@@ -146,21 +135,21 @@ class CollectorSettings:
     )
     # A real report is 1 to 2 KB (Ray 2.60 with its usage tags: about 1.9 KB); 16 KiB is
     # eight times that, and bounds what one sender can make the collector store.
-    max_report_bytes: int = setting(16 << 10, _integer(4096, 16 << 20))
-    max_pending: int = setting(5000, _integer(10, 1_000_000))
+    max_report_bytes: int = setting(16 << 10, integer_in(4096, 16 << 20))
+    max_pending: int = setting(5000, integer_in(10, 1_000_000))
     # Enough that a thousand idle connections are simply held (each costs a descriptor and
     # a few KiB) until their deadline; past it, making room costs an accept and a close
     # per connection for as long as a sender keeps reconnecting.
-    max_connections: int = setting(4096, _integer(16, 1 << 20))
+    max_connections: int = setting(4096, integer_in(16, 1 << 20))
     # The key of an operator's own usage tag (usagestatsd's `extra_tags`) whose value groups
     # the clusters on the fleet page: a Ray restart is a new session, the tag names the
     # cluster as the enterprise knows it.
     group_by_tag: str = setting("", _tag_key, env=("USAGESTATSD_COLLECTOR_GROUP_BY_TAG",))
     log_format: LogFormat = setting(
-        "auto", _choice(LOG_FORMATS), env=("USAGESTATSD_COLLECTOR_LOG_FORMAT",), flag=Flag()
+        "auto", Choice(LOG_FORMATS), env=("USAGESTATSD_COLLECTOR_LOG_FORMAT",), flag=Flag()
     )
     log_level: LogLevel = setting(
-        "info", _choice(LOG_LEVELS), env=("USAGESTATSD_COLLECTOR_LOG_LEVEL",), flag=Flag()
+        "info", Choice(LOG_LEVELS), env=("USAGESTATSD_COLLECTOR_LOG_LEVEL",), flag=Flag()
     )
     # Not settings: the file read, and what systemd hands the process.
     settings_file: Path | None = None

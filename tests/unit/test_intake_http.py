@@ -11,7 +11,8 @@ import pytest
 
 from usagestatsd import intake
 from usagestatsd.beside_ray import RaySighting
-from usagestatsd.intake import RayIntake, Throttle
+from usagestatsd.intake import RayIntake
+from usagestatsd.throttle import Throttle
 
 
 @pytest.fixture

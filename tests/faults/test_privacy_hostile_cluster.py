@@ -59,7 +59,7 @@ HOME = st.builds(
     NAME,
 )
 DECORATION = st.sampled_from(["{}", "lib_{}", "{}-1", "2.9.0+{}", "x {} y", "{}.so"])
-# The forms issue 12 row 14 found passing the guard.
+# Forms that once passed the guard: account ids, serials, keys in their usual spellings.
 DIGITS12 = st.integers(10**11, 10**12 - 1).map(str)
 AWS_ACCOUNT = DIGITS12
 ARN = st.builds(
@@ -356,7 +356,7 @@ def test_guard_catches_decorated_identifiers(value: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.one_of(*NEW_FORMS), DECORATION)
 def test_new_forms_are_identifying(form: str, decoration: str) -> None:
-    """Every form of row 14 is recognised wherever it appears in a value."""
+    """Every form that once passed the guard is recognised wherever it appears in a value."""
     from usagestatsd.privacy import identifying_reason
 
     assert identifying_reason(decoration.format(form), KnownIdentifiers()) is not None
@@ -365,7 +365,7 @@ def test_new_forms_are_identifying(form: str, decoration: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.one_of(*NEW_FORMS, PERSON), st.sampled_from(["{}", "x {} y", "{}-1"]))
 def test_operator_tags_with_new_forms_never_reach_a_report(form: str, decoration: str) -> None:
-    """RAY_USAGE_STATS_EXTRA_TAGS carrying a row 14 form: refused at start, or dropped."""
+    """RAY_USAGE_STATS_EXTRA_TAGS carrying such a form: refused at start, or dropped."""
     from tests.unit.test_report import recorded_report
     from usagestatsd.privacy import guard
     from usagestatsd.settings import parse_extra_tags

@@ -43,7 +43,7 @@ MEMORY_PROBE = textwrap.dedent(
     """
     import json, sys, tempfile
     from pathlib import Path
-    from tests.faults.test_history import record
+    from tests.faults.test_history_pressure import record
     from usagestatsd.history import History
 
     def rss():

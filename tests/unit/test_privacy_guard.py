@@ -28,7 +28,7 @@ KNOWN = KnownIdentifiers.of(["vm.example.internal"], ["alice"], ["/home/alice"])
         ("vm", "host name"),
         ("alice", "user name"),
         ("https://intranet/", "URL"),
-        # Issue 12 row 14: forms that passed the guard before.
+        # Forms that passed the guard before.
         ("123456789012", "AWS account"),
         ("arn:aws:iam::123456789012:user/ops", "ARN"),
         ("AKIAIOSFODNN7EXAMPLE", "AWS access key"),

@@ -170,7 +170,9 @@ async def test_bad_answer_nulls_only_its_fields(
     started = time.monotonic()
     broken = {source[0]: {**healthy()[source[0]], source[1]: body}}
     await check_fault_then_recovery(settings, endpoint, temp_root, broken, [source])
-    assert time.monotonic() - started < 10
+    # A generous promise, not a measurement: no answer, however large or deep, holds a
+    # cycle anywhere near a minute (a 100 MB body is cut at the cap, not read through).
+    assert time.monotonic() - started < 60
 
 
 def silent(path: Path) -> Callable[[], None]:

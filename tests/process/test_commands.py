@@ -16,6 +16,7 @@ from pathlib import Path
 from tests.support.poll import until
 from tests.support.processes import (
     await_line,
+    await_looks,
     consent_file_env,
     daemon_env,
     run_cli,
@@ -207,10 +208,11 @@ async def test_cluster_with_usage_stats_disabled_is_skipped(
     off = DemoCluster(make_session_dir(temp_root), responses)
     await off.start()
     try:
-        with running_daemon(daemon_env(temp_root, state_dir, endpoint.url)) as daemon:
+        env = daemon_env(temp_root, state_dir, endpoint.url, USAGESTATSD_LOG_LEVEL="debug")
+        with running_daemon(env) as daemon:
             line = await await_line(daemon, "session.not_reported")
             assert "disabled" in line
-            await asyncio.sleep(1.5)  # several report intervals pass: nothing is sent
+            await await_looks(daemon, 3)  # several report intervals pass: nothing is sent
             assert endpoint.received == []
             on = DemoCluster(make_session_dir(temp_root, time.time() + 5), recorded_responses())
             await on.start()
