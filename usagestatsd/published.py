@@ -174,7 +174,7 @@ def service_state_dir(settings: Settings, published: Published | None) -> Path:
     service may have been given another by systemd ($STATE_DIRECTORY) alone.
     """
     own = settings.state_dir
-    if settings.source_of("state_dir") != "default":
+    if settings.was_set("state_dir"):
         return own
     if published is not None:
         return published.state_dir
@@ -237,6 +237,7 @@ class Facts:
     state: State
     state_problem: str | None
     published: Published | None = None  # set when the facts are the document's
+    denied: bool = False  # this user may read neither the directory nor the document
 
 
 def service_facts(settings: Settings) -> Facts:
@@ -254,4 +255,4 @@ def service_facts(settings: Settings) -> Facts:
         return Facts(state_dir, published.record, None, published.state, None, published)
     if published_problem:
         blocked += f" (and {published_problem})"
-    return Facts(state_dir, None, blocked, State(), blocked)
+    return Facts(state_dir, None, blocked, State(), blocked, denied=True)

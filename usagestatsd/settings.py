@@ -306,6 +306,10 @@ class Settings:
         """Where a setting's value came from ('default' when nobody set it)."""
         return self.sources.get(name, "default")
 
+    def was_set(self, name: str) -> bool:
+        """Whether anyone set this setting (a file, the environment or a flag)."""
+        return name in self.sources
+
     # The systemd hand-off under the names the daemon has always read them by.
     @property
     def notify_socket(self) -> str | None:

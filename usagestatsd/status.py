@@ -81,10 +81,12 @@ def restart_changes(record: ServiceRecord, settings: Settings, decision: Decisio
     return changes
 
 
-def _service(record: ServiceRecord | None, running: bool, problem: str | None) -> dict[str, Any]:
+def _service(
+    record: ServiceRecord | None, running: bool, problem: str | None, denied: bool
+) -> dict[str, Any]:
     if record is None:
         state = "unknown" if problem else "no record (never started with this state directory)"
-        return {"state": state, "problem": problem, "known": problem is None}
+        return {"state": state, "problem": problem, "known": problem is None, "denied": denied}
     if running:
         state = "running"
     elif not record.consent.enabled:
@@ -145,7 +147,7 @@ def describe(settings: Settings, decision: Decision) -> dict[str, Any]:
     why, kind = _holding(record, running, found)
     info: dict[str, Any] = {
         **_decision_json(in_effect),
-        "service": _service(record, running, record_problem),
+        "service": _service(record, running, record_problem, facts.denied),
         "after_restart": after,
         "settings_file": str(settings.settings_file) if settings.settings_file else None,
         "consent_file": str(settings.consent_file),
@@ -341,7 +343,7 @@ def _service_lines(service: dict[str, Any], after: dict[str, Any] | None) -> lis
     if service.get("status_line"):
         lines.append(f"  its status:   {service['status_line']}")
     problem = service.get("problem")
-    if problem and problem.startswith("cannot read"):
+    if problem and service.get("denied"):
         lines.append(f"  {problem}")
     elif problem:
         lines.append(f"  record:       unreadable ({problem})")

@@ -44,7 +44,7 @@ TEXT_TESTS = frozenset({"startswith", "endswith", "removeprefix", "removesuffix"
 
 # The status document is being rewritten on another branch, which takes its standing-down
 # and cannot-read decisions off text; until that lands these two modules are not checked.
-NOT_YET = frozenset({"status.py", "published.py"})
+NOT_YET: frozenset[str] = frozenset()
 
 
 def _names(node: ast.AST) -> set[str]:
