@@ -30,6 +30,7 @@ from typing import Any
 
 from usagestatsd.consent import Consulted, Decision
 from usagestatsd.fileio import UnsafeFileError, atomic_write, read_regular_file
+from usagestatsd.hostport import host_port
 from usagestatsd.settings import Settings, read_variables
 
 RECORD_FILE = "service.json"
@@ -150,7 +151,7 @@ def new_record(settings: Settings, decision: Decision, inputs: Inputs) -> Servic
         endpoints=tuple(e.display for e in settings.endpoints),
         temp_root=str(settings.temp_root),
         interval_s=settings.report_interval_s,
-        intake=None if intake is None else Intake(intake_address(intake), False),
+        intake=None if intake is None else Intake(host_port(*intake), False),
         beside=Beside(settings.beside_ray),
     )
 
@@ -159,12 +160,6 @@ def restamped(record: ServiceRecord) -> ServiceRecord:
     """The record for this process (after a fork: --daemonize)."""
     pid = os.getpid()
     return replace(record, pid=pid, proc_start=proc_start(pid))
-
-
-def intake_address(intake: tuple[str, int]) -> str:
-    """host:port as an operator writes it: an IPv6 host in brackets ([::1]:18922)."""
-    host, port = intake
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # -- the file -------------------------------------------------------------------------

@@ -16,10 +16,11 @@ from typing import Any
 from usagestatsd.cluster import PROVIDER_SOCKET
 from usagestatsd.consent import Decision, decide, read_consent_file
 from usagestatsd.fieldsets import CURRENT_VERSION, withheld
+from usagestatsd.hostport import host_port
 from usagestatsd.published import describe_source, service_facts
 from usagestatsd.ray_consent import read_ray_configs
 from usagestatsd.running import FORMAT as RECORD_FORMAT
-from usagestatsd.running import Held, ServiceRecord, intake_address, is_running
+from usagestatsd.running import Held, ServiceRecord, is_running
 from usagestatsd.session import Discovery, Session, find_session, trusted_uids, untrusted_text
 from usagestatsd.settings import Settings, SettingsError, load_settings
 from usagestatsd.state import State
@@ -74,7 +75,7 @@ def restart_changes(record: ServiceRecord, settings: Settings, decision: Decisio
     if decision.enabled and settings.report_interval_s != record.interval_s:
         changes.append(f"interval: {settings.report_interval_s:g} s (now: {record.interval_s:g} s)")
     intake = settings.ray_intake
-    asked = None if intake is None else intake_address(intake)
+    asked = None if intake is None else host_port(*intake)
     was = None if record.intake is None else record.intake.address
     if decision.enabled and asked != was:
         changes.append(f"intake: {asked or 'off'} (now: {was or 'off'})")
@@ -242,7 +243,7 @@ def _beside_ray(
     }
     if record is None:
         asked = settings.ray_intake
-        info["intake_address"] = f"{asked[0]}:{asked[1]}" if asked else None
+        info["intake_address"] = host_port(*asked) if asked else None
     elif running and found is not None and record.beside.session == found.name:
         info["arrangement"] = record.beside.arrangement
         info["last_ray_report"] = _when(record.beside.last_ray_report_ms)

@@ -73,3 +73,14 @@ async def test_an_ipv6_intake_that_cannot_listen_is_shown_in_brackets(
     assert f"intake [::1]:{port} is NOT listening" in text
     assert f"(intake [::1]:{port} not listening" in ready
     assert f" ::1:{port}" not in text
+
+
+async def test_status_before_any_service_names_the_asked_ipv6_intake_in_brackets(
+    state_dir: Path,
+) -> None:
+    """No service has run with this state directory: `status` shows the intake the
+    settings ask for as [::1]:PORT."""
+    env = {"USAGESTATSD_STATE_DIR": str(state_dir), "USAGESTATSD_RAY_INTAKE": "[::1]:18922"}
+    _, text, _ = await run_cli(["status", "--config", "/dev/null"], env)
+    assert "[::1]:18922" in text, text
+    assert " ::1:18922" not in text, text
