@@ -9,61 +9,27 @@ Layers, first that decides wins:
    broken file disables, with an error; none is ever rewritten by the daemon;
 5. an interactive prompt (saved to the config file so it is asked once);
 6. otherwise enabled by default, with a notice (not saved).
-Also here: reading and writing that config file, keeping its other keys.
+Reading and writing that config file, keeping its other keys, is consent_file.py's.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from usagestatsd.consent_file import ConsentFile as ConsentFile
+from usagestatsd.consent_file import ConsentFileError as ConsentFileError
+from usagestatsd.consent_file import read_consent_file as read_consent_file
+from usagestatsd.consent_file import write_consent_file as write_consent_file
 from usagestatsd.fieldsets import CURRENT_VERSION
-from usagestatsd.fileio import (
-    UnsafeFileError,
-    UntrustedOwnerError,
-    atomic_write,
-    read_regular_file,
-)
 from usagestatsd.settings import Settings
 
 if TYPE_CHECKING:
     from usagestatsd.ray_consent import RayConfig
 
-# Our own key beside Ray's "usage_stats": the field-set version consent was given for.
-FIELDS_VERSION_KEY = "usage_stats_fields_version"
-
-MAX_CONSENT_FILE_BYTES = 64 << 10
 _FALSE = ("0", "false", "no", "off", "")
-
-
-class ConsentFileError(Exception):
-    """The consent file exists but is not a JSON object we can safely update."""
-
-
-@dataclass(frozen=True)
-class ConsentFile:
-    """What the Ray-format config file says: its usage_stats value, or why it cannot be used."""
-
-    path: Path
-    exists: bool
-    value: bool | None
-    problem: str | None = None
-    content: dict[str, Any] | None = None
-    # Permission denied: nothing can be known of what it says (only Ray users' files, read
-    # by a daemon running as another user, are ever skipped for this: see _ray_layer).
-    unreadable: bool = False
-    # Owned by a uid that may not decide for Ray's users: not read, and ignored (_ray_layer).
-    untrusted_owner: int | None = None
-
-    @property
-    def fields_version(self) -> int:
-        """The field set consent was given for; 1 when the file predates versions (Ray's)."""
-        raw = (self.content or {}).get(FIELDS_VERSION_KEY)
-        return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1 else 1
 
 
 @dataclass(frozen=True)
@@ -89,54 +55,6 @@ class Decision:
     consulted: tuple[Consulted, ...]
     save_prompt_answer: bool = False
     accepted_fields_version: int = CURRENT_VERSION
-
-
-def read_consent_file(path: Path, owners: Collection[int] | None = None) -> ConsentFile:
-    """Read Ray's global config file; missing or empty is undecided, broken is a problem.
-
-    With `owners`, a file owned by anyone else is not read (`untrusted_owner`).
-    """
-    try:
-        raw = read_regular_file(path, MAX_CONSENT_FILE_BYTES, owners=owners)
-    except FileNotFoundError:
-        return ConsentFile(path, False, None)
-    except UntrustedOwnerError as exc:
-        return ConsentFile(path, True, None, exc.strerror, untrusted_owner=exc.owner)
-    except UnsafeFileError as exc:
-        return ConsentFile(path, True, None, f"{exc.strerror}")
-    except PermissionError as exc:
-        return ConsentFile(path, True, None, f"cannot be read ({exc.strerror})", unreadable=True)
-    except OSError as exc:
-        return ConsentFile(path, True, None, f"cannot be read ({exc.strerror})")
-    if not raw.strip():
-        return ConsentFile(path, True, None, content={})
-    try:
-        content = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return ConsentFile(path, True, None, "is not valid JSON")
-    if not isinstance(content, dict):
-        return ConsentFile(path, True, None, "is not a JSON object")
-    value = content.get("usage_stats")
-    if value is not None and not isinstance(value, bool):
-        return ConsentFile(path, True, None, "has a usage_stats value that is not true or false")
-    return ConsentFile(path, True, value, content=content)
-
-
-def write_consent_file(path: Path, enabled: bool) -> None:
-    """Set usage_stats in the config file, keeping every other key; refuse a broken file.
-
-    Enabling records that consent covers this release's field set (CURRENT_VERSION).
-    """
-    current = read_consent_file(path)
-    if current.problem:
-        raise ConsentFileError(f"{path} {current.problem}; it was left untouched")
-    content = dict(current.content or {})
-    content["usage_stats"] = enabled
-    if enabled:
-        content[FIELDS_VERSION_KEY] = CURRENT_VERSION
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(content, indent=2).encode("utf-8") + b"\n"
-    atomic_write(path.parent, path.name, data, mode=0o644)
 
 
 def _disable_flag_layer(settings: Settings) -> tuple[str, str]:

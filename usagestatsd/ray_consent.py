@@ -19,7 +19,7 @@ import pwd
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from usagestatsd.consent import ConsentFile, read_consent_file
+from usagestatsd.consent_file import ConsentFile, read_consent_file
 from usagestatsd.session import trusted_uids
 from usagestatsd.settings import Settings
 
