@@ -40,6 +40,8 @@ MAP: dict[str, str] = {
     "childproc": "base.childproc",
     "logs": "base.logs",
     "systemd": "base.sdnotify",
+    "hostport": "base.hostport",
+    "throttle": "base.throttle",
     # contract: the report declared once, the guard, Ray's tag names (both ends import it).
     "fields": "contract.fields",
     "fieldsets": "contract.fieldsets",
@@ -53,6 +55,7 @@ MAP: dict[str, str] = {
     "settings_declare": "config.declare",
     "settings_types": "config.types",
     "settings_values": "config.values",
+    "setting_flags": "config.flags",
     # facts: everything behind the trust boundary, read from sockets, files and /proc.
     "session": "facts.session",
     "peers": "facts.peers",
@@ -65,6 +68,7 @@ MAP: dict[str, str] = {
     "clusterconfig": "facts.clusterconfig",
     "discovery": "facts.ray_head",
     "watch": "facts.watch",
+    "procfs": "facts.procfs",
     # consent: whether to report, and the files that say so.
     "consent_file": "consent.file",
     "ray_consent": "consent.ray_files",

@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from usagestatsd import __version__
+from usagestatsd.setting_flags import add_flag
 from usagestatsd.settings import DECLARED
-from usagestatsd.settings_declare import Declaration
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -31,26 +31,6 @@ def _setting_flags(parser: argparse.ArgumentParser, run_only: bool) -> None:
     for d in sorted(DECLARED, key=lambda d: not (d.choices or (d.flag and d.flag.switch))):
         if d.flag is not None and d.flag.run_only == run_only:
             add_flag(parser, d)
-
-
-def add_flag(parser: argparse.ArgumentParser, d: Declaration) -> None:
-    """The flag a setting declares (the daemon's and the collector's alike)."""
-    flag, name = d.flag, d.flag_name
-    if flag is None or name is None:
-        return
-    text = f"{flag.help} (default {d.default})" if flag.show_default else flag.help
-    if flag.switch:
-        # default None: absent is "not said", so a lower layer still counts
-        parser.add_argument(name, dest=d.name, action="store_true", default=None, help=text)
-        return
-    parser.add_argument(
-        name,
-        dest=d.name,
-        action="append" if flag.repeat else "store",
-        choices=d.choices,
-        metavar=flag.metavar,
-        help=text,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

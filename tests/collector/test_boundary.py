@@ -57,7 +57,7 @@ def test_collector_imports_only_pure_daemon_modules() -> None:
         "usagestatsd.settings_declare",  # how a setting is declared and layered
         "usagestatsd.settings_values",  # the value parsers
         "usagestatsd.systemd",
-        "usagestatsd.cli_args",  # add_flag: a setting's flag, as it declares it
+        "usagestatsd.setting_flags",  # add_flag: a setting's flag, as it declares it
         "usagestatsd.hostport",  # host:port, IPv6 in brackets
         "usagestatsd.throttle",  # the log throttle, and the accept_failed line
     }

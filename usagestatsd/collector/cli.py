@@ -24,7 +24,6 @@ import structlog
 from aiohttp import web
 
 from usagestatsd import __version__, logs
-from usagestatsd.cli_args import add_flag
 from usagestatsd.collector.app import Collector
 from usagestatsd.collector.listener import IDLE_DEADLINE_S, Listener
 from usagestatsd.collector.migrations import SchemaTooNew
@@ -33,6 +32,7 @@ from usagestatsd.collector.store import DAY_MS, SqlStore
 from usagestatsd.collector.store_postgres import DriverMissing
 from usagestatsd.collector.validate import validate
 from usagestatsd.hostport import host_port
+from usagestatsd.setting_flags import add_flag
 from usagestatsd.settings import SettingsError
 from usagestatsd.systemd import Notifier
 
