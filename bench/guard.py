@@ -80,7 +80,7 @@ def _cases() -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _rays_tags_filled() -> dict[str, str]:
-    from usagestatsd.ray_tags import RAY_TAG_KEYS
+    from usagestatsd.contract.ray_tags import RAY_TAG_KEYS
 
     names = ",".join(f"LlamaForCausalLM{i}" for i in range(24))
     return {key: names if "llm" in key else "True" for key in sorted(RAY_TAG_KEYS)}
@@ -103,8 +103,8 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
 def guard_figures(case_timeout: int) -> list[tuple[str, int, float | None]]:
     """(case, report bytes, best CPU seconds of 5 or None when over the timeout)."""
     from tests.unit.test_report import recorded_report
-    from usagestatsd.pipeline import collect_known_identifiers
-    from usagestatsd.privacy import guard
+    from usagestatsd.contract.guard import guard
+    from usagestatsd.cycle.pipeline import collect_known_identifiers
 
     known = collect_known_identifiers()
     out = []

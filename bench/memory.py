@@ -22,7 +22,7 @@ def _dump(*_):
         f.write("\n".join(sys.modules))
     os.rename(os.environ["BENCH_MODULES_OUT"] + ".tmp", os.environ["BENCH_MODULES_OUT"])
 signal.signal(signal.SIGUSR2, _dump)
-from usagestatsd.cli import entry_point
+from usagestatsd.cli.commands import entry_point
 entry_point()
 """
 

@@ -74,7 +74,7 @@ def memory_details(r: MemoryResult) -> list[str]:
         "",
         f"The daemon ran {r.cycles} report cycles (interval 0.05 s) against the "
         "simulated 1-node session and a receiver on 127.0.0.1, then wrote its `sys.modules` "
-        "(on SIGUSR2, through a 9-line hook that starts `usagestatsd.cli.entry_point`). "
+        "(on SIGUSR2, through a 9-line hook that starts `usagestatsd.cli.commands.entry_point`). "
         f"It had loaded {r.loaded} modules: {r.own} of usagestatsd's own, "
         f"{r.others} others (third-party packages: {', '.join(r.third_party)}). The floor is "
         f"a bare interpreter importing those {r.others} others, in the same order"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.servers import ScriptedEndpoint
+from usagestatsd.config.settings import Settings, load_settings
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
-from usagestatsd.settings import Settings, load_settings
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def make_settings(
             "USAGESTATSD_TEMP_ROOT": str(temp_root),
             "USAGESTATSD_STATE_DIR": str(state_dir),
             "HOME": str(temp_root.parent / "home"),
-            # Never the machine's own users' ~/.ray/config.json (ray_consent.py).
+            # Never the machine's own users' ~/.ray/config.json (consent/ray_files.py).
             "USAGESTATSD_RAY_CONFIG_FILES": str(temp_root.parent / "ray-users" / "config.json"),
         }
         base.update(env or {})

@@ -1,5 +1,5 @@
 """Allow ``python -m usagestatsd``."""
 
-from usagestatsd.cli import entry_point
+from usagestatsd.cli.commands import entry_point
 
 entry_point()

@@ -38,7 +38,7 @@ def test_daemon_modules_do_not_import_the_collector() -> None:
 def test_running_the_daemon_cli_loads_no_collector_module() -> None:
     """Importing the daemon's entry points leaves sys.modules free of the collector."""
     code = (
-        "import sys, usagestatsd.cli, usagestatsd.daemon, usagestatsd.forget;"
+        "import sys, usagestatsd.cli.commands, usagestatsd.service.process, usagestatsd.cli.forget;"
         "print([m for m in sys.modules if m.startswith('usagestatsd.collector')])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -49,17 +49,17 @@ def test_collector_imports_only_pure_daemon_modules() -> None:
     """The collector reuses the fields, schema, privacy guard, logs, settings, sd_notify."""
     allowed = {
         "usagestatsd.__version__",
-        "usagestatsd.fields",
-        "usagestatsd.report",
-        "usagestatsd.privacy",
-        "usagestatsd.logs",
-        "usagestatsd.settings",
-        "usagestatsd.settings_declare",  # how a setting is declared and layered
-        "usagestatsd.settings_values",  # the value parsers
-        "usagestatsd.systemd",
-        "usagestatsd.setting_flags",  # add_flag: a setting's flag, as it declares it
-        "usagestatsd.hostport",  # host:port, IPv6 in brackets
-        "usagestatsd.throttle",  # the log throttle, and the accept_failed line
+        "usagestatsd.contract.fields",
+        "usagestatsd.contract.report",
+        "usagestatsd.contract.guard",
+        "usagestatsd.base.logs",
+        "usagestatsd.config.settings",
+        "usagestatsd.config.declare",  # how a setting is declared and layered
+        "usagestatsd.config.values",  # the value parsers
+        "usagestatsd.base.sdnotify",
+        "usagestatsd.config.flags",  # add_flag: a setting's flag, as it declares it
+        "usagestatsd.base.hostport",  # host:port, IPv6 in brackets
+        "usagestatsd.base.throttle",  # the log throttle, and the accept_failed line
     }
     used: set[str] = set()
     for path in (PACKAGE / "collector").rglob("*.py"):

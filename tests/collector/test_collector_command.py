@@ -10,7 +10,7 @@ import pytest
 
 from tests.collector.harness import run_collector, running_collector
 from usagestatsd.collector.settings import load_settings
-from usagestatsd.settings import SettingsError
+from usagestatsd.config.settings import SettingsError
 
 
 def test_defaults_and_layers(tmp_path: Path) -> None:

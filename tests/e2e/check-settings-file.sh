@@ -14,8 +14,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from usagestatsd import settings as S
-from usagestatsd.settings_declare import flatten
+from usagestatsd.config import settings as S
+from usagestatsd.config.declare import flatten
 
 packaged, manpage = Path(sys.argv[1]), Path(sys.argv[2])
 failures = []

@@ -154,7 +154,7 @@ check "apt-get remove usagestatsd-collector" "$rc"
 [ "$(in_c systemctl is-active usagestatsd-collector)" != active ]; check "the service is stopped" $?
 in_c test -f /var/lib/private/usagestatsd-collector/collector.sqlite3
 check "remove keeps the database" $?
-in_c test -e /usr/lib/python3/dist-packages/usagestatsd/cli.py && in_c usagestatsd --version >/dev/null
+in_c test -e /usr/lib/python3/dist-packages/usagestatsd/cli/commands.py && in_c usagestatsd --version >/dev/null
 check "the daemon's package is untouched" $?
 in_c test -e /usr/lib/python3/dist-packages/usagestatsd/collector; r=$?
 [ "$r" != 0 ]; check "usagestatsd/collector/ is gone" $?

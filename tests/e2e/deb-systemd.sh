@@ -148,7 +148,7 @@ in_c systemctl enable usagestatsd-provider@root.service >/dev/null 2>&1
 in_c test -L /etc/systemd/system/multi-user.target.wants/usagestatsd-provider@root.service
 check "usagestatsd-provider@root enabled (before purge)" $?
 # ... and had run `usagestatsd setup --apply`, whose drop-ins route Ray's own reporter into the
-# intake and set up the daemon and the provider (what it writes: usagestatsd/setup_plan.py).
+# intake and set up the daemon and the provider (what it writes: usagestatsd/setup/remedies.py).
 in_c sh -ec 'for d in demo-ray usagestatsd usagestatsd-provider@root; do mkdir -p /etc/systemd/system/$d.service.d; done
     printf "[Service]\nEnvironment=RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:18922/\n" \
         >/etc/systemd/system/demo-ray.service.d/usagestatsd-route.conf

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from usagestatsd.beside_ray import BesideRay
-from usagestatsd.cycle import ReportCycle
+from usagestatsd.config.settings import Settings
+from usagestatsd.contract.guard import KnownIdentifiers
+from usagestatsd.cycle.beside_ray import BesideRay
+from usagestatsd.cycle.pipeline import Disclosure
+from usagestatsd.cycle.run import ReportCycle
 from usagestatsd.demo import recorded_responses
-from usagestatsd.pipeline import Disclosure
-from usagestatsd.privacy import KnownIdentifiers
-from usagestatsd.session import Session, find_session
-from usagestatsd.settings import Settings
+from usagestatsd.facts.session import Session, find_session
 
 
 def provider_doc(

@@ -8,7 +8,7 @@ memory, open file descriptors and asyncio tasks. It fails (exit 1) when memory g
 or more from cycle 1,000 to the end, when descriptors or tasks grow, or when a cycle crashes.
 
 The task count comes from a sampler thread in the daemon process: the process runs
-`usagestatsd.cli.main` unchanged, under an event-loop policy that only remembers the loop,
+`usagestatsd.cli.commands.main` unchanged, under an event-loop policy that only remembers the loop,
 and every second the thread asks that loop (thread-safely) for `len(asyncio.all_tasks())`.
 """
 
@@ -70,7 +70,7 @@ def sample():
             except RuntimeError:
                 return
 threading.Thread(target=sample, daemon=True).start()
-from usagestatsd.cli import main
+from usagestatsd.cli.commands import main
 sys.exit(main(["run", "--log-format", "json"]))
 """
 

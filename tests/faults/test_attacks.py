@@ -14,9 +14,9 @@ from structlog.testing import capture_logs
 
 from tests.faults.helpers import named, provider_doc, report_cycle, responses_with, the_session
 from tests.support.servers import ScriptedEndpoint
-from usagestatsd import fileio
+from usagestatsd.base import files as fileio
+from usagestatsd.config.settings import Settings
 from usagestatsd.demo import DemoCluster
-from usagestatsd.settings import Settings
 
 PRECIOUS = b"root:x:0:0:the attacker wants this overwritten\n"
 

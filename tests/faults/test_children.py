@@ -39,7 +39,7 @@ def modules_the_child_imports() -> list[str]:
     report = (
         "import atexit, json, runpy, sys; sys.path.insert(0, sys.argv[1]); "
         "atexit.register(lambda: sys.stderr.write(json.dumps(sorted(sys.modules)))); "
-        "runpy.run_module('usagestatsd.clusterconfig', run_name='__main__', alter_sys=True)"
+        "runpy.run_module('usagestatsd.facts.clusterconfig', run_name='__main__', alter_sys=True)"
     )
     done = subprocess.run(
         [sys.executable, "-I", "-c", report, PACKAGE_ROOT],

@@ -15,13 +15,13 @@ from tests.faults.helpers import named
 from tests.support.fakeclock import Driver, FakeClock
 from tests.support.processes import FREE_INTAKE
 from tests.support.servers import ScriptedEndpoint
-from usagestatsd.daemon import build_daemon
+from usagestatsd.base.sdnotify import Notifier
+from usagestatsd.config.settings import Settings
+from usagestatsd.contract.guard import KnownIdentifiers
+from usagestatsd.cycle.pipeline import Disclosure
 from usagestatsd.demo import DemoCluster
-from usagestatsd.pipeline import Disclosure
-from usagestatsd.privacy import KnownIdentifiers
-from usagestatsd.schedule import Schedule
-from usagestatsd.settings import Settings
-from usagestatsd.systemd import Notifier
+from usagestatsd.service.process import build_daemon
+from usagestatsd.service.schedule import Schedule
 
 HOUR = 3600.0
 JUMPS = (0.0, -5 * HOUR, 7 * HOUR, -26 * HOUR, 3 * HOUR, -HOUR, 30 * 24 * HOUR)
@@ -121,7 +121,7 @@ async def test_loop_ignores_wall_clock_jumps(
 
 def test_grace_never_waits_hours_after_a_backward_jump() -> None:
     """The wait for Ray's first report is at most its 75 s, whatever the wall clock says."""
-    from usagestatsd.beside_ray import Neighbour
+    from usagestatsd.cycle.beside_ray import Neighbour
 
     neighbour = Neighbour("auto")
     start = 1_795_823_459_121

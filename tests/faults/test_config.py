@@ -13,12 +13,12 @@ from structlog.testing import capture_logs
 
 from tests.faults.helpers import named
 from tests.support.hostile import as_user
-from usagestatsd.cli import EXIT_CONFIG, main
-from usagestatsd.cluster import read_cluster_config
-from usagestatsd.consent import decide, read_consent_file
-from usagestatsd.settings import Settings
-from usagestatsd.sources import SourceError
-from usagestatsd.state import StateStore
+from usagestatsd.cli.commands import EXIT_CONFIG, main
+from usagestatsd.config.settings import Settings
+from usagestatsd.consent.decision import decide, read_consent_file
+from usagestatsd.facts.cluster import read_cluster_config
+from usagestatsd.facts.sources import SourceError
+from usagestatsd.store.state import StateStore
 
 BIG = b"# " + b"x" * (2 << 20) + b"\n"
 
@@ -94,7 +94,7 @@ def test_settings_symlink_is_followed(tmp_path: Path) -> None:
     real.write_text("report_interval_s = 120\n")
     link = tmp_path / "usagestatsd.toml"
     link.symlink_to(real)
-    from usagestatsd.settings import load_settings
+    from usagestatsd.config.settings import load_settings
 
     assert load_settings({}, {}, link).report_interval_s == 120
 
@@ -240,11 +240,11 @@ async def test_bad_cluster_config_is_one_named_problem(tmp_path: Path, kind: str
 @pytest.mark.parametrize("kind", ["not JSON", "symlink", "huge", "directory", "[1, 2]"])
 def test_unusable_state_file_is_set_aside(tmp_path: Path, kind: str) -> None:
     """A broken state.json is moved aside with one warning and the daemon starts afresh."""
-    from usagestatsd.daemon import build_daemon
-    from usagestatsd.pipeline import Disclosure
-    from usagestatsd.privacy import KnownIdentifiers
-    from usagestatsd.settings import load_settings
-    from usagestatsd.systemd import Notifier
+    from usagestatsd.base.sdnotify import Notifier
+    from usagestatsd.config.settings import load_settings
+    from usagestatsd.contract.guard import KnownIdentifiers
+    from usagestatsd.cycle.pipeline import Disclosure
+    from usagestatsd.service.process import build_daemon
 
     state_dir = tmp_path / "state"
     state_dir.mkdir()
@@ -279,7 +279,7 @@ def test_unreadable_files(tmp_path: Path) -> None:
     consent.write_text('{"usage_stats": true}')
     for path in (settings_file, consent):
         path.chmod(0o600)
-    from usagestatsd.settings import load_settings
+    from usagestatsd.config.settings import load_settings
 
     def load() -> str:
         load_settings({}, {}, settings_file)

@@ -22,9 +22,9 @@ import pytest
 from tests.support.hostile import NOBODY, as_user, needs_root, open_dir
 from tests.support.poll import wait_until
 from tests.support.processes import daemon_env, end_process, spawn_logged
-from usagestatsd.consent import decide, read_consent_file
-from usagestatsd.ray_consent import read_ray_configs
-from usagestatsd.settings import Settings
+from usagestatsd.config.settings import Settings
+from usagestatsd.consent.decision import decide, read_consent_file
+from usagestatsd.consent.ray_files import read_ray_configs
 
 pytestmark = [
     needs_root,

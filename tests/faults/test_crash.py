@@ -20,8 +20,8 @@ import pytest
 from tests.support.poll import until
 from tests.support.processes import DaemonProcess, daemon_env, start_daemon
 from tests.support.servers import ScriptedEndpoint
+from usagestatsd.base.files import atomic_write
 from usagestatsd.demo import DemoCluster
-from usagestatsd.fileio import atomic_write
 
 KILLS = int(os.environ.get("FAULTS_KILLS", "400"))
 

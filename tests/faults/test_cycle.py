@@ -16,11 +16,11 @@ from structlog.testing import capture_logs
 from tests.faults.helpers import named, report_cycle, the_session
 from tests.support.processes import NO_DASHBOARD
 from tests.support.servers import ScriptedEndpoint
-from usagestatsd.cycle import STANDING_DOWN, Result
+from usagestatsd.config.settings import Settings
+from usagestatsd.cycle.refusal import NOT_RUNNING, RefusalKind
+from usagestatsd.cycle.run import STANDING_DOWN, Result
 from usagestatsd.demo import DemoCluster, make_session_dir
-from usagestatsd.refusal import NOT_RUNNING, RefusalKind
-from usagestatsd.settings import Settings
-from usagestatsd.state import StateStore
+from usagestatsd.store.state import StateStore
 
 
 async def test_a_report_sent_is_counted_and_kept(

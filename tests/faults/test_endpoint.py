@@ -26,10 +26,10 @@ from tests.support.servers import (
     server_tls,
     trickle,
 )
+from usagestatsd.config.settings import Endpoint, RetryPolicy
+from usagestatsd.cycle.sender import send_report
 from usagestatsd.demo import DemoCluster
-from usagestatsd.sender import send_report
-from usagestatsd.settings import Endpoint, RetryPolicy
-from usagestatsd.state import EndpointResult
+from usagestatsd.store.state import EndpointResult
 
 POLICY = RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.02, budget_s=5)
 ONCE = RetryPolicy(max_attempts=1, initial_delay_s=0.01, max_delay_s=0.02, budget_s=5)
@@ -180,8 +180,8 @@ async def test_https_redirect_to_http_is_not_followed(tmp_path: Path) -> None:
 
 DNS_PROBE = """
 import asyncio, json
-from usagestatsd.sender import send_report
-from usagestatsd.settings import Endpoint, RetryPolicy, load_settings
+from usagestatsd.cycle.sender import send_report
+from usagestatsd.config.settings import Endpoint, RetryPolicy, load_settings
 url = "https://nonexistent.invalid/"
 settings = load_settings({"RAY_USAGE_STATS_REPORT_URL": url}, {}, None)
 assert settings.endpoints[0].url == url

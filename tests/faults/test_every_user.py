@@ -40,12 +40,12 @@ pytestmark = needs_root
 # root's 0700 home) is out of reach of other uids, so nothing may be imported after.
 for _module in (
     "importlib.readers",
-    "usagestatsd.cli",
-    "usagestatsd.daemon",
+    "usagestatsd.cli.commands",
+    "usagestatsd.service.process",
     "usagestatsd.demo",
-    "usagestatsd.forget",
-    "usagestatsd.preview",
-    "usagestatsd.status",
+    "usagestatsd.cli.forget",
+    "usagestatsd.cli.preview",
+    "usagestatsd.cli.status",
 ):
     importlib.import_module(_module)
 
@@ -71,7 +71,7 @@ def _run_main_as(uid: int, argv: Sequence[str], env: dict[str, str], out: Path) 
         os.setresuid(uid, uid, uid)
         os.environ.clear()
         os.environ.update(env)
-        from usagestatsd.cli import main
+        from usagestatsd.cli.commands import main
 
         code = main(list(argv), env)
     except BaseException:
@@ -341,7 +341,7 @@ async def test_the_document_is_world_readable_and_holds_no_credential(
 def test_a_file_closed_to_others_is_named_with_its_owner_and_mode() -> None:
     """StateDirectory= at systemd's default mode (0755) and the service's files 0640: the
     file itself keeps another user out, and the message says whose it is."""
-    from usagestatsd.published import cannot_read
+    from usagestatsd.store.published import cannot_read
 
     state = open_dir() / "state"
     state.mkdir(mode=0o755)

@@ -17,18 +17,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from usagestatsd import settings as settings_module
-from usagestatsd.beside_ray import parse_sighting
-from usagestatsd.consent import decide, read_consent_file
-from usagestatsd.demo import recorded
-from usagestatsd.sender import MAX_RETRY_AFTER_S, parse_retry_after
-from usagestatsd.settings import (
+from usagestatsd.config import settings as settings_module
+from usagestatsd.config.settings import (
     MAX_TAG_VALUE_CHARS,
     SettingsError,
     load_settings,
     parse_extra_tags,
 )
-from usagestatsd.sources import (
+from usagestatsd.consent.decision import decide, read_consent_file
+from usagestatsd.cycle.beside_ray import parse_sighting
+from usagestatsd.cycle.sender import MAX_RETRY_AFTER_S, parse_retry_after
+from usagestatsd.demo import recorded
+from usagestatsd.facts.sources import (
     SourceError,
     decode_json,
     parse_cluster_config,
@@ -37,7 +37,7 @@ from usagestatsd.sources import (
     parse_job_list,
     parse_provider,
 )
-from usagestatsd.state import StateError, StateStore
+from usagestatsd.store.state import StateError, StateStore
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -378,7 +378,7 @@ def test_intake_sighting_never_raises(body: bytes) -> None:
 )
 def test_hostile_history_file(content: bytes) -> None:
     """Any history.jsonl: loading skips what is damaged; compaction keeps only whole records."""
-    from usagestatsd.history import History
+    from usagestatsd.store.history import History
 
     root = Path(tempfile.mkdtemp(prefix="usd-f-"))
     (root / "history.jsonl").write_bytes(content)

@@ -30,9 +30,9 @@ from tests.support.hostile import as_user, needs_root, open_dir
 from tests.support.poll import until
 from tests.support.processes import daemon_env, running_daemon
 from tests.support.servers import ScriptedEndpoint
+from usagestatsd.config.settings import Settings
+from usagestatsd.cycle.pipeline import collect_known_identifiers
 from usagestatsd.demo import DemoCluster, make_session_dir
-from usagestatsd.pipeline import collect_known_identifiers
-from usagestatsd.settings import Settings
 
 CONFIG_BYTES = 255 << 10
 LONG_DOTTED = "a." * 495  # then a number: each instance type ~1,000 characters, distinct

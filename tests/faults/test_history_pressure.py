@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.helpers import fill, tmpfs
-from usagestatsd.history import History, HistoryFull, Record
+from usagestatsd.store.history import History, HistoryFull, Record
 
 BODY = json.dumps({"pad": "y" * 1000})
 
@@ -44,7 +44,7 @@ MEMORY_PROBE = textwrap.dedent(
     import json, sys, tempfile
     from pathlib import Path
     from tests.faults.test_history_pressure import record
-    from usagestatsd.history import History
+    from usagestatsd.store.history import History
 
     def rss():
         for line in open("/proc/self/status"):

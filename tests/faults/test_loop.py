@@ -26,17 +26,17 @@ from tests.support.fakeclock import Driver, FakeClock
 from tests.support.poll import until
 from tests.support.processes import FREE_INTAKE
 from tests.support.servers import ScriptedEndpoint
-from usagestatsd.announce import clock_text
-from usagestatsd.consent import Decision
-from usagestatsd.daemon import Daemon, build_daemon
+from usagestatsd.base.sdnotify import Notifier
+from usagestatsd.cli.status import describe
+from usagestatsd.config.settings import Settings
+from usagestatsd.consent.decision import Decision
+from usagestatsd.contract.guard import KnownIdentifiers
+from usagestatsd.cycle.pipeline import Disclosure
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses, serve_on_loopback
-from usagestatsd.pipeline import Disclosure
-from usagestatsd.privacy import KnownIdentifiers
-from usagestatsd.running import Inputs, RecordStore, new_record
-from usagestatsd.schedule import Schedule
-from usagestatsd.settings import Settings
-from usagestatsd.status import describe
-from usagestatsd.systemd import Notifier
+from usagestatsd.service.announce import clock_text
+from usagestatsd.service.process import Daemon, build_daemon
+from usagestatsd.service.schedule import Schedule
+from usagestatsd.store.service_record import Inputs, RecordStore, new_record
 
 HOUR = 3600.0
 SEED = 7

@@ -30,9 +30,9 @@ from tests.faults.helpers import named, provider_doc, report_cycle, responses_wi
 from tests.support.poll import until
 from tests.support.processes import FREE_INTAKE, daemon_env, running_daemon
 from tests.support.servers import ScriptedEndpoint
+from usagestatsd.config.settings import Settings, load_settings
+from usagestatsd.contract.guard import KnownIdentifiers
 from usagestatsd.demo import DemoCluster, make_session_dir
-from usagestatsd.privacy import KnownIdentifiers
-from usagestatsd.settings import Settings, load_settings
 
 # Letters that are not hex digits, so a generated name can never hide inside a session_id.
 NAME = st.text("ghijklmnopqrstuvwxyz", min_size=6, max_size=10)
@@ -348,7 +348,7 @@ async def test_hostile_cluster_against_the_real_daemon(temp_root: Path, state_di
 )
 def test_guard_catches_decorated_identifiers(value: str) -> None:
     """Shapes hypothesis found slipping through: a trailing dot, a hyphen after a name."""
-    from usagestatsd.privacy import identifying_reason
+    from usagestatsd.contract.guard import identifying_reason
 
     assert identifying_reason(value, KnownIdentifiers.of(set(), {"alice"}, set())) is not None
 
@@ -357,7 +357,7 @@ def test_guard_catches_decorated_identifiers(value: str) -> None:
 @given(st.one_of(*NEW_FORMS), DECORATION)
 def test_new_forms_are_identifying(form: str, decoration: str) -> None:
     """Every form that once passed the guard is recognised wherever it appears in a value."""
-    from usagestatsd.privacy import identifying_reason
+    from usagestatsd.contract.guard import identifying_reason
 
     assert identifying_reason(decoration.format(form), KnownIdentifiers()) is not None
 
@@ -367,8 +367,8 @@ def test_new_forms_are_identifying(form: str, decoration: str) -> None:
 def test_operator_tags_with_new_forms_never_reach_a_report(form: str, decoration: str) -> None:
     """RAY_USAGE_STATS_EXTRA_TAGS carrying such a form: refused at start, or dropped."""
     from tests.unit.test_report import recorded_report
-    from usagestatsd.privacy import guard
-    from usagestatsd.settings import parse_extra_tags
+    from usagestatsd.config.settings import parse_extra_tags
+    from usagestatsd.contract.guard import guard
 
     value = decoration.format(form)
     try:
@@ -389,7 +389,7 @@ def test_operator_tags_with_new_forms_never_reach_a_report(form: str, decoration
 def test_hex_ids_are_never_taken_for_identifiers(value: str) -> None:
     """Session ids, cluster ids and git commits (hex) are never mistaken for an account id or
     an address, whatever runs of digits they hold."""
-    from usagestatsd.privacy import identifying_reason
+    from usagestatsd.contract.guard import identifying_reason
 
     assert identifying_reason(value, KnownIdentifiers()) is None
 

@@ -19,9 +19,9 @@ from tests.faults.helpers import named
 from tests.support.poll import until
 from tests.support.processes import daemon_env, running_daemon
 from tests.support.servers import RawTcpServer, ScriptedEndpoint, read_whole_request
+from usagestatsd.config.settings import Endpoint, RetryPolicy
+from usagestatsd.cycle.sender import send_report
 from usagestatsd.demo import DemoCluster
-from usagestatsd.sender import send_report
-from usagestatsd.settings import Endpoint, RetryPolicy
 
 # What a hostile endpoint or proxy sends back after reading the report.
 MALFORMED: dict[str, bytes] = {

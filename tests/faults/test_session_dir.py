@@ -19,11 +19,11 @@ from tests.faults.helpers import fill, named, report_cycle, responses_with, the_
 from tests.support.poll import until
 from tests.support.processes import await_line, intake_env, running_daemon
 from tests.support.servers import RawUnixServer, ScriptedEndpoint, http_reply, read_request
-from usagestatsd.cycle import ReportCycle, Result
+from usagestatsd.config.settings import Settings
+from usagestatsd.cycle.run import ReportCycle, Result
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded
-from usagestatsd.session import Session
-from usagestatsd.settings import Settings
-from usagestatsd.state import StateStore
+from usagestatsd.facts.session import Session
+from usagestatsd.store.state import StateStore
 
 
 def tmp_files(directory: Path) -> list[str]:

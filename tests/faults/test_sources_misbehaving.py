@@ -16,10 +16,10 @@ from structlog.testing import capture_logs
 
 from tests.faults.helpers import named, provider_doc, report_cycle, responses_with, the_session
 from tests.support.servers import RawUnixServer, ScriptedEndpoint, http_reply, read_request
-from usagestatsd.cluster import gather
+from usagestatsd.config.settings import Settings
 from usagestatsd.demo import DemoCluster, make_session_dir
-from usagestatsd.fetch import Limits
-from usagestatsd.settings import Settings
+from usagestatsd.facts.cluster import gather
+from usagestatsd.facts.fetch import Limits
 
 # Each source the daemon reads: (socket, path).
 METADATA = ("dash_ReportHead", "/api/v0/cluster_metadata")

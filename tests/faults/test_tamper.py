@@ -28,8 +28,8 @@ from tests.support.hostile import as_user, needs_root, running_as
 from tests.support.poll import until
 from tests.support.processes import await_line, daemon_env, running_daemon
 from tests.support.servers import ScriptedEndpoint
+from usagestatsd.config.settings import Settings
 from usagestatsd.demo import DemoCluster, make_session_dir
-from usagestatsd.settings import Settings
 
 pytestmark = needs_root
 __all__ = ["dashboards", "ray_session"]  # fixtures, used here by name

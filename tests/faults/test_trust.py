@@ -25,8 +25,8 @@ from tests.support.hostile import NOBODY, as_user, needs_root, open_dir, running
 from tests.support.poll import until
 from tests.support.processes import await_line, await_looks, daemon_env, running_daemon
 from tests.support.servers import ScriptedEndpoint
+from usagestatsd.config.settings import Settings
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded
-from usagestatsd.settings import Settings
 
 pytestmark = needs_root
 

@@ -13,7 +13,7 @@ from tests.support.poll import until
 from tests.support.processes import await_line, daemon_env, intake_env, running_daemon
 from tests.support.rayside import ray_report, ray_style_copy, recorded_json, session_started_now
 from tests.support.servers import ScriptedEndpoint
-from usagestatsd.beside_ray import (
+from usagestatsd.cycle.beside_ray import (
     REWRITE_DELAY_S,
     Arrangement,
     BesideRay,
@@ -23,7 +23,7 @@ from usagestatsd.beside_ray import (
     digest,
 )
 from usagestatsd.demo import DemoCluster
-from usagestatsd.session import find_session, trusted_uids, write_usage_stats
+from usagestatsd.facts.session import find_session, trusted_uids, write_usage_stats
 
 START_MS = recorded_json("dash_report_cluster_metadata.json")["data"]["sessionStartTimestampMs"]
 

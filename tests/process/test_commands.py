@@ -23,10 +23,10 @@ from tests.support.processes import (
     running_daemon,
 )
 from tests.support.servers import RawUnixServer, ScriptedEndpoint
-from usagestatsd.cli import build_parser
+from usagestatsd.cli.commands import build_parser
+from usagestatsd.config.settings import setting_flags
+from usagestatsd.contract.fieldsets import CURRENT_VERSION
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
-from usagestatsd.fieldsets import CURRENT_VERSION
-from usagestatsd.settings import setting_flags
 
 
 def usagestatsd(
@@ -81,7 +81,7 @@ def test_bad_flag_value_names_the_flag_typed(empty_settings_file: Path) -> None:
 
 
 def test_every_declared_flag_is_a_real_flag_of_run() -> None:
-    """The flags settings.py names in its messages are the ones `run` accepts."""
+    """The flags config/settings.py names in its messages are the ones `run` accepts."""
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     run_flags = {s for a in commands.choices["run"]._actions for s in a.option_strings}

@@ -15,11 +15,11 @@ import pytest
 from tests.support.hostile import NOBODY, needs_root, running_as
 from tests.support.processes import await_line, daemon_env, run_cli, running_daemon
 from tests.support.servers import ScriptedEndpoint
-from usagestatsd.cluster import gather
+from usagestatsd.cycle.refusal import CANNOT_READ, NOT_RUNNING, RefusalKind, cluster_refusal
 from usagestatsd.demo import make_session_dir
-from usagestatsd.fetch import Limits
-from usagestatsd.refusal import CANNOT_READ, NOT_RUNNING, RefusalKind, cluster_refusal
-from usagestatsd.session import Session, find_session
+from usagestatsd.facts.cluster import gather
+from usagestatsd.facts.fetch import Limits
+from usagestatsd.facts.session import Session, find_session
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_DASHBOARD = REPO / "tests" / "support" / "fakes" / "ray" / "dashboard" / "dashboard.py"

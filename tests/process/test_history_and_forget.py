@@ -22,15 +22,15 @@ from tests.support.processes import (
     running_daemon,
 )
 from tests.support.servers import Reply, ScriptedEndpoint
+from usagestatsd.config.settings import DEFAULT_ENDPOINT_URL, Settings, redact_url
+from usagestatsd.contract.fieldsets import CURRENT_VERSION, redactable, withheld
+from usagestatsd.contract.guard import KnownIdentifiers
+from usagestatsd.contract.report import REPORT_FIELDS
+from usagestatsd.cycle.pipeline import Disclosure, prepare_report
 from usagestatsd.demo import DemoCluster
-from usagestatsd.fieldsets import CURRENT_VERSION, redactable, withheld
-from usagestatsd.history import History, Record
-from usagestatsd.pipeline import Disclosure, prepare_report
-from usagestatsd.privacy import KnownIdentifiers
-from usagestatsd.report import REPORT_FIELDS
-from usagestatsd.session import find_session
-from usagestatsd.settings import DEFAULT_ENDPOINT_URL, Settings, redact_url
-from usagestatsd.state import State
+from usagestatsd.facts.session import find_session
+from usagestatsd.store.history import History, Record
+from usagestatsd.store.state import State
 
 
 def record(time_ms: int, session: str = "s1", body: str = "{}") -> Record:

@@ -17,9 +17,9 @@ import pytest
 from tests.support.processes import await_line, intake_env, running_daemon
 from tests.support.rayside import ray_report, recorded_json
 from tests.support.servers import ScriptedEndpoint
-from usagestatsd.beside_ray import UNDECIDED, BesideRay
+from usagestatsd.cycle.beside_ray import UNDECIDED, BesideRay
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
-from usagestatsd.session import Session, find_session, trusted_uids
+from usagestatsd.facts.session import Session, find_session, trusted_uids
 
 
 async def _post_as_ray(url: str) -> tuple[int, str, dict[str, object]]:

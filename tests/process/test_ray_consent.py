@@ -15,15 +15,15 @@ import pytest
 from tests.support.hostile import NOBODY, as_user, needs_root, open_dir
 from tests.support.processes import daemon_env, run_cli
 from tests.support.servers import ScriptedEndpoint
-from usagestatsd.consent import ConsentFile, decide, read_consent_file
-from usagestatsd.ray_consent import (
+from usagestatsd.config.settings import Settings
+from usagestatsd.consent.decision import ConsentFile, decide, read_consent_file
+from usagestatsd.consent.ray_files import (
     ROOT_ABSENT,
     ROOT_CREDENTIAL,
     RayConfig,
     ray_config_paths,
     read_ray_configs,
 )
-from usagestatsd.settings import Settings
 
 # What `ray disable-usage-stats` / `ray enable-usage-stats` write (Ray 2.60).
 RAY_NO = '{"usage_stats": false}'

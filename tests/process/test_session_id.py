@@ -11,8 +11,8 @@ from tests.faults.helpers import provider_doc
 from tests.support.poll import until
 from tests.support.processes import daemon_env, report_then_stop, running_daemon
 from tests.support.servers import ScriptedEndpoint
-from usagestatsd.cluster import PROVIDER_SOCKET
 from usagestatsd.demo import DemoCluster
+from usagestatsd.facts.cluster import PROVIDER_SOCKET
 
 CLUSTER_ID = "0f" * 28
 

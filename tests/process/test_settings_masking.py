@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.processes import run_cli
 from usagestatsd.collector.settings import load_settings as load_collector_settings
-from usagestatsd.settings import SettingsError, load_settings
+from usagestatsd.config.settings import SettingsError, load_settings
 
 SECRET = "hunter2-s3cret"
 # Plain http to a host that is not this machine: refused, so the value is echoed.
@@ -39,7 +39,7 @@ def shown_once_masked(message: str) -> None:
 )
 def test_mask_credentials(text: str, masked: str) -> None:
     """Every URL's user info: the user kept, the password masked; a token alone masked."""
-    from usagestatsd.settings_declare import mask_credentials
+    from usagestatsd.config.declare import mask_credentials
 
     assert mask_credentials(text) == masked
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from tests.faults.helpers import named, responses_with, run_cycles
 from tests.support.servers import ScriptedEndpoint
+from usagestatsd.config.settings import Settings
 from usagestatsd.demo import DemoCluster, make_session_dir
-from usagestatsd.fetch import ERROR_TEXT_MAX_CHARS, error_text
+from usagestatsd.facts.fetch import ERROR_TEXT_MAX_CHARS, error_text
 from usagestatsd.provider import SOCKET_NAME, ProviderServer, Usage, UsageUnavailable
-from usagestatsd.settings import Settings
 
 
 def _jobs_as_dicts() -> Usage:

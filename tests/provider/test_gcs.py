@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from usagestatsd.fetch import Limits, fetch_unix_json
+from usagestatsd.facts.fetch import Limits, fetch_unix_json
+from usagestatsd.facts.sources import parse_provider
 from usagestatsd.provider import (
     SOCKET_NAME,
     ProviderServer,
@@ -26,7 +27,6 @@ from usagestatsd.provider import (
     library_files,
     make_gcs_client,
 )
-from usagestatsd.sources import parse_provider
 
 ALIVE, DEAD = 0, 1
 

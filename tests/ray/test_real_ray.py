@@ -32,8 +32,8 @@ from tests.ray.harness import (
 from tests.support.poll import wait_until
 from tests.support.processes import DaemonProcess
 from tests.support.servers import ThreadedEndpoint
-from usagestatsd.fields import ray_release
-from usagestatsd.ray_support import METADATA_OVER_HTTP
+from usagestatsd.contract.fields import ray_release
+from usagestatsd.contract.ray_support import METADATA_OVER_HTTP
 
 pytestmark = pytest.mark.slow
 

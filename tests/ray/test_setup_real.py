@@ -17,8 +17,8 @@ import pytest
 
 from tests.ray.harness import RayHead, clean_environ, ray_python_or_skip, set_subreaper
 from tests.support.poll import wait_until
-from usagestatsd.fields import ray_release
-from usagestatsd.ray_support import METADATA_OVER_HTTP
+from usagestatsd.contract.fields import ray_release
+from usagestatsd.contract.ray_support import METADATA_OVER_HTTP
 
 pytestmark = pytest.mark.slow
 

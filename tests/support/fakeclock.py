@@ -14,7 +14,7 @@ import itertools
 import math
 from collections.abc import Callable
 
-from usagestatsd.daemon import Daemon
+from usagestatsd.service.process import Daemon
 
 SETTLE_STEPS = 50  # event loop turns for parked coroutines to move on after a wake-up
 

@@ -57,9 +57,9 @@ def daemon_env(temp_root: Path, state_dir: Path, url: str, **extra: str) -> dict
         "USAGESTATSD_RETRY_MAX_DELAY_S": "0.2",
         "USAGESTATSD_RAY_INTAKE": "off",
         "HOME": str(temp_root.parent / "home"),
-        # Never the machine's /run/usagestatsd (published.py): a test's own, if it made it.
+        # Never the machine's /run/usagestatsd (store/published.py): a test's own, if it made it.
         "USAGESTATSD_RUNTIME_DIR": str(temp_root.parent / "run"),
-        # Never the machine's own users' ~/.ray/config.json (ray_consent.py).
+        # Never the machine's own users' ~/.ray/config.json (consent/ray_files.py).
         "USAGESTATSD_RAY_CONFIG_FILES": str(temp_root.parent / "ray-users" / "config.json"),
     }
     env.update(extra)

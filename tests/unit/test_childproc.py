@@ -1,4 +1,4 @@
-"""The command line of every Python child (usagestatsd/childproc.py), run for real."""
+"""The command line of every Python child (usagestatsd/base/childproc.py), run for real."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import usagestatsd
-from usagestatsd.childproc import python_module
+from usagestatsd.base.childproc import python_module
 
 
 def test_child_imports_the_parents_package_and_nothing_from_its_cwd_or_pythonpath(

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from tests.support.servers import RawUnixServer, http_reply, read_request
-from usagestatsd.cluster import gather
 from usagestatsd.demo import DemoCluster, make_session_dir, recorded_responses
-from usagestatsd.fetch import Limits
-from usagestatsd.session import Session, find_session
+from usagestatsd.facts.cluster import gather
+from usagestatsd.facts.fetch import Limits
+from usagestatsd.facts.session import Session, find_session
 
 FAST = Limits(timeout_s=1.0, max_bytes=1 << 20)
 
@@ -163,8 +163,8 @@ async def test_garbage_cluster_config(
 
 async def test_a_stopped_heads_sockets_say_what_kind_of_failure(temp_root: Path) -> None:
     """A socket file nobody listens on, and one that is gone: typed failures, 'not running'."""
-    from usagestatsd.refusal import RefusalKind, cluster_refusal
-    from usagestatsd.sources import Failure
+    from usagestatsd.cycle.refusal import RefusalKind, cluster_refusal
+    from usagestatsd.facts.sources import Failure
 
     session_dir = make_session_dir(temp_root)
     left_behind = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

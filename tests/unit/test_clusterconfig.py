@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from usagestatsd.clusterconfig import MAX_CONFIG_BYTES, load_cluster_config
-from usagestatsd.sources import SourceError
+from usagestatsd.facts.clusterconfig import MAX_CONFIG_BYTES, load_cluster_config
+from usagestatsd.facts.sources import SourceError
 
 AWS = b"provider: {type: aws}\nmin_workers: 1\nmax_workers: 4\n"
 GCP = b"provider: {type: gcp}\nmin_workers: 2\nmax_workers: 8\n"  # same size as AWS

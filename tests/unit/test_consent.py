@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from usagestatsd.consent import (
+from usagestatsd.config.settings import Settings
+from usagestatsd.consent.decision import (
     ConsentFileError,
     decide,
     read_consent_file,
     write_consent_file,
 )
-from usagestatsd.fieldsets import CURRENT_VERSION
-from usagestatsd.settings import Settings
+from usagestatsd.contract.fieldsets import CURRENT_VERSION
 
 # (disable flag, RAY_USAGE_STATS_ENABLED, DO_NOT_TRACK, config file content,
 #  interactive answer or None) -> (enabled, deciding layer)
@@ -87,7 +87,7 @@ def test_invalid_env_value_is_an_error_naming_it(
 
 def test_settings_file_disable_names_the_file(tmp_path: Path) -> None:
     """disable_usage_stats = true in the settings file is named as the deciding layer."""
-    from usagestatsd.settings import load_settings
+    from usagestatsd.config.settings import load_settings
 
     path = tmp_path / "s.toml"
     path.write_text("disable_usage_stats = true\n")

@@ -1,4 +1,4 @@
-"""Each report field is declared once (fields.py) and every table is derived from that.
+"""Each report field is declared once (contract/fields.py) and every table is derived from that.
 
 A field Ray sends that we did not declare, a field declared twice, or a derived table (the
 schema, the privacy guard, the blanks, the consent field sets, the tag-key pattern) that
@@ -17,8 +17,8 @@ import pytest
 
 from tests.unit.test_report import recorded_report
 from usagestatsd.collector.validate import Accepted, Rejected, validate
-from usagestatsd.demo import recorded
-from usagestatsd.fields import (
+from usagestatsd.config.settings import parse_extra_tags
+from usagestatsd.contract.fields import (
     BASE_VERSION,
     FIELDS,
     MAX_TAG_KEY_CHARS,
@@ -27,10 +27,16 @@ from usagestatsd.fields import (
     Json,
     ray_keys,
 )
-from usagestatsd.fieldsets import CURRENT_VERSION, fields_of, redactable, withheld
-from usagestatsd.privacy import KnownIdentifiers, guard
-from usagestatsd.report import REPORT_JSON_SCHEMA, Report, check_schema, nulls_for, serialise
-from usagestatsd.settings import parse_extra_tags
+from usagestatsd.contract.fieldsets import CURRENT_VERSION, fields_of, redactable, withheld
+from usagestatsd.contract.guard import KnownIdentifiers, guard
+from usagestatsd.contract.report import (
+    REPORT_JSON_SCHEMA,
+    Report,
+    check_schema,
+    nulls_for,
+    serialise,
+)
+from usagestatsd.demo import recorded
 
 DATA = Path(__file__).parents[1] / "data"
 RECORDED = sorted(DATA.glob("ray-*/report_payload.json"))

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_report import recorded_report
-from usagestatsd.fields import FIELDS, MAX_ITEMS
-from usagestatsd.identifiers import KnownIdentifiers, identifying_reason
-from usagestatsd.privacy import MAX_CHECKED_CHARS, guard
-from usagestatsd.ray_tags import RAY_TAG_SHAPES
+from usagestatsd.contract.fields import FIELDS, MAX_ITEMS
+from usagestatsd.contract.guard import MAX_CHECKED_CHARS, guard
+from usagestatsd.contract.identifiers import KnownIdentifiers, identifying_reason
+from usagestatsd.contract.ray_tags import RAY_TAG_SHAPES
 
 NOBODY = KnownIdentifiers()
 DOTTED = "a." * 511 + "a"  # 1,023 characters: the collector's longest string

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from usagestatsd import intake
-from usagestatsd.beside_ray import RaySighting
-from usagestatsd.intake import RayIntake
-from usagestatsd.throttle import Throttle
+from usagestatsd.base.throttle import Throttle
+from usagestatsd.cycle.beside_ray import RaySighting
+from usagestatsd.service import intake
+from usagestatsd.service.intake import RayIntake
 
 
 @pytest.fixture

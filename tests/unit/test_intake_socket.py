@@ -12,10 +12,10 @@ import pytest
 
 from tests.support.hostile import NOBODY, needs_root, running_as
 from tests.support.poll import until
-from usagestatsd import peers, sockdiag
-from usagestatsd.intake import RayIntake
-from usagestatsd.intake_socket import inherited_sockets, take_inherited
-from usagestatsd.peers import tcp_client_owner, tcp_listener_owner
+from usagestatsd.facts import peers, sockdiag
+from usagestatsd.facts.peers import tcp_client_owner, tcp_listener_owner
+from usagestatsd.service.intake import RayIntake
+from usagestatsd.service.intake_socket import inherited_sockets, take_inherited
 
 
 def listen(host: str, port: int = 0) -> Callable[[Callable[[str], None]], None]:

@@ -9,7 +9,7 @@ import tempfile
 
 import structlog
 
-from usagestatsd import logs
+from usagestatsd.base import logs
 
 
 def test_journal_lines_carry_syslog_priority() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from usagestatsd.cli import build_parser
+from usagestatsd.cli.commands import build_parser
 
 MAN = Path(__file__).parents[2] / "docs" / "usagestatsd.8"
 ALTERNATING = {"BR", "RB", "IR", "RI", "BI", "IB"}

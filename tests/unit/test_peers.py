@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.hostile import NOBODY, needs_root, open_dir, running_as
-from usagestatsd.peers import (
+from usagestatsd.facts.peers import (
     pids_holding,
     tcp_peer,
     tcp_socket_owner,
     unix_peer,
     unix_peer_path,
 )
-from usagestatsd.procfs import cmdline
+from usagestatsd.facts.procfs import cmdline
 
 
 def unix_server(path: Path) -> Callable[[Callable[[str], None]], None]:

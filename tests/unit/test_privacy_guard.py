@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tests.unit.test_report import recorded_report
-from usagestatsd.privacy import KnownIdentifiers, guard, identifying_reason
-from usagestatsd.report import ClusterConfigFacts, ProviderFacts, serialise
+from usagestatsd.contract.guard import KnownIdentifiers, guard, identifying_reason
+from usagestatsd.contract.report import ClusterConfigFacts, ProviderFacts, serialise
 
 KNOWN = KnownIdentifiers.of(["vm.example.internal"], ["alice"], ["/home/alice"])
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from usagestatsd.dashboard import as_dashboard_of
-from usagestatsd.discovery import parse_dashboard
-from usagestatsd.procfs import cmdline, option, pids
-from usagestatsd.session import Session
+from usagestatsd.facts.dashboard import as_dashboard_of
+from usagestatsd.facts.procfs import cmdline, option, pids
+from usagestatsd.facts.ray_head import parse_dashboard
+from usagestatsd.facts.session import Session
 
 SCRIPT = "/venv/lib/python3.11/site-packages/ray/dashboard/dashboard.py"
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from usagestatsd.prompt import PROMPT_TIMEOUT_S, ask
+from usagestatsd.cli.prompt import PROMPT_TIMEOUT_S, ask
 
 
 class Terminal:

@@ -10,11 +10,11 @@ import pytest
 from tests.unit.test_refusal import facts, metadata
 from tests.unit.test_report import recorded_report
 from tests.unit.test_setup import INTAKE, found, head_as
-from usagestatsd.privacy import KnownIdentifiers, guard
-from usagestatsd.ray_support import unsupported
-from usagestatsd.refusal import RefusalKind, cluster_refusal
-from usagestatsd.setup_plan import plan
-from usagestatsd.sources import parse_job_list, parse_provider
+from usagestatsd.contract.guard import KnownIdentifiers, guard
+from usagestatsd.contract.ray_support import unsupported
+from usagestatsd.cycle.refusal import RefusalKind, cluster_refusal
+from usagestatsd.facts.sources import parse_job_list, parse_provider
+from usagestatsd.setup.remedies import plan
 
 
 @pytest.mark.parametrize(

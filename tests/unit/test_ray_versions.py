@@ -14,18 +14,18 @@ from typing import Any
 import pytest
 
 from tests.e2e.journey.compare import failed, field_checks
-from usagestatsd.cluster import ClusterFacts
-from usagestatsd.fields import ray_keys
-from usagestatsd.pipeline import choose_session_id
-from usagestatsd.privacy import KnownIdentifiers, guard
-from usagestatsd.report import ClusterConfigFacts, Counters, build_report
-from usagestatsd.sources import (
+from usagestatsd.contract.fields import ray_keys
+from usagestatsd.contract.guard import KnownIdentifiers, guard
+from usagestatsd.contract.report import ClusterConfigFacts, Counters, build_report
+from usagestatsd.cycle.pipeline import choose_session_id
+from usagestatsd.facts.cluster import ClusterFacts
+from usagestatsd.facts.sources import (
     parse_cluster_metadata,
     parse_cluster_status,
     parse_job_list,
     parse_provider,
 )
-from usagestatsd.state import SessionState
+from usagestatsd.store.state import SessionState
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 VERSIONS = sorted(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from usagestatsd.cluster import SOCKETS, ClusterFacts
-from usagestatsd.refusal import CANNOT_READ, NOT_RUNNING, RefusalKind, cluster_refusal
-from usagestatsd.report import ClusterConfigFacts, ClusterMetadata, Origins, ResourceTotals
-from usagestatsd.sources import Asked, Failure, SourceError
+from usagestatsd.contract.report import ClusterConfigFacts, ClusterMetadata, Origins, ResourceTotals
+from usagestatsd.cycle.refusal import CANNOT_READ, NOT_RUNNING, RefusalKind, cluster_refusal
+from usagestatsd.facts.cluster import SOCKETS, ClusterFacts
+from usagestatsd.facts.sources import Asked, Failure, SourceError
 
 
 def facts(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.support.rayside import recorded_json
-from usagestatsd.report import (
+from usagestatsd.contract.report import (
     REPORT_FIELDS,
     ClusterConfigFacts,
     Counters,
@@ -19,7 +19,7 @@ from usagestatsd.report import (
     local_copy,
     serialise,
 )
-from usagestatsd.sources import parse_cluster_metadata, parse_cluster_status, parse_job_list
+from usagestatsd.facts.sources import parse_cluster_metadata, parse_cluster_status, parse_job_list
 
 
 def recorded_report(**overrides: Any) -> Any:

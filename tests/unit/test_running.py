@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from usagestatsd.cli.status import describe, render
+from usagestatsd.config.settings import Settings
 from usagestatsd.demo import make_session_dir
-from usagestatsd.running import FORMAT, Held, RecordStore, proc_start
-from usagestatsd.settings import Settings
-from usagestatsd.status import describe, render
+from usagestatsd.store.service_record import FORMAT, Held, RecordStore, proc_start
 
 STANDING_DOWN = "standing down: Ray's own reporter sends this session's reports itself"
 # service.json as the previous version (format 1) wrote it, standing down beside Ray.

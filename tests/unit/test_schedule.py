@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from usagestatsd.schedule import Schedule
+from usagestatsd.service.schedule import Schedule
 
 
 def test_rays_rhythm() -> None:

@@ -11,8 +11,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.support.servers import Reply, ScriptedEndpoint
-from usagestatsd.sender import USER_AGENT, parse_retry_after, send_report
-from usagestatsd.settings import Endpoint, RetryPolicy
+from usagestatsd.config.settings import Endpoint, RetryPolicy
+from usagestatsd.cycle.sender import USER_AGENT, parse_retry_after, send_report
 
 POLICY = RetryPolicy(max_attempts=4, initial_delay_s=0.01, max_delay_s=0.05, budget_s=5)
 BODY = b'{"schema_version": "0.1"}'

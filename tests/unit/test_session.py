@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from usagestatsd.base.files import UnsafeFileError, atomic_write
 from usagestatsd.demo import make_session_dir
-from usagestatsd.fileio import UnsafeFileError, atomic_write
-from usagestatsd.session import find_session, still_there, write_usage_stats
+from usagestatsd.facts.session import find_session, still_there, write_usage_stats
 
 
 def test_no_session_yet(temp_root: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from usagestatsd.settings import (
+from usagestatsd.config.settings import (
     DECLARED,
     DEFAULT_ENDPOINT_URL,
     ConsentInputs,

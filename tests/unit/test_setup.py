@@ -17,19 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from usagestatsd.cli import build_parser
+from usagestatsd.cli.commands import build_parser
+from usagestatsd.config.settings import load_settings
 from usagestatsd.demo import DemoCluster, make_session_dir
-from usagestatsd.discovery import (
+from usagestatsd.facts.procfs import split_nul
+from usagestatsd.facts.ray_head import (
     RayHead,
     parse_dashboard,
     parse_environ,
     scan,
     unit_from_cgroup,
 )
-from usagestatsd.procfs import split_nul
-from usagestatsd.settings import load_settings
-from usagestatsd.setup import Found, apply, plan, render, routes_to, run_setup
-from usagestatsd.unitstate import Unit, parse_show, provider_problem
+from usagestatsd.setup.command import Found, apply, plan, render, routes_to, run_setup
+from usagestatsd.setup.unitstate import Unit, parse_show, provider_problem
 
 VENV = "/opt/ray/venv"
 SITE = f"{VENV}/lib/python3.11/site-packages"

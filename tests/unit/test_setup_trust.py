@@ -1,4 +1,4 @@
-"""Whose Ray setup may act on (usagestatsd/setup_trust.py), with real files and directories.
+"""Whose Ray setup may act on (usagestatsd/setup/trust.py), with real files and directories.
 
 The plausible-Ray-user rule is checked with uid 0 and an empty trusted set (the only
 account with a home of its own every machine has); the /proc it reads is built here.
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.hostile import NOBODY, needs_root
-from usagestatsd.discovery import RayHead, scan
-from usagestatsd.setup import apply
-from usagestatsd.setup_plan import Plan
-from usagestatsd.setup_trust import head_refusal, python_problem
+from usagestatsd.facts.ray_head import RayHead, scan
+from usagestatsd.setup.command import apply
+from usagestatsd.setup.remedies import Plan
+from usagestatsd.setup.trust import head_refusal, python_problem
 
 SESSION = "session_2026-12-03_10-00-00_000000_1"
 

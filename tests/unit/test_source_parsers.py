@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.support.rayside import recorded_json
-from usagestatsd.sources import (
+from usagestatsd.facts.sources import (
     SourceError,
     decode_json,
     parse_cluster_config,

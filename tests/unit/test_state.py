@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from usagestatsd.report import Counters, Origins
-from usagestatsd.state import PendingCopy, SessionState, State, StateError, StateStore
+from usagestatsd.contract.report import Counters, Origins
+from usagestatsd.store.state import PendingCopy, SessionState, State, StateError, StateStore
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_state_from_1_0_keeps_the_id_its_reports_carried(tmp_path: Path) -> None
     assert (session.session_id, session.id_source) == ("cluster1", "cluster_id")
 
 
-# What the previous version wrote after a report (daemon.py kept local_copy_pending and, up
+# What the previous version wrote after a report (service/process.py kept local_copy_pending and, up
 # to the service record, beside_ray in an untyped dict): both keys as they were on disk.
 PREVIOUS = b"""{
  "beside_ray": {"arrangement": "routed", "intake": "http://127.0.0.1:18922/",

@@ -6,7 +6,7 @@ import socket
 import time
 from pathlib import Path
 
-from usagestatsd.systemd import Notifier, watchdog_interval
+from usagestatsd.base.sdnotify import Notifier, watchdog_interval
 
 
 def test_messages_and_abstract_address(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_report import recorded_report
-from usagestatsd.identifiers import KnownIdentifiers
-from usagestatsd.privacy import guard
-from usagestatsd.ray_tags import _BY_SHAPE, RAY_TAG_KEYS, RAY_TAG_SHAPES
-from usagestatsd.report import ProviderFacts
+from usagestatsd.contract.guard import guard
+from usagestatsd.contract.identifiers import KnownIdentifiers
+from usagestatsd.contract.ray_tags import _BY_SHAPE, RAY_TAG_KEYS, RAY_TAG_SHAPES
+from usagestatsd.contract.report import ProviderFacts
 
 DATA = Path(__file__).parents[1] / "data"
 # This machine as the guard knows it: a host, a human user, and a system account.

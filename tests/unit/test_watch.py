@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from usagestatsd.watch import SessionWatch
+from usagestatsd.facts.watch import SessionWatch
 
 
 async def test_watch_follows_the_temp_root_from_its_creation(tmp_path: Path) -> None:

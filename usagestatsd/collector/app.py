@@ -29,7 +29,7 @@ from usagestatsd.collector.settings import CollectorSettings
 from usagestatsd.collector.store import AHEAD, CONFLICT, NEW, SEQ_WINDOW, SqlStore
 from usagestatsd.collector.validate import Rejected, validate
 from usagestatsd.collector.writer import Writer
-from usagestatsd.fields import DELETION_PROTOCOL, SESSION_ID
+from usagestatsd.contract.fields import DELETION_PROTOCOL, SESSION_ID
 
 MAX_DELETION_IDS = 1000
 MAX_DELETION_BYTES = 256 << 10

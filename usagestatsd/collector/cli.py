@@ -23,7 +23,10 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from usagestatsd import __version__, logs
+from usagestatsd import __version__
+from usagestatsd.base import logs
+from usagestatsd.base.hostport import host_port
+from usagestatsd.base.sdnotify import Notifier
 from usagestatsd.collector.app import Collector
 from usagestatsd.collector.listener import IDLE_DEADLINE_S, Listener
 from usagestatsd.collector.migrations import SchemaTooNew
@@ -31,10 +34,8 @@ from usagestatsd.collector.settings import DECLARED, CollectorSettings, load_set
 from usagestatsd.collector.store import DAY_MS, SqlStore
 from usagestatsd.collector.store_postgres import DriverMissing
 from usagestatsd.collector.validate import validate
-from usagestatsd.hostport import host_port
-from usagestatsd.setting_flags import add_flag
-from usagestatsd.settings import SettingsError
-from usagestatsd.systemd import Notifier
+from usagestatsd.config.flags import add_flag
+from usagestatsd.config.settings import SettingsError
 
 EXIT_CONFIG = 78
 RETENTION_EVERY_S = 3600.0

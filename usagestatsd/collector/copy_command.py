@@ -20,7 +20,7 @@ from usagestatsd.collector.copy_store import CopyRefused, copy_store, open_sourc
 from usagestatsd.collector.migrations import SchemaTooNew
 from usagestatsd.collector.settings import CollectorSettings, load_settings
 from usagestatsd.collector.store_postgres import DriverMissing, PostgresStore
-from usagestatsd.settings import SettingsError
+from usagestatsd.config.settings import SettingsError
 
 
 def _fail(text: str, code: int = 1) -> int:

@@ -22,7 +22,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from usagestatsd.collector.store import Cursor, SqlStore
-from usagestatsd.fields import REPORT_FIELDS
+from usagestatsd.contract.fields import REPORT_FIELDS
 
 PAGE_ROWS = 500
 FORMATS = {

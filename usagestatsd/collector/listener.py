@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from usagestatsd.throttle import Throttle, accept_failed
+from usagestatsd.base.throttle import Throttle, accept_failed
 
 log = structlog.get_logger()
 

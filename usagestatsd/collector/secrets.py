@@ -15,7 +15,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from usagestatsd.settings_declare import SettingsError
+from usagestatsd.config.declare import SettingsError
 
 SECRETS = ("database_url", "ingest_tokens", "deletion_tokens")
 MAX_SECRET_BYTES = 64 << 10

@@ -15,7 +15,7 @@ from typing import Any
 from usagestatsd.collector.fleet import gpus_shown
 from usagestatsd.collector.page import document, when
 from usagestatsd.collector.store import StoredReport
-from usagestatsd.fields import REPORT_FIELDS
+from usagestatsd.contract.fields import REPORT_FIELDS
 
 # Different in every report by design: shown as columns, not listed as changes.
 _PER_REPORT = ("seq_number", "collect_timestamp_ms", "total_success", "total_failed")

@@ -14,8 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from usagestatsd.collector.secrets import MASKED, secret_values
-from usagestatsd.settings import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
-from usagestatsd.settings_declare import (
+from usagestatsd.config.declare import (
     Declaration,
     Env,
     Flag,
@@ -25,7 +24,8 @@ from usagestatsd.settings_declare import (
     read_toml_file,
     setting,
 )
-from usagestatsd.settings_values import (
+from usagestatsd.config.settings import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
+from usagestatsd.config.values import (
     Choice,
     first_entry,
     integer_in,

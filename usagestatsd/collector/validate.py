@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from usagestatsd.fields import BY_NAME, MAX_TAG_KEY_CHARS, REPORT_FIELDS
-from usagestatsd.privacy import KnownIdentifiers, Redaction, guard
-from usagestatsd.report import Report, SchemaError, check_schema, serialise
+from usagestatsd.contract.fields import BY_NAME, MAX_TAG_KEY_CHARS, REPORT_FIELDS
+from usagestatsd.contract.guard import KnownIdentifiers, Redaction, guard
+from usagestatsd.contract.report import Report, SchemaError, check_schema, serialise
 
 MAX_STRING_CHARS = 1024
 MAX_LIST_ITEMS = 256

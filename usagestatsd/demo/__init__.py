@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from usagestatsd.childproc import python_module
+from usagestatsd.base.childproc import python_module
 
 # socket name -> request path (without query) -> recorded file
 RECORDED: dict[str, dict[str, str]] = {

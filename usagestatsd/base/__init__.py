@@ -1,0 +1,1 @@
+"""The file system, child processes, logging and sd_notify: below everything."""

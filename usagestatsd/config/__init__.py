@@ -1,0 +1,1 @@
+"""The settings: how each is declared, parsed and layered."""

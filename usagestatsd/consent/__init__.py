@@ -1,0 +1,1 @@
+"""Whether usage stats are reported, and the files that say so."""

@@ -1,0 +1,1 @@
+"""One report, start to end: gather, decide, build, guard, send, keep."""

@@ -1,0 +1,1 @@
+"""Everything behind the trust boundary: sessions, peers, sources, Ray's head."""

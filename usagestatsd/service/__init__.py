@@ -1,0 +1,1 @@
+"""The process: startup, the main loop, the intake, shutdown."""

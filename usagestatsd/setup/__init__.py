@@ -1,0 +1,1 @@
+"""`usagestatsd setup`: what a head node is missing and what fixes it."""

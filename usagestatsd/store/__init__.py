@@ -1,0 +1,1 @@
+"""What is kept on disk: state, history, the service record, status.json."""
