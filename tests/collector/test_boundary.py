@@ -68,6 +68,11 @@ def test_collector_imports_only_pure_daemon_modules() -> None:
                 used.update(f"usagestatsd.{alias.name}" for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module:
                 used.add(node.module)
+                # `from usagestatsd.base import logs`: the module imported is base.logs
+                where = PACKAGE.parent.joinpath(*node.module.split("."))
+                if where.is_dir():
+                    used.discard(node.module)
+                    used.update(f"{node.module}.{alias.name}" for alias in node.names)
             elif isinstance(node, ast.Import):
                 used.update(alias.name for alias in node.names)
     daemon = {n for n in used if n.startswith("usagestatsd.") and ".collector" not in n}
