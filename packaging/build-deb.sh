@@ -72,6 +72,11 @@ if dpkg-deb -c "$deb" | grep -E '/usagestatsd/collector/|usagestatsd-collector' 
     say "FAIL: $(basename "$deb") holds collector files (above)"
     exit 1
 fi
+# The demo is the checkout's (make run) and the tests': no package ships it.
+if dpkg-deb -c "$deb" | grep -E '/usagestatsd/demo/' >&2; then
+    say "FAIL: $(basename "$deb") holds the demo (above)"
+    exit 1
+fi
 
 say "lintian --fail-on error,warning $(basename "$deb") $(basename "$collector_deb") $(basename "$changes")"
 # --pedantic would add style opinions; errors and warnings are what must be clean.

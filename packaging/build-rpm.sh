@@ -57,6 +57,11 @@ if rpm -qp -l "$rpm" | grep -E '/usagestatsd/collector/|usagestatsd-collector' >
     say "FAIL: $(basename "$rpm") holds collector files (above)"
     exit 1
 fi
+# The demo is the checkout's (make run) and the tests': no package ships it.
+if rpm -qp -l "$rpm" "$collector_rpm" | grep -E '/usagestatsd/demo/' >&2; then
+    say "FAIL: a package holds the demo (above)"
+    exit 1
+fi
 cp "$rpm" "$collector_rpm" "$out/"
 
 for r in "$rpm" "$collector_rpm"; do

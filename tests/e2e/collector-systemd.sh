@@ -77,6 +77,7 @@ in_c sh -ec "mkdir -p -m 0755 /etc/usagestatsd-collector; umask 077
     echo USAGESTATSD_COLLECTOR_DELETION_TOKENS=$DELETION_TOKEN >/etc/usagestatsd-collector/collector.env"
 in_c systemctl restart usagestatsd-collector
 check "collector restarted with a deletion token (collector.env)" $?
+push_demo
 in_c systemd-run --quiet --unit=demo-ray usagestatsd demo-cluster --temp-root /tmp/ray
 wait_for 15 "$C" exec "$wd" -- sh -c 'ls /tmp/ray/session_latest/sockets/ | grep -q .'
 check "demo Ray session serving under /tmp/ray" $?
@@ -140,6 +141,8 @@ check "collector.env (0600, root) sets an ingest token: a POST without it gets 4
 in_c rm -rf /etc/usagestatsd-collector
 
 # ---------------------------------------------------------------- restart, remove, purge
+in_c systemctl stop demo-ray
+drop_demo
 t=$(now_ms)
 in_c systemctl restart usagestatsd-collector; rc=$?
 check "systemctl restart usagestatsd-collector" "$rc" "$(($(now_ms) - t)) ms"

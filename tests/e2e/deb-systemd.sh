@@ -56,6 +56,7 @@ for page in usagestatsd.8.gz:man8 usagestatsd.toml.5.gz:man5; do
 done
 
 # ---------------------------------------------------------------- a Ray session and a receiver
+push_demo
 in_c systemd-run --quiet --unit=demo-ray usagestatsd demo-cluster --temp-root /tmp/ray
 in_c systemd-run --quiet --unit=demo-receiver usagestatsd demo-receiver --port $PORT
 wait_for 15 "$C" exec "$wd" -- sh -c 'ls /tmp/ray/session_latest/sockets/ | grep -q .'
@@ -143,6 +144,7 @@ state="$(prop ActiveState)/$(prop SubState)/$(prop Result)/restarts=$(prop NRest
 
 # ---------------------------------------------------------------- purge
 in_c systemctl stop demo-ray demo-receiver
+drop_demo
 # An operator had enabled the provider for Ray's user too.
 in_c systemctl enable usagestatsd-provider@root.service >/dev/null 2>&1
 in_c test -L /etc/systemd/system/multi-user.target.wants/usagestatsd-provider@root.service

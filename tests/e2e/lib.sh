@@ -44,3 +44,9 @@ finish() {
     echo "$NAME: $passed passed, $failed failed${1:+ ($1)}"
     [ "$failed" = 0 ]
 }
+
+# The demo is not in the packages (make run's, and the tests'): these e2e runs put the
+# checkout's copy beside the installed package for `usagestatsd demo-cluster` and
+# `demo-receiver`, and take it away before the checks of what removal leaves.
+push_demo() { "$C" push "$wd" "$top/usagestatsd/demo" /usr/lib/python3/dist-packages/usagestatsd; }
+drop_demo() { in_c rm -rf /usr/lib/python3/dist-packages/usagestatsd/demo; }

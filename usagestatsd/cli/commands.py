@@ -59,18 +59,8 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
     args = build_parser().parse_args(argv)
     environ = dict(os.environ if env is None else env)
     command = args.command
-    if command == "demo":
-        from usagestatsd.demo import run_demo
-
-        return asyncio.run(run_demo(args.interval))
-    if command == "demo-cluster":
-        from usagestatsd.demo import serve_cluster
-
-        return asyncio.run(serve_cluster(args.temp_root))
-    if command == "demo-receiver":
-        from usagestatsd.demo import serve_receiver
-
-        return asyncio.run(serve_receiver(args.port))
+    if command in ("demo", "demo-cluster", "demo-receiver"):
+        return _demo(command, args)
     args.environment = (
         environ  # for the service record (store/service_record.py): the decision's inputs
     )
@@ -90,6 +80,26 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
         "setup": cmd_setup,
     }[command]
     return handler(args, settings)
+
+
+def _demo(command: str, args: argparse.Namespace) -> int:
+    """The demo and its two halves: a source checkout's (`make run`), not in the packages."""
+    try:
+        import usagestatsd.demo as demo
+    except ModuleNotFoundError as exc:
+        if exc.name != "usagestatsd.demo":
+            raise
+        print(
+            f"usagestatsd {command}: the demo is not installed with the package;"
+            " run it from a source checkout: make run",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    if command == "demo":
+        return asyncio.run(demo.run_demo(args.interval))
+    if command == "demo-cluster":
+        return asyncio.run(demo.serve_cluster(args.temp_root))
+    return asyncio.run(demo.serve_receiver(args.port))
 
 
 def _decision(settings: Settings, allow_prompt: bool) -> tuple[Decision, tuple[RayConfig, ...]]:
