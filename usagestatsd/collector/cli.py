@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -30,14 +29,20 @@ from usagestatsd.base.sdnotify import Notifier
 from usagestatsd.collector.app import Collector
 from usagestatsd.collector.listener import IDLE_DEADLINE_S, Listener
 from usagestatsd.collector.migrations import SchemaTooNew
-from usagestatsd.collector.settings import DECLARED, CollectorSettings, load_settings, mask_dsn
+from usagestatsd.collector.settings import (
+    DECLARED,
+    EXIT_SETTINGS,
+    CollectorSettings,
+    database_problem,
+    load_settings,
+)
 from usagestatsd.collector.store import DAY_MS, SqlStore
 from usagestatsd.collector.store_postgres import DriverMissing
 from usagestatsd.collector.validate import validate
 from usagestatsd.config.flags import add_flag
 from usagestatsd.config.settings import SettingsError
 
-EXIT_CONFIG = 78
+EXIT_CONFIG = EXIT_SETTINGS  # sysexits EX_CONFIG: systemd does not restart it
 RETENTION_EVERY_S = 3600.0
 FD_RESERVE = 64  # descriptors kept for the database, the log and the listening socket
 log = structlog.get_logger()
@@ -209,16 +214,6 @@ async def serve(settings: CollectorSettings, store: SqlStore) -> int:
         notifier.close()
 
 
-def _open_problem(exc: Exception, settings: CollectorSettings) -> str:
-    """The error's own text (the database server's, for PostgreSQL: a wrong password, an
-    unknown role, a refused connection), on one line, never with the DSN's password."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    password = urlsplit(settings.database).password
-    if password:
-        text = text.replace(password, "***")
-    return mask_dsn(text)[:500]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script entry point."""
     args = _parser().parse_args(argv)
@@ -251,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "store.open_failed",
             backend=settings.backend,
             error=type(exc).__name__,
-            detail=_open_problem(exc, settings),
+            detail=database_problem(exc, settings),
         )
         return 1
     try:

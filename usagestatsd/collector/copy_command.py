@@ -15,10 +15,14 @@ import os
 import sys
 from urllib.parse import urlsplit
 
-from usagestatsd.collector.cli import EXIT_CONFIG, _open_problem
 from usagestatsd.collector.copy_store import CopyRefused, copy_store, open_source
 from usagestatsd.collector.migrations import SchemaTooNew
-from usagestatsd.collector.settings import CollectorSettings, load_settings
+from usagestatsd.collector.settings import (
+    EXIT_SETTINGS,
+    CollectorSettings,
+    database_problem,
+    load_settings,
+)
 from usagestatsd.collector.store_postgres import DriverMissing, PostgresStore
 from usagestatsd.config.settings import SettingsError
 
@@ -46,7 +50,7 @@ def copy_command(args: argparse.Namespace) -> int:
     """Run the copy; the exit status."""
     settings = _target(args)
     if isinstance(settings, str):
-        return _fail(settings, EXIT_CONFIG)
+        return _fail(settings, EXIT_SETTINGS)
     try:
         source = open_source(args.source)
     except (CopyRefused, SchemaTooNew) as exc:
@@ -56,17 +60,17 @@ def copy_command(args: argparse.Namespace) -> int:
         store = PostgresStore(settings.database)
     except DriverMissing as exc:
         source.close()
-        return _fail(str(exc), EXIT_CONFIG)
+        return _fail(str(exc), EXIT_SETTINGS)
     except Exception as exc:
         source.close()
-        return _fail(f"cannot open the target: {_open_problem(exc, settings)}")
+        return _fail(f"cannot open the target: {database_problem(exc, settings)}")
     try:
         store.migrate()
         counts = copy_store(source, store.write_connection, args.merge)
     except CopyRefused as exc:
         return _fail(str(exc))
     except Exception as exc:
-        return _fail(f"copy failed: {_open_problem(exc, settings)}")
+        return _fail(f"copy failed: {database_problem(exc, settings)}")
     finally:
         store.close()
         source.close()

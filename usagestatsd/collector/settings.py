@@ -41,6 +41,9 @@ MAX_SETTINGS_FILE_BYTES = 1 << 20
 SECRET_SETTINGS = ("ingest_tokens", "deletion_tokens")
 _TAG_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _DSN_PASSWORD = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@|(password=)[^&\s]*", re.IGNORECASE)
+# The exit status for a settings or database problem (sysexits EX_CONFIG, 78): the unit
+# does not restart on it, so a wrong setting is one message, not a loop.
+EXIT_SETTINGS = 78
 
 
 def parse_listen(raw: object) -> tuple[str, int]:
@@ -247,3 +250,13 @@ def _load(
         journal_stream=env.get("JOURNAL_STREAM") or None,
         **got.values,
     )
+
+
+def database_problem(exc: Exception, settings: CollectorSettings) -> str:
+    """The error's own text (the database server's, for PostgreSQL: a wrong password, an
+    unknown role, a refused connection), on one line, never with the DSN's password."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    password = urlsplit(settings.database).password
+    if password:
+        text = text.replace(password, "***")
+    return mask_dsn(text)[:500]
