@@ -61,16 +61,14 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
     command = args.command
     if command in ("demo", "demo-cluster", "demo-receiver"):
         return _demo(command, args)
-    args.environment = (
-        environ  # for the service record (store/service_record.py): the decision's inputs
-    )
     try:
         settings = load(args, environ)
     except SettingsError as exc:
         print(f"usagestatsd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if command == "run":  # the service record keeps the decision's inputs, the environment's too
+        return cmd_run(args, settings, environ)
     handler = {
-        "run": cmd_run,
         "preview": cmd_preview,
         "status": cmd_status,
         "enable": cmd_enable,
@@ -166,7 +164,7 @@ def _log_decision(decision: Decision, ray_configs: Sequence[RayConfig]) -> None:
         )
 
 
-def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_run(args: argparse.Namespace, settings: Settings, environ: dict[str, str]) -> int:
     """`usagestatsd run`: decide once, then serve (or exit 0, silently, when disabled)."""
     logs.configure(settings.log_format, settings.log_level, settings.journal_stream)
     decision, ray_configs = _decision(settings, allow_prompt=True)
@@ -179,7 +177,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from usagestatsd.base.sdnotify import Notifier
     from usagestatsd.store.service_record import RecordStore, inputs_of, new_record
 
-    inputs = inputs_of(args.environment, cli_overrides(args), args.config)
+    inputs = inputs_of(environ, cli_overrides(args), args.config)
     record = new_record(settings, decision, inputs)
     if not decision.enabled:
         from usagestatsd.service.intake_socket import drain_passed
