@@ -17,21 +17,10 @@ from typing import Any
 from urllib.parse import quote
 
 from usagestatsd.collector.migrations import LATEST, SchemaTooNew
+from usagestatsd.collector.store import SESSION_FACTS
 
 CHUNK = 1000
-_SESSION_FACTS = (
-    "ray_version",
-    "python_version",
-    "os",
-    "source",
-    "cloud_provider",
-    "head_node_instance_type",
-    "total_num_nodes",
-    "total_num_cpus",
-    "total_num_gpus",
-    "total_memory_gb",
-)
-_SESSION_COLUMNS = ("session_id", "first_ms", "last_ms", "reports", "seq_number", *_SESSION_FACTS)
+_SESSION_COLUMNS = ("session_id", "first_ms", "last_ms", "reports", "seq_number", *SESSION_FACTS)
 # A session already in the target (a merge, or a copy run again) keeps the wider seen-range
 # and the facts of whichever side holds the newer report; its count is recounted at the end.
 _MERGE_SESSION = (
@@ -40,7 +29,7 @@ _MERGE_SESSION = (
     + ", ".join(
         f"{name} = CASE WHEN excluded.seq_number > sessions.seq_number "
         f"THEN excluded.{name} ELSE sessions.{name} END"
-        for name in (*_SESSION_FACTS, "seq_number")
+        for name in (*SESSION_FACTS, "seq_number")
     )
 )
 # (table, its columns, what to do with a row already there)

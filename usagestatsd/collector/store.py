@@ -36,7 +36,8 @@ _INSERT_REPORTS = (
     "INSERT INTO reports (session_id, seq_number, received_ms, collect_ms, body) VALUES {rows} "
     "ON CONFLICT (session_id, seq_number) DO NOTHING RETURNING session_id, seq_number"
 )
-_LATEST = (
+# The facts a session row keeps from its newest report (the copy carries the same columns).
+SESSION_FACTS = (
     "ray_version",
     "python_version",
     "os",
@@ -52,9 +53,9 @@ _LATEST = (
 # its seen-range. CASE instead of MAX/GREATEST: the same text runs on both backends.
 _UPSERT_SESSION = (
     "INSERT INTO sessions (session_id, first_ms, last_ms, reports, seq_number, "
-    + ", ".join(_LATEST)
+    + ", ".join(SESSION_FACTS)
     + ") VALUES (?, ?, ?, 1, ?, "
-    + ", ".join("?" for _ in _LATEST)
+    + ", ".join("?" for _ in SESSION_FACTS)
     + ") ON CONFLICT (session_id) DO UPDATE SET "
     "last_ms = CASE WHEN excluded.last_ms > sessions.last_ms "
     "THEN excluded.last_ms ELSE sessions.last_ms END, "
@@ -62,7 +63,7 @@ _UPSERT_SESSION = (
     + ", ".join(
         f"{name} = CASE WHEN excluded.seq_number >= sessions.seq_number "
         f"THEN excluded.{name} ELSE sessions.{name} END"
-        for name in (*_LATEST, "seq_number")
+        for name in (*SESSION_FACTS, "seq_number")
     )
 )
 _INSERT_FACET = (
@@ -267,7 +268,7 @@ class SqlStore:
             r = item.report
             sessions.append(
                 [item.session_id, now_ms, now_ms, item.seq_number]
-                + [getattr(r, name) for name in _LATEST]
+                + [getattr(r, name) for name in SESSION_FACTS]
             )
             for facet, name in _FACETS:
                 facets.update((item.session_id, facet, v) for v in getattr(r, name))
