@@ -11,7 +11,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import pairwise
@@ -23,6 +22,7 @@ from structlog.testing import capture_logs
 
 from tests.faults.helpers import named
 from tests.support.fakeclock import Driver, FakeClock
+from tests.support.notify import NotifySocket
 from tests.support.poll import until
 from tests.support.processes import FREE_INTAKE
 from tests.support.servers import ScriptedEndpoint
@@ -43,25 +43,6 @@ SEED = 7
 PING_S = 10.0  # WATCHDOG_USEC of 20 s: a ping every half of it
 # A day after the recorded session started: Ray's reporter had its chance long ago.
 WALL = 1_795_823_459.0 + 24 * HOUR
-
-
-class NotifySocket:
-    """systemd's side of $NOTIFY_SOCKET: a datagram socket the test reads."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.messages: list[str] = []
-
-    def drain(self) -> list[str]:
-        """Every message so far."""
-        while True:
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except BlockingIOError:
-                return self.messages
 
 
 @pytest.fixture

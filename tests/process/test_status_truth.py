@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.notify import NotifySocket
 from tests.support.poll import until
 from tests.support.processes import (
     await_line,
@@ -24,31 +25,6 @@ from tests.support.processes import (
 from tests.support.rayside import ray_style_copy
 from tests.support.servers import ScriptedEndpoint
 from usagestatsd.demo import DemoCluster
-
-
-class NotifySocket:
-    """A bound sd_notify datagram socket, like systemd's, collecting messages."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.messages: list[str] = []
-
-    def statuses(self) -> list[str]:
-        """Every STATUS= value received so far."""
-        while True:
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except BlockingIOError:
-                break
-        return [
-            line.removeprefix("STATUS=")
-            for m in self.messages
-            for line in m.splitlines()
-            if line.startswith("STATUS=")
-        ]
 
 
 @pytest.fixture
