@@ -24,7 +24,7 @@ import sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
     sys.stdout.write(r.read().decode())' "$URL$1"
 }
-page_has() { get "$1" | grep -qF -- "$2"; }
+page_has() { get "$1" | grep -F -- "$2" >/dev/null; }  # not -q: see lib.sh
 stored_reports() {  # rows for SESSION in the collector's SQLite database (read as root)
     in_c python3 -c '
 import sqlite3, sys

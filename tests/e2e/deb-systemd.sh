@@ -42,7 +42,7 @@ in_c python3 -c 'import json,sys; sys.exit(json.load(open("/etc/usagestatsd/cons
 check "debconf answer recorded in /etc/usagestatsd/consent.json" $? "$(tr -d ' \n' <<<"$consent")"
 sel=$(in_c debconf-show usagestatsd 2>&1 || true)
 grep -q 'usagestatsd/enable: true' <<<"$sel"; check "debconf database holds the answer" $? "$(tr -d '*\n' <<<"$sel")"
-in_c dpkg-query -W -f='${Conffiles}\n' usagestatsd | grep -q ' /etc/usagestatsd/usagestatsd.toml '
+in_c dpkg-query -W -f='${Conffiles}\n' usagestatsd | grep ' /etc/usagestatsd/usagestatsd.toml ' >/dev/null
 check "/etc/usagestatsd/usagestatsd.toml is a conffile" $?
 [ "$(prop UnitFileState)" = enabled ]; check "usagestatsd.service enabled on install" $? "$(prop UnitFileState)"
 wait_for 10 sh -c "[ \"\$('$C' exec '$wd' -- systemctl show -p ActiveState --value usagestatsd)\" = active ]"

@@ -100,7 +100,7 @@ sed -n '/^Applying:/,$p' "$wd/setup-apply.txt" | sed 's/^/    | /'
 [ "$(prop ActiveState usagestatsd-provider@ray.service)/$(prop UnitFileState usagestatsd-provider@ray.service)" = active/enabled ]
 check "--apply: usagestatsd-provider@ray enabled and active" $?
 in_c test -S /tmp/ray/session_latest/sockets/usagestatsd_provider; check "--apply: the provider serves" $?
-! in_c sh -c 'journalctl -q -u ray-head | grep -q "Stopping\|Stopped"'
+! in_c sh -c 'journalctl -q -u ray-head | grep "Stopping\|Stopped" >/dev/null'
 check "--apply did not restart Ray" $?
 mapfile -t runs < <(sed -n '/^After applying:/,$p' "$wd/setup-apply.txt" | sed -n 's/^run: //p')
 [ "${#runs[@]}" -gt 0 ] && [ "${runs[-1]}" = "systemctl restart ray-head.service" ]
@@ -272,7 +272,7 @@ sleep 1
 newest=$(in_c usagestatsd history --json --last 1 2>/dev/null | python3 -c 'import json,sys; r=json.loads(sys.stdin.read() or "{}"); print(r.get("kind"), r.get("time_ms", 0))')
 [ "${newest%% *}" = report ] && [ "${newest##* }" -gt "$t_forget" ]
 check "after forget: the next report is in the history" $? "newest record: $newest"
-! invocation_log | grep -q '^history.write_failed'; check "journal: no history.write_failed" $?
+! invocation_log | grep '^history.write_failed' >/dev/null; check "journal: no history.write_failed" $?
 
 # ---------------------------------------------------------------- purge
 in_c apt-get purge -y -q usagestatsd >"$wd/apt-purge.log" 2>&1; rc=$?
@@ -282,7 +282,7 @@ check "purge names the Ray still routed to the intake until restarted" $? \
     "$(grep -m1 'usagestatsd: removed' "$wd/apt-purge.log" | cut -c1-140)"
 left=$(in_c sh -c 'ls -d /etc/systemd/system/*.d/usagestatsd-* 2>/dev/null; true')
 [ -z "$left" ]; check "purge left no drop-in of setup's" $? "${left:-none}"
-! in_c systemctl show -p Environment --value ray-head.service | grep -q RAY_USAGE_STATS_REPORT_URL
+! in_c systemctl show -p Environment --value ray-head.service | grep RAY_USAGE_STATS_REPORT_URL >/dev/null
 check "Ray's unit no longer routes its reporter to the intake" $?
 
 echo

@@ -12,6 +12,9 @@
 #   now_ms / secs MS             the time in ms / MS written as "1.2 s"
 #   wait_for SECONDS CMD...      until CMD succeeds (every 0.1 s); 1 if it never did
 #   finish [TIME]                stop the container, print the tally; 1 if any check failed
+# A match in a pipeline is written `CMD | grep PATTERN >/dev/null`, never `grep -q`: under
+# pipefail, -q exits at the first match and CMD's next write then dies of SIGPIPE (141), which
+# fails the pipeline, or passes a negated one, at random.
 top=$(cd "$here/../.." && pwd)
 C=$here/container.sh
 version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$top/pyproject.toml" | head -n1)

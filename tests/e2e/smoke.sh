@@ -35,8 +35,21 @@ if "$C" exec "$wd" -- systemd-run --quiet --wait --pipe /bin/false; then
     exit 1
 fi
 step "journalctl -n 5" "$C" exec "$wd" -- journalctl -n 5 --no-pager
-"$C" exec "$wd" -- journalctl --no-pager -q -u 'run-*' | grep -q 'Deactivated successfully' \
-    || { echo "smoke: FAIL: the transient unit is not in the journal" >&2; exit 1; }
+# Read the journal into a variable, then match: `journalctl | grep -q` under pipefail fails
+# whenever grep exits before journalctl has written its last line (SIGPIPE, exit 141). The
+# entry can also reach journald a moment after systemd-run returns: look for up to 5 s.
+journal_has_transient_unit() {
+    local tries=50 out
+    while [ $tries -gt 0 ]; do
+        out=$("$C" exec "$wd" -- journalctl --no-pager -q -u 'run-*' 2>&1) || true
+        case "$out" in *'Deactivated successfully'*) return 0 ;; esac
+        tries=$((tries - 1))
+        sleep 0.1
+    done
+    printf 'smoke: the journal of run-* units after 5 s:\n%s\n' "$out" >&2
+    return 1
+}
+journal_has_transient_unit || { echo "smoke: FAIL: the transient unit is not in the journal" >&2; exit 1; }
 
 step "stop" "$C" stop "$wd"
 trap 'rm -rf "$wd"' EXIT
