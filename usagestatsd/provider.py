@@ -471,6 +471,21 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")[:MAX_VALUE_CHARS]
 
 
+def check_session_name(name: bytes | None, session_dir: str) -> None:
+    """Raise `UsageUnavailable` unless the GCS says it serves the session in `session_dir`.
+
+    The address comes from ``ray_current_cluster``, which a head restarted on the same port
+    leaves pointing at the new GCS while the old session is still followed. Every Ray since
+    1.13 records ``session_name`` just after the cluster metadata: a GCS without it is one
+    still starting, and its metadata may be a newer session's, so it is not taken either.
+    """
+    expected = os.path.basename(session_dir)
+    if name is None:
+        raise UsageUnavailable(f"the GCS has not recorded its session yet (expected {expected!r})")
+    if name.decode("utf-8", "replace") != expected:
+        raise UsageUnavailable(f"the GCS serves session {_decode(name)!r}, not {expected!r}")
+
+
 class GcsUsageReader:
     """Reads the usage facts from Ray's GCS with Ray's own client, read-only.
 
@@ -576,11 +591,7 @@ class GcsUsageReader:
     def _read_with(self, client: Any, session_dir: str | None) -> Usage:
         if session_dir is not None:
             name = self._kv(client.internal_kv_get, SESSION_NAME_KEY, SESSION_NAMESPACE)
-            expected = os.path.basename(session_dir)
-            if name is not None and name.decode("utf-8", "replace") != expected:
-                raise UsageUnavailable(
-                    f"the GCS serves session {_decode(name)!r}, not {expected!r}"
-                )
+            check_session_name(name, session_dir)
         libraries = [
             _decode(k[len(LIBRARY_USAGE_PREFIX) :])
             for k in self._keys(client, LIBRARY_USAGE_PREFIX)

@@ -21,7 +21,9 @@ from usagestatsd.provider import (
     SOCKET_NAME,
     ProviderServer,
     Usage,
+    UsageUnavailable,
     call_accepting,
+    check_session_name,
     cluster_id_of,
     counted_job,
     library_files,
@@ -147,3 +149,15 @@ def test_ray_2_0_library_files_are_read(tmp_path: Path) -> None:
     (tmp_path / "_ray_lib_usage-bad name.txt").touch()
     assert library_files(str(tmp_path)) == ["job_submission", "tune"]
     assert library_files(str(tmp_path / "absent")) == []
+
+
+def test_only_the_gcs_of_the_followed_session_is_read() -> None:
+    """A head restarted on the same GCS port: the old session's reader must not take the new
+    GCS's facts, neither once it names its session nor while it has not named one yet (it
+    has written its cluster metadata by then, with the new session's id and start time)."""
+    session_dir = "/tmp/ray/session_2026-12-03_17-00-00_000001_100"
+    check_session_name(b"session_2026-12-03_17-00-00_000001_100", session_dir)
+    with pytest.raises(UsageUnavailable, match="serves session 'session_2026-12-03_18"):
+        check_session_name(b"session_2026-12-03_18-00-00_000002_200", session_dir)
+    with pytest.raises(UsageUnavailable, match="has not recorded its session yet"):
+        check_session_name(None, session_dir)

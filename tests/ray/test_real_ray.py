@@ -319,7 +319,13 @@ def test_cluster_restart_starts_a_new_session(lab: Lab) -> None:
         for body in b_bodies_since(lab, seen_b)
         if body["session_start_timestamp_ms"] != old["session_start_timestamp_ms"]
     ]
-    assert new[0]["session_id"] == cluster_id != old["session_id"]
+    # On failure, name every report since the restart: which id, seq and start time each had.
+    seen = [
+        (body["session_id"], body["seq_number"], body.get("session_start_timestamp_ms"))
+        for body in b_bodies_since(lab, seen_b)
+    ]
+    why = f"new id {cluster_id}, old {old['session_id']}, reports since: {seen}\n{lab.explain()}"
+    assert new[0]["session_id"] == cluster_id != old["session_id"], why
     assert (new[0]["seq_number"], new[0]["total_success"], new[0]["total_failed"]) == (0, 0, 0)
     assert all(body["session_id"] == cluster_id for body in new)
     assert new[0]["session_start_timestamp_ms"] > old["session_start_timestamp_ms"]

@@ -105,6 +105,20 @@ def choose_session_id(facts: ClusterFacts, remembered: SessionState) -> tuple[st
     return remembered.session_id, ID_RANDOM
 
 
+def another_start(prepared: Prepared) -> bool:
+    """Whether the facts are of another `ray start` than the one this session's reports name.
+
+    Up to Ray 2.20 each `ray start` writes a new UUID into its cluster metadata, once. A
+    session whose reports carry that UUID, shown metadata with another, is being read
+    through a head that was restarted before the daemon followed the new session: a report
+    would pair this session's identity and counters with the new cluster's facts.
+    """
+    remembered, metadata = prepared.remembered, prepared.facts.metadata
+    if remembered.id_source != ID_FROM_METADATA or metadata is None:
+        return False
+    return metadata.session_id is not None and metadata.session_id != remembered.session_id
+
+
 def provider_checked(facts: ClusterFacts) -> tuple[ClusterFacts, list[Redaction]]:
     """The provider's facts with only Ray's own tag names kept, and the cluster id checked."""
     provider = facts.provider

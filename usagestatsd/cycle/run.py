@@ -22,7 +22,7 @@ import structlog
 from usagestatsd.config.settings import Settings
 from usagestatsd.contract.report import local_copy
 from usagestatsd.cycle.beside_ray import Arrangement, BesideRay, digest
-from usagestatsd.cycle.pipeline import Disclosure, Prepared, prepare_report
+from usagestatsd.cycle.pipeline import Disclosure, Prepared, another_start, prepare_report
 from usagestatsd.cycle.refusal import Refusal, cluster_refusal
 from usagestatsd.cycle.sender import send_report
 from usagestatsd.facts.cluster import name_tampering
@@ -65,7 +65,9 @@ class Result(Enum):
     """What one cycle did."""
 
     SENT = "sent"  # sent to every endpoint (LastReport says which accepted it)
-    NOT_SENT = "not sent"  # its seq number could not be saved first: tried again next cycle
+    # Its seq number could not be saved first, or the facts read were of a restarted head
+    # (pipeline.another_start): tried again next cycle.
+    NOT_SENT = "not sent"
     REFUSED = "refused"  # the session must not be reported (`CycleOutcome.refusal` says why)
     STOOD_DOWN = "stood down"  # Ray's own reporter sends this session's reports
     VANISHED = "vanished"  # the session directory went away
@@ -184,6 +186,14 @@ class ReportCycle:
             return CycleOutcome(Result.REFUSED, changed, refusal, self._refuse(session, refusal))
         if await self.beside.wait_for_ray(_session_start_ms(prepared), self._now_ms()):
             prepared = await self._prepare(session)
+        if another_start(prepared):
+            log.warning(
+                "session.facts_of_another_start",
+                session_dir=str(session.path),
+                detail="the cluster read names another session than this one's reports (Ray "
+                "was restarted): nothing is sent for it; the new session is followed next",
+            )
+            return CycleOutcome(Result.NOT_SENT, changed)
         decision = self.beside.decide(session, _session_start_ms(prepared))
         if decision.status is not None:
             hold = Hold(Held.STANDING_DOWN, STANDING_DOWN, decision.status)
