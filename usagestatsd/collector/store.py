@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from usagestatsd.collector.migrations import CREATE_VERSIONS, pending
+from usagestatsd.collector.validate import SESSION_FACTS as SESSION_FACTS  # the copy's too
 from usagestatsd.collector.validate import Accepted
 
 DAY_MS = 86_400_000
@@ -29,25 +30,10 @@ SEQ_WINDOW = 1000
 # the collector) may start again at any seq_number.
 RESTART_AFTER_MS = 7 * DAY_MS
 _ROWS_PER_INSERT = 200
-# Reports carry at most this many rows in their rollups' facet lists (validate limits lists).
-_FACETS = (("library", "library_usages"), ("hardware", "hardware_usages"))
 
 _INSERT_REPORTS = (
     "INSERT INTO reports (session_id, seq_number, received_ms, collect_ms, body) VALUES {rows} "
     "ON CONFLICT (session_id, seq_number) DO NOTHING RETURNING session_id, seq_number"
-)
-# The facts a session row keeps from its newest report (the copy carries the same columns).
-SESSION_FACTS = (
-    "ray_version",
-    "python_version",
-    "os",
-    "source",
-    "cloud_provider",
-    "head_node_instance_type",
-    "total_num_nodes",
-    "total_num_cpus",
-    "total_num_gpus",
-    "total_memory_gb",
 )
 # The newest report of a session (highest seq_number) sets its facts; any report extends
 # its seen-range. CASE instead of MAX/GREATEST: the same text runs on both backends.
@@ -265,16 +251,9 @@ class SqlStore:
         facets: set[tuple[str, str, str]] = set()
         days: set[tuple[str, int, str]] = set()
         for item in fresh:
-            r = item.report
-            sessions.append(
-                [item.session_id, now_ms, now_ms, item.seq_number]
-                + [getattr(r, name) for name in SESSION_FACTS]
-            )
-            for facet, name in _FACETS:
-                facets.update((item.session_id, facet, v) for v in getattr(r, name))
-            types = [r.head_node_instance_type, *(r.worker_node_instance_types or ())]
-            facets.update((item.session_id, "instance_type", t) for t in types if t)
-            days.add((item.session_id, now_ms // DAY_MS, r.ray_version or "unknown"))
+            sessions.append([item.session_id, now_ms, now_ms, item.seq_number, *item.facts])
+            facets.update((item.session_id, facet, v) for facet, v in item.facets)
+            days.add((item.session_id, now_ms // DAY_MS, item.ray_version or "unknown"))
         self.run_many(self._w, _UPSERT_SESSION, sorted(sessions, key=lambda row: row[0]))
         self.run_many(self._w, _INSERT_FACET, sorted(facets))
         self.run_many(self._w, _INSERT_DAY, sorted(days))
