@@ -186,7 +186,8 @@ def validate(raw: bytes, max_bytes: int) -> Accepted | Rejected:
         return Rejected("privacy", "report field session_id failed the privacy guard")
     try:
         # The guard nulls an out-of-range collect_timestamp_ms, which schema 0.1 forbids.
-        stored = serialise(clean)
+        # Untouched by the guard, the values are the received ones, checked above.
+        stored = serialise(clean, checked=not redactions)
     except SchemaError:
         return Rejected("limits", "report field collect_timestamp_ms is out of range")
     if len(stored) > max_bytes:
