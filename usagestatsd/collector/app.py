@@ -232,6 +232,8 @@ class Collector:
 
     async def _body(self, request: web.Request) -> bytes:
         """The request body (bounded by client_max_size), within BODY_DEADLINE_S."""
+        if request.content.is_eof():
+            return await request.read()  # all received already: nothing to wait for
         async with asyncio.timeout(BODY_DEADLINE_S):
             return await request.read()
 
