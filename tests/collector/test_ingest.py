@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 
 from tests.collector.harness import (
@@ -58,6 +59,38 @@ def test_bad_input_is_refused_with_one_event_naming_it(collector: CollectorProce
     metrics = collector.get("/metrics").body.decode()
     assert 'reports_rejected_total{reason="schema"} 3' in metrics
     assert collector.get("/api/fleet").json()["reports_stored"] == 0
+
+
+def test_reports_sent_together_each_get_their_own_answer(collector: CollectorProcess) -> None:
+    """Bodies that arrive together are checked together (one trip to a validation process
+    for several): each request still gets its own answer, event and count."""
+    sessions = [uuid.uuid4().hex for _ in range(30)]
+    bodies = [
+        json.dumps(sample_report(sid, 0, **({"ray_version": 7} if n % 3 == 0 else {}))).encode()
+        for n, sid in enumerate(sessions)
+    ]
+    bodies[1] = b"[" * 20 + b"]" * 20  # nested too deep, in the midst of valid ones
+    statuses: dict[int, int] = {}
+    start = threading.Barrier(len(bodies))
+
+    def send(n: int) -> None:
+        start.wait()
+        statuses[n] = collector.post(bodies[n]).status
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = {n for n in range(len(bodies)) if n % 3 == 0 or n == 1}
+    assert statuses == {n: 400 if n in refused else 200 for n in range(len(bodies))}
+    rejected = collector.events("ingest.rejected", at_least=len(refused))
+    assert sorted(e["reason"] for e in rejected) == ["schema"] * len(refused)
+    fleet = collector.get("/api/fleet").json()
+    assert fleet["reports_stored"] == len(bodies) - len(refused)
+    for n in (2, 29):
+        stored = collector.get(f"/api/sessions/{sessions[n]}").json()["reports"]
+        assert [r["report"] for r in stored] == [json.loads(bodies[n])]
 
 
 def test_privacy_guard_on_arrival_nulls_and_drops(collector: CollectorProcess) -> None:

@@ -56,7 +56,8 @@ class BatchValidator:
 
 
 def _settle(
-    batch: list[tuple[bytes, asyncio.Future[Result]]], results: asyncio.Future[list[Result]]
+    batch: list[tuple[bytes, asyncio.Future[Result]]],
+    results: asyncio.Future[list[Result | Exception]],
 ) -> None:
     """Hand each waiting handler its verdict (or the pool's error); a handler that has
     gone away (its client disconnected) has a cancelled future, left as it is."""
@@ -65,11 +66,15 @@ def _settle(
             verdict.cancel()
         return
     error = results.exception()
-    verdicts: list[Result | None] = [None] * len(batch) if error else list(results.result())
+    verdicts: list[Result | Exception | None] = (
+        [None] * len(batch) if error else list(results.result())
+    )
     for (_, verdict), value in zip(batch, verdicts, strict=True):
         if verdict.done():
             continue
         if error is not None:
             verdict.set_exception(error)
+        elif isinstance(value, Exception):
+            verdict.set_exception(value)
         elif value is not None:
             verdict.set_result(value)

@@ -196,6 +196,16 @@ def validate(raw: bytes, max_bytes: int) -> Accepted | Rejected:
     return accepted(clean, stored, redactions)
 
 
-def validate_many(raws: Sequence[bytes], max_bytes: int) -> list[Accepted | Rejected]:
-    """`validate` for each body of a batch: one round trip to a worker process for all."""
-    return [validate(raw, max_bytes) for raw in raws]
+def validate_many(raws: Sequence[bytes], max_bytes: int) -> list[Accepted | Rejected | Exception]:
+    """`validate` for each body of a batch: one round trip to a worker process for all.
+
+    An exception (a bug: validate never raises) is returned in the body's place, so that
+    only that body's request fails, as it would on its own.
+    """
+    results: list[Accepted | Rejected | Exception] = []
+    for raw in raws:
+        try:
+            results.append(validate(raw, max_bytes))
+        except Exception as exc:
+            results.append(exc)
+    return results
