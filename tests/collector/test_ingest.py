@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import threading
 import uuid
@@ -91,6 +93,35 @@ def test_reports_sent_together_each_get_their_own_answer(collector: CollectorPro
     for n in (2, 29):
         stored = collector.get(f"/api/sessions/{sessions[n]}").json()["reports"]
         assert [r["report"] for r in stored] == [json.loads(bodies[n])]
+
+
+def _validation_processes(collector_pid: int) -> set[int]:
+    """The collector's grandchildren: the processes its fork server started."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[1])
+    children = {pid for pid, parent in parents.items() if parent == collector_pid}
+    return {pid for pid, parent in parents.items() if parent in children}
+
+
+def test_a_validation_process_that_dies_is_replaced(collector: CollectorProcess) -> None:
+    """Killing every validation process costs at most the reports they held: the next
+    reports are checked by new ones and stored."""
+    assert collector.post(sample_report(SID, 0)).status == 200
+    killed = _validation_processes(collector.proc.pid)
+    assert killed
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    seq = iter(range(1, 100))
+    wait_until(lambda: collector.post(sample_report(SID, next(seq))).status == 200, 20)
+    assert [collector.post(sample_report(SID, next(seq))).status for _ in range(5)] == [200] * 5
+    assert _validation_processes(collector.proc.pid).isdisjoint(killed)
+    assert collector.get("/healthz").status == 200
 
 
 def test_privacy_guard_on_arrival_nulls_and_drops(collector: CollectorProcess) -> None:

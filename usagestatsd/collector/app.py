@@ -12,10 +12,8 @@ import base64
 import binascii
 import hmac
 import json
-import multiprocessing
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import structlog
@@ -29,13 +27,13 @@ from usagestatsd.collector.metrics import Metrics
 from usagestatsd.collector.settings import CollectorSettings
 from usagestatsd.collector.store import AHEAD, CONFLICT, NEW, SEQ_WINDOW, SqlStore
 from usagestatsd.collector.validate import Rejected
+from usagestatsd.collector.workers import ValidatorPool
 from usagestatsd.collector.writer import Writer
 from usagestatsd.contract.fields import DELETION_PROTOCOL, SESSION_ID
 
 MAX_DELETION_IDS = 1000
 MAX_DELETION_BYTES = 256 << 10
 RETRY_AFTER_S = 5
-VALIDATOR_PROCESSES = 6
 BODY_DEADLINE_S = 10.0  # from the end of the request head to the end of its body
 _HTML_HEADERS = {
     # No script may run, nothing is fetched from elsewhere: the page is self-contained.
@@ -106,21 +104,6 @@ def _deletion_ids(raw: bytes) -> list[str] | str:
     return sorted(set(ids))
 
 
-def validator_pool() -> ProcessPoolExecutor:
-    """Processes that run `validate`, off the event loop and outside its GIL.
-
-    Not threads: the guard's patterns run in C without releasing the GIL, so a string that
-    is costly for them would stop the event loop and every other check for as long as it
-    takes. Separate processes are scheduled by the kernel, so an honest report is checked
-    while costly ones are, and the event loop only waits on a pipe. Six: more than a few
-    slow bodies at once, under 20 MiB each. Forked from a server that imported only the
-    validation modules, never from this process (its threads and sockets).
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["usagestatsd.collector.validate"])
-    return ProcessPoolExecutor(VALIDATOR_PROCESSES, mp_context=context)
-
-
 class Collector:
     """The request handlers and what they share: settings, store, writer, counters."""
 
@@ -129,7 +112,7 @@ class Collector:
         self.store = store
         self.writer = writer
         self.metrics = Metrics()
-        self.validators = validator_pool()
+        self.validators = ValidatorPool()
         self.batches = BatchValidator(self.validators, settings.max_report_bytes)
 
     async def ingest(self, request: web.Request) -> web.Response:

@@ -10,9 +10,9 @@ costly to check delays only a few others), and the answers come back in one list
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor
 
-from usagestatsd.collector.validate import Accepted, Rejected, validate_many
+from usagestatsd.collector.validate import Accepted, Rejected
+from usagestatsd.collector.workers import ValidatorPool
 
 MAX_BATCH = 16
 MAX_BATCH_BYTES = 128 << 10
@@ -23,7 +23,7 @@ Result = Accepted | Rejected
 class BatchValidator:
     """`await check(raw)`: the body's verdict, checked in a worker process with others."""
 
-    def __init__(self, pool: Executor, max_bytes: int) -> None:
+    def __init__(self, pool: ValidatorPool, max_bytes: int) -> None:
         self._pool = pool
         self._max_bytes = max_bytes
         self._waiting: list[tuple[bytes, asyncio.Future[Result]]] = []
@@ -50,8 +50,7 @@ class BatchValidator:
         if not batch:
             return
         raws = [raw for raw, _ in batch]
-        loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._pool, validate_many, raws, self._max_bytes)
+        done = asyncio.ensure_future(self._pool.check(raws, self._max_bytes))
         done.add_done_callback(lambda results: _settle(batch, results))
 
 
