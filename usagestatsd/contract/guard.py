@@ -31,7 +31,7 @@ from usagestatsd.contract.identifiers import SECRET_WORDS, KnownIdentifiers, ide
 from usagestatsd.contract.ray_tags import RAY_TAG_SHAPES, TagShape
 from usagestatsd.contract.report import Report
 
-__all__ = ["KnownIdentifiers", "Redaction", "guard", "identifying_reason"]
+__all__ = ["KnownIdentifiers", "Redaction", "forget_verdicts", "guard", "identifying_reason"]
 
 # Each field's shape (what a legitimate value looks like) or limit is declared with the
 # field (contract/fields.py). The guard checks them by kind, in this order (the order of its
@@ -75,6 +75,12 @@ _VERDICTS_KEPT = 4096
 @functools.lru_cache(maxsize=_VERDICTS_KEPT)
 def _remembered_reason(value: str, known: KnownIdentifiers) -> str | None:
     return identifying_reason(value, known)
+
+
+def forget_verdicts() -> None:
+    """Drop the remembered verdicts: a bench measuring the worst case (a sender whose
+    values are all new) starts from none."""
+    _remembered_reason.cache_clear()
 
 
 def _identifying(value: str, known: KnownIdentifiers) -> str | None:
