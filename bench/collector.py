@@ -41,7 +41,7 @@ from tests.collector.harness import (  # noqa: E402
     start_postgres,
 )
 from usagestatsd.collector.store import DAY_MS, SqlStore  # noqa: E402
-from usagestatsd.collector.validate import Accepted, validate  # noqa: E402
+from usagestatsd.collector.validate import SESSION_FACTS, Accepted, validate  # noqa: E402
 
 SESSIONS = 10_000
 DELETION_VARIABLE, DELETION_TOKEN = (
@@ -139,13 +139,12 @@ def seed(store: SqlStore, reports: int, now_ms: int, settle: Any = None) -> list
     span = 30 * DAY_MS - per_session * HOUR_MS
     for n, sid in enumerate(ids):
         start = now_ms - 30 * DAY_MS + (n * 7919 * HOUR_MS) % max(HOUR_MS, span)
-        report = dataclasses.replace(
-            template.report,
-            session_id=sid,
-            ray_version=versions[n % len(versions)],
-            library_usages=(("train", "data"), ("serve",), ("tune", "train"), ())[n % 4],
-            total_num_nodes=(1, 4, 16, 64)[n % 4],
-        )
+        facts = dict(zip(SESSION_FACTS, template.facts, strict=True))
+        facts.update(ray_version=versions[n % len(versions)], total_num_nodes=(1, 4, 16, 64)[n % 4])
+        libraries = (("train", "data"), ("serve",), ("tune", "train"), ())[n % 4]
+        others = tuple(f for f in template.facets if f[0] != "library")
+        session_facts = tuple(facts.values())
+        facets = tuple(("library", name) for name in libraries) + others
         sid_bytes = sid.encode()
         for seq in range(per_session):
             if stored >= reports:
@@ -158,7 +157,12 @@ def seed(store: SqlStore, reports: int, now_ms: int, settle: Any = None) -> list
             )
             batch.append(
                 dataclasses.replace(
-                    template, session_id=sid, seq_number=seq, body=body, report=report
+                    template,
+                    session_id=sid,
+                    seq_number=seq,
+                    body=body,
+                    facts=session_facts,
+                    facets=facets,
                 )
             )
             stored += 1

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 
 from tests.collector.harness import (
@@ -58,6 +61,67 @@ def test_bad_input_is_refused_with_one_event_naming_it(collector: CollectorProce
     metrics = collector.get("/metrics").body.decode()
     assert 'reports_rejected_total{reason="schema"} 3' in metrics
     assert collector.get("/api/fleet").json()["reports_stored"] == 0
+
+
+def test_reports_sent_together_each_get_their_own_answer(collector: CollectorProcess) -> None:
+    """Bodies that arrive together are checked together (one trip to a validation process
+    for several): each request still gets its own answer, event and count."""
+    sessions = [uuid.uuid4().hex for _ in range(30)]
+    bodies = [
+        json.dumps(sample_report(sid, 0, **({"ray_version": 7} if n % 3 == 0 else {}))).encode()
+        for n, sid in enumerate(sessions)
+    ]
+    bodies[1] = b"[" * 20 + b"]" * 20  # nested too deep, in the midst of valid ones
+    statuses: dict[int, int] = {}
+    start = threading.Barrier(len(bodies))
+
+    def send(n: int) -> None:
+        start.wait()
+        statuses[n] = collector.post(bodies[n]).status
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = {n for n in range(len(bodies)) if n % 3 == 0 or n == 1}
+    assert statuses == {n: 400 if n in refused else 200 for n in range(len(bodies))}
+    rejected = collector.events("ingest.rejected", at_least=len(refused))
+    assert sorted(e["reason"] for e in rejected) == ["schema"] * len(refused)
+    fleet = collector.get("/api/fleet").json()
+    assert fleet["reports_stored"] == len(bodies) - len(refused)
+    for n in (2, 29):
+        stored = collector.get(f"/api/sessions/{sessions[n]}").json()["reports"]
+        assert [r["report"] for r in stored] == [json.loads(bodies[n])]
+
+
+def _validation_processes(collector_pid: int) -> set[int]:
+    """The collector's grandchildren: the processes its fork server started."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[1])
+    children = {pid for pid, parent in parents.items() if parent == collector_pid}
+    return {pid for pid, parent in parents.items() if parent in children}
+
+
+def test_a_validation_process_that_dies_is_replaced(collector: CollectorProcess) -> None:
+    """Killing every validation process costs at most the reports they held: the next
+    reports are checked by new ones and stored."""
+    assert collector.post(sample_report(SID, 0)).status == 200
+    killed = _validation_processes(collector.proc.pid)
+    assert killed
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    seq = iter(range(1, 100))
+    wait_until(lambda: collector.post(sample_report(SID, next(seq))).status == 200, 20)
+    assert [collector.post(sample_report(SID, next(seq))).status for _ in range(5)] == [200] * 5
+    assert _validation_processes(collector.proc.pid).isdisjoint(killed)
+    assert collector.get("/healthz").status == 200
 
 
 def test_privacy_guard_on_arrival_nulls_and_drops(collector: CollectorProcess) -> None:

@@ -12,29 +12,28 @@ import base64
 import binascii
 import hmac
 import json
-import multiprocessing
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from usagestatsd.collector import page, session_page
+from usagestatsd.collector.batches import BatchValidator
 from usagestatsd.collector.export import export
 from usagestatsd.collector.fleet import fleet
 from usagestatsd.collector.metrics import Metrics
 from usagestatsd.collector.settings import CollectorSettings
 from usagestatsd.collector.store import AHEAD, CONFLICT, NEW, SEQ_WINDOW, SqlStore
-from usagestatsd.collector.validate import Rejected, validate
+from usagestatsd.collector.validate import Rejected
+from usagestatsd.collector.workers import ValidatorPool
 from usagestatsd.collector.writer import Writer
 from usagestatsd.contract.fields import DELETION_PROTOCOL, SESSION_ID
 
 MAX_DELETION_IDS = 1000
 MAX_DELETION_BYTES = 256 << 10
 RETRY_AFTER_S = 5
-VALIDATOR_PROCESSES = 6
 BODY_DEADLINE_S = 10.0  # from the end of the request head to the end of its body
 _HTML_HEADERS = {
     # No script may run, nothing is fetched from elsewhere: the page is self-contained.
@@ -47,6 +46,8 @@ _REFUSED = {
     CONFLICT: "another report is stored under this session_id and seq_number",
     AHEAD: f"seq_number is more than {SEQ_WINDOW} ahead of the session's newest report",
 }
+_STORED = json.dumps({"stored": True, "duplicate": False})
+_STORED_AGAIN = json.dumps({"stored": True, "duplicate": True})
 log = structlog.get_logger()
 
 
@@ -103,21 +104,6 @@ def _deletion_ids(raw: bytes) -> list[str] | str:
     return sorted(set(ids))
 
 
-def validator_pool() -> ProcessPoolExecutor:
-    """Processes that run `validate`, off the event loop and outside its GIL.
-
-    Not threads: the guard's patterns run in C without releasing the GIL, so a string that
-    is costly for them would stop the event loop and every other check for as long as it
-    takes. Separate processes are scheduled by the kernel, so an honest report is checked
-    while costly ones are, and the event loop only waits on a pipe. Six: more than a few
-    slow bodies at once, under 20 MiB each. Forked from a server that imported only the
-    validation modules, never from this process (its threads and sockets).
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["usagestatsd.collector.validate"])
-    return ProcessPoolExecutor(VALIDATOR_PROCESSES, mp_context=context)
-
-
 class Collector:
     """The request handlers and what they share: settings, store, writer, counters."""
 
@@ -126,7 +112,8 @@ class Collector:
         self.store = store
         self.writer = writer
         self.metrics = Metrics()
-        self.validators = validator_pool()
+        self.validators = ValidatorPool()
+        self.batches = BatchValidator(self.validators, settings.max_report_bytes)
 
     async def ingest(self, request: web.Request) -> web.Response:
         """POST /: one schema-0.1 report."""
@@ -154,10 +141,7 @@ class Collector:
                 return web.json_response({"error": "body not sent in time"}, status=408)
             # Off the event loop: the guard's cost grows with what a sender puts in the
             # strings, and every other connection is served meanwhile.
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(
-                self.validators, validate, raw, settings.max_report_bytes
-            )
+            result = await self.batches.check(raw)
         if isinstance(result, Rejected):
             metrics.rejected[result.reason] += 1
             log.warning("ingest.rejected", reason=result.reason, detail=result.detail)
@@ -192,7 +176,9 @@ class Collector:
             metrics.ingested += 1
         else:
             metrics.duplicates += 1
-        return web.json_response({"stored": True, "duplicate": outcome != NEW})
+        # The answer json_response would give, its text written once.
+        text = _STORED if outcome == NEW else _STORED_AGAIN
+        return web.Response(text=text, content_type="application/json")
 
     async def delete(self, request: web.Request) -> web.Response:
         """POST /delete: usagestatsd-deletion/1."""
@@ -229,6 +215,8 @@ class Collector:
 
     async def _body(self, request: web.Request) -> bytes:
         """The request body (bounded by client_max_size), within BODY_DEADLINE_S."""
+        if request.content.is_eof():
+            return await request.read()  # all received already: nothing to wait for
         async with asyncio.timeout(BODY_DEADLINE_S):
             return await request.read()
 

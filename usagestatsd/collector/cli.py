@@ -38,7 +38,6 @@ from usagestatsd.collector.settings import (
 )
 from usagestatsd.collector.store import DAY_MS, SqlStore
 from usagestatsd.collector.store_postgres import DriverMissing
-from usagestatsd.collector.validate import validate
 from usagestatsd.config.flags import add_flag
 from usagestatsd.config.settings import SettingsError
 
@@ -186,7 +185,7 @@ async def serve(settings: CollectorSettings, store: SqlStore) -> int:
             return 1
         where = host_port(host, bound)
         # The validation processes start now, not on the first report.
-        await loop.run_in_executor(collector.validators, validate, b"{}", 1)
+        await collector.validators.start()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -209,7 +208,7 @@ async def serve(settings: CollectorSettings, store: SqlStore) -> int:
     finally:
         await listener.stop()
         await runner.cleanup()
-        collector.validators.shutdown(wait=False, cancel_futures=True)
+        collector.validators.close()
         await asyncio.to_thread(writer.stop)
         notifier.close()
 

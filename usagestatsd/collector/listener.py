@@ -36,6 +36,7 @@ HEAD_DEADLINE_S = 10.0
 IDLE_DEADLINE_S = 5.0
 REQUEST_DEADLINE_S = 60.0  # body, storage (a busy database) and the answer
 ACCEPT_RETRY_S = 0.5
+_EARLY_S = 0.001  # the loop runs a timer up to its clock's resolution before it is due
 
 
 class _Connection(asyncio.Protocol):
@@ -47,13 +48,30 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.busy = False
         self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._why = ""
 
     def deadline(self, seconds: float, why: str) -> None:
-        """Close the connection in `seconds` unless another deadline replaces this one."""
-        if self._timer is not None:
-            self._timer.cancel()
+        """Close the connection in `seconds` unless another deadline replaces this one.
+
+        Moved twice per request, so the timer is not: a later deadline is only noted, and
+        the timer, when it fires, finds it and waits on; it is replaced only when the new
+        deadline is earlier than the one it waits for.
+        """
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(seconds, self.close, why)
+        self._due, self._why = loop.time() + seconds, why
+        if self._timer is None or self._timer.when() > self._due:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(self._due, self._expire)
+
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._due - loop.time() > _EARLY_S:  # moved later meanwhile
+            self._timer = loop.call_at(self._due, self._expire)
+            return
+        self._timer = None
+        self.close(self._why)
 
     def close(self, why: str) -> None:
         """Drop the connection now (abort: nothing waits for a peer that does not read)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from usagestatsd.collector.migrations import CREATE_VERSIONS, pending
+from usagestatsd.collector.validate import SESSION_FACTS as SESSION_FACTS  # the copy's too
 from usagestatsd.collector.validate import Accepted
 
 DAY_MS = 86_400_000
@@ -29,43 +30,33 @@ SEQ_WINDOW = 1000
 # the collector) may start again at any seq_number.
 RESTART_AFTER_MS = 7 * DAY_MS
 _ROWS_PER_INSERT = 200
-# Reports carry at most this many rows in their rollups' facet lists (validate limits lists).
-_FACETS = (("library", "library_usages"), ("hardware", "hardware_usages"))
 
 _INSERT_REPORTS = (
     "INSERT INTO reports (session_id, seq_number, received_ms, collect_ms, body) VALUES {rows} "
     "ON CONFLICT (session_id, seq_number) DO NOTHING RETURNING session_id, seq_number"
-)
-# The facts a session row keeps from its newest report (the copy carries the same columns).
-SESSION_FACTS = (
-    "ray_version",
-    "python_version",
-    "os",
-    "source",
-    "cloud_provider",
-    "head_node_instance_type",
-    "total_num_nodes",
-    "total_num_cpus",
-    "total_num_gpus",
-    "total_memory_gb",
 )
 # The newest report of a session (highest seq_number) sets its facts; any report extends
 # its seen-range. CASE instead of MAX/GREATEST: the same text runs on both backends.
 _UPSERT_SESSION = (
     "INSERT INTO sessions (session_id, first_ms, last_ms, reports, seq_number, "
     + ", ".join(SESSION_FACTS)
-    + ") VALUES (?, ?, ?, 1, ?, "
+    + ") VALUES (?, ?, ?, ?, ?, "
     + ", ".join("?" for _ in SESSION_FACTS)
     + ") ON CONFLICT (session_id) DO UPDATE SET "
     "last_ms = CASE WHEN excluded.last_ms > sessions.last_ms "
     "THEN excluded.last_ms ELSE sessions.last_ms END, "
-    "reports = sessions.reports + 1, "
+    "reports = sessions.reports + excluded.reports, "
     + ", ".join(
         f"{name} = CASE WHEN excluded.seq_number >= sessions.seq_number "
         f"THEN excluded.{name} ELSE sessions.{name} END"
         for name in (*SESSION_FACTS, "seq_number")
     )
 )
+# The column types of each statement's rows, for a backend that sends them as arrays.
+_SESSION_TYPES = ("TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", *(["TEXT"] * 6))
+_SESSION_TYPES += ("BIGINT", "BIGINT", "BIGINT", "DOUBLE PRECISION")
+_FACET_TYPES = ("TEXT", "TEXT", "TEXT")
+_DAY_TYPES = ("TEXT", "BIGINT", "TEXT")
 _INSERT_FACET = (
     "INSERT INTO session_facets (session_id, facet, value) VALUES (?, ?, ?) "
     "ON CONFLICT (session_id, facet, value) DO NOTHING"
@@ -128,6 +119,13 @@ class SqlStore:
         """Execute one statement for each row."""
         if rows:
             conn.cursor().executemany(self.sql(text), rows)
+
+    def insert_many(
+        self, conn: Any, text: str, rows: Sequence[Sequence[Any]], types: Sequence[str]
+    ) -> None:
+        """Execute `INSERT ... VALUES (?, ...) ...` for each row, in order (`types`: the SQL
+        type of each column, for a backend that sends all rows as one statement)."""
+        self.run_many(conn, text, rows)
 
     def lock_schema(self) -> None:
         """Inside the migration's transaction, before anything is read: keep every other
@@ -261,23 +259,25 @@ class SqlStore:
         return DUPLICATE if row is not None and str(row[0]).encode() == item.body else CONFLICT
 
     def _rollups(self, fresh: Sequence[Accepted], now_ms: int) -> None:
-        sessions: list[list[Any]] = []
+        sessions: dict[str, list[Any]] = {}
         facets: set[tuple[str, str, str]] = set()
         days: set[tuple[str, int, str]] = set()
         for item in fresh:
-            r = item.report
-            sessions.append(
-                [item.session_id, now_ms, now_ms, item.seq_number]
-                + [getattr(r, name) for name in SESSION_FACTS]
-            )
-            for facet, name in _FACETS:
-                facets.update((item.session_id, facet, v) for v in getattr(r, name))
-            types = [r.head_node_instance_type, *(r.worker_node_instance_types or ())]
-            facets.update((item.session_id, "instance_type", t) for t in types if t)
-            days.add((item.session_id, now_ms // DAY_MS, r.ray_version or "unknown"))
-        self.run_many(self._w, _UPSERT_SESSION, sorted(sessions, key=lambda row: row[0]))
-        self.run_many(self._w, _INSERT_FACET, sorted(facets))
-        self.run_many(self._w, _INSERT_DAY, sorted(days))
+            # One row per session, as one upsert per report would leave it: the newest
+            # report's facts, and the count of reports.
+            row = sessions.get(item.session_id)
+            if row is None or item.seq_number >= row[4]:
+                count = 1 if row is None else row[3] + 1
+                row = [item.session_id, now_ms, now_ms, count, item.seq_number, *item.facts]
+                sessions[item.session_id] = row
+            else:
+                row[3] += 1
+            facets.update((item.session_id, facet, v) for facet, v in item.facets)
+            days.add((item.session_id, now_ms // DAY_MS, item.ray_version or "unknown"))
+        rows = [sessions[sid] for sid in sorted(sessions)]
+        self.insert_many(self._w, _UPSERT_SESSION, rows, _SESSION_TYPES)
+        self.insert_many(self._w, _INSERT_FACET, sorted(facets), _FACET_TYPES)
+        self.insert_many(self._w, _INSERT_DAY, sorted(days), _DAY_TYPES)
 
     def delete_sessions(self, session_ids: Sequence[str]) -> tuple[int, int]:
         """Delete every stored trace of these sessions; (sessions known, reports deleted)."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from usagestatsd.contract.fields import BY_NAME, MAX_TAG_KEY_CHARS, REPORT_FIELDS
@@ -21,21 +22,70 @@ MAX_STRING_CHARS = 1024
 MAX_LIST_ITEMS = 256
 MAX_TAGS = 256
 MAX_DEPTH = 4  # schema 0.1 needs 2: the report object, and a list or the tags inside it
+_STRING = re.compile(rb'"[^"]*"')
+_OPENERS, _CLOSERS = frozenset(b"[{"), frozenset(b"]}")
 _STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 MAX_INTEGER = 2**53  # stored as BIGINT; JSON readers lose precision beyond this
 _NOBODY = KnownIdentifiers()
 
 
+# The facts a session row keeps from its newest report (the store and the copy write
+# these columns).
+SESSION_FACTS = (
+    "ray_version",
+    "python_version",
+    "os",
+    "source",
+    "cloud_provider",
+    "head_node_instance_type",
+    "total_num_nodes",
+    "total_num_cpus",
+    "total_num_gpus",
+    "total_memory_gb",
+)
+
+
 @dataclass(frozen=True)
 class Accepted:
-    """A report to store: its identity, times and the exact bytes kept."""
+    """A report to store: its identity, times, the exact bytes kept, and what the store's
+    rollups take from it (taken out here, in the validation worker, so that only these
+    few values, not the whole report, travel back to the collector's process)."""
 
     session_id: str
     seq_number: int
     collect_ms: int
     body: bytes
-    report: Report
+    facts: tuple[Any, ...]  # the report's SESSION_FACTS, in that order
+    facets: tuple[tuple[str, str], ...]  # (facet, value): library, hardware, instance_type
     redactions: tuple[Redaction, ...]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A plain tuple of values: pickled for every report on its way back from a worker.
+        return (Accepted, (*(getattr(self, name) for name in _ACCEPTED_FIELDS),))
+
+    @property
+    def ray_version(self) -> str | None:
+        """The report's Ray version (None when it carries none)."""
+        version: str | None = self.facts[0]
+        return version
+
+
+def accepted(clean: Report, stored: bytes, redactions: Sequence[Redaction]) -> Accepted:
+    """What the store needs of a checked report whose stored bytes are `stored`."""
+    facets = [("library", v) for v in clean.library_usages]
+    facets += [("hardware", v) for v in clean.hardware_usages]
+    types = [clean.head_node_instance_type, *(clean.worker_node_instance_types or ())]
+    facets += [("instance_type", t) for t in types if t]
+    return Accepted(
+        session_id=clean.session_id,
+        seq_number=clean.seq_number,
+        collect_ms=clean.collect_timestamp_ms,
+        body=stored,
+        facts=tuple(getattr(clean, name) for name in SESSION_FACTS),
+        facets=tuple(facets),
+        redactions=tuple(redactions),
+    )
 
 
 @dataclass(frozen=True)
@@ -46,6 +96,9 @@ class Rejected:
     detail: str
 
 
+_ACCEPTED_FIELDS = tuple(f.name for f in fields(Accepted))
+
+
 def nests_deeper(raw: bytes, limit: int) -> bool:
     """Whether the JSON text opens more than `limit` arrays/objects inside each other.
 
@@ -54,14 +107,21 @@ def nests_deeper(raw: bytes, limit: int) -> bool:
     RecursionError in one of them. Strings are skipped whole, so a bracket inside one is
     not counted; a malformed body that fools the count is refused by the parser.
     """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False  # not even counting those inside strings do they reach it
+    if b"\\" in raw:
+        tokens = [t[0] for t in _STRUCTURE.findall(raw) if len(t) == 1]
+    else:
+        # With no escapes, only the quotes and brackets decide: the rest, then every
+        # string, is dropped in C, and the loop sees the brackets alone.
+        tokens = list(_STRING.sub(b"", raw.translate(None, _NOT_STRUCTURE)))
     depth = 0
-    for token in _STRUCTURE.finditer(raw):
-        opener = token.group()
-        if opener in (b"[", b"{"):
+    for byte in tokens:
+        if byte in _OPENERS:
             depth += 1
             if depth > limit:
                 return True
-        elif opener in (b"]", b"}"):
+        elif byte in _CLOSERS:
             depth -= 1
     return False
 
@@ -72,20 +132,22 @@ def _reject_constant(name: str) -> Any:
 
 def _limits(body: dict[str, Any]) -> str | None:
     """The first field over a size or count limit, or None."""
-    for name, value in body.items():  # the keys check_schema let through
-        if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
-            return name
-        if isinstance(value, int) and value > MAX_INTEGER:
-            return name
-        too_many = isinstance(value, list) and len(value) > MAX_LIST_ITEMS
-        if too_many or (isinstance(value, list) and any(len(v) > MAX_STRING_CHARS for v in value)):
-            return name
-        if isinstance(value, dict):
-            too_long = any(
+    for name, value in body.items():  # the keys and types check_schema let through
+        kind = type(value)
+        if kind is str:
+            over = len(value) > MAX_STRING_CHARS
+        elif kind is int:
+            over = value > MAX_INTEGER
+        elif kind is list:
+            over = len(value) > MAX_LIST_ITEMS or any(len(v) > MAX_STRING_CHARS for v in value)
+        elif kind is dict:
+            over = len(value) > MAX_TAGS or any(
                 len(k) > MAX_TAG_KEY_CHARS or len(v) > MAX_STRING_CHARS for k, v in value.items()
             )
-            if len(value) > MAX_TAGS or too_long:
-                return name
+        else:
+            over = False
+        if over:
+            return name
     return None
 
 
@@ -124,17 +186,26 @@ def validate(raw: bytes, max_bytes: int) -> Accepted | Rejected:
         return Rejected("privacy", "report field session_id failed the privacy guard")
     try:
         # The guard nulls an out-of-range collect_timestamp_ms, which schema 0.1 forbids.
-        stored = serialise(clean)
+        # Untouched by the guard, the values are the received ones, checked above.
+        stored = serialise(clean, checked=not redactions)
     except SchemaError:
         return Rejected("limits", "report field collect_timestamp_ms is out of range")
     if len(stored) > max_bytes:
         # Stored as ASCII JSON: a character outside it takes 6 or 12 bytes there.
         return Rejected("too_large", f"report larger than {max_bytes} bytes once stored")
-    return Accepted(
-        session_id=clean.session_id,
-        seq_number=clean.seq_number,
-        collect_ms=clean.collect_timestamp_ms,
-        body=stored,
-        report=clean,
-        redactions=tuple(redactions),
-    )
+    return accepted(clean, stored, redactions)
+
+
+def validate_many(raws: Sequence[bytes], max_bytes: int) -> list[Accepted | Rejected | Exception]:
+    """`validate` for each body of a batch: one round trip to a worker process for all.
+
+    An exception (a bug: validate never raises) is returned in the body's place, so that
+    only that body's request fails, as it would on its own.
+    """
+    results: list[Accepted | Rejected | Exception] = []
+    for raw in raws:
+        try:
+            results.append(validate(raw, max_bytes))
+        except Exception as exc:
+            results.append(exc)
+    return results

@@ -26,9 +26,9 @@ log = structlog.get_logger()
 
 @dataclass
 class _Job:
-    kind: str  # "ingest" or "call"
+    kind: str  # "ingest" (payload: the reports and their futures) or "call"
     payload: Any
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None = None
 
 
 class Writer:
@@ -39,6 +39,9 @@ class Writer:
         self._loop = loop
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._pending = 0
+        # Reports handed in during this turn of the event loop: they go to the thread as
+        # one job (one wake-up of the thread, not one per report).
+        self._gathered: list[tuple[Accepted, asyncio.Future[str]]] = []
         self._thread = threading.Thread(target=self._run, name="collector-writer", daemon=True)
         self._thread.start()
 
@@ -66,12 +69,20 @@ class Writer:
     async def ingest(self, item: Accepted) -> str:
         """Store one report; its outcome (store.NEW, DUPLICATE, CONFLICT or AHEAD)."""
         future: asyncio.Future[str] = self._loop.create_future()
-        self._queue.put(_Job("ingest", item, future))
+        self._gathered.append((item, future))
+        if len(self._gathered) == 1:
+            self._loop.call_soon(self._hand_over)
         return await future
+
+    def _hand_over(self) -> None:
+        if self._gathered:
+            gathered, self._gathered = self._gathered, []
+            self._queue.put(_Job("ingest", gathered))
 
     async def call(self, work: Callable[[SqlStore], Any]) -> Any:
         """Run another write (deletion, retention) on the writer thread, in queue order."""
         future: asyncio.Future[Any] = self._loop.create_future()
+        self._hand_over()  # the reports handed in before this call are written before it
         self._queue.put(_Job("call", work, future))
         return await future
 
@@ -81,13 +92,21 @@ class Writer:
         self._thread.join(30)
 
     def _settle(self, future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+        self._settle_all([future], [value], error)
+
+    def _settle_all(
+        self, futures: list[asyncio.Future[Any]], values: list[Any], error: BaseException | None
+    ) -> None:
+        """Answer a whole batch with one wake-up of the event loop, not one per report."""
+
         def apply() -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
+            for future, value in zip(futures, values, strict=True):
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)
 
         self._loop.call_soon_threadsafe(apply)
 
@@ -109,20 +128,19 @@ class Writer:
             self._process(jobs)
 
     def _process(self, jobs: list[_Job]) -> None:
-        batch = [j for j in jobs if j.kind == "ingest"]
+        batch = [pair for j in jobs if j.kind == "ingest" for pair in j.payload]
         if batch:
+            futures = [future for _, future in batch]
             try:
                 now_ms = int(time.time() * 1000)
-                outcomes = self._store.ingest([j.payload for j in batch], now_ms)
-                for j, outcome in zip(batch, outcomes, strict=True):
-                    self._settle(j.future, outcome, None)
+                outcomes = self._store.ingest([item for item, _ in batch], now_ms)
+                self._settle_all(futures, outcomes, None)
             except Exception as exc:
                 log.error("store.write_failed", error=type(exc).__name__, reports=len(batch))
-                for j in batch:
-                    self._settle(j.future, None, exc)
+                self._settle_all(futures, [None] * len(batch), exc)
                 self._store.recover("write")
         for j in jobs:
-            if j.kind == "call":
+            if j.kind == "call" and j.future is not None:
                 try:
                     self._settle(j.future, j.payload(self._store), None)
                 except Exception as exc:

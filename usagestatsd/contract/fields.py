@@ -13,6 +13,7 @@ that version has). The typed `Report` value
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -190,4 +191,10 @@ def ray_keys(ray_version: str | None) -> tuple[str, ...]:
     release = ray_release(ray_version)
     if release is None:
         return REPORT_FIELDS
-    return tuple(f.name for f in FIELDS if f.ray_since <= max(release, FIRST_RAY))
+    return _keys_since(max(release, FIRST_RAY))
+
+
+@functools.lru_cache(maxsize=64)
+def _keys_since(release: tuple[int, int]) -> tuple[str, ...]:
+    # Asked twice for every report a collector takes: the few releases seen are kept.
+    return tuple(f.name for f in FIELDS if f.ray_since <= release)
