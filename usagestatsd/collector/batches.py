@@ -29,6 +29,8 @@ class BatchValidator:
         self._waiting: list[tuple[bytes, asyncio.Future[Result]]] = []
         self._bytes = 0
         self._flush_planned = False
+        # The loop keeps only a weak reference to a task: each batch's is held here until done.
+        self._in_flight: set[asyncio.Future[list[Result | Exception]]] = set()
 
     async def check(self, raw: bytes) -> Result:
         """Validate one body (validate.validate); raises what the pool raises."""
@@ -51,6 +53,8 @@ class BatchValidator:
             return
         raws = [raw for raw, _ in batch]
         done = asyncio.ensure_future(self._pool.check(raws, self._max_bytes))
+        self._in_flight.add(done)
+        done.add_done_callback(self._in_flight.discard)
         done.add_done_callback(lambda results: _settle(batch, results))
 
 
