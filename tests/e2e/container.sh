@@ -204,13 +204,15 @@ cmd_boot() {
     echo "$sd" >"$wd/systemd.pid"
 
     # Right after systemd starts, systemctl cannot connect yet: retry until it answers.
+    # "offline" is what it prints then ("the manager is not running": no bus yet), so it
+    # is retried like no answer; only maintenance and stopping end the wait early.
     local status=""
     while :; do
         status=$(timeout "$((deadline - SECONDS > 1 ? deadline - SECONDS : 1))" \
             "$0" exec "$wd" -- systemctl is-system-running --wait 2>/dev/null) || true
         case "$status" in
             running | degraded) break ;;
-            maintenance | stopping | offline) break ;;
+            maintenance | stopping) break ;;
         esac
         [ $SECONDS -lt $deadline ] || break
         sleep 0.1
