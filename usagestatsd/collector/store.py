@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from usagestatsd.collector.migrations import CREATE_VERSIONS, pending
 from usagestatsd.collector.validate import SESSION_FACTS as SESSION_FACTS  # the copy's too
 from usagestatsd.collector.validate import Accepted
+from usagestatsd.contract.fields import BY_NAME, Json
 
 DAY_MS = 86_400_000
 # What a report can be, once offered to the store.
@@ -53,8 +54,10 @@ _UPSERT_SESSION = (
     )
 )
 # The column types of each statement's rows, for a backend that sends them as arrays.
-_SESSION_TYPES = ("TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", *(["TEXT"] * 6))
-_SESSION_TYPES += ("BIGINT", "BIGINT", "BIGINT", "DOUBLE PRECISION")
+# The facts' types follow their fields' declarations, so a fact added there needs no edit here.
+_SQL_TYPE = {Json.STRING: "TEXT", Json.INTEGER: "BIGINT", Json.NUMBER: "DOUBLE PRECISION"}
+_SESSION_TYPES: tuple[str, ...] = ("TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT")
+_SESSION_TYPES += tuple(_SQL_TYPE[BY_NAME[name].json] for name in SESSION_FACTS)
 _FACET_TYPES = ("TEXT", "TEXT", "TEXT")
 _DAY_TYPES = ("TEXT", "BIGINT", "TEXT")
 _INSERT_FACET = (
