@@ -221,6 +221,10 @@ def guard(report: Report, known: KnownIdentifiers) -> tuple[Report, list[Redacti
     if changes["session_id"] is None:
         # session_id is never null: a bad one means a bug upstream, so refuse loudly.
         raise ValueError("session_id failed the privacy guard")
+    if not run.redactions and changes["source"] is not None:
+        # Nothing removed: every value is the one received, so the report stands as it is
+        # (a collector guards every report it takes; a copy of each costs as much as a check).
+        return report, run.redactions
     if changes["source"] is None:
         changes["source"] = "OSS"
     return report.with_fields(**changes), run.redactions
