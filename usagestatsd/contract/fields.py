@@ -181,7 +181,6 @@ def ray_release(ray_version: str | None) -> tuple[int, int] | None:
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
-@functools.lru_cache(maxsize=256)
 def ray_keys(ray_version: str | None) -> tuple[str, ...]:
     """The keys Ray's own report of `ray_version` carries, in Ray's order.
 
@@ -189,10 +188,13 @@ def ray_keys(ray_version: str | None) -> tuple[str, ...]:
     the newest schema is the safe default. Below 1.13 Ray reported nothing; those get the
     first set (and the daemon names such a version unsupported, cycle/refusal.py).
     """
-    # Remembered per version string: a collector asks for every report it takes, and its
-    # fleet runs a few versions (a sender varying them only churns this bounded cache).
     release = ray_release(ray_version)
     if release is None:
         return REPORT_FIELDS
-    release = max(release, FIRST_RAY)
+    return _keys_since(max(release, FIRST_RAY))
+
+
+@functools.lru_cache(maxsize=64)
+def _keys_since(release: tuple[int, int]) -> tuple[str, ...]:
+    # Asked twice for every report a collector takes: the few releases seen are kept.
     return tuple(f.name for f in FIELDS if f.ray_since <= release)
