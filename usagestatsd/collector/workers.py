@@ -7,12 +7,12 @@ costly ones are, and the event loop only waits on a socket. Forked from a server
 imported only the validation modules, never from the collector's process (its threads and
 sockets).
 
-Three, at a lower priority than the collector's process. The one event loop feeds them at
-most a few thousand reports a second, and one process checks an honest report in about
-0.1 ms, so more would only wait; a costly body holds one worker for tens of milliseconds,
-and the other two keep checking. Measured on 2 cores (bench/collector_ratio.py): six
-workers at the same priority took 20-30 % fewer reports a second than two or three, as
-they and the event loop were runnable together and took turns on the cores.
+Three. The one event loop feeds them at most a few thousand reports a second, and one
+process checks an honest report in 0.1 to 0.2 ms, so more would only wait; a costly body
+holds one worker for tens of milliseconds, and the other two keep checking. On 2 cores
+(bench/collector_ratio.py, paired runs) six were no faster and spent about 10 % more CPU
+per report, and each costs about 20 MiB. Not at a lower priority: that takes
+setpriority(2), which the shipped unit denies (SystemCallFilter=~@resources).
 
 Not a ProcessPoolExecutor: its two threads (one hands work to a queue all workers share,
 one reads results) cost the collector's process about as much per batch as the socket
@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import multiprocessing
-import os
 import pickle
 import socket
 from collections.abc import Sequence
@@ -35,7 +34,6 @@ from typing import Any
 from usagestatsd.collector.validate import Accepted, Rejected, validate_many
 
 PROCESSES = 3
-NICENESS = 5
 _LENGTH = 4  # bytes of the big-endian length before each pickled message
 
 Verdicts = list[Accepted | Rejected | Exception]
@@ -47,9 +45,6 @@ class WorkerGone(Exception):
 
 def serve(sock: socket.socket) -> None:
     """A worker's loop: read a batch, answer its verdicts; return when the collector closes."""
-    # Below the collector's own process: its one event loop reads every request and
-    # answers every report, so a worker busy with a costly body never takes its place.
-    os.nice(NICENESS)
     with sock, sock.makefile("rb") as reader:
         while True:
             head = reader.read(_LENGTH)
