@@ -303,8 +303,8 @@ def _matches(value: Any, schema: Mapping[str, Any]) -> bool:
 
 def _fast_match(field: Field) -> Any:
     """A quick yes for the values most reports carry (the exact type, or null where the
-    field allows it); anything else goes to `_matches`, which decides. Every collected
-    report is checked twice (received, then stored), so the common case is kept short."""
+    field allows it); anything else goes to `_matches`, which decides. A collector checks
+    every report it receives, so the common case is kept short."""
     plain: type = {
         Json.STRING: str,
         Json.INTEGER: int,
@@ -349,14 +349,10 @@ def check_schema(body: Mapping[str, Any]) -> None:
             raise SchemaError(f"report field {name} has a value of the wrong type or range")
 
 
-def serialise(report: Report, *, checked: bool = False) -> bytes:
-    """The one serialisation of a report: these bytes are sent, written and kept.
-
-    `checked`: the caller knows the values passed check_schema already (the collector,
-    for a received report the privacy guard left untouched), so it is not run again."""
+def serialise(report: Report) -> bytes:
+    """The one serialisation of a report: these bytes are sent, written and kept."""
     body = report.to_json_dict()
-    if not checked:
-        check_schema(body)
+    check_schema(body)
     return json.dumps(body, allow_nan=False).encode("utf-8")
 
 
