@@ -58,6 +58,17 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def listening(path: Path) -> bool:
+    """Whether the socket takes connections: it is bound (and so exists) a moment before
+    it listens, and a client connecting in between is refused (ProviderServer)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def request(path: str, method: str = "GET", url: str = "/v1/usage") -> tuple[int, Any, str]:
     """One request; the status, the decoded JSON body and the Content-Type."""
     conn = UnixHTTPConnection(path)
@@ -303,13 +314,13 @@ def test_provider_follows_a_cluster_restart(short_dir: Path) -> None:
     thread.start()
     try:
         first_sock = first / "sockets" / SOCKET_NAME
-        wait_until(first_sock.exists)
+        wait_until(lambda: listening(first_sock))
         assert request(str(first_sock))[1]["extra_usage_tags"] == {"session": str(first)}
 
         second = make_session(root, "session_2")
         point_latest(root, second)
         second_sock = second / "sockets" / SOCKET_NAME
-        wait_until(lambda: second_sock.exists() and not first_sock.exists())
+        wait_until(lambda: listening(second_sock) and not first_sock.exists())
         assert request(str(second_sock))[1]["extra_usage_tags"] == {"session": str(second)}
     finally:
         provider.stop()
