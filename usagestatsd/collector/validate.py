@@ -14,9 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from usagestatsd.contract.fields import BY_NAME, MAX_TAG_KEY_CHARS, REPORT_FIELDS, ray_keys
+from usagestatsd.contract.fields import BY_NAME, MAX_TAG_KEY_CHARS, REPORT_FIELDS
 from usagestatsd.contract.guard import KnownIdentifiers, Redaction, guard
-from usagestatsd.contract.report import Report, SchemaError, check_schema, serialise
+from usagestatsd.contract.report import (
+    Report,
+    SchemaError,
+    check_schema,
+    serialise,
+    serialise_body,
+)
 
 MAX_STRING_CHARS = 1024
 MAX_LIST_ITEMS = 256
@@ -161,15 +167,6 @@ def to_report(body: dict[str, Any]) -> Report:
     return Report(**values)
 
 
-def _unchanged(body: dict[str, Any]) -> bytes:
-    """`serialise` of a report the guard left as received, made from the received values:
-    the same keys (check_schema allowed no other), in the order serialise writes them,
-    each value the one parsed (a list where serialise turns the report's tuple back into
-    one). Built directly, it skips a pass over the report value for each report taken."""
-    keys = ray_keys(body.get("ray_version"))
-    return json.dumps({name: body[name] for name in keys}, allow_nan=False).encode("utf-8")
-
-
 def validate(raw: bytes, max_bytes: int) -> Accepted | Rejected:
     """Check one received body; never raises."""
     if len(raw) > max_bytes:
@@ -200,7 +197,7 @@ def validate(raw: bytes, max_bytes: int) -> Accepted | Rejected:
         except SchemaError:
             return Rejected("limits", "report field collect_timestamp_ms is out of range")
     else:
-        stored = _unchanged(body)
+        stored = serialise_body(body)  # the guard left every received value as it was
     if len(stored) > max_bytes:
         # Stored as ASCII JSON: a character outside it takes 6 or 12 bytes there.
         return Rejected("too_large", f"report larger than {max_bytes} bytes once stored")

@@ -353,6 +353,19 @@ def serialise(report: Report) -> bytes:
     """The one serialisation of a report: these bytes are sent, written and kept."""
     body = report.to_json_dict()
     check_schema(body)
+    return _encode(body)
+
+
+def serialise_body(body: Mapping[str, Any]) -> bytes:
+    """`serialise` of the report a body holds, made from the body itself: for a body that
+    passed check_schema (exactly its Ray version's keys, the types declared) and that
+    nothing is to change in. The keys in the order to_json_dict gives them, each value as
+    parsed (a list where to_json_dict turns the report's tuple back into one); it spares a
+    collector a pass over the report value for each report it takes."""
+    return _encode({name: body[name] for name in ray_keys(body.get("ray_version"))})
+
+
+def _encode(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body, allow_nan=False).encode("utf-8")
 
 
