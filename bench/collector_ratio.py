@@ -8,6 +8,12 @@ connections). The collector does everything it does in service: token check, siz
 validation and privacy guard in its worker processes, the schema check, the seq window,
 the rollups and the commit before each 200. The two are run alternately, `--rounds` times
 each, so a change in the shared machine's load falls on both; the ratio is of the means.
+
+It also prints the most the measured CPU costs allow, however the work were scheduled: the
+collector (its workers included), the load generator and a PostgreSQL server share the
+machine's cores, so no rate can pass cores / (the machine's busy time per report), and
+`machine_cpu_ms_per_report_for_target` is the busy time per report at which half the bare
+handler's rate would just fit.
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ asyncio.run(main())
 """
 
 
+TARGET_RATIO = 0.5
+
+
 class _Bare:
     """Enough of a CollectorProcess for `load` and `measured`: a URL and a pid."""
 
@@ -83,16 +92,27 @@ def _tree_cpu(pids: list[int]) -> float:
     return total
 
 
+def _machine_busy() -> float:
+    """Seconds every core spent not idle since boot (the first line of /proc/stat)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def measured(target: Any, pid: int, seconds: float) -> dict[str, Any]:
     """One load run and the CPU the server (with its workers) spent per report, in ms:
-    a figure the shared machine's load changes far less than the rate."""
+    a figure the shared machine's load changes far less than the rate. The whole
+    machine's busy time per report counts what the server's does not (a PostgreSQL
+    server, the load generator, anything else running)."""
     pids = _descendants(pid)
-    before, main_before = _tree_cpu(pids), cpu_seconds(pid)
+    before, main_before, busy_before = _tree_cpu(pids), cpu_seconds(pid), _machine_busy()
     figures = load(target, seconds)
     spent, main = _tree_cpu(pids) - before, cpu_seconds(pid) - main_before
+    busy = _machine_busy() - busy_before
     sent = max(1, figures["sent"])
     figures["server_cpu_ms_per_report"] = round(spent * 1000 / sent, 3)
     figures["main_process_cpu_ms_per_report"] = round(main * 1000 / sent, 3)
+    figures["machine_cpu_ms_per_report"] = round(busy * 1000 / sent, 3)
     return figures
 
 
@@ -125,6 +145,19 @@ def alternate(collector: CollectorProcess, seconds: float, rounds: int) -> dict[
                 statuses[status] = statuses.get(status, 0) + count
     rate, bare_rate = (statistics.mean(r["per_s"] for r in rs) for rs in (runs, bare_runs))
     return {
+        **_figures(runs, bare_runs, statuses, rate, bare_rate),
+        **cpu_bound(runs, bare_rate),
+    }
+
+
+def _figures(
+    runs: list[dict[str, Any]],
+    bare_runs: list[dict[str, Any]],
+    statuses: dict[str, int],
+    rate: float,
+    bare_rate: float,
+) -> dict[str, Any]:
+    return {
         "bare_per_s": [r["per_s"] for r in bare_runs],
         "collector_per_s": [r["per_s"] for r in runs],
         "collector_p99_ms": [r["p99_ms"] for r in runs],
@@ -136,6 +169,23 @@ def alternate(collector: CollectorProcess, seconds: float, rounds: int) -> dict[
         "collector_main_process_cpu_ms_per_report": [
             r["main_process_cpu_ms_per_report"] for r in runs
         ],
+    }
+
+
+def cpu_bound(runs: list[dict[str, Any]], bare_rate: float) -> dict[str, Any]:
+    """The highest rate the collector's runs' CPU per report allows on this machine's cores,
+    as a ratio, and the CPU per report the target ratio would need: whatever the scheduling,
+    a rate cannot pass cores / (the whole machine's busy time per report, the load
+    generator's and a PostgreSQL server's included)."""
+    cores = len(os.sched_getaffinity(0))  # the cores this process may run on
+    machine = statistics.mean(r["machine_cpu_ms_per_report"] for r in runs)
+    ceiling = cores * 1000 / machine
+    return {
+        "load_generator_cpu_ms_per_report": [r["client_cpu_ms_per_report"] for r in runs],
+        "machine_cpu_ms_per_report": [r["machine_cpu_ms_per_report"] for r in runs],
+        "ceiling_per_s": round(ceiling),
+        "ratio_ceiling": round(ceiling / bare_rate, 3),
+        "machine_cpu_ms_per_report_for_target": round(cores * 1000 / (TARGET_RATIO * bare_rate), 3),
     }
 
 
