@@ -1,7 +1,7 @@
 # make test-ray: the real-Ray suite (tests/ray, docs/real-ray.md) against ray[default] in
 # its own cached virtualenv, one per version. Included by the Makefile (`include mk/ray.mk`);
 # uses its $(STAMP) and $(VPY). If Ray cannot be installed the target fails: it never
-# passes empty.
+# passes empty. A Ray before 2.9 on a machine without Python 3.10 is skipped, and says so.
 #
 #   make test-ray RAY_VERSION=2.40.0   one version (default: the newest, 2.60.0)
 #   make test-ray-matrix               every version of RAY_RUN (default: RAY_MATRIX), one at a
@@ -20,13 +20,29 @@ RAY_VENV ?= /var/cache/usagestatsd-ray/$(RAY_VERSION)/venv
 # Ray before 2.9 runs on Python 3.10 (before 2.3 there are no wheels for 3.11) with the
 # pydantic and protobuf of its time: with today's, Ray itself fails to start.
 RAY_BEFORE_2_9 := $(shell echo "$(RAY_VERSION)" | awk -F. '$$1 < 2 || ($$1 == 2 && $$2 < 9) {print "yes"}')
-RAY_OLD_PYTHON ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.10.*/bin/python) python3.10)
+# Looked for where pyenv keeps its builds (also when pyenv is not on PATH, as under env -i),
+# then on PATH.
+RAY_PYENV_ROOTS := $(shell pyenv root 2>/dev/null) $(PYENV_ROOT) $(HOME)/.pyenv
+RAY_OLD_PYTHON ?= $(firstword $(wildcard $(addsuffix /versions/3.10.*/bin/python,$(RAY_PYENV_ROOTS))) $(shell command -v python3.10 2>/dev/null))
 RAY_BASE_PYTHON ?= $(if $(RAY_BEFORE_2_9),$(RAY_OLD_PYTHON),/usr/bin/python3)
 RAY_PINS := $(if $(RAY_BEFORE_2_9),"pydantic<2" "protobuf<4.26")
 RAY_PY := $(RAY_VENV)/bin/python
 
 .PHONY: test-ray ray-venv test-ray-matrix test-ray-ci record-ray
 
+ifeq ($(RAY_BASE_PYTHON),)
+# No Python 3.10 on this machine: the suite of a Ray before 2.9 cannot run. `make test-ray`
+# says so and passes; the matrix keeps it as skipped, never as passed.
+RAY_SKIPPED := Ray $(RAY_VERSION) needs Python 3.10, and none was found (pyenv root, PYENV_ROOT, ~/.pyenv, PATH)
+
+ray-venv:
+	@echo "test-ray: $(RAY_SKIPPED): no venv" >&2; exit 1
+
+test-ray:
+	@echo "test-ray: SKIPPED: $(RAY_SKIPPED)" >&2
+	@if [ -n "$$USAGESTATSD_MATRIX_OUT" ]; then \
+		printf '{"skipped": "%s"}\n' "$(RAY_SKIPPED)" > "$$USAGESTATSD_MATRIX_OUT"; fi
+else
 ray-venv:
 	@set -e; \
 	if $(RAY_PY) -c 'import sys, ray; sys.exit(ray.__version__ != "$(RAY_VERSION)")' 2>/dev/null; then \
@@ -46,6 +62,8 @@ ray-venv:
 ## make test-ray: the real-Ray suite against a real Ray head (ray[default] 2.60.0 by default, its own cached venv)
 test-ray: $(STAMP) ray-venv
 	RAY_PYTHON=$(RAY_PY) $(VPY) -m pytest -q tests/ray
+
+endif
 
 # Each version in turn (never in parallel: the machine's cores are shared), timed.
 test-ray-matrix: $(STAMP)
