@@ -46,7 +46,8 @@ GROUPS = (
 
 
 def run_version(version: str) -> dict[str, Any]:
-    """`make test-ray` for one version: passed, seconds, and the comparison by group."""
+    """`make test-ray` for one version: passed, seconds, and the comparison by group; or
+    only why it was skipped."""
     with tempfile.NamedTemporaryFile(prefix="usd-matrix-", suffix=".json") as out:
         env = {**os.environ, "USAGESTATSD_MATRIX_OUT": out.name}
         began = time.monotonic()
@@ -65,7 +66,7 @@ def run_version(version: str) -> dict[str, Any]:
         text = Path(out.name).read_text()
     written = json.loads(text) if text else {}
     if "skipped" in written:
-        return {"passed": False, "skipped": written["skipped"]}
+        return {"skipped": written["skipped"]}
     groups = written.get("groups", {})
     return {
         "passed": done.returncode == 0,
